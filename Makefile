@@ -1,0 +1,51 @@
+# Audit Log Service — every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run dev-setup migrate test test-unit test-integration lint bench bench-quick clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the service with dev tools
+
+run: $(STAMP) ## Start the service (embedded PostgreSQL + NATS unless AUDIT_*_URL are set)
+	$(BIN)/auditlog run
+
+dev-setup: $(STAMP) ## Install and apply migrations (as in the seed's local development steps)
+	$(BIN)/auditlog migrate
+
+migrate: $(STAMP) ## Apply SQL migrations
+	$(BIN)/auditlog migrate
+
+test: $(STAMP) ## Run the whole test suite (starts its own PostgreSQL and NATS)
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: $(STAMP) ## Run the offline unit tests only
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+
+test-integration: $(STAMP) ## Run the integration tests only
+	$(BIN)/pytest -q tests/integration $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff + mypy
+	$(BIN)/ruff check pipeline query_api schemas tests benchmarks
+	$(BIN)/ruff format --check pipeline query_api schemas tests benchmarks
+	$(BIN)/mypy
+
+bench: $(STAMP) ## Full benchmark (embedded servers unless AUDIT_BENCH_* are set)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+bench-quick: $(STAMP) ## Short benchmark for day-to-day use
+	$(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
+
+clean: ## Remove the virtualenv and local state
+	rm -rf $(VENV) .auditlog .pytest_cache

@@ -1,0 +1,140 @@
+"""A small Faust-style agent runtime: named async stages over streams, with ``take``.
+
+Faust's model, without Kafka: an *agent* is an ``async def`` that iterates a stream and
+yields results; ``Stream.take(max_items, within)`` groups items into micro-batches that
+are released when ``max_items`` are buffered or ``within`` seconds passed since the first
+item of the batch, whichever comes first. Sources deliver items in chunks (one chunk per
+network read) so the hot path pays per chunk, not per item. Acknowledgement is the
+caller's: a batch is acked only after its consumer has durably handled it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+Clock = Callable[[], float]
+
+
+class Batcher(Generic[T]):
+    """The pure part of ``take``: buffer items; say when a batch is due.
+
+    Args:
+        max_items: release as soon as this many are buffered.
+        within: release when the oldest buffered item is this many seconds old.
+        clock: monotonic seconds (injected, so tests need no sleeps).
+    """
+
+    def __init__(self, max_items: int, within: float, clock: Clock = time.monotonic) -> None:
+        if max_items < 1 or within <= 0:
+            raise ValueError("max_items must be >= 1 and within > 0")
+        self.max_items = max_items
+        self.within = within
+        self.clock = clock
+        self._items: list[T] = []
+        self._first_at: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, items: list[T]) -> list[list[T]]:
+        """Buffer ``items``; return the full batches now due (each of ``max_items``)."""
+        if not items:
+            return []
+        if self._first_at is None:
+            self._first_at = self.clock()
+        self._items.extend(items)
+        out: list[list[T]] = []
+        while len(self._items) >= self.max_items:
+            out.append(self._items[: self.max_items])
+            del self._items[: self.max_items]
+            self._first_at = self.clock() if self._items else None
+        return out
+
+    def time_left(self) -> float | None:
+        """Seconds until the buffered batch is due by time, or None when empty."""
+        if self._first_at is None:
+            return None
+        return max(0.0, self._first_at + self.within - self.clock())
+
+    def due(self) -> list[T]:
+        """The buffered batch if it is due by time (else empty)."""
+        left = self.time_left()
+        if left is None or left > 0:
+            return []
+        return self.drain()
+
+    def drain(self) -> list[T]:
+        """Everything buffered, now (used at shutdown)."""
+        items, self._items, self._first_at = self._items, [], None
+        return items
+
+
+class Stream(Generic[T]):
+    """An async stream of item chunks with Faust's ``take``.
+
+    Args:
+        chunks: async iterator yielding lists of items (a source, or another agent).
+        name: labels logs and metrics.
+    """
+
+    def __init__(self, chunks: AsyncIterator[list[T]], name: str = "stream") -> None:
+        self._chunks = chunks
+        self.name = name
+
+    def __aiter__(self) -> AsyncIterator[list[T]]:
+        return self._chunks
+
+    async def take(
+        self, max_items: int, within: float, clock: Clock = time.monotonic
+    ) -> AsyncIterator[list[T]]:
+        """Yield batches of at most ``max_items``, each at most ``within`` s after its first.
+
+        When the source ends, what is buffered is yielded as a last batch.
+        """
+        batcher: Batcher[T] = Batcher(max_items, within, clock)
+        it = aiter(self._chunks)
+        pending: asyncio.Task[list[T]] | None = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(it))
+                timeout = batcher.time_left()
+                done, _ = await asyncio.wait({pending}, timeout=timeout)
+                if pending in done:
+                    try:
+                        chunk = pending.result()
+                    except StopAsyncIteration:
+                        pending = None
+                        break
+                    pending = None
+                    for batch in batcher.add(chunk):
+                        yield batch
+                batch = batcher.due()
+                if batch:
+                    yield batch
+            rest = batcher.drain()
+            if rest:
+                yield rest
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await pending
+
+
+@dataclass(frozen=True)
+class Agent(Generic[T]):
+    """A named stage: ``fn`` maps a stream of chunks to a stream of chunks."""
+
+    name: str
+    fn: Callable[[Stream[T]], AsyncIterator[list[T]]]
+
+    def __call__(self, stream: Stream[T]) -> Stream[T]:
+        return Stream(self.fn(stream), name=self.name)

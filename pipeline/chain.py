@@ -1,0 +1,269 @@
+"""Per-tenant hash chain: canonical event bytes, row building, and chain verification.
+
+For each tenant, events carry a gapless ``seq`` (1, 2, 3, ...) and
+``hash = SHA-256(prev_hash || canonical_bytes(event))`` where ``prev_hash`` is the hash of
+``seq - 1`` (32 zero bytes for ``seq = 1``). ``canonical_bytes`` is specified in
+``schemas/README.md`` so that an outside verifier can recompute it from stored rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import asyncpg
+import msgspec
+
+from schemas.events import AuditEvent, ResourceRef
+
+GENESIS: Final = bytes(32)
+_enc: Final = msgspec.json.Encoder(order="sorted")
+_refs_dec: Final = msgspec.json.Decoder(list[ResourceRef])
+
+# Column order of audit.events used by COPY and by verification.
+COLUMNS: Final = (
+    "tenant_id",
+    "occurred_at",
+    "id",
+    "seq",
+    "received_at",
+    "action",
+    "category",
+    "severity",
+    "actor_type",
+    "actor_id",
+    "actor_display_name",
+    "resource_type",
+    "resource_id",
+    "resource_display_name",
+    "related_resources",
+    "description",
+    "metadata",
+    "changes",
+    "ip",
+    "user_agent",
+    "request_id",
+    "trace_id",
+    "hash",
+)
+HASH_INDEX: Final = COLUMNS.index("hash")
+
+
+def format_ts(ts: datetime) -> str:
+    """RFC 3339 UTC with exactly six fractional digits, e.g. ``2026-11-26T04:57:36.000000Z``."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_bytes(row: dict[str, Any]) -> bytes:
+    """The bytes that are hashed for one stored row.
+
+    ``row`` maps column names to values as stored (``metadata``/``changes`` as their JSON
+    text, ``related_resources`` as JSON text or a list of ResourceRef). The result is a
+    compact JSON object with keys sorted; ``metadata`` and ``changes`` are embedded
+    verbatim; timestamps use :func:`format_ts`; an absent primary resource is ``null``.
+    """
+    related = row["related_resources"]
+    if isinstance(related, str | bytes):
+        related = _refs_dec.decode(related)
+    primary = None
+    if row["resource_type"] or row["resource_id"]:
+        primary = {
+            "display_name": row["resource_display_name"],
+            "id": row["resource_id"],
+            "type": row["resource_type"],
+        }
+    changes = row["changes"]
+    doc = {
+        "action": row["action"],
+        "actor": {
+            "display_name": row["actor_display_name"],
+            "id": row["actor_id"],
+            "type": row["actor_type"],
+        },
+        "category": row["category"],
+        "changes": msgspec.Raw(changes.encode()) if changes is not None else None,
+        "description": row["description"],
+        "id": str(row["id"]),
+        "ip": row["ip"],
+        "metadata": msgspec.Raw(row["metadata"].encode()),
+        "occurred_at": format_ts(row["occurred_at"]),
+        "primary_resource": primary,
+        "received_at": format_ts(row["received_at"]),
+        "related_resources": related,
+        "request_id": row["request_id"],
+        "seq": row["seq"],
+        "severity": row["severity"],
+        "tenant_id": row["tenant_id"],
+        "trace_id": row["trace_id"],
+        "user_agent": row["user_agent"],
+    }
+    return _enc.encode(doc)
+
+
+def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:
+    """SHA-256(prev_hash || canonical)."""
+    return hashlib.sha256(prev_hash + canonical).digest()
+
+
+def row_values(event: AuditEvent) -> dict[str, Any]:
+    """Column values of an enriched event, without ``seq`` and ``hash``."""
+    primary = event.primary_resource
+    return {
+        "tenant_id": event.tenant_id,
+        "occurred_at": event.occurred_at,
+        "id": event.id,
+        "received_at": event.received_at,
+        "action": event.action,
+        "category": event.category.value,
+        "severity": event.severity.value,
+        "actor_type": event.actor.type.value,
+        "actor_id": event.actor.id,
+        "actor_display_name": event.actor.display_name,
+        "resource_type": primary.type if primary else "",
+        "resource_id": primary.id if primary else "",
+        "resource_display_name": primary.display_name if primary else "",
+        "related_resources": _enc.encode(event.related_resources).decode(),
+        "description": event.description,
+        "metadata": _enc.encode(event.metadata).decode(),
+        "changes": _enc.encode(event.changes).decode() if event.changes is not None else None,
+        "ip": event.ip,
+        "user_agent": event.user_agent,
+        "request_id": event.request_id,
+        "trace_id": event.trace_id,
+    }
+
+
+def link(row: dict[str, Any], seq: int, prev_hash: bytes) -> tuple[Any, ...]:
+    """Assign ``seq`` and the chained hash; return the COPY record in :data:`COLUMNS` order."""
+    row["seq"] = seq
+    row["hash"] = chain_hash(prev_hash, canonical_bytes(row))
+    return tuple(row[c] for c in COLUMNS)
+
+
+class ChainBreak(msgspec.Struct, frozen=True, kw_only=True):
+    """The first place a tenant's chain does not verify.
+
+    Attributes:
+        seq: the sequence number expected at this position.
+        id: the event id found there (None when the row is missing).
+        expected_hash: hex hash recomputed from the previous link and this row.
+        found_hash: hex hash stored in the row ("" when missing).
+        problem: ``hash_mismatch``, ``seq_gap``, ``head_mismatch``.
+    """
+
+    seq: int
+    id: str | None
+    expected_hash: str
+    found_hash: str
+    problem: str
+
+
+class ChainReport(msgspec.Struct, frozen=True, kw_only=True):
+    """Result of walking one tenant's chain."""
+
+    tenant_id: str
+    events: int
+    ok: bool
+    first_break: ChainBreak | None = None
+    head_seq: int = 0
+
+
+class ChainVerifier:
+    """Incremental verification of one tenant's rows, fed in ``seq`` order.
+
+    Memory stays flat however long the chain: only the previous hash is kept.
+    """
+
+    def __init__(self, tenant_id: str) -> None:
+        self.tenant_id = tenant_id
+        self.prev = GENESIS
+        self.count = 0
+        self.first_break: ChainBreak | None = None
+
+    def feed(self, row: dict[str, Any]) -> bool:
+        """Check the next row; False (and ``first_break`` set) at the first break."""
+        if self.first_break is not None:
+            return False
+        expected_seq = self.count + 1
+        found = bytes(row["hash"])
+        if row["seq"] != expected_seq:
+            self.first_break = ChainBreak(
+                seq=expected_seq, id=str(row["id"]), expected_hash="",
+                found_hash=found.hex(), problem="seq_gap",
+            )  # fmt: skip
+            return False
+        want = chain_hash(self.prev, canonical_bytes(row))
+        if want != found:
+            self.first_break = ChainBreak(
+                seq=expected_seq, id=str(row["id"]), expected_hash=want.hex(),
+                found_hash=found.hex(), problem="hash_mismatch",
+            )  # fmt: skip
+            return False
+        self.prev, self.count = want, expected_seq
+        return True
+
+    def finish(self, head: tuple[int, bytes] | None) -> ChainReport:
+        """Compare the end of the walk with the stored chain head and report."""
+        if self.first_break is None and head is not None:
+            if head[0] != self.count or (self.count and head[1] != self.prev):
+                self.first_break = ChainBreak(
+                    seq=self.count + 1, id=None, expected_hash=head[1].hex(),
+                    found_hash=self.prev.hex(), problem="head_mismatch",
+                )  # fmt: skip
+        return ChainReport(
+            tenant_id=self.tenant_id,
+            events=self.count,
+            ok=self.first_break is None,
+            first_break=self.first_break,
+            head_seq=head[0] if head else self.count,
+        )
+
+
+def verify_rows(
+    tenant_id: str, rows: Iterable[dict[str, Any]], head: tuple[int, bytes] | None
+) -> ChainReport:
+    """Verify rows (in seq order) of one tenant against each other and the chain head."""
+    verifier = ChainVerifier(tenant_id)
+    for row in rows:
+        if not verifier.feed(row):
+            break
+    return verifier.finish(head)
+
+
+async def _stream_rows(conn: asyncpg.Connection, tenant_id: str) -> AsyncIterator[dict[str, Any]]:
+    cols = ", ".join(
+        f"{c}::text" if c in ("metadata", "changes", "related_resources") else c for c in COLUMNS
+    )
+    async with conn.transaction(readonly=True):
+        await conn.execute("SELECT set_config('audit.tenant_id', $1, true)", tenant_id)
+        async for rec in conn.cursor(
+            f"SELECT {cols} FROM audit.events WHERE tenant_id = $1 ORDER BY seq",
+            tenant_id,
+            prefetch=2000,
+        ):
+            yield dict(rec)
+
+
+async def verify_tenant(conn: asyncpg.Connection, tenant_id: str) -> ChainReport:
+    """Walk one tenant's chain in PostgreSQL and report the first break, if any.
+
+    Detects edited rows (hash mismatch), deleted or inserted rows (seq gap or mismatch),
+    reordering (hash mismatch) and truncation at the end (head mismatch).
+    """
+    head_rec = await conn.fetchrow(
+        "SELECT last_seq, last_hash FROM audit.chain_heads WHERE tenant_id = $1", tenant_id
+    )
+    head = (head_rec["last_seq"], bytes(head_rec["last_hash"])) if head_rec else None
+    verifier = ChainVerifier(tenant_id)
+    async for row in _stream_rows(conn, tenant_id):
+        if not verifier.feed(row):
+            break
+    return verifier.finish(head)
+
+
+def record_id(record: tuple[Any, ...]) -> uuid.UUID:
+    """The event id of a COPY record."""
+    return record[2]  # type: ignore[no-any-return]

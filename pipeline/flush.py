@@ -1,0 +1,218 @@
+"""PostgreSQL adapter of the flush stage: one transaction per batch, binary COPY, hash chain.
+
+Per batch, in one transaction:
+
+1. lock the chain heads of the batch's tenants (``INSERT .. ON CONFLICT DO UPDATE ..
+   RETURNING``, tenants in sorted order so concurrent workers never deadlock);
+2. claim ``(tenant_id, id)`` in ``audit.event_ids``; rows that already exist are
+   duplicates (from redeliveries, replays, other workers) and are dropped;
+3. assign per-tenant ``seq`` and chained hashes to the new events, in batch order;
+4. binary-COPY them into their month partitions, and move the chain heads.
+
+The caller acknowledges the source only after :func:`flush_batch` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from pipeline.chain import COLUMNS, GENESIS, link, row_values
+from pipeline.errors import RowRejected, StorageUnavailable
+from schemas.events import AuditEvent
+
+log = logging.getLogger(__name__)
+
+# SQLSTATE classes: 08 connection, 53 resources, 57 operator intervention, 40 rollbacks.
+_RETRYABLE_CLASSES = ("08", "53", "57", "40", "55")
+# 22 data exceptions, 23 integrity (other than the duplicates we handle), 54 limits.
+_ROW_CLASSES = ("22", "23", "54")
+
+_LOCK_HEADS = """
+INSERT INTO audit.chain_heads AS h (tenant_id, last_seq, last_hash)
+SELECT t, 0, $2::bytea FROM unnest($1::text[]) AS t ORDER BY t
+ON CONFLICT (tenant_id) DO UPDATE SET tenant_id = h.tenant_id
+RETURNING tenant_id, last_seq, last_hash
+"""
+_CLAIM_IDS = """
+INSERT INTO audit.event_ids (tenant_id, id, occurred_at)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::timestamptz[]) ORDER BY 1, 2
+ON CONFLICT DO NOTHING
+RETURNING tenant_id, id
+"""
+_MOVE_HEADS = """
+UPDATE audit.chain_heads AS h
+SET last_seq = u.seq, last_hash = u.hash, updated_at = now()
+FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS u(tenant_id, seq, hash)
+WHERE h.tenant_id = u.tenant_id
+"""
+
+
+def partition_name(ts: datetime) -> str:
+    """Name of the month partition holding ``ts`` (UTC), as ``audit.ensure_partition`` makes."""
+    return f"events_{ts.year:04d}_{ts.month:02d}"
+
+
+def classify(exc: BaseException) -> str:
+    """``retry`` (try the batch again later), ``row`` (some row's data) or ``fatal``.
+
+    Decided by exception class and SQLSTATE, never by message text.
+    """
+    if isinstance(exc, OSError | asyncpg.InterfaceError | StorageUnavailable):
+        return "retry"
+    if isinstance(exc, asyncpg.PostgresError):
+        state = getattr(exc, "sqlstate", "") or ""
+        if state.startswith(_RETRYABLE_CLASSES):
+            return "retry"
+        if state.startswith(_ROW_CLASSES):
+            return "row"
+    return "fatal"
+
+
+@dataclass
+class FlushResult:
+    """What one flush stored.
+
+    Attributes:
+        stored: ids committed by this flush, in batch order.
+        duplicates: ids that were already stored (dropped).
+        records: the COPY records committed (for metrics and tests).
+    """
+
+    stored: list[tuple[str, uuid.UUID]] = field(default_factory=list)
+    duplicates: list[tuple[str, uuid.UUID]] = field(default_factory=list)
+    records: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+class PartitionCache:
+    """Remembers which month partitions exist; creates missing ones outside the batch txn."""
+
+    def __init__(self) -> None:
+        self._known: set[str] = set()
+
+    async def ensure(self, pool: asyncpg.Pool, events: Sequence[AuditEvent]) -> None:
+        """Make sure every month in ``events`` has a partition (idempotent, concurrent-safe)."""
+        missing: dict[str, datetime] = {}
+        for ev in events:
+            assert ev.occurred_at is not None
+            name = partition_name(ev.occurred_at)
+            if name not in self._known and name not in missing:
+                missing[name] = ev.occurred_at
+        if not missing:
+            return
+        async with pool.acquire() as conn:
+            for name, ts in missing.items():
+                await conn.execute("SELECT audit.ensure_partition($1)", ts)
+                self._known.add(name)
+
+
+async def _lock_heads(conn: asyncpg.Connection, tenants: list[str]) -> dict[str, tuple[int, bytes]]:
+    rows = await conn.fetch(_LOCK_HEADS, tenants, GENESIS)
+    return {r["tenant_id"]: (r["last_seq"], bytes(r["last_hash"])) for r in rows}
+
+
+async def _claim(
+    conn: asyncpg.Connection, events: Sequence[AuditEvent]
+) -> set[tuple[str, uuid.UUID]]:
+    rows = await conn.fetch(
+        _CLAIM_IDS,
+        [e.tenant_id for e in events],
+        [e.id for e in events],
+        [e.occurred_at for e in events],
+    )
+    return {(r["tenant_id"], r["id"]) for r in rows}
+
+
+async def _copy(conn: asyncpg.Connection, records: list[tuple[Any, ...]]) -> None:
+    by_part: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    occurred = COLUMNS.index("occurred_at")
+    for rec in records:
+        by_part[partition_name(rec[occurred])].append(rec)
+    for part, recs in by_part.items():
+        await conn.copy_records_to_table(part, records=recs, columns=COLUMNS, schema_name="audit")
+
+
+async def write_batch(conn: asyncpg.Connection, events: Sequence[AuditEvent]) -> FlushResult:
+    """Store ``events`` (enriched, unique within the batch) in one transaction on ``conn``.
+
+    Raises:
+        asyncpg.PostgresError / OSError: the transaction rolled back; :func:`classify` it.
+    """
+    result = FlushResult()
+    if not events:
+        return result
+    tenants = sorted({e.tenant_id for e in events})
+    async with conn.transaction():
+        heads = await _lock_heads(conn, tenants)
+        claimed = await _claim(conn, events)
+        moved: dict[str, tuple[int, bytes]] = {}
+        for ev in events:
+            key = (ev.tenant_id, ev.id)
+            if key not in claimed:
+                result.duplicates.append(key)  # type: ignore[arg-type]
+                continue
+            seq, prev = moved.get(ev.tenant_id) or heads[ev.tenant_id]
+            rec = link(row_values(ev), seq + 1, prev)
+            moved[ev.tenant_id] = (seq + 1, rec[-1])
+            result.records.append(rec)
+            result.stored.append(key)  # type: ignore[arg-type]
+        if result.records:
+            await _copy(conn, result.records)
+            names = list(moved)
+            await conn.execute(
+                _MOVE_HEADS, names, [moved[t][0] for t in names], [moved[t][1] for t in names]
+            )
+    return result
+
+
+async def find_rejected(
+    conn: asyncpg.Connection, events: Sequence[AuditEvent]
+) -> dict[int, RowRejected]:
+    """Find which events PostgreSQL refuses, by bisecting trial COPYs that roll back.
+
+    Returns:
+        index in ``events`` → the rejection, for each refused event.
+    """
+    bad: dict[int, RowRejected] = {}
+
+    async def trial(idx: list[int]) -> asyncpg.PostgresError | None:
+        recs = [link(row_values(events[i]), 1, GENESIS) for i in idx]
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS copy_probe "
+                    "(LIKE audit.events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                )
+                await conn.copy_records_to_table("copy_probe", records=recs, columns=COLUMNS)
+                raise _Rollback
+        except _Rollback:
+            return None
+        except asyncpg.PostgresError as exc:
+            if classify(exc) != "row":
+                raise
+            return exc
+
+    async def bisect(idx: list[int]) -> None:
+        err = await trial(idx)
+        if err is None:
+            return
+        if len(idx) == 1:
+            bad[idx[0]] = RowRejected(err.sqlstate or "", str(err))
+            return
+        mid = len(idx) // 2
+        await bisect(idx[:mid])
+        await bisect(idx[mid:])
+
+    await bisect(list(range(len(events))))
+    return bad
+
+
+class _Rollback(Exception):
+    pass

@@ -1,0 +1,92 @@
+"""The service's Prometheus metrics, on one explicit registry per process.
+
+Stages never import prometheus: adapters and the worker call these methods. Tests build
+their own :class:`Metrics` (a fresh registry) and read values back.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 20000)
+
+
+class Metrics:
+    """All metrics of one process.
+
+    Args:
+        registry: where to register (a fresh one by default).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.received = Counter(
+            "auditlog_events_received", "Events read from the source", ["agent"], registry=r
+        )
+        self.stored = Counter(
+            "auditlog_events_stored", "Events committed to PostgreSQL", registry=r
+        )
+        self.duplicates = Counter(
+            "auditlog_events_duplicate", "Events dropped as already stored", registry=r
+        )
+        self.dead_lettered = Counter(
+            "auditlog_events_dead_lettered",
+            "Events sent to the dead-letter stream",
+            ["reason", "stage"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "auditlog_flush_batch_size",
+            "Events per flushed batch",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.flush_seconds = Histogram(
+            "auditlog_flush_duration_seconds",
+            "Time to flush one batch (transaction)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.flush_retries = Counter(
+            "auditlog_flush_retries",
+            "Flush attempts that failed and were retried",
+            ["kind"],
+            registry=r,
+        )
+        self.lag = Histogram(
+            "auditlog_ingest_lag_seconds",
+            "Received (JetStream timestamp) to committed",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_pending = Gauge(
+            "auditlog_consumer_pending_messages",
+            "JetStream messages not yet delivered",
+            registry=r,
+        )
+        self.consumer_ack_pending = Gauge(
+            "auditlog_consumer_ack_pending_messages",
+            "JetStream messages delivered, not acked",
+            registry=r,
+        )
+        self.pool_in_use = Gauge(
+            "auditlog_db_pool_connections_in_use",
+            "PostgreSQL pool connections in use",
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "auditlog_http_request_duration_seconds",
+            "HTTP request duration",
+            ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.query_rows = Counter(
+            "auditlog_query_rows_returned", "Rows returned by queries", ["endpoint"], registry=r
+        )
+
+    def exposition(self) -> bytes:
+        """The text exposition format of this registry."""
+        return generate_latest(self.registry)

@@ -1,0 +1,99 @@
+"""One frozen Settings object, built once from the environment (CLI flags may override)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from pipeline.errors import ConfigError
+
+_SECRET_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+def redact_url(url: str) -> str:
+    """Hide the password in a DSN/URL for logs and reprs."""
+    return _SECRET_IN_URL.sub(r"\1***@", url)
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Service configuration. Field docs name the environment variable.
+
+    ``database_url`` / ``nats_url`` empty means: start embedded servers under ``state_dir``.
+    """
+
+    database_url: str = ""  # AUDIT_DATABASE_URL
+    nats_url: str = ""  # AUDIT_NATS_URL
+    state_dir: str = ".auditlog"  # AUDIT_STATE_DIR
+    admin_token: str = ""  # AUDIT_ADMIN_TOKEN
+    http_host: str = "127.0.0.1"  # AUDIT_HTTP_HOST
+    http_port: int = 8080  # AUDIT_HTTP_PORT
+    grpc_port: int = 50051  # AUDIT_GRPC_PORT
+    metrics_port: int = 9464  # AUDIT_METRICS_PORT (pipeline-only workers)
+    log_format: str = "text"  # AUDIT_LOG_FORMAT: text | json
+    log_level: str = "INFO"  # AUDIT_LOG_LEVEL
+    # Pipeline
+    stream: str = "AUDIT"  # AUDIT_STREAM
+    subject: str = "audit.events"  # AUDIT_SUBJECT
+    consumer: str = "auditlog-pipeline"  # AUDIT_CONSUMER
+    dlq_stream: str = "AUDIT_DLQ"  # AUDIT_DLQ_STREAM
+    dlq_subject: str = "audit.dlq"  # AUDIT_DLQ_SUBJECT
+    batch_max_events: int = 5000  # AUDIT_BATCH_MAX_EVENTS
+    batch_max_latency_ms: int = 50  # AUDIT_BATCH_MAX_LATENCY_MS
+    fetch_batch: int = 2000  # AUDIT_FETCH_BATCH
+    ack_wait_s: float = 60.0  # AUDIT_ACK_WAIT_S
+    dedup_window: int = 200_000  # AUDIT_DEDUP_WINDOW (ids remembered in memory)
+    workers: int = 1  # AUDIT_WORKERS
+    shutdown_timeout_s: float = 20.0  # AUDIT_SHUTDOWN_TIMEOUT_S
+    db_pool_size: int = 8  # AUDIT_DB_POOL_SIZE
+
+    def __repr__(self) -> str:
+        shown = {f: getattr(self, f) for f in self.__struct_fields__}
+        shown["database_url"] = redact_url(self.database_url)
+        shown["nats_url"] = redact_url(self.nats_url)
+        shown["admin_token"] = "***" if self.admin_token else ""
+        inner = ", ".join(f"{k}={v!r}" for k, v in shown.items())
+        return f"Settings({inner})"
+
+    __str__ = __repr__
+
+    @property
+    def embedded(self) -> bool:
+        """True when at least one server must be started by the service itself."""
+        return not self.database_url or not self.nats_url
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (flags overriding env)."""
+        return msgspec.structs.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_ENV: dict[str, str] = {f: "AUDIT_" + f.upper() for f in Settings.__struct_fields__}
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from ``env`` (default ``os.environ``) plus explicit overrides.
+
+    Raises:
+        ConfigError: naming the variable when a value does not parse.
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    for field, var in _ENV.items():
+        if var in env and env[var] != "":
+            raw[field] = env[var]
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        field = str(exc).rsplit("$.", 1)[-1].rstrip("`")
+        raise ConfigError(_ENV.get(field, field), str(exc)) from exc
+    settings = settings.replace(**overrides)
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError("AUDIT_LOG_FORMAT", "must be 'text' or 'json'")
+    if not 1 <= settings.batch_max_events <= 100_000:
+        raise ConfigError("AUDIT_BATCH_MAX_EVENTS", "must be between 1 and 100000")
+    if settings.batch_max_latency_ms < 1:
+        raise ConfigError("AUDIT_BATCH_MAX_LATENCY_MS", "must be at least 1")
+    return settings

@@ -1,0 +1,316 @@
+"""msgspec Structs mirroring ``schemas/audit/v1/audit.proto`` and the one decoder for events.
+
+Every Python boundary (NATS messages, REST bodies, Connect JSON) decodes events with
+:func:`decode_event`. It accepts the README's snake_case JSON unchanged and, like proto3
+JSON parsers, lowerCamelCase names too. Invalid input raises :class:`EventValidationError`
+whose ``field`` is the dotted path of the offending field and whose message says what is
+wrong. Limits are module constants, documented in ``schemas/README.md``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Final
+
+import msgspec
+
+# ---- limits (documented in schemas/README.md; tests cover each) -----------------------
+MAX_EVENT_BYTES: Final = 64 * 1024
+MAX_METADATA_BYTES: Final = 16 * 1024
+MAX_CHANGES_BYTES: Final = 32 * 1024
+MAX_RELATED_RESOURCES: Final = 32
+MAX_CHANGED_FIELDS: Final = 256
+MAX_ID_LEN: Final = 256
+MAX_TYPE_LEN: Final = 64
+MAX_NAME_LEN: Final = 256
+MAX_ACTION_LEN: Final = 128
+MAX_DESCRIPTION_LEN: Final = 4096
+MAX_USER_AGENT_LEN: Final = 1024
+MAX_CONTEXT_LEN: Final = 128
+TENANT_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+ACTION_PATTERN: Final = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$"
+
+
+class Category(enum.Enum):
+    """What area of the product an event belongs to (proto ``Category``)."""
+
+    CATEGORY_UNSPECIFIED = "CATEGORY_UNSPECIFIED"
+    CATEGORY_AUTH = "CATEGORY_AUTH"
+    CATEGORY_ACCESS_CONTROL = "CATEGORY_ACCESS_CONTROL"
+    CATEGORY_DATA = "CATEGORY_DATA"
+    CATEGORY_CONFIGURATION = "CATEGORY_CONFIGURATION"
+    CATEGORY_ADMIN = "CATEGORY_ADMIN"
+    CATEGORY_BILLING = "CATEGORY_BILLING"
+    CATEGORY_SECURITY = "CATEGORY_SECURITY"
+    CATEGORY_SYSTEM = "CATEGORY_SYSTEM"
+    CATEGORY_INTEGRATION = "CATEGORY_INTEGRATION"
+    CATEGORY_COMPLIANCE = "CATEGORY_COMPLIANCE"
+
+
+class Severity(enum.Enum):
+    """How important an event is (proto ``Severity``)."""
+
+    SEVERITY_UNSPECIFIED = "SEVERITY_UNSPECIFIED"
+    SEVERITY_DEBUG = "SEVERITY_DEBUG"
+    SEVERITY_INFO = "SEVERITY_INFO"
+    SEVERITY_NOTICE = "SEVERITY_NOTICE"
+    SEVERITY_WARNING = "SEVERITY_WARNING"
+    SEVERITY_ERROR = "SEVERITY_ERROR"
+    SEVERITY_CRITICAL = "SEVERITY_CRITICAL"
+    SEVERITY_SECURITY = "SEVERITY_SECURITY"
+
+
+class ActorType(enum.Enum):
+    """Who triggered an action (proto ``ActorType``)."""
+
+    ACTOR_TYPE_UNSPECIFIED = "ACTOR_TYPE_UNSPECIFIED"
+    ACTOR_TYPE_USER = "ACTOR_TYPE_USER"
+    ACTOR_TYPE_SYSTEM = "ACTOR_TYPE_SYSTEM"
+    ACTOR_TYPE_SERVICE = "ACTOR_TYPE_SERVICE"
+    ACTOR_TYPE_API_KEY = "ACTOR_TYPE_API_KEY"
+
+
+NonEmptyId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LEN)]
+TypeName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TYPE_LEN)]
+DisplayName = Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)]
+ContextStr = Annotated[str, msgspec.Meta(max_length=MAX_CONTEXT_LEN)]
+TenantId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=TENANT_ID_PATTERN,
+        description="1-128 characters: letters, digits and . _ : @ - (a UUID fits)",
+    ),
+]
+Action = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_ACTION_LEN,
+        pattern=ACTION_PATTERN,
+        description="dotted verb such as user.login; stored lower-cased",
+    ),
+]
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+
+_STRUCT = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
+
+
+class Actor(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg,misc]
+    """The entity that triggered the action."""
+
+    type: ActorType
+    id: NonEmptyId
+    display_name: DisplayName = ""
+
+
+class ResourceRef(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg,misc]
+    """A polymorphic reference to an object the action touched."""
+
+    type: TypeName
+    id: NonEmptyId
+    display_name: DisplayName = ""
+
+
+class ChangeSet(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg,misc]
+    """The state before and after an update."""
+
+    old_value: dict[str, Any] | None = None
+    new_value: dict[str, Any] | None = None
+    changed_fields: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)]],
+        msgspec.Meta(max_length=MAX_CHANGED_FIELDS),
+    ] = []
+
+
+class AuditEvent(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg,misc]
+    """One audit event as producers send it (input side of proto ``AuditEvent``).
+
+    ``id``, ``occurred_at`` and ``received_at`` may be absent; the pipeline's enrich stage
+    fills them in. ``seq`` and ``hash`` are output-only and refused on input.
+    """
+
+    tenant_id: TenantId
+    action: Action
+    actor: Actor
+    id: uuid.UUID | None = None
+    category: Category = Category.CATEGORY_UNSPECIFIED
+    severity: Severity = Severity.SEVERITY_UNSPECIFIED
+    primary_resource: ResourceRef | None = None
+    related_resources: Annotated[
+        list[ResourceRef], msgspec.Meta(max_length=MAX_RELATED_RESOURCES)
+    ] = []
+    description: Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION_LEN)] = ""
+    metadata: dict[str, Any] = {}
+    changes: ChangeSet | None = None
+    occurred_at: Timestamp | None = None
+    received_at: Timestamp | None = None
+    ip: ContextStr = ""
+    user_agent: Annotated[str, msgspec.Meta(max_length=MAX_USER_AGENT_LEN)] = ""
+    request_id: ContextStr = ""
+    trace_id: ContextStr = ""
+
+
+class EventValidationError(ValueError):
+    """An event failed decoding or validation.
+
+    Attributes:
+        field: dotted path of the offending field (``""`` for the whole event).
+        reason: short machine-readable code (``malformed_json``, ``invalid_field``, ...).
+    """
+
+    def __init__(self, message: str, *, field: str = "", reason: str = "invalid_field") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.reason = reason
+
+
+_event_decoder: Final = msgspec.json.Decoder(AuditEvent)
+_any_decoder: Final = msgspec.json.Decoder()
+_encoder: Final = msgspec.json.Encoder(order="sorted")
+_PATH_RE: Final = re.compile(r" - at `\$\.?(.*)`$")
+_FIELD_RE: Final = re.compile(r"field `([^`]+)`")
+_CAMEL_RE: Final = re.compile(r"(?<!^)(?=[A-Z])")
+
+# Which nested keys hold Structs (whose keys get snake_cased) in the camelCase path.
+_NESTED: Final[dict[str, str]] = {
+    "actor": "obj",
+    "primary_resource": "obj",
+    "related_resources": "list",
+    "changes": "changes",
+}
+
+
+def _snake(name: str) -> str:
+    return _CAMEL_RE.sub("_", name).lower()
+
+
+def _snake_keys(obj: Any, nested: bool = True) -> Any:
+    """Rename lowerCamelCase keys to snake_case at Struct levels only (never in metadata)."""
+    if not isinstance(obj, dict):
+        return obj
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = _snake(key) if isinstance(key, str) else key
+        kind = _NESTED.get(name) if nested else None
+        if kind == "obj":
+            value = _snake_keys(value, nested=False)
+        elif kind == "list" and isinstance(value, list):
+            value = [_snake_keys(v, nested=False) for v in value]
+        elif kind == "changes" and isinstance(value, dict):
+            value = {_snake(k): v for k, v in value.items()}
+        out[name] = value
+    return out
+
+
+def _field_from(msg: str) -> str:
+    path = ""
+    m = _PATH_RE.search(msg)
+    if m:
+        path = re.sub(r"\[(\d+)\]", r".\1", m.group(1))
+    f = _FIELD_RE.search(msg)
+    if f and ("missing required field" in msg or "unknown field" in msg):
+        path = f"{path}.{f.group(1)}" if path else f.group(1)
+    return path
+
+
+def _validation_error(exc: msgspec.ValidationError) -> EventValidationError:
+    msg = str(exc)
+    reason = "missing_field" if "missing required field" in msg else "invalid_field"
+    if "unknown field" in msg:
+        reason = "unknown_field"
+    elif "Invalid enum value" in msg:
+        reason = "unknown_enum"
+    return EventValidationError(msg, field=_field_from(msg), reason=reason)
+
+
+def _decode_struct(raw: bytes | memoryview) -> AuditEvent:
+    try:
+        return _event_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        first = exc
+    except msgspec.DecodeError as exc:
+        raise EventValidationError(f"malformed JSON: {exc}", reason="malformed_json") from exc
+    # Slow path: maybe lowerCamelCase (proto3 JSON) names. Only tried when the fast one failed.
+    generic = _any_decoder.decode(raw)
+    if not isinstance(generic, dict):
+        raise EventValidationError("an event must be a JSON object", reason="invalid_field")
+    renamed = _snake_keys(generic)
+    if renamed == generic:
+        raise _validation_error(first) from first
+    try:
+        return msgspec.convert(renamed, AuditEvent)
+    except msgspec.ValidationError as exc:
+        raise _validation_error(exc) from exc
+
+
+def check_limits(event: AuditEvent) -> None:
+    """Enforce the rules msgspec's type constraints cannot express.
+
+    Raises:
+        EventValidationError: naming the field.
+    """
+    if event.actor.type is ActorType.ACTOR_TYPE_UNSPECIFIED:
+        raise EventValidationError(
+            "actor.type must be one of ACTOR_TYPE_USER, ACTOR_TYPE_SYSTEM, "
+            "ACTOR_TYPE_SERVICE, ACTOR_TYPE_API_KEY",
+            field="actor.type",
+        )
+    if event.metadata:
+        size = len(_encoder.encode(event.metadata))
+        if size > MAX_METADATA_BYTES:
+            raise EventValidationError(
+                f"metadata is {size} bytes encoded; the limit is {MAX_METADATA_BYTES}",
+                field="metadata",
+                reason="too_large",
+            )
+    if event.changes is not None:
+        size = len(_encoder.encode(event.changes))
+        if size > MAX_CHANGES_BYTES:
+            raise EventValidationError(
+                f"changes is {size} bytes encoded; the limit is {MAX_CHANGES_BYTES}",
+                field="changes",
+                reason="too_large",
+            )
+
+
+def decode_event(raw: bytes | memoryview) -> AuditEvent:
+    """Decode and validate one event from JSON bytes.
+
+    Args:
+        raw: the JSON object of one event, as published to ``audit.events``.
+
+    Returns:
+        The validated :class:`AuditEvent` (not yet enriched).
+
+    Raises:
+        EventValidationError: with the field path and a message saying what is wrong.
+    """
+    if len(raw) > MAX_EVENT_BYTES:
+        raise EventValidationError(
+            f"event is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES}",
+            reason="too_large",
+        )
+    event = _decode_struct(raw)
+    check_limits(event)
+    return event
+
+
+def convert_event(obj: Any) -> AuditEvent:
+    """Validate an already-decoded JSON value (e.g. one element of a batch body).
+
+    Raises:
+        EventValidationError: as :func:`decode_event`.
+    """
+    return decode_event(_encoder.encode(obj))
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (2020-12) of :class:`AuditEvent`, as checked in beside this module."""
+    schema = msgspec.json.schema(AuditEvent)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "AuditEvent"
+    return schema

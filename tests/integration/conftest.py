@@ -1,0 +1,101 @@
+"""Helpers for integration tests: a running worker, publishing, reading results."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+import asyncpg
+import nats
+import pytest
+from nats.aio.client import Client
+
+from pipeline.db import create_pool
+from pipeline.metrics import Metrics
+from pipeline.settings import Settings
+from pipeline.source_nats import JetStreamSource, connect, ensure_stream
+from pipeline.worker import Worker
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Running:
+    settings: Settings
+    worker: Worker
+    nc: Client
+    pool: asyncpg.Pool
+    metrics: Metrics
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings, **worker_kw: object) -> AsyncIterator[Running]:
+    """A Worker running in this event loop until the block ends (then drained)."""
+    pool = await create_pool(settings.database_url, max_size=4)
+    nc = await connect(settings.nats_url, "test-worker")
+    await ensure_stream(nc, settings)
+    metrics = Metrics()
+    source = JetStreamSource(nc, settings, max_inflight=3 * settings.batch_max_events)
+    worker = Worker(settings, pool, nc, source, metrics, **worker_kw)  # type: ignore[arg-type]
+    task = asyncio.create_task(worker.run())
+    try:
+        yield Running(settings, worker, nc, pool, metrics)
+    finally:
+        await worker.stop()
+        await asyncio.wait_for(task, 30)
+        await nc.close()
+        await pool.close()
+
+
+async def publish_all(
+    nc: Client, subject: str, payloads: Iterable[bytes], headers: list[dict | None] | None = None
+) -> int:
+    """Publish with JetStream acks (bounded concurrency); return how many were acked."""
+    js = nc.jetstream()
+    items = list(payloads)
+    hdrs = headers or [None] * len(items)
+    sem = asyncio.Semaphore(256)
+
+    async def one(data: bytes, h: dict | None) -> None:
+        async with sem:
+            await js.publish(subject, data, headers=h)
+
+    await asyncio.gather(*(one(d, h) for d, h in zip(items, hdrs, strict=True)))
+    return len(items)
+
+
+async def admin_count(dsn: str, sql: str = "SELECT count(*) FROM audit.events", *args) -> int:
+    conn = await asyncpg.connect(dsn)  # the superuser: RLS does not apply
+    try:
+        return int(await conn.fetchval(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def wait_count(dsn: str, expected: int, timeout: float = 60.0) -> int:
+    """Poll until audit.events holds ``expected`` rows (or ``timeout``); return the count."""
+    deadline = time.monotonic() + timeout
+    n = -1
+    while time.monotonic() < deadline:
+        n = await admin_count(dsn)
+        if n >= expected:
+            return n
+        await asyncio.sleep(0.1)
+    return n
+
+
+async def dead_letters(nats_url: str, settings: Settings) -> list[nats.aio.msg.Msg]:
+    """Every message in the dead-letter stream, in order."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(settings.dlq_stream)
+        out = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            out.append(await js.get_msg(settings.dlq_stream, seq))
+        return out
+    finally:
+        await nc.close()

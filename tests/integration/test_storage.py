@@ -1,0 +1,142 @@
+"""Storage: migrations, roles, immutability, row-level security, partitions."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from pipeline.db import create_pool
+from pipeline.flush import write_batch
+from pipeline.migrate import applied_versions, load_migrations, migrate
+from pipeline.stages import Message, process
+from tests.conftest import README_EVENT, create_database
+
+pytestmark = pytest.mark.integration
+
+
+def _event(tenant: str, occurred: str | None = None) -> object:
+    body = README_EVENT.replace(b"7e4e4e93-94ec-45bd-87ce-88ce3f689e3c", tenant.encode())
+    if occurred:
+        body = body.replace(b'"action"', f'"occurred_at": "{occurred}", "action"'.encode())
+    out = process(Message(data=body), datetime.now(UTC))
+    return out.event  # type: ignore[union-attr]
+
+
+async def test_migrations_fresh_twice_and_concurrently(pg_server_url: str) -> None:
+    dsn = await create_database(pg_server_url, None)
+    results = await asyncio.gather(migrate(dsn), migrate(dsn), migrate(dsn))
+    every = sorted(v for r in results for v in r)
+    assert every == [m.version for m in load_migrations()]  # each applied exactly once
+    assert await migrate(dsn) == []
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert sorted(await applied_versions(conn)) == every
+        assert await conn.fetchval("SELECT count(*) FROM audit.partitions") >= 4
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE audit.events SET action = 'x'",
+        "DELETE FROM audit.events",
+        "TRUNCATE audit.events",
+        "UPDATE audit.event_ids SET occurred_at = now()",
+    ],
+)
+async def test_app_role_cannot_change_events(db_url: str, sql: str) -> None:
+    pool = await create_pool(db_url, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await write_batch(conn, [_event("t-1")])
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                async with conn.transaction():
+                    await conn.execute("SELECT set_config('audit.tenant_id', 't-1', true)")
+                    await conn.execute(sql)
+    finally:
+        await pool.close()
+
+
+async def test_trigger_refuses_changes_even_for_the_owner(db_url: str) -> None:
+    pool = await create_pool(db_url, max_size=1)
+    async with pool.acquire() as conn:
+        await write_batch(conn, [_event("t-1")])
+    await pool.close()
+    conn = await asyncpg.connect(db_url)  # the superuser, who owns everything
+    try:
+        for sql in (
+            "UPDATE audit.events SET action = 'x'",
+            "DELETE FROM audit.events",
+            "TRUNCATE audit.events",
+        ):
+            with pytest.raises(asyncpg.PostgresError) as info:
+                await conn.execute(sql)
+            assert info.value.sqlstate == "AL001"
+            assert "immutable" in str(info.value)
+        assert await conn.fetchval("SELECT count(*) FROM audit.events") == 1
+    finally:
+        await conn.close()
+
+
+async def test_row_level_security_hides_other_tenants(db_url: str) -> None:
+    pool = await create_pool(db_url, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await write_batch(conn, [_event("tenant-a"), _event("tenant-a"), _event("tenant-b")])
+            # No tenant set: nothing is visible.
+            assert await conn.fetchval("SELECT count(*) FROM audit.events") == 0
+            for tenant, expected in (("tenant-a", 2), ("tenant-b", 1), ("tenant-c", 0)):
+                async with conn.transaction():
+                    await conn.execute("SELECT set_config('audit.tenant_id', $1, true)", tenant)
+                    seen = await conn.fetch("SELECT tenant_id FROM audit.events")
+                    assert [r["tenant_id"] for r in seen] == [tenant] * expected
+            # A forged WHERE clause does not get around it either.
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('audit.tenant_id', 'tenant-a', true)")
+                n = await conn.fetchval(
+                    "SELECT count(*) FROM audit.events WHERE tenant_id = 'tenant-b' OR true"
+                )
+                assert n == 2
+                # And the app role cannot read partitions directly.
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    part = await conn.fetchval("SELECT min(name) FROM audit.partitions")
+                    await conn.fetch(f"SELECT * FROM audit.{part}")
+    finally:
+        await pool.close()
+
+
+async def test_partitions_appear_on_demand(db_url: str) -> None:
+    next_year = datetime.now(UTC).year + 1
+    old = _event("t-1", "2019-03-04T05:06:07.123456Z")
+    future = _event("t-1", f"{next_year}-12-31T23:59:59Z")
+    from pipeline.flush import PartitionCache
+
+    pool = await create_pool(db_url, max_size=2)
+    try:
+        await asyncio.gather(
+            PartitionCache().ensure(pool, [old, future]),
+            PartitionCache().ensure(pool, [old, future]),
+        )
+        async with pool.acquire() as conn:
+            await write_batch(conn, [old, future])
+            names = {r["name"] for r in await conn.fetch("SELECT name FROM audit.partitions")}
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('audit.tenant_id', 't-1', true)")
+                stored = await conn.fetch("SELECT occurred_at FROM audit.events ORDER BY 1")
+    finally:
+        await pool.close()
+    assert {"events_2019_03", f"events_{next_year}_12"} <= names
+    assert [r["occurred_at"] for r in stored] == [old.occurred_at, future.occurred_at]
+    conn = await asyncpg.connect(db_url)
+    try:
+        default = await conn.fetchval(
+            "SELECT count(*) FROM pg_partitioned_table p JOIN pg_class c "
+            "ON c.oid = p.partdefid WHERE p.partrelid = 'audit.events'::regclass"
+        )
+        assert default == 0  # no catch-all partition that could block a later month
+    finally:
+        await conn.close()
