@@ -42,6 +42,9 @@ def free_port(preferred: int | None = None) -> int:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # Servers set SO_REUSEADDR, so a port whose old connections sit in TIME_WAIT
+        # is free for them; probe the same way.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
