@@ -129,6 +129,50 @@ class Stream(Generic[T]):
                     await pending
 
 
+class TakeBuffer(Generic[T]):
+    """``take`` for a consumer that is sometimes busy (the flush agent).
+
+    A producer task puts chunks; the consumer awaits :meth:`get`, which returns a batch
+    when ``max_items`` are buffered or the oldest item waited ``within`` seconds. While
+    the consumer is busy flushing, items keep accumulating (up to the source's in-flight
+    bound), so the next batch is as large as the backlog allows: batching adapts to load
+    instead of cutting small batches on a timer the flush cannot keep up with.
+    """
+
+    def __init__(self, max_items: int, within: float, clock: Clock = time.monotonic) -> None:
+        self._batcher: Batcher[T] = Batcher(max_items, within, clock)
+        self._ready: list[list[T]] = []
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    def put(self, items: list[T]) -> None:
+        """Add a chunk (never blocks; the source bounds what is in flight)."""
+        self._ready.extend(self._batcher.add(items))
+        self._wake.set()
+
+    def close(self) -> None:
+        """No more items: :meth:`get` drains what is left, then returns []."""
+        self._closed = True
+        self._wake.set()
+
+    async def get(self) -> list[T]:
+        """The next batch; [] once closed and empty."""
+        while True:
+            if self._ready:
+                return self._ready.pop(0)
+            if self._closed:
+                return self._batcher.drain()
+            batch = self._batcher.due()
+            if batch:
+                return batch
+            self._wake.clear()
+            timeout = self._batcher.time_left()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+
 @dataclass(frozen=True)
 class Agent(Generic[T]):
     """A named stage: ``fn`` maps a stream of chunks to a stream of chunks."""

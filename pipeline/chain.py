@@ -21,7 +21,6 @@ from schemas.events import AuditEvent, ResourceRef
 
 GENESIS: Final = bytes(32)
 _enc: Final = msgspec.json.Encoder(order="sorted")
-_refs_dec: Final = msgspec.json.Decoder(list[ResourceRef])
 
 # Column order of audit.events used by COPY and by verification.
 COLUMNS: Final = (
@@ -50,56 +49,95 @@ COLUMNS: Final = (
     "hash",
 )
 HASH_INDEX: Final = COLUMNS.index("hash")
+SEQ_INDEX: Final = COLUMNS.index("seq")
 
 
 def format_ts(ts: datetime) -> str:
     """RFC 3339 UTC with exactly six fractional digits, e.g. ``2026-11-26T04:57:36.000000Z``."""
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if ts.utcoffset():
+        ts = ts.astimezone(UTC)
+    # isoformat gives "...+00:00" for UTC (and nothing for naive, which we never store).
+    text = ts.isoformat(timespec="microseconds")
+    return (text[:-6] if ts.tzinfo is not None else text) + "Z"
+
+
+class _Actor(msgspec.Struct, frozen=True, gc=False):
+    display_name: str
+    id: str
+    type: str
+
+
+class _Ref(msgspec.Struct, frozen=True, gc=False):
+    display_name: str
+    id: str
+    type: str
+
+
+class _Canonical(msgspec.Struct, frozen=True, gc=False):
+    """The hashed document; fields are declared in sorted order, encoded compactly."""
+
+    action: str
+    actor: _Actor
+    category: str
+    changes: msgspec.Raw
+    description: str
+    id: uuid.UUID
+    ip: str
+    metadata: msgspec.Raw
+    occurred_at: datetime
+    primary_resource: _Ref | None
+    received_at: datetime
+    related_resources: msgspec.Raw
+    request_id: str
+    severity: str
+    tenant_id: str
+    trace_id: str
+    user_agent: str
+
+
+_NULL: Final = msgspec.Raw(b"null")
+_refs_dec: Final = msgspec.json.Decoder(list[ResourceRef])
+
+
+def _canonical_related(text: str | bytes) -> bytes:
+    # related_resources is stored as jsonb (key order not kept): re-encode canonically.
+    return _enc.encode(_refs_dec.decode(text))
 
 
 def canonical_bytes(row: dict[str, Any]) -> bytes:
-    """The bytes that are hashed for one stored row.
+    """The bytes that are hashed for one stored row (specified in schemas/README.md).
 
-    ``row`` maps column names to values as stored (``metadata``/``changes`` as their JSON
-    text, ``related_resources`` as JSON text or a list of ResourceRef). The result is a
-    compact JSON object with keys sorted; ``metadata`` and ``changes`` are embedded
-    verbatim; timestamps use :func:`format_ts`; an absent primary resource is ``null``.
+    ``row`` maps column names to stored values: ``metadata`` and ``changes`` as their
+    JSON text (embedded verbatim), ``related_resources`` as JSON text. The result is a
+    compact JSON object with keys sorted; timestamps are RFC 3339 UTC (``Z``) with six
+    fractional digits, omitted when the microsecond is zero; an absent
+    primary resource or changes is ``null``. ``seq`` and ``hash`` are not part of it:
+    position is bound by chaining each hash to the previous one.
     """
-    related = row["related_resources"]
-    if isinstance(related, str | bytes):
-        related = _refs_dec.decode(related)
     primary = None
     if row["resource_type"] or row["resource_id"]:
-        primary = {
-            "display_name": row["resource_display_name"],
-            "id": row["resource_id"],
-            "type": row["resource_type"],
-        }
+        primary = _Ref(row["resource_display_name"], row["resource_id"], row["resource_type"])
     changes = row["changes"]
-    doc = {
-        "action": row["action"],
-        "actor": {
-            "display_name": row["actor_display_name"],
-            "id": row["actor_id"],
-            "type": row["actor_type"],
-        },
-        "category": row["category"],
-        "changes": msgspec.Raw(changes.encode()) if changes is not None else None,
-        "description": row["description"],
-        "id": str(row["id"]),
-        "ip": row["ip"],
-        "metadata": msgspec.Raw(row["metadata"].encode()),
-        "occurred_at": format_ts(row["occurred_at"]),
-        "primary_resource": primary,
-        "received_at": format_ts(row["received_at"]),
-        "related_resources": related,
-        "request_id": row["request_id"],
-        "seq": row["seq"],
-        "severity": row["severity"],
-        "tenant_id": row["tenant_id"],
-        "trace_id": row["trace_id"],
-        "user_agent": row["user_agent"],
-    }
+    related = row["related_resources"]
+    doc = _Canonical(
+        action=row["action"],
+        actor=_Actor(row["actor_display_name"], row["actor_id"], row["actor_type"]),
+        category=row["category"],
+        changes=msgspec.Raw(changes.encode()) if changes is not None else _NULL,
+        description=row["description"],
+        id=row["id"] if isinstance(row["id"], uuid.UUID) else uuid.UUID(row["id"]),
+        ip=row["ip"],
+        metadata=msgspec.Raw(row["metadata"].encode()),
+        occurred_at=row["occurred_at"],
+        primary_resource=primary,
+        received_at=row["received_at"],
+        related_resources=msgspec.Raw(_canonical_related(related)),
+        request_id=row["request_id"],
+        severity=row["severity"],
+        tenant_id=row["tenant_id"],
+        trace_id=row["trace_id"],
+        user_agent=row["user_agent"],
+    )
     return _enc.encode(doc)
 
 
@@ -108,39 +146,63 @@ def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:
     return hashlib.sha256(prev_hash + canonical).digest()
 
 
-def row_values(event: AuditEvent) -> dict[str, Any]:
-    """Column values of an enriched event, without ``seq`` and ``hash``."""
+class Prepared(msgspec.Struct, kw_only=True, gc=False):
+    """An event turned into column values and canonical bytes, before it is chained.
+
+    Everything here is computed outside the flush transaction; chaining inside it is
+    one SHA-256 per event.
+    """
+
+    event: AuditEvent
+    values: list[Any]
+    canonical: bytes
+
+
+def prepare(event: AuditEvent) -> Prepared:
+    """Column values (``seq``/``hash`` left as None) and canonical bytes of an enriched event."""
     primary = event.primary_resource
-    return {
-        "tenant_id": event.tenant_id,
-        "occurred_at": event.occurred_at,
-        "id": event.id,
-        "received_at": event.received_at,
-        "action": event.action,
-        "category": event.category.value,
-        "severity": event.severity.value,
-        "actor_type": event.actor.type.value,
-        "actor_id": event.actor.id,
-        "actor_display_name": event.actor.display_name,
-        "resource_type": primary.type if primary else "",
-        "resource_id": primary.id if primary else "",
-        "resource_display_name": primary.display_name if primary else "",
-        "related_resources": _enc.encode(event.related_resources).decode(),
-        "description": event.description,
-        "metadata": _enc.encode(event.metadata).decode(),
-        "changes": _enc.encode(event.changes).decode() if event.changes is not None else None,
-        "ip": event.ip,
-        "user_agent": event.user_agent,
-        "request_id": event.request_id,
-        "trace_id": event.trace_id,
-    }
+    actor = event.actor
+    metadata = _enc.encode(event.metadata)
+    changes = _enc.encode(event.changes) if event.changes is not None else None
+    related = _enc.encode(event.related_resources)
+    occurred, received = event.occurred_at, event.received_at
+    assert occurred is not None and received is not None and event.id is not None
+    doc = _Canonical(
+        action=event.action,
+        actor=_Actor(actor.display_name, actor.id, actor.type),
+        category=event.category,
+        changes=msgspec.Raw(changes) if changes is not None else _NULL,
+        description=event.description,
+        id=event.id,
+        ip=event.ip,
+        metadata=msgspec.Raw(metadata),
+        occurred_at=occurred,
+        primary_resource=_Ref(primary.display_name, primary.id, primary.type) if primary else None,
+        received_at=received,
+        related_resources=msgspec.Raw(related),
+        request_id=event.request_id,
+        severity=event.severity,
+        tenant_id=event.tenant_id,
+        trace_id=event.trace_id,
+        user_agent=event.user_agent,
+    )
+    values = [
+        event.tenant_id, occurred, event.id, None, received, event.action,
+        event.category, event.severity, actor.type, actor.id,
+        actor.display_name, primary.type if primary else "", primary.id if primary else "",
+        primary.display_name if primary else "", related.decode(), event.description,
+        metadata.decode(), changes.decode() if changes is not None else None, event.ip,
+        event.user_agent, event.request_id, event.trace_id, None,
+    ]  # fmt: skip
+    return Prepared(event=event, values=values, canonical=_enc.encode(doc))
 
 
-def link(row: dict[str, Any], seq: int, prev_hash: bytes) -> tuple[Any, ...]:
+def link(prepared: Prepared, seq: int, prev_hash: bytes) -> tuple[Any, ...]:
     """Assign ``seq`` and the chained hash; return the COPY record in :data:`COLUMNS` order."""
-    row["seq"] = seq
-    row["hash"] = chain_hash(prev_hash, canonical_bytes(row))
-    return tuple(row[c] for c in COLUMNS)
+    values = prepared.values
+    values[SEQ_INDEX] = seq
+    values[HASH_INDEX] = hashlib.sha256(prev_hash + prepared.canonical).digest()
+    return tuple(values)
 
 
 class ChainBreak(msgspec.Struct, frozen=True, kw_only=True):

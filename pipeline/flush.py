@@ -2,11 +2,14 @@
 
 Per batch, in one transaction:
 
-1. lock the chain heads of the batch's tenants (``INSERT .. ON CONFLICT DO UPDATE ..
-   RETURNING``, tenants in sorted order so concurrent workers never deadlock);
-2. claim ``(tenant_id, id)`` in ``audit.event_ids``; rows that already exist are
-   duplicates (from redeliveries, replays, other workers) and are dropped;
-3. assign per-tenant ``seq`` and chained hashes to the new events, in batch order;
+1. claim ``(tenant_id, id)`` in ``audit.event_ids``: an optimistic binary COPY (in a
+   savepoint; duplicates are rare), else ``INSERT .. ON CONFLICT DO NOTHING RETURNING``.
+   Keys that already exist are duplicates (redeliveries, replays, other workers) and are
+   dropped. Keys are claimed in sorted order so concurrent workers cannot deadlock;
+2. lock the chain heads of the batch's tenants (``INSERT .. ON CONFLICT DO UPDATE ..
+   RETURNING``, tenants in sorted order);
+3. chain the new events: per-tenant ``seq`` and SHA-256 over canonical bytes prepared
+   before the transaction (one hash per event while the heads are locked);
 4. binary-COPY them into their month partitions, and move the chain heads.
 
 The caller acknowledges the source only after :func:`flush_batch` returns.
@@ -17,18 +20,20 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from pipeline.chain import COLUMNS, GENESIS, link, row_values
+from pipeline.chain import COLUMNS, GENESIS, Prepared, link
 from pipeline.errors import RowRejected, StorageUnavailable
 from schemas.events import AuditEvent
 
 log = logging.getLogger(__name__)
+
+Key = tuple[str, uuid.UUID]
 
 # SQLSTATE classes: 08 connection, 53 resources, 57 operator intervention, 40 rollbacks.
 _RETRYABLE_CLASSES = ("08", "53", "57", "40", "55")
@@ -43,7 +48,7 @@ RETURNING tenant_id, last_seq, last_hash
 """
 _CLAIM_IDS = """
 INSERT INTO audit.event_ids (tenant_id, id, occurred_at)
-SELECT * FROM unnest($1::text[], $2::uuid[], $3::timestamptz[]) ORDER BY 1, 2
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::timestamptz[])
 ON CONFLICT DO NOTHING
 RETURNING tenant_id, id
 """
@@ -53,6 +58,9 @@ SET last_seq = u.seq, last_hash = u.hash, updated_at = now()
 FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS u(tenant_id, seq, hash)
 WHERE h.tenant_id = u.tenant_id
 """
+
+
+_OCCURRED = COLUMNS.index("occurred_at")
 
 
 def partition_name(ts: datetime) -> str:
@@ -97,14 +105,16 @@ class PartitionCache:
     def __init__(self) -> None:
         self._known: set[str] = set()
 
-    async def ensure(self, pool: asyncpg.Pool, events: Sequence[AuditEvent]) -> None:
+    async def ensure(self, pool: asyncpg.Pool, events: Iterable[AuditEvent]) -> None:
         """Make sure every month in ``events`` has a partition (idempotent, concurrent-safe)."""
-        missing: dict[str, datetime] = {}
+        months: dict[tuple[int, int], datetime] = {}
         for ev in events:
-            assert ev.occurred_at is not None
-            name = partition_name(ev.occurred_at)
-            if name not in self._known and name not in missing:
-                missing[name] = ev.occurred_at
+            ts = ev.occurred_at
+            assert ts is not None
+            months.setdefault((ts.year, ts.month), ts)
+        missing = {
+            name: ts for ts in months.values() if (name := partition_name(ts)) not in self._known
+        }
         if not missing:
             return
         async with pool.acquire() as conn:
@@ -118,62 +128,81 @@ async def _lock_heads(conn: asyncpg.Connection, tenants: list[str]) -> dict[str,
     return {r["tenant_id"]: (r["last_seq"], bytes(r["last_hash"])) for r in rows}
 
 
-async def _claim(
-    conn: asyncpg.Connection, events: Sequence[AuditEvent]
-) -> set[tuple[str, uuid.UUID]]:
-    rows = await conn.fetch(
-        _CLAIM_IDS,
-        [e.tenant_id for e in events],
-        [e.id for e in events],
-        [e.occurred_at for e in events],
+async def _claim(conn: asyncpg.Connection, items: Sequence[Prepared]) -> set[Key] | None:
+    """Claim the batch's keys; return the keys claimed, or None when all were new."""
+    # Unsorted on purpose: keys collide between workers only for redeliveries, and a
+    # rare deadlock is detected by PostgreSQL (40P01) and the batch retried.
+    rows = [(p.event.tenant_id, p.event.id, p.event.occurred_at) for p in items]
+    try:
+        async with conn.transaction():  # a savepoint
+            await conn.copy_records_to_table(
+                "event_ids", records=rows, columns=("tenant_id", "id", "occurred_at"),
+                schema_name="audit",
+            )  # fmt: skip
+        return None
+    except asyncpg.UniqueViolationError:
+        pass
+    claimed = await conn.fetch(
+        _CLAIM_IDS, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
     )
-    return {(r["tenant_id"], r["id"]) for r in rows}
+    return {(r["tenant_id"], r["id"]) for r in claimed}
 
 
 async def _copy(conn: asyncpg.Connection, records: list[tuple[Any, ...]]) -> None:
-    by_part: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-    occurred = COLUMNS.index("occurred_at")
-    for rec in records:
-        by_part[partition_name(rec[occurred])].append(rec)
+    first = records[0][_OCCURRED]
+    month = (first.year, first.month)
+    if all((r[_OCCURRED].year, r[_OCCURRED].month) == month for r in records):
+        by_part = {partition_name(first): records}  # the usual case: one month
+    else:
+        by_part = defaultdict(list)
+        for rec in records:
+            by_part[partition_name(rec[_OCCURRED])].append(rec)
     for part, recs in by_part.items():
         await conn.copy_records_to_table(part, records=recs, columns=COLUMNS, schema_name="audit")
 
 
-async def write_batch(conn: asyncpg.Connection, events: Sequence[AuditEvent]) -> FlushResult:
-    """Store ``events`` (enriched, unique within the batch) in one transaction on ``conn``.
+async def write_batch(conn: asyncpg.Connection, items: Sequence[Prepared]) -> FlushResult:
+    """Store ``items`` (prepared, unique within the batch) in one transaction on ``conn``.
 
     Raises:
         asyncpg.PostgresError / OSError: the transaction rolled back; :func:`classify` it.
     """
     result = FlushResult()
-    if not events:
+    if not items:
         return result
-    tenants = sorted({e.tenant_id for e in events})
     async with conn.transaction():
-        heads = await _lock_heads(conn, tenants)
-        claimed = await _claim(conn, events)
+        claimed = await _claim(conn, items)
+        if claimed is not None:
+            fresh = []
+            for p in items:
+                key = (p.event.tenant_id, p.event.id)
+                if key in claimed:
+                    fresh.append(p)
+                else:
+                    result.duplicates.append(key)  # type: ignore[arg-type]
+            items = fresh
+        if not items:
+            return result
+        heads = await _lock_heads(conn, sorted({p.event.tenant_id for p in items}))
         moved: dict[str, tuple[int, bytes]] = {}
-        for ev in events:
-            key = (ev.tenant_id, ev.id)
-            if key not in claimed:
-                result.duplicates.append(key)  # type: ignore[arg-type]
-                continue
-            seq, prev = moved.get(ev.tenant_id) or heads[ev.tenant_id]
-            rec = link(row_values(ev), seq + 1, prev)
-            moved[ev.tenant_id] = (seq + 1, rec[-1])
-            result.records.append(rec)
-            result.stored.append(key)  # type: ignore[arg-type]
-        if result.records:
-            await _copy(conn, result.records)
-            names = list(moved)
-            await conn.execute(
-                _MOVE_HEADS, names, [moved[t][0] for t in names], [moved[t][1] for t in names]
-            )
+        records = result.records
+        for p in items:
+            tenant = p.event.tenant_id
+            seq, prev = moved.get(tenant) or heads[tenant]
+            rec = link(p, seq + 1, prev)
+            moved[tenant] = (seq + 1, rec[-1])
+            records.append(rec)
+            result.stored.append((tenant, p.event.id))  # type: ignore[arg-type]
+        await _copy(conn, records)
+        names = list(moved)
+        await conn.execute(
+            _MOVE_HEADS, names, [moved[t][0] for t in names], [moved[t][1] for t in names]
+        )
     return result
 
 
 async def find_rejected(
-    conn: asyncpg.Connection, events: Sequence[AuditEvent]
+    conn: asyncpg.Connection, items: Sequence[Prepared]
 ) -> dict[int, RowRejected]:
     """Find which events PostgreSQL refuses, by bisecting trial COPYs that roll back.
 
@@ -183,7 +212,7 @@ async def find_rejected(
     bad: dict[int, RowRejected] = {}
 
     async def trial(idx: list[int]) -> asyncpg.PostgresError | None:
-        recs = [link(row_values(events[i]), 1, GENESIS) for i in idx]
+        recs = [link(items[i], 1, GENESIS) for i in idx]
         try:
             async with conn.transaction():
                 await conn.execute(
@@ -210,7 +239,7 @@ async def find_rejected(
         await bisect(idx[:mid])
         await bisect(idx[mid:])
 
-    await bisect(list(range(len(events))))
+    await bisect(list(range(len(items))))
     return bad
 
 

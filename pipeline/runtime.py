@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -108,6 +109,11 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
     what = "HTTP API" if http else "metrics"
     log.info("%s listening on http://%s:%d", what, settings.http_host, port)
     log.info("postgresql: %s | nats: %s", redact_url(ends.database_url), ends.nats_url)
+    # Long-lived objects move out of the collector's sight, and young-generation
+    # collections run less often: the ingest path allocates many short-lived objects.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({stopper, worker_task}, return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down: draining the pipeline")

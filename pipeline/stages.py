@@ -14,6 +14,7 @@ from typing import Final
 
 import msgspec
 
+from pipeline.chain import Prepared, prepare
 from schemas.events import AuditEvent, EventValidationError, decode_event
 
 # Namespace for ids derived from idempotency keys that are not UUIDs (stable forever).
@@ -21,7 +22,7 @@ IDEMPOTENCY_NAMESPACE: Final = uuid.UUID("5a0b7a7e-3c1f-4d55-9a8e-6f1f2f0c0a11")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class Message(msgspec.Struct, frozen=True, kw_only=True):
+class Message(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One message from a source, as the stages see it.
 
     Attributes:
@@ -39,14 +40,15 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     ack: str = ""
 
 
-class Valid(msgspec.Struct, frozen=True, kw_only=True):
-    """A message whose event validated and was enriched."""
+class Valid(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A message whose event validated and was enriched, with its storage form prepared."""
 
     msg: Message
     event: AuditEvent
+    prepared: Prepared
 
 
-class Dead(msgspec.Struct, frozen=True, kw_only=True):
+class Dead(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A message that goes to the dead-letter stream.
 
     Attributes:
@@ -118,10 +120,10 @@ def enrich(event: AuditEvent, msg: Message, now: datetime) -> AuditEvent:
     - ``occurred_at``: as given (UTC), else ``received_at``.
     - ``action``: lower-cased.
     """
-    received = (
-        _EPOCH + timedelta(microseconds=msg.timestamp_ns // 1000) if msg.timestamp_ns else now
-    )
-    received = _utc_micro(received)
+    if msg.timestamp_ns:
+        received = _EPOCH + timedelta(microseconds=msg.timestamp_ns // 1000)
+    else:
+        received = _utc_micro(now)
     event_id = event.id
     if event_id is None:
         key = msg.headers.get("Nats-Msg-Id") if msg.headers else None
@@ -146,11 +148,12 @@ def enrich(event: AuditEvent, msg: Message, now: datetime) -> AuditEvent:
 
 
 def process(msg: Message, now: datetime) -> Valid | Dead:
-    """validate then enrich: the per-message part of the pipeline."""
+    """validate, enrich, prepare (column values + canonical bytes): the per-message part."""
     result = validate(msg)
     if isinstance(result, Dead):
         return result
-    return Valid(msg=msg, event=enrich(result, msg, now))
+    event = enrich(result, msg, now)
+    return Valid(msg=msg, event=event, prepared=prepare(event))
 
 
 class Deduplicator:
@@ -165,20 +168,21 @@ class Deduplicator:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._seen: OrderedDict[tuple[str, uuid.UUID], None] = OrderedDict()
+        # (tenant_id, id.int): hashing a UUID object runs Python code, its int does not.
+        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def seen(self, tenant_id: str, event_id: uuid.UUID) -> bool:
         """True when the key was committed recently."""
-        return (tenant_id, event_id) in self._seen
+        return (tenant_id, event_id.int) in self._seen
 
     def remember(self, keys: list[tuple[str, uuid.UUID]]) -> None:
         """Record committed keys, evicting the oldest beyond capacity."""
         seen = self._seen
-        for key in keys:
-            seen[key] = None
+        for tenant, event_id in keys:
+            seen[(tenant, event_id.int)] = None
         while len(seen) > self.capacity:
             seen.popitem(last=False)
 
@@ -189,12 +193,14 @@ class Deduplicator:
         """
         fresh: list[Valid] = []
         dupes: list[Valid] = []
-        batch: set[tuple[str, uuid.UUID]] = set()
+        batch: set[tuple[str, int]] = set()
+        seen = self._seen
         for item in items:
-            key = (item.event.tenant_id, item.event.id)  # enrich set the id
-            if key in batch or key in self._seen:
+            ev = item.event
+            key = (ev.tenant_id, ev.id.int)  # type: ignore[union-attr]  # enrich set the id
+            if key in batch or key in seen:
                 dupes.append(item)
             else:
-                batch.add(key)  # type: ignore[arg-type]
+                batch.add(key)
                 fresh.append(item)
         return fresh, dupes

@@ -5,7 +5,8 @@ Faust composes them: ``process`` is an agent over the source stream; ``take`` gr
 output into micro-batches; the flush agent stores each batch in one transaction, then
 dead-letters what PostgreSQL refused, acks every message of the batch, and tells
 waiters (the synchronous write API) which ids committed. Fetching and decoding the next
-batch overlaps with flushing the current one; at most one batch waits between them.
+batch overlaps with flushing the current one (a :class:`TakeBuffer` between them grows
+the next batch while a flush runs, up to ``batch_max_events``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 import asyncpg
 from nats.aio.client import Client
 
-from pipeline.agents import Agent, Stream
+from pipeline.agents import Agent, Stream, TakeBuffer
 from pipeline.dlq import dead_letter_headers
 from pipeline.flush import FlushResult, PartitionCache, classify, find_rejected, write_batch
 from pipeline.metrics import Metrics
@@ -85,7 +86,9 @@ class Worker:
         self.dedup = Deduplicator(settings.dedup_window)
         self.partitions = PartitionCache()
         self.totals = {"stored": 0, "duplicates": 0, "dead_lettered": 0}
-        self._queue: asyncio.Queue[list[Valid | Dead] | None] = asyncio.Queue(maxsize=1)
+        self._take: TakeBuffer[Valid | Dead] = TakeBuffer(
+            settings.batch_max_events, settings.batch_max_latency_ms / 1000
+        )
         self._stopped = asyncio.Event()
 
     # -- agents ---------------------------------------------------------------------------
@@ -98,13 +101,14 @@ class Worker:
 
     async def _produce(self) -> None:
         stream = Agent("process", self._process)(Stream(self.source.chunks(), "source"))
-        within = self.settings.batch_max_latency_ms / 1000
-        async for batch in stream.take(self.settings.batch_max_events, within):
-            await self._queue.put(batch)
-        await self._queue.put(None)
+        try:
+            async for chunk in stream:
+                self._take.put(chunk)
+        finally:
+            self._take.close()
 
     async def _consume(self) -> None:
-        while (batch := await self._queue.get()) is not None:
+        while batch := await self._take.get():
             await self.handle(batch)
 
     async def run(self) -> None:
@@ -170,14 +174,14 @@ class Worker:
             try:
                 await self.partitions.ensure(self.pool, events)
                 async with self.pool.acquire() as conn:
-                    result = await write_batch(conn, events)
+                    result = await write_batch(conn, [v.prepared for v in items])
                 self.metrics.flush_seconds.observe(time.perf_counter() - started)
                 return result, rejected
             except Exception as exc:
                 kind = classify(exc)
                 self.metrics.flush_retries.labels(kind).inc()
                 if kind == "row":
-                    bad = await self._find_rejected(events)
+                    bad = await self._find_rejected([v.prepared for v in items])
                     if bad:
                         rejected.extend(
                             Dead(msg=items[i].msg, reason="db_rejected", message=str(err),

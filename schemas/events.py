@@ -9,11 +9,10 @@ wrong. Limits are module constants, documented in ``schemas/README.md``.
 
 from __future__ import annotations
 
-import enum
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
 
@@ -34,43 +33,52 @@ TENANT_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 ACTION_PATTERN: Final = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$"
 
 
-class Category(enum.Enum):
-    """What area of the product an event belongs to (proto ``Category``)."""
+CATEGORIES: Final = (
+    "CATEGORY_UNSPECIFIED",
+    "CATEGORY_AUTH",  # logins, logouts, MFA, sessions
+    "CATEGORY_ACCESS_CONTROL",  # roles, permissions, grants
+    "CATEGORY_DATA",  # reads and changes of customer data
+    "CATEGORY_CONFIGURATION",  # settings and configuration changes
+    "CATEGORY_ADMIN",  # administrative actions
+    "CATEGORY_BILLING",
+    "CATEGORY_SECURITY",  # security-relevant findings and changes
+    "CATEGORY_SYSTEM",  # system and background jobs
+    "CATEGORY_INTEGRATION",  # API keys, webhooks, third parties
+    "CATEGORY_COMPLIANCE",  # exports, retention, legal holds
+)
+SEVERITIES: Final = (
+    "SEVERITY_UNSPECIFIED",
+    "SEVERITY_DEBUG",
+    "SEVERITY_INFO",
+    "SEVERITY_NOTICE",
+    "SEVERITY_WARNING",
+    "SEVERITY_ERROR",
+    "SEVERITY_CRITICAL",
+    "SEVERITY_SECURITY",
+)
+ACTOR_TYPES: Final = (
+    "ACTOR_TYPE_UNSPECIFIED",
+    "ACTOR_TYPE_USER",  # interactive human actions
+    "ACTOR_TYPE_SYSTEM",  # the product itself
+    "ACTOR_TYPE_SERVICE",  # machine-to-machine calls
+    "ACTOR_TYPE_API_KEY",
+)
 
-    CATEGORY_UNSPECIFIED = "CATEGORY_UNSPECIFIED"
-    CATEGORY_AUTH = "CATEGORY_AUTH"
-    CATEGORY_ACCESS_CONTROL = "CATEGORY_ACCESS_CONTROL"
-    CATEGORY_DATA = "CATEGORY_DATA"
-    CATEGORY_CONFIGURATION = "CATEGORY_CONFIGURATION"
-    CATEGORY_ADMIN = "CATEGORY_ADMIN"
-    CATEGORY_BILLING = "CATEGORY_BILLING"
-    CATEGORY_SECURITY = "CATEGORY_SECURITY"
-    CATEGORY_SYSTEM = "CATEGORY_SYSTEM"
-    CATEGORY_INTEGRATION = "CATEGORY_INTEGRATION"
-    CATEGORY_COMPLIANCE = "CATEGORY_COMPLIANCE"
-
-
-class Severity(enum.Enum):
-    """How important an event is (proto ``Severity``)."""
-
-    SEVERITY_UNSPECIFIED = "SEVERITY_UNSPECIFIED"
-    SEVERITY_DEBUG = "SEVERITY_DEBUG"
-    SEVERITY_INFO = "SEVERITY_INFO"
-    SEVERITY_NOTICE = "SEVERITY_NOTICE"
-    SEVERITY_WARNING = "SEVERITY_WARNING"
-    SEVERITY_ERROR = "SEVERITY_ERROR"
-    SEVERITY_CRITICAL = "SEVERITY_CRITICAL"
-    SEVERITY_SECURITY = "SEVERITY_SECURITY"
-
-
-class ActorType(enum.Enum):
-    """Who triggered an action (proto ``ActorType``)."""
-
-    ACTOR_TYPE_UNSPECIFIED = "ACTOR_TYPE_UNSPECIFIED"
-    ACTOR_TYPE_USER = "ACTOR_TYPE_USER"
-    ACTOR_TYPE_SYSTEM = "ACTOR_TYPE_SYSTEM"
-    ACTOR_TYPE_SERVICE = "ACTOR_TYPE_SERVICE"
-    ACTOR_TYPE_API_KEY = "ACTOR_TYPE_API_KEY"
+# Enums are their proto names (strings): msgspec validates Literal values in C, and the
+# names are what JSON carries, what is stored and what is hashed.
+Category = Literal[
+    "CATEGORY_UNSPECIFIED", "CATEGORY_AUTH", "CATEGORY_ACCESS_CONTROL", "CATEGORY_DATA",
+    "CATEGORY_CONFIGURATION", "CATEGORY_ADMIN", "CATEGORY_BILLING", "CATEGORY_SECURITY",
+    "CATEGORY_SYSTEM", "CATEGORY_INTEGRATION", "CATEGORY_COMPLIANCE",
+]  # fmt: skip
+Severity = Literal[
+    "SEVERITY_UNSPECIFIED", "SEVERITY_DEBUG", "SEVERITY_INFO", "SEVERITY_NOTICE",
+    "SEVERITY_WARNING", "SEVERITY_ERROR", "SEVERITY_CRITICAL", "SEVERITY_SECURITY",
+]  # fmt: skip
+ActorType = Literal[
+    "ACTOR_TYPE_UNSPECIFIED", "ACTOR_TYPE_USER", "ACTOR_TYPE_SYSTEM", "ACTOR_TYPE_SERVICE",
+    "ACTOR_TYPE_API_KEY",
+]  # fmt: skip
 
 
 NonEmptyId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LEN)]
@@ -95,7 +103,9 @@ Action = Annotated[
 ]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 
-_STRUCT = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
+# gc=False: these never form reference cycles, and untracked objects keep the
+# collector off the ingest hot path.
+_STRUCT = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True, "gc": False}
 
 
 class Actor(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg,misc]
@@ -136,8 +146,8 @@ class AuditEvent(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg,misc]
     action: Action
     actor: Actor
     id: uuid.UUID | None = None
-    category: Category = Category.CATEGORY_UNSPECIFIED
-    severity: Severity = Severity.SEVERITY_UNSPECIFIED
+    category: Category = "CATEGORY_UNSPECIFIED"
+    severity: Severity = "SEVERITY_UNSPECIFIED"
     primary_resource: ResourceRef | None = None
     related_resources: Annotated[
         list[ResourceRef], msgspec.Meta(max_length=MAX_RELATED_RESOURCES)
@@ -253,7 +263,7 @@ def check_limits(event: AuditEvent) -> None:
     Raises:
         EventValidationError: naming the field.
     """
-    if event.actor.type is ActorType.ACTOR_TYPE_UNSPECIFIED:
+    if event.actor.type == "ACTOR_TYPE_UNSPECIFIED":
         raise EventValidationError(
             "actor.type must be one of ACTOR_TYPE_USER, ACTOR_TYPE_SYSTEM, "
             "ACTOR_TYPE_SERVICE, ACTOR_TYPE_API_KEY",
@@ -314,3 +324,8 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "AuditEvent"
     return schema
+
+
+assert get_args(Category) == CATEGORIES
+assert get_args(Severity) == SEVERITIES
+assert get_args(ActorType) == ACTOR_TYPES

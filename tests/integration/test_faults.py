@@ -58,7 +58,7 @@ async def test_kill_9_mid_stream_then_restart(db_url, settings_factory) -> None:
         proc.kill()
         proc.wait()
         partial = await admin_count(db_url)
-        assert 0 < partial
+        assert partial > 0
         await publish_all(nc, settings.subject, payloads[3000:])
         proc = spawn_worker(settings)
         assert await wait_count(db_url, total, timeout=120) == total
@@ -68,7 +68,9 @@ async def test_kill_9_mid_stream_then_restart(db_url, settings_factory) -> None:
         assert distinct == total
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        assert proc.wait(timeout=60) == 0, (
+            proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        )
         await nc.close()
 
 

@@ -22,7 +22,7 @@ def _event(tenant: str, occurred: str | None = None) -> object:
     if occurred:
         body = body.replace(b'"action"', f'"occurred_at": "{occurred}", "action"'.encode())
     out = process(Message(data=body), datetime.now(UTC))
-    return out.event  # type: ignore[union-attr]
+    return out.prepared  # type: ignore[union-attr]
 
 
 async def test_migrations_fresh_twice_and_concurrently(pg_server_url: str) -> None:
@@ -118,8 +118,8 @@ async def test_partitions_appear_on_demand(db_url: str) -> None:
     pool = await create_pool(db_url, max_size=2)
     try:
         await asyncio.gather(
-            PartitionCache().ensure(pool, [old, future]),
-            PartitionCache().ensure(pool, [old, future]),
+            PartitionCache().ensure(pool, [old.event, future.event]),
+            PartitionCache().ensure(pool, [old.event, future.event]),
         )
         async with pool.acquire() as conn:
             await write_batch(conn, [old, future])
@@ -130,7 +130,7 @@ async def test_partitions_appear_on_demand(db_url: str) -> None:
     finally:
         await pool.close()
     assert {"events_2019_03", f"events_{next_year}_12"} <= names
-    assert [r["occurred_at"] for r in stored] == [old.occurred_at, future.occurred_at]
+    assert [r["occurred_at"] for r in stored] == [old.event.occurred_at, future.event.occurred_at]
     conn = await asyncpg.connect(db_url)
     try:
         default = await conn.fetchval(

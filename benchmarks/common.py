@@ -1,0 +1,140 @@
+"""Shared benchmark plumbing: servers, synthetic events, a fast JetStream publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import nats
+
+from pipeline.db import ensure_database, with_database
+from pipeline.migrate import migrate
+from pipeline.settings import Settings
+
+ACTIONS = ["user.login", "user.logout", "document.updated", "role.granted", "invoice.paid",
+           "api_key.created", "settings.changed", "file.downloaded"]  # fmt: skip
+CATEGORIES = ["CATEGORY_AUTH", "CATEGORY_DATA", "CATEGORY_ACCESS_CONTROL", "CATEGORY_BILLING",
+              "CATEGORY_CONFIGURATION", "CATEGORY_SECURITY"]  # fmt: skip
+SEVERITIES = ["SEVERITY_INFO", "SEVERITY_INFO", "SEVERITY_NOTICE", "SEVERITY_WARNING",
+              "SEVERITY_ERROR", "SEVERITY_SECURITY"]  # fmt: skip
+
+
+def tenant_ids(n: int) -> list[str]:
+    """Stable tenant ids (UUIDs) for ``n`` tenants."""
+    rnd = random.Random(7)
+    return [str(uuid.UUID(int=rnd.getrandbits(128), version=4)) for _ in range(n)]
+
+
+def synthetic_events(n: int, tenants: list[str], seed: int = 1) -> Iterator[bytes]:
+    """``n`` ~600-byte events spread over ``tenants`` (uniformly)."""
+    rnd = random.Random(seed)
+    for i in range(n):
+        t = tenants[rnd.randrange(len(tenants))]
+        user = f"user-{rnd.randrange(100000)}"
+        doc = {
+            "tenant_id": t,
+            "action": ACTIONS[i % len(ACTIONS)],
+            "category": CATEGORIES[i % len(CATEGORIES)],
+            "severity": SEVERITIES[rnd.randrange(len(SEVERITIES))],
+            "actor": {"type": "ACTOR_TYPE_USER", "id": user, "display_name": "Jane Q. Doe"},
+            "primary_resource": {
+                "type": "document",
+                "id": f"doc-{rnd.randrange(10**6)}",
+                "display_name": "Quarterly plan",
+            },  # fmt: skip
+            "related_resources": [{"type": "folder", "id": f"folder-{i % 97}"}],
+            "description": "Updated the sharing settings of a document in the workspace",
+            "metadata": {
+                "ip": f"192.0.2.{i % 250}",
+                "session": uuid.uuid4().hex,
+                "plan": "enterprise",
+                "region": "eu-west-1",
+            },  # fmt: skip
+            "ip": f"192.0.2.{i % 250}",
+            "user_agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0",
+            "request_id": uuid.uuid4().hex,
+        }
+        yield json.dumps(doc, separators=(",", ":")).encode()
+
+
+async def fast_publish(
+    url: str, subject: str, payloads: list[bytes], inflight: int = 4000
+) -> float:
+    """Publish with a reply inbox and bounded outstanding acks; returns msgs/s."""
+    nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
+    inbox = nc.new_inbox()
+    done = 0
+    room = asyncio.Semaphore(inflight)
+    finished = asyncio.Event()
+    total = len(payloads)
+
+    async def on_ack(msg: nats.aio.msg.Msg) -> None:
+        nonlocal done
+        done += 1
+        room.release()
+        if done == total:
+            finished.set()
+
+    await nc.subscribe(inbox + ".*", cb=on_ack)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i, p in enumerate(payloads):
+        await room.acquire()
+        await nc.publish(subject, p, reply=f"{inbox}.{i}")
+    await asyncio.wait_for(finished.wait(), 300)
+    rate = total / (loop.time() - start)
+    await nc.close()
+    return rate
+
+
+@contextlib.contextmanager
+def bench_servers() -> Iterator[tuple[str, str]]:
+    """(database server DSN, NATS URL): external via AUDIT_BENCH_* env, else embedded."""
+    db = os.environ.get("AUDIT_BENCH_DATABASE_URL")
+    nurl = os.environ.get("AUDIT_BENCH_NATS_URL")
+    from pipeline.embedded import EmbeddedNats, EmbeddedPostgres
+
+    root = Path(tempfile.mkdtemp(prefix="auditlog-bench-"))
+    pg = n = None
+    try:
+        if not db:
+            pg = EmbeddedPostgres(root)
+            pg.start()
+            db = pg.dsn("postgres")
+        if not nurl:
+            n = EmbeddedNats(root)
+            nurl = n.start()
+        yield db, nurl
+    finally:
+        if n:
+            n.stop()
+        if pg:
+            pg.stop()
+
+
+async def fresh_database(server_dsn: str, name: str) -> str:
+    """Drop and recreate database ``name`` and migrate it; return its DSN."""
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    dsn = with_database(server_dsn, name)
+    await ensure_database(dsn)
+    await migrate(dsn)
+    return dsn
+
+
+def bench_settings(db: str, nurl: str, tag: str, **kw: object) -> Settings:
+    """Settings with bench-specific stream names."""
+    return Settings(database_url=db, nats_url=nurl, stream=f"BENCH_{tag}",
+                    subject=f"bench.{tag}.events", dlq_stream=f"BENCH_DLQ_{tag}",
+                    dlq_subject=f"bench.{tag}.dlq", **kw)  # type: ignore[arg-type]  # fmt: skip

@@ -1,0 +1,150 @@
+"""Scenario *drain*: the pipeline draining a preloaded stream (JetStream → rows → acks).
+
+Also measures *ceiling* in the same run: the same rows COPYed straight into the same
+table, which is what PostgreSQL alone takes on this machine.
+
+    python -m benchmarks.drain --events 300000 --tenants 1000 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+import asyncpg
+import nats
+
+from benchmarks.common import (
+    bench_servers,
+    bench_settings,
+    fast_publish,
+    fresh_database,
+    synthetic_events,
+    tenant_ids,
+)
+from pipeline.chain import COLUMNS, link
+from pipeline.db import create_pool
+from pipeline.flush import PartitionCache, partition_name
+from pipeline.source_nats import ensure_stream
+from pipeline.stages import Message, Valid, process
+
+
+async def ceiling(server: str, payloads: list[bytes], batch: int, conns: int) -> float:
+    """Rows/s of COPYing pre-built records into audit.events partitions (no pipeline)."""
+    dsn = await fresh_database(server, "bench_ceiling")
+    now = datetime.now(UTC)
+    seqs: dict[str, int] = {}
+    records = []
+    events = []
+    for i, p in enumerate(payloads):
+        v = process(Message(data=p, stream_seq=i + 1, timestamp_ns=time.time_ns()), now)
+        assert isinstance(v, Valid)
+        events.append(v.event)
+        s = seqs[v.event.tenant_id] = seqs.get(v.event.tenant_id, 0) + 1
+        records.append(link(v.prepared, s, bytes(32)))
+    pool = await create_pool(dsn, max_size=conns)
+    await PartitionCache().ensure(pool, events)
+    part = partition_name(events[0].occurred_at)  # type: ignore[arg-type]
+    chunks = [records[i : i + batch] for i in range(0, len(records), batch)]
+    queue: asyncio.Queue = asyncio.Queue()
+    for c in chunks:
+        queue.put_nowait(c)
+
+    async def copier() -> None:
+        async with pool.acquire() as conn:
+            while not queue.empty():
+                c = queue.get_nowait()
+                async with conn.transaction():
+                    await conn.copy_records_to_table(part, records=c, columns=COLUMNS,
+                                                     schema_name="audit")  # fmt: skip
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(copier() for _ in range(conns)))
+    rate = len(records) / (time.perf_counter() - t0)
+    await pool.close()
+    return rate
+
+
+async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
+                batch: int) -> dict[str, float]:  # fmt: skip
+    dsn = await fresh_database(server, "bench_drain")
+    tag = f"D{os.getpid()}"
+    settings = bench_settings(dsn, nurl, tag, batch_max_events=batch)
+    nc = await nats.connect(nurl)
+    js = nc.jetstream()
+    for s in (settings.stream, settings.dlq_stream):
+        try:
+            await js.delete_stream(s)
+        except Exception:
+            pass
+    await ensure_stream(nc, settings)
+    pub_rate = await fast_publish(nurl, settings.subject, payloads)
+    env = dict(os.environ)
+    for f in ("database_url", "nats_url", "stream", "subject", "dlq_stream", "dlq_subject",
+              "batch_max_events"):  # fmt: skip
+        env["AUDIT_" + f.upper()] = str(getattr(settings, f))
+    env["AUDIT_LOG_LEVEL"] = "WARNING"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "pipeline", "--workers", str(workers)], env=env
+    )
+    total = len(payloads)
+    t_first = t_end = None
+    samples = []
+    try:
+        while True:
+            info = await js.consumer_info(settings.stream, settings.consumer)
+            now = time.perf_counter()
+            done = total - info.num_pending - info.num_ack_pending
+            samples.append((now, done))
+            if t_first is None and info.num_pending < total:
+                t_first = now
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                t_end = now
+                break
+            if proc.poll() is not None:
+                raise RuntimeError("pipeline exited early")
+            await asyncio.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        await nc.close()
+    conn = await asyncpg.connect(dsn)
+    rows = await conn.fetchval("SELECT count(*) FROM audit.events")
+    await conn.close()
+    assert t_first is not None and t_end is not None
+    return {
+        "events": total,
+        "rows": rows,
+        "seconds": t_end - t_first,
+        "events_per_s": total / (t_end - t_first),
+        "publish_per_s": pub_rate,
+    }
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--tenants", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=5000)
+    ap.add_argument("--skip-ceiling", action="store_true")
+    args = ap.parse_args()
+    payloads = list(synthetic_events(args.events, tenant_ids(args.tenants)))
+    size = sum(map(len, payloads)) / len(payloads)
+    out: dict[str, object] = {"avg_event_bytes": round(size)}
+    with bench_servers() as (server, nurl):
+        out["drain"] = await drain(server, nurl, payloads, args.workers, args.batch)
+        if not args.skip_ceiling:
+            out["ceiling_per_s"] = await ceiling(server, payloads, args.batch, 1)
+            out["drain_over_ceiling"] = out["drain"]["events_per_s"] / out["ceiling_per_s"]  # type: ignore[index]
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
