@@ -49,7 +49,7 @@ def synthetic_events(n: int, tenants: list[str], seed: int = 1) -> Iterator[byte
                 "type": "document",
                 "id": f"doc-{rnd.randrange(10**6)}",
                 "display_name": "Quarterly plan",
-            },  # fmt: skip
+            },
             "related_resources": [{"type": "folder", "id": f"folder-{i % 97}"}],
             "description": "Updated the sharing settings of a document in the workspace",
             "metadata": {
@@ -57,7 +57,7 @@ def synthetic_events(n: int, tenants: list[str], seed: int = 1) -> Iterator[byte
                 "session": uuid.uuid4().hex,
                 "plan": "enterprise",
                 "region": "eu-west-1",
-            },  # fmt: skip
+            },
             "ip": f"192.0.2.{i % 250}",
             "user_agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0",
             "request_id": uuid.uuid4().hex,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -79,10 +80,8 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
     nc = await nats.connect(nurl)
     js = nc.jetstream()
     for s in (settings.stream, settings.dlq_stream):
-        try:
+        with contextlib.suppress(Exception):
             await js.delete_stream(s)
-        except Exception:
-            pass
     await ensure_stream(nc, settings)
     pub_rate = await fast_publish(nurl, settings.subject, payloads)
     env = dict(os.environ)

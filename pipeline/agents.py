@@ -167,10 +167,8 @@ class TakeBuffer(Generic[T]):
                 return batch
             self._wake.clear()
             timeout = self._batcher.time_left()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
 
 
 @dataclass(frozen=True)

@@ -269,12 +269,15 @@ class ChainVerifier:
 
     def finish(self, head: tuple[int, bytes] | None) -> ChainReport:
         """Compare the end of the walk with the stored chain head and report."""
-        if self.first_break is None and head is not None:
-            if head[0] != self.count or (self.count and head[1] != self.prev):
-                self.first_break = ChainBreak(
-                    seq=self.count + 1, id=None, expected_hash=head[1].hex(),
-                    found_hash=self.prev.hex(), problem="head_mismatch",
-                )  # fmt: skip
+        if (
+            self.first_break is None
+            and head is not None
+            and (head[0] != self.count or (self.count and head[1] != self.prev))
+        ):
+            self.first_break = ChainBreak(
+                seq=self.count + 1, id=None, expected_hash=head[1].hex(),
+                found_hash=self.prev.hex(), problem="head_mismatch",
+            )  # fmt: skip
         return ChainReport(
             tenant_id=self.tenant_id,
             events=self.count,
@@ -324,8 +327,3 @@ async def verify_tenant(conn: asyncpg.Connection, tenant_id: str) -> ChainReport
         if not verifier.feed(row):
             break
     return verifier.finish(head)
-
-
-def record_id(record: tuple[Any, ...]) -> uuid.UUID:
-    """The event id of a COPY record."""
-    return record[2]  # type: ignore[no-any-return]

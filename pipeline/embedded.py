@@ -122,7 +122,7 @@ class EmbeddedPostgres:
         self.port = 0
         self._bin = postgres_bin_dir()
         self._user: str | None = PG_SYSTEM_USER if os.geteuid() == 0 else None
-        self._started_here = False
+        self.owned = False  # True when start() launched it (False when adopted)
 
     # -- public -------------------------------------------------------------------------
     def start(self) -> str:
@@ -136,6 +136,7 @@ class EmbeddedPostgres:
         if not (self.data / "PG_VERSION").exists():
             self._initdb()
         running = self._running_port()
+        self.owned = not running
         if running:
             self.port = running
             log.info("embedded postgresql already running on 127.0.0.1:%d", running)
@@ -152,7 +153,6 @@ class EmbeddedPostgres:
                 f"-h 127.0.0.1 -p {self.port} -c unix_socket_directories='' "
                 "-c max_connections=200 -c shared_buffers=256MB -c synchronous_commit=on",
             )
-            self._started_here = True
         self._port_file.write_text(str(self.port))
         return self.dsn(DEFAULT_DB)
 
@@ -291,6 +291,7 @@ class EmbeddedNats:
         self._preferred_port = port
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
+        self.owned = False  # True when start() launched it (False when adopted)
 
     @property
     def url(self) -> str:
@@ -312,6 +313,7 @@ class EmbeddedNats:
         old_pid, old_port = _read_int(self._pid_file), _read_int(self._port_file)
         if old_pid and old_port and _pid_alive(old_pid) and _listening(old_port):
             self.port = old_port
+            self.owned = False
             log.info("embedded nats already running on 127.0.0.1:%d", old_port)
             return self.url
         self.port = free_port(self._preferred_port or old_port)
@@ -325,6 +327,7 @@ class EmbeddedNats:
             f'jetstream {{ store_dir: "{self.dir / "jetstream"}" }}\n'
         )
         cmd = [nats_server_binary(), "-c", str(conf)]
+        self.owned = True
         self._proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,

@@ -63,10 +63,11 @@ def servers(settings: Settings) -> Iterator[Endpoints]:
             log.info("embedded nats listening on %s (data in %s)", nats_url, nats_srv.dir)
         yield Endpoints(db_url, nats_url)
     finally:
-        if nats_srv is not None:
+        # Servers adopted from another running `auditlog` process are left running.
+        if nats_srv is not None and nats_srv.owned:
             nats_srv.stop()
             log.info("embedded nats stopped")
-        if pg is not None:
+        if pg is not None and pg.owned:
             pg.stop()
             log.info("embedded postgresql stopped")
 

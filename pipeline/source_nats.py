@@ -12,6 +12,7 @@ message so one worker's ack never covers another's messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -55,7 +56,7 @@ class FastClient(Client):
         """Stop raw delivery for ``sid``."""
         self._raw_sinks.pop(sid, None)
 
-    async def _process_msg(  # type: ignore[override]
+    async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
     ) -> None:
         sink = self._raw_sinks.get(sid)
@@ -78,7 +79,7 @@ async def connect(url: str, name: str) -> Client:
         url,
         name=name,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=1,
         error_cb=on_error,
         pending_size=64 * 1024 * 1024,
     )
@@ -277,17 +278,13 @@ class JetStreamSource:
         self._room.set()
         if self._puller:
             self._puller.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._puller
-            except asyncio.CancelledError:
-                pass
         if self._sub is not None:
             if isinstance(self.nc, FastClient):
                 self.nc.unregister_sink(self._sub._id)
-            try:
+            with contextlib.suppress(Exception):  # the connection may be gone
                 await self._sub.unsubscribe()
-            except Exception:  # connection may be gone
-                pass
 
     async def consumer_state(self) -> tuple[int, int]:
         """(pending, ack-pending) of the durable consumer, for metrics."""

@@ -7,6 +7,7 @@ flush, dead-letter publisher) live elsewhere and call these.
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
@@ -114,7 +115,7 @@ def enrich(event: AuditEvent, msg: Message, now: datetime) -> AuditEvent:
     """Fill the server-side fields and normalise.
 
     - ``id``: the event's own id, else ``Nats-Msg-Id``, else a UUIDv7 derived from the
-      source position (so redeliveries of one message get one id).
+      source position (so redeliveries of one message get one id), else a random UUIDv7.
     - ``received_at``: when the source stored the message (else ``now``); producers
       cannot set it.
     - ``occurred_at``: as given (UTC), else ``received_at``.
@@ -136,7 +137,8 @@ def enrich(event: AuditEvent, msg: Message, now: datetime) -> AuditEvent:
             ).digest()
             event_id = uuid7_from(msg.timestamp_ns // 1_000_000, digest)
         else:
-            event_id = new_uuid7(now, hashlib.blake2b(msg.data, digest_size=10).digest())
+            # No stable source position (e.g. a direct call): a fresh random id.
+            event_id = new_uuid7(now, os.urandom(10))
     occurred = _utc_micro(event.occurred_at) if event.occurred_at else received
     return msgspec.structs.replace(
         event,

@@ -21,7 +21,7 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 NATS = web.AppKey("nats", Client)
 METRICS = web.AppKey("metrics", Metrics)
-CONSUMER_BOUND = web.AppKey("consumer_bound", Callable[[], bool])
+CONSUMER_BOUND: web.AppKey[Callable[[], bool]] = web.AppKey("consumer_bound")
 STARTED = web.AppKey("started", float)
 
 

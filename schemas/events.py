@@ -108,7 +108,7 @@ Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 _STRUCT = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True, "gc": False}
 
 
-class Actor(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg,misc]
+class Actor(msgspec.Struct, **_STRUCT):
     """The entity that triggered the action."""
 
     type: ActorType
@@ -116,7 +116,7 @@ class Actor(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg,misc]
     display_name: DisplayName = ""
 
 
-class ResourceRef(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg,misc]
+class ResourceRef(msgspec.Struct, **_STRUCT):
     """A polymorphic reference to an object the action touched."""
 
     type: TypeName
@@ -124,7 +124,7 @@ class ResourceRef(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg,misc]
     display_name: DisplayName = ""
 
 
-class ChangeSet(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg,misc]
+class ChangeSet(msgspec.Struct, **_STRUCT):
     """The state before and after an update."""
 
     old_value: dict[str, Any] | None = None
@@ -135,7 +135,7 @@ class ChangeSet(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg,misc]
     ] = []
 
 
-class AuditEvent(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg,misc]
+class AuditEvent(msgspec.Struct, **_STRUCT):
     """One audit event as producers send it (input side of proto ``AuditEvent``).
 
     ``id``, ``occurred_at`` and ``received_at`` may be absent; the pipeline's enrich stage

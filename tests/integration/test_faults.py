@@ -23,8 +23,9 @@ pytestmark = pytest.mark.integration
 
 def worker_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
-    for field in ("database_url", "nats_url", "stream", "subject", "consumer", "dlq_stream",
-                  "dlq_subject", "batch_max_events", "batch_max_latency_ms", "ack_wait_s"):  # fmt: skip
+    fields = ("database_url", "nats_url", "stream", "subject", "consumer", "dlq_stream",
+              "dlq_subject", "batch_max_events", "batch_max_latency_ms", "ack_wait_s")  # fmt: skip
+    for field in fields:
         env["AUDIT_" + field.upper()] = str(getattr(settings, field))
     env["AUDIT_METRICS_PORT"] = str(free_port())
     return env

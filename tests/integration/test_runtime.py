@@ -1,0 +1,119 @@
+"""The embedded runtime: `auditlog run` starts, serves, keeps data across restarts, stops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+import nats
+import pytest
+
+from pipeline.embedded import _listening, free_port
+from tests.conftest import README_EVENT
+
+pytestmark = pytest.mark.integration
+
+
+def get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def start(state: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
+    env.update(AUDIT_STATE_DIR=str(state), AUDIT_HTTP_PORT=str(port))
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        try:
+            status, body = get(f"http://127.0.0.1:{port}/readyz")
+            if status == 200:
+                return body
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("service not ready in time")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    return proc.stdout.read().decode() if proc.stdout else ""
+
+
+async def count_rows(state: Path) -> int:
+    pg = state / "pg"
+    dsn = (
+        f"postgresql://postgres:{(pg / 'password').read_text().strip()}"
+        f"@127.0.0.1:{(pg / 'port').read_text().strip()}/auditlog"
+    )
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM audit.events"))
+    finally:
+        await conn.close()
+
+
+async def test_run_serves_survives_restart_and_stops(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    port = free_port()
+    proc = start(state, port)
+    try:
+        body = wait_ready(port, proc)
+        assert body["checks"] == {"postgresql": "ok", "nats": "ok", "consumer": "ok"}
+        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        nats_port = int((state / "nats" / "port").read_text())
+        pg_port = int((state / "pg" / "port").read_text())
+        assert {nats_port, pg_port}.isdisjoint({4222, 5432})
+        nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
+        await nc.jetstream().publish("audit.events", README_EVENT)
+        await nc.close()
+        for _ in range(100):
+            if await count_rows(state) == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert await count_rows(state) == 1
+    finally:
+        out = stop(proc)
+    assert "listening on http://127.0.0.1:" in out and "embedded postgresql" in out
+    assert "stopped: 1 stored" in out
+    assert not _listening(nats_port) and not _listening(pg_port)
+
+    proc = start(state, port)
+    try:
+        wait_ready(port, proc)
+        assert await count_rows(state) == 1  # data survived
+        verify = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "verify",
+             "7e4e4e93-94ec-45bd-87ce-88ce3f689e3c"],
+            env=dict(os.environ, AUDIT_STATE_DIR=str(state)),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert verify.returncode == 0, verify.stderr
+        assert "ok: 1 events" in verify.stdout
+        # The CLI adopted the running servers and left them running.
+        assert _listening(pg_port)
+        assert get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+    finally:
+        stop(proc)
+    assert not _listening(pg_port)
