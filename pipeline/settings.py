@@ -29,6 +29,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str = ""  # AUDIT_NATS_URL
     state_dir: str = ".auditlog"  # AUDIT_STATE_DIR
     admin_token: str = ""  # AUDIT_ADMIN_TOKEN
+    token_secret: str = ""  # AUDIT_TOKEN_SECRET (page-token HMAC key; default: state dir)
     http_host: str = "127.0.0.1"  # AUDIT_HTTP_HOST
     http_port: int = 8080  # AUDIT_HTTP_PORT
     grpc_port: int = 50051  # AUDIT_GRPC_PORT
@@ -55,6 +56,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         shown["database_url"] = redact_url(self.database_url)
         shown["nats_url"] = redact_url(self.nats_url)
         shown["admin_token"] = "***" if self.admin_token else ""
+        shown["token_secret"] = "***" if self.token_secret else ""
         inner = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         return f"Settings({inner})"
 

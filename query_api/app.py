@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from pathlib import Path
 
 import asyncpg
 from aiohttp import web
@@ -16,13 +19,19 @@ from nats.aio.client import Client
 from pipeline.metrics import Metrics
 from pipeline.migrate import is_current
 from pipeline.settings import Settings
-
-SETTINGS = web.AppKey("settings", Settings)
-POOL = web.AppKey("pool", asyncpg.Pool)
-NATS = web.AppKey("nats", Client)
-METRICS = web.AppKey("metrics", Metrics)
-CONSUMER_BOUND: web.AppKey[Callable[[], bool]] = web.AppKey("consumer_bound")
-STARTED = web.AppKey("started", float)
+from query_api.auth import Authenticator
+from query_api.errors import error_middleware
+from query_api.handlers import add_routes, metrics_middleware
+from query_api.state import (
+    AUTH,
+    CONSUMER_BOUND,
+    METRICS,
+    NATS,
+    POOL,
+    SETTINGS,
+    STARTED,
+    TOKEN_SECRET,
+)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -74,16 +83,35 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
+def token_secret(settings: Settings) -> bytes:
+    """The page-token signing secret: AUDIT_TOKEN_SECRET, else one kept in the state dir.
+
+    Replicas behind one load balancer must share it (set AUDIT_TOKEN_SECRET).
+    """
+    if settings.token_secret:
+        return settings.token_secret.encode()
+    path = Path(settings.state_dir) / "token-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
 def create_app(
     settings: Settings,
     pool: asyncpg.Pool,
     nc: Client,
     metrics: Metrics,
     consumer_bound: Callable[[], bool] = lambda: True,
-    extra_routes: Callable[[web.Application], Awaitable[None] | None] | None = None,
 ) -> web.Application:
     """Build the HTTP application over already-open PostgreSQL and NATS connections."""
-    app = web.Application(client_max_size=5 * 1024 * 1024)
+    app = web.Application(
+        client_max_size=5 * 1024 * 1024, middlewares=[metrics_middleware, error_middleware]
+    )
+    app[AUTH] = Authenticator(pool, settings.admin_token)
+    app[TOKEN_SECRET] = token_secret(settings)
     app[SETTINGS] = settings
     app[POOL] = pool
     app[NATS] = nc
@@ -93,4 +121,5 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    add_routes(app)
     return app

@@ -1,0 +1,129 @@
+"""Bearer-token authentication: the admin token and tenant API keys.
+
+Tenant keys look like ``alk_<key_id>_<secret>``. Only SHA-256 of the whole token is
+stored; comparisons are constant-time. A verified key is cached for a few seconds
+(revocation in this process takes effect at once; other replicas see it within
+``CACHE_SECONDS``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+import asyncpg
+from aiohttp import web
+
+from query_api.errors import ApiError
+
+CACHE_SECONDS = 5.0
+_TOKEN_RE = re.compile(r"^alk_([0-9a-f]{16})_[A-Za-z0-9_-]{20,100}$")
+SCOPES = ("read", "write")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling.
+
+    Attributes:
+        tenant_id: the key's tenant; None for the admin (who must name a tenant).
+        scopes: what the key may do.
+        key_id: the key's id ("admin" for the admin token).
+    """
+
+    tenant_id: str | None
+    scopes: frozenset[str]
+    key_id: str
+
+    @property
+    def is_admin(self) -> bool:
+        """True for the bootstrap admin token."""
+        return self.tenant_id is None
+
+    def tenant_for(self, requested: str | None) -> str:
+        """The tenant a request acts on.
+
+        Raises:
+            ApiError: 400 when the admin names none; 403 when a key names another tenant
+                (the same answer whether that tenant exists or not).
+        """
+        if self.is_admin:
+            if not requested:
+                raise ApiError(400, "invalid_argument", "tenant_id is required", "tenant_id")
+            return requested
+        assert self.tenant_id is not None
+        if requested and requested != self.tenant_id:
+            raise ApiError(403, "permission_denied", "this key cannot access that tenant",
+                           "tenant_id")  # fmt: skip
+        return self.tenant_id
+
+    def require(self, scope: str) -> None:
+        """Raises 403 unless the principal has ``scope`` (the admin has all)."""
+        if not self.is_admin and scope not in self.scopes:
+            raise ApiError(403, "permission_denied", f"this key lacks the {scope!r} scope")
+
+
+def hash_token(token: str) -> bytes:
+    """What is stored for a token."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh (key_id, token)."""
+    key_id = secrets.token_hex(8)
+    return key_id, f"alk_{key_id}_{secrets.token_urlsafe(32)}"
+
+
+class Authenticator:
+    """Checks bearer tokens against the admin token and ``audit.api_keys``."""
+
+    def __init__(self, pool: asyncpg.Pool, admin_token: str) -> None:
+        self.pool = pool
+        self._admin = admin_token.encode()
+        self._cache: dict[str, tuple[float, Principal, bytes]] = {}
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key from the cache (after revocation)."""
+        self._cache.pop(key_id, None)
+
+    async def authenticate(self, request: web.Request) -> Principal:
+        """The caller of ``request``.
+
+        Raises:
+            ApiError: 401 for a missing, malformed, unknown, revoked or forged token.
+        """
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "unauthenticated", "send Authorization: Bearer <token>")
+        if self._admin and hmac.compare_digest(token.encode(), self._admin):
+            return Principal(tenant_id=None, scopes=frozenset(SCOPES), key_id="admin")
+        m = _TOKEN_RE.match(token)
+        if not m:
+            raise ApiError(401, "unauthenticated", "invalid token")
+        key_id = m.group(1)
+        digest = hash_token(token)
+        cached = self._cache.get(key_id)
+        now = time.monotonic()
+        if cached and cached[0] > now:
+            if hmac.compare_digest(cached[2], digest):
+                return cached[1]
+            raise ApiError(401, "unauthenticated", "invalid token")
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT tenant_id, scopes, token_hash FROM audit.api_keys"
+                " WHERE key_id = $1 AND revoked_at IS NULL",
+                key_id,
+            )
+        if row is None or not hmac.compare_digest(bytes(row["token_hash"]), digest):
+            raise ApiError(401, "unauthenticated", "invalid or revoked token")
+        principal = Principal(
+            tenant_id=row["tenant_id"], scopes=frozenset(row["scopes"]), key_id=key_id
+        )
+        self._cache[key_id] = (now + CACHE_SECONDS, principal, digest)
+        return principal

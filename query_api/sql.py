@@ -1,0 +1,187 @@
+"""All SQL of the read model, in one place. Every value is a bind parameter.
+
+Queries run inside :func:`tenant_tx`: a read-only transaction with ``audit.tenant_id``
+set, so PostgreSQL row-level security confines them to that tenant whatever the WHERE
+clause says. The explicit ``tenant_id = $1`` is still there: it is what lets the primary
+key ``(tenant_id, occurred_at, id)`` serve newest-first keyset pages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from query_api.cursor import Cursor
+from query_api.filters import EventQuery
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SEARCH_EXPR = "audit.search_text(action, description, actor_display_name, resource_display_name)"
+CSV_COLUMNS = (
+    "id", "tenant_id", "seq", "occurred_at", "received_at", "action", "category",
+    "severity", "actor_type", "actor_id", "actor_display_name", "resource_type",
+    "resource_id", "resource_display_name", "description", "ip", "user_agent",
+    "request_id", "trace_id", "metadata", "changes", "related_resources", "hash",
+)  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def tenant_tx(pool: asyncpg.Pool, tenant_id: str) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection in a read-only transaction scoped to ``tenant_id`` by RLS."""
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await conn.execute("SELECT set_config('audit.tenant_id', $1, true)", tenant_id)
+        yield conn
+
+
+class Where:
+    """Accumulates conditions and their bind parameters."""
+
+    def __init__(self, tenant_id: str) -> None:
+        self.params: list[Any] = [tenant_id]
+        self.conds: list[str] = ["tenant_id = $1"]
+
+    def bind(self, value: Any) -> str:
+        """Add a parameter; return its placeholder."""
+        self.params.append(value)
+        return f"${len(self.params)}"
+
+    def add(self, cond: str) -> None:
+        """Add a condition (ANDed)."""
+        self.conds.append(cond)
+
+    @property
+    def sql(self) -> str:
+        """The WHERE clause body."""
+        return " AND ".join(self.conds)
+
+
+def build_where(q: EventQuery, tenant_id: str) -> Where:
+    """Conditions for every filter of ``q`` (not the page cursor)."""
+    w = Where(tenant_id)
+    if q.start_time:
+        w.add(f"occurred_at >= {w.bind(q.start_time)}")
+    if q.end_time:
+        w.add(f"occurred_at < {w.bind(q.end_time)}")
+    if q.severities:
+        w.add(f"severity = ANY({w.bind(list(q.severities))}::text[])")
+    if q.categories:
+        w.add(f"category = ANY({w.bind(list(q.categories))}::text[])")
+    if q.actions or q.action_prefixes:
+        alts = []
+        if q.actions:
+            alts.append(f"action = ANY({w.bind(list(q.actions))}::text[])")
+        alts.extend(f"starts_with(action, {w.bind(p)})" for p in q.action_prefixes)
+        w.add("(" + " OR ".join(alts) + ")")
+    if q.actor_type:
+        w.add(f"actor_type = {w.bind(q.actor_type)}")
+    if q.actor_id:
+        w.add(f"actor_id = {w.bind(q.actor_id)}")
+    if q.resource_type or q.resource_id:
+        primary, related = [], {}
+        if q.resource_type:
+            primary.append(f"resource_type = {w.bind(q.resource_type)}")
+            related["type"] = q.resource_type
+        if q.resource_id:
+            primary.append(f"resource_id = {w.bind(q.resource_id)}")
+            related["id"] = q.resource_id
+        contains = w.bind(json.dumps([related]))
+        w.add(f"(({' AND '.join(primary)}) OR related_resources @> {contains}::jsonb)")
+    if q.q:
+        w.add(f"{SEARCH_EXPR} @@ websearch_to_tsquery('simple', {w.bind(q.q)})")
+    return w
+
+
+async def list_events(
+    conn: asyncpg.Connection, q: EventQuery, tenant_id: str, after: Cursor | None
+) -> list[asyncpg.Record]:
+    """One page (``page_size + 1`` rows, to know whether more follow), keyset-paginated.
+
+    Each record has ``doc`` (the event's JSON text), ``occurred_at`` and ``id``.
+    """
+    w = build_where(q, tenant_id)
+    desc = q.order == "desc"
+    if after is not None:
+        op = "<" if desc else ">"
+        ts = w.bind(EPOCH + timedelta(microseconds=after.occurred_us))
+        w.add(f"(occurred_at, id) {op} ({ts}::timestamptz, {w.bind(after.event_id)}::uuid)")
+    direction = "DESC" if desc else "ASC"
+    sql = (
+        "SELECT audit.event_json(e)::text AS doc, occurred_at, id"
+        f" FROM audit.events e WHERE {w.sql}"
+        f" ORDER BY occurred_at {direction}, id {direction}"
+        f" LIMIT {w.bind(q.page_size + 1)}"
+    )
+    return await conn.fetch(sql, *w.params)
+
+
+async def get_event(conn: asyncpg.Connection, tenant_id: str, event_id: Any) -> str | None:
+    """The event's JSON text, or None (also for another tenant's event, via RLS)."""
+    return await conn.fetchval(
+        "SELECT audit.event_json(e)::text FROM audit.events e"
+        " JOIN audit.event_ids i ON i.tenant_id = e.tenant_id AND i.id = e.id"
+        "  AND i.occurred_at = e.occurred_at"
+        " WHERE i.tenant_id = $1 AND i.id = $2 AND e.tenant_id = $1",
+        tenant_id,
+        event_id,
+    )
+
+
+async def stats(
+    conn: asyncpg.Connection, q: EventQuery, tenant_id: str, start: datetime, end: datetime,
+    bucket: timedelta,
+) -> dict[str, Any]:  # fmt: skip
+    """Counts by severity and category and a histogram over [start, end)."""
+    w = build_where(q, tenant_id)
+    if not q.start_time:
+        w.add(f"occurred_at >= {w.bind(start)}")
+    if not q.end_time:
+        w.add(f"occurred_at < {w.bind(end)}")
+    origin = w.bind(start)
+    width = w.bind(bucket)
+    rows = await conn.fetch(
+        "SELECT grouping(severity) AS gs, grouping(category) AS gc,"
+        f" grouping(date_bin({width}, occurred_at, {origin})) AS gb,"
+        f" severity, category, date_bin({width}, occurred_at, {origin}) AS bucket,"
+        " count(*) AS n"
+        f" FROM audit.events WHERE {w.sql}"
+        f" GROUP BY GROUPING SETS ((severity), (category), (date_bin({width}, occurred_at,"
+        f" {origin})), ())",
+        *w.params,
+    )
+    by_sev: dict[str, int] = {}
+    by_cat: dict[str, int] = {}
+    hist: dict[datetime, int] = {}
+    total = 0
+    for r in rows:
+        if not r["gs"]:
+            by_sev[r["severity"]] = r["n"]
+        elif not r["gc"]:
+            by_cat[r["category"]] = r["n"]
+        elif not r["gb"]:
+            hist[r["bucket"]] = r["n"]
+        else:
+            total = r["n"]
+    return {"total": total, "by_severity": by_sev, "by_category": by_cat, "histogram": hist}
+
+
+def export_query(q: EventQuery, tenant_id: str) -> tuple[str, list[Any]]:
+    """SELECT for an export in ``q.format`` (one text column per row for ndjson)."""
+    w = build_where(q, tenant_id)
+    direction = "DESC" if q.order == "desc" else "ASC"
+    if q.format == "csv":
+        cols = ", ".join(
+            f"audit.ts_json({c})" if c in ("occurred_at", "received_at")
+            else "encode(hash, 'hex')" if c == "hash" else c
+            for c in CSV_COLUMNS
+        )  # fmt: skip
+    else:
+        cols = "audit.event_json(e)::text"
+    sql = (
+        f"SELECT {cols} FROM audit.events e WHERE {w.sql}"
+        f" ORDER BY occurred_at {direction}, id {direction}"
+    )
+    return sql, w.params

@@ -1,0 +1,22 @@
+"""Typed application state keys (``web.AppKey``), shared by the app factory and handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import asyncpg
+from aiohttp import web
+from nats.aio.client import Client
+
+from pipeline.metrics import Metrics
+from pipeline.settings import Settings
+from query_api.auth import Authenticator
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+NATS = web.AppKey("nats", Client)
+METRICS = web.AppKey("metrics", Metrics)
+CONSUMER_BOUND: web.AppKey[Callable[[], bool]] = web.AppKey("consumer_bound")
+STARTED = web.AppKey("started", float)
+AUTH = web.AppKey("auth", Authenticator)
+TOKEN_SECRET = web.AppKey("token_secret", bytes)
