@@ -126,7 +126,8 @@ def parse_time(value: str | None, name: str) -> datetime | None:
     try:
         ts = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise bad_request(f"{name} must be an RFC 3339 time like 2026-11-26T04:57:36Z", name)
+        msg = f"{name} must be an RFC 3339 time like 2026-11-26T04:57:36Z"
+        raise bad_request(msg, name) from None
     if ts.tzinfo is None:
         raise bad_request(f"{name} needs a timezone (Z or +hh:mm)", name)
     return ts.astimezone(UTC)
