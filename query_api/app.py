@@ -22,6 +22,7 @@ from pipeline.settings import Settings
 from query_api.auth import Authenticator
 from query_api.errors import error_middleware
 from query_api.handlers import add_routes, metrics_middleware
+from query_api.openapi import render as render_openapi
 from query_api.state import (
     AUTH,
     CONSUMER_BOUND,
@@ -32,6 +33,8 @@ from query_api.state import (
     STARTED,
     TOKEN_SECRET,
 )
+
+OPENAPI = render_openapi().encode()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -83,6 +86,11 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
+async def openapi_handler(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document of this API."""
+    return web.Response(body=OPENAPI, content_type="application/json")
+
+
 def token_secret(settings: Settings) -> bytes:
     """The page-token signing secret: AUDIT_TOKEN_SECRET, else one kept in the state dir.
 
@@ -121,5 +129,6 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/openapi.json", openapi_handler)
     add_routes(app)
     return app
