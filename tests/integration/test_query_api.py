@@ -305,8 +305,28 @@ async def test_get_stats_and_export(api) -> None:
     assert r.status == 200 and r.headers["Content-Type"].startswith("application/x-ndjson")
     docs = [json.loads(line) for line in (await r.text()).splitlines()]
     assert len(docs) == 10 and docs[0]["description"].startswith('line "0"')
+    # The export's events are the list endpoint's events.
+    _, page = await get(api, "/v1/audit/events", tenant_id="exp", page_size="10")
+
+    def same(doc: dict) -> dict:
+        return {k: (datetime.fromisoformat(v.replace("Z", "+00:00")) if k.endswith("_at") else v)
+                for k, v in doc.items()}  # fmt: skip
+
+    assert [same(d) for d in docs] == [same(d) for d in page["events"]]
     r = await api.get("/v1/audit/export", params={"tenant_id": "exp", "format": "csv",
                       "severities": "SEVERITY_ERROR"}, headers=auth(ADMIN))  # fmt: skip
     rows = list(csv.DictReader(io.StringIO(await r.text())))
     assert len(rows) == 5 and rows[0]["severity"] == "SEVERITY_ERROR"
     assert "\n" in rows[0]["description"] and rows[0]["id"]
+
+
+async def test_oversize_and_malformed_bodies(api) -> None:
+    r = await api.post("/v1/admin/keys", data=b"x" * (6 * 1024 * 1024), headers=auth(ADMIN))
+    assert r.status == 413 and (await r.json())["error"]["code"] == "too_large"
+    for body in (b"{", b'{"tenant_id": 5}', b'{"tenant_id": "t", "scopes": ["root"]}',
+                 b'{"tenant_id": "t", "extra": 1}'):  # fmt: skip
+        r = await api.post("/v1/admin/keys", data=body, headers=auth(ADMIN))
+        assert r.status == 400, body
+        assert (await r.json())["error"]["code"] == "invalid_argument"
+    r = await api.get("/v1/nowhere", headers=auth(ADMIN))
+    assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
