@@ -85,7 +85,7 @@ async def load(dsn: str, n: int) -> float:
 def pct(samples: list[float], p: float) -> float:
     """The p-th percentile (ms)."""
     s = sorted(samples)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] * 1000
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] * 1000
 
 
 async def timed(session: aiohttp.ClientSession, url: str, params: dict) -> tuple[float, dict]:
