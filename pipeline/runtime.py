@@ -23,6 +23,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pipeline.db import create_pool, ensure_database
+from pipeline.errors import ConfigError
 from pipeline.metrics import Metrics
 from pipeline.migrate import migrate
 from pipeline.settings import Settings, redact_url
@@ -106,7 +107,15 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = settings.http_port if http else settings.metrics_port
-    await web.TCPSite(runner, settings.http_host, port).start()
+    try:
+        await web.TCPSite(runner, settings.http_host, port).start()
+    except OSError as exc:
+        await worker.stop()
+        await runner.cleanup()
+        var = "AUDIT_HTTP_PORT" if http else "AUDIT_METRICS_PORT"
+        raise ConfigError(
+            var, f"cannot listen on {settings.http_host}:{port}: {exc.strerror}"
+        ) from exc
     what = "HTTP API" if http else "metrics"
     log.info("%s listening on http://%s:%d", what, settings.http_host, port)
     log.info("postgresql: %s | nats: %s", redact_url(ends.database_url), ends.nats_url)
