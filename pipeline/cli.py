@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from pipeline import logs
+from pipeline import cli_api, cli_ops, logs
 from pipeline.errors import AuditLogError
 from pipeline.settings import Settings, load_settings
 
@@ -125,6 +125,15 @@ def verify(ctx: click.Context, tenant_id: str) -> None:
         f"expected={brk.expected_hash} found={brk.found_hash}"
     )
     sys.exit(1)
+
+
+cli.add_command(cli_api.events)
+cli.add_command(cli_api.stats)
+cli.add_command(cli_api.keys)
+cli.add_command(cli_ops.dlq)
+cli.add_command(cli_ops.partitions)
+cli.add_command(cli_ops.publish)
+cli.add_command(cli_ops.doctor)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 from aiohttp import web
 
 from pipeline.db import create_pool, ensure_database
@@ -124,6 +125,7 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    gauges = asyncio.create_task(_update_gauges(metrics, pool, source), name="gauges")
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({stopper, worker_task}, return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down: draining the pipeline")
@@ -134,6 +136,7 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
         log.error("pipeline did not drain in %.0fs; unacked events will be redelivered",
                   settings.shutdown_timeout_s)  # fmt: skip
     stopper.cancel()
+    gauges.cancel()
     await runner.cleanup()
     with contextlib.suppress(Exception):
         await nc.drain()
@@ -147,6 +150,21 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
     if worker_task.done() and not worker_task.cancelled() and worker_task.exception():
         raise worker_task.exception()  # type: ignore[misc]
     return totals
+
+
+async def _update_gauges(
+    metrics: Metrics, pool: asyncpg.Pool, source: JetStreamSource, every: float = 5.0
+) -> None:
+    """Refresh the consumer and pool gauges (they are states, not events)."""
+    while True:
+        metrics.pool_in_use.set(pool.get_size() - pool.get_idle_size())
+        try:
+            pending, ack_pending = await asyncio.wait_for(source.consumer_state(), 2)
+            metrics.consumer_pending.set(pending)
+            metrics.consumer_ack_pending.set(ack_pending)
+        except Exception as exc:  # NATS away: keep the last values, say why once per tick
+            log.debug("consumer state unavailable: %r", exc)
+        await asyncio.sleep(every)
 
 
 def run_event_loop(coro: object) -> object:

@@ -21,6 +21,9 @@ from schemas.events import AuditEvent, EventValidationError, decode_event
 # Namespace for ids derived from idempotency keys that are not UUIDs (stable forever).
 IDEMPOTENCY_NAMESPACE: Final = uuid.UUID("5a0b7a7e-3c1f-4d55-9a8e-6f1f2f0c0a11")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# Names the event when present (before Nats-Msg-Id): lets a replay keep the event's
+# identity while using a fresh Nats-Msg-Id that NATS's duplicate window accepts.
+IDEMPOTENCY_HEADER: Final = "Audit-Idempotency-Key"
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -114,7 +117,8 @@ def _utc_micro(ts: datetime) -> datetime:
 def enrich(event: AuditEvent, msg: Message, now: datetime) -> AuditEvent:
     """Fill the server-side fields and normalise.
 
-    - ``id``: the event's own id, else ``Nats-Msg-Id``, else a UUIDv7 derived from the
+    - ``id``: the event's own id, else ``Audit-Idempotency-Key`` or ``Nats-Msg-Id``
+      (:func:`id_from_key`), else a UUIDv7 derived from the
       source position (so redeliveries of one message get one id), else a random UUIDv7.
     - ``received_at``: when the source stored the message (else ``now``); producers
       cannot set it.
@@ -127,7 +131,8 @@ def enrich(event: AuditEvent, msg: Message, now: datetime) -> AuditEvent:
         received = _utc_micro(now)
     event_id = event.id
     if event_id is None:
-        key = msg.headers.get("Nats-Msg-Id") if msg.headers else None
+        headers = msg.headers
+        key = (headers.get(IDEMPOTENCY_HEADER) or headers.get("Nats-Msg-Id")) if headers else None
         if key:
             event_id = id_from_key(event.tenant_id, key)
         elif msg.stream_seq:

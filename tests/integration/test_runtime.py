@@ -30,9 +30,9 @@ def get(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def start(state: Path, port: int) -> subprocess.Popen[bytes]:
+def start(state: Path, port: int, **extra_env: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
-    env.update(AUDIT_STATE_DIR=str(state), AUDIT_HTTP_PORT=str(port))
+    env.update(AUDIT_STATE_DIR=str(state), AUDIT_HTTP_PORT=str(port), **extra_env)
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run"],
         env=env,

@@ -1,0 +1,267 @@
+"""CLI commands that talk to the HTTP API: events, stats, keys.
+
+The API URL is AUDIT_API_URL (default ``http://127.0.0.1:$AUDIT_HTTP_PORT``); the token
+is AUDIT_TOKEN (a tenant key) or AUDIT_ADMIN_TOKEN, or ``--token``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.endpoints import api_token, api_url
+from pipeline.errors import AuditLogError
+from pipeline.settings import Settings
+
+CSV_FIELDS = ("id", "occurred_at", "tenant_id", "seq", "action", "category", "severity",
+              "actor", "primary_resource", "description")  # fmt: skip
+
+
+class Api:
+    """A tiny JSON client for the service's HTTP API."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base = base.rstrip("/")
+        self.token = token
+
+    def call(self, method: str, path: str, params: dict[str, Any] | None = None,
+             body: Any = None) -> Any:  # fmt: skip
+        """Send a request; return the decoded JSON.
+
+        Raises:
+            click.ClickException: with the API's error message, or why it is unreachable.
+        """
+        query = urllib.parse.urlencode(
+            {k: v for k, v in (params or {}).items() if v not in (None, "", ())}, doseq=True
+        )
+        url = f"{self.base}{path}" + (f"?{query}" if query else "")
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                err = json.loads(exc.read())["error"]
+                where = f" ({err['field']})" if err.get("field") else ""
+                msg = f"{exc.code} {err['code']}: {err['message']}{where}"
+            except (ValueError, KeyError):
+                msg = f"HTTP {exc.code}"
+            raise click.ClickException(msg) from exc
+        except OSError as exc:
+            raise click.ClickException(f"cannot reach the API at {self.base}: {exc}") from exc
+
+
+def _api(ctx: click.Context, token: str | None) -> Api:
+    settings: Settings = ctx.obj
+    try:
+        return Api(api_url(settings), token or api_token(settings))
+    except AuditLogError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _filters(f: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "tenant_id": f.get("tenant_id"), "start_time": f.get("start_time"),
+        "end_time": f.get("end_time"), "severities": f.get("severity") or (),
+        "categories": f.get("category") or (), "actions": f.get("action") or (),
+        "actor_type": f.get("actor_type"), "actor_id": f.get("actor_id"),
+        "resource_type": f.get("resource_type"), "resource_id": f.get("resource_id"),
+        "q": f.get("q"),
+    }  # fmt: skip
+
+
+def filter_options(fn: Any) -> Any:
+    """Every filter of the query API, as options."""
+    opts = [
+        click.option("--tenant-id", "tenant_id", help="tenant (required with the admin token)"),
+        click.option("--start-time", help="RFC 3339, inclusive"),
+        click.option("--end-time", help="RFC 3339, exclusive"),
+        click.option("--severity", multiple=True, help="SEVERITY_* (repeatable)"),
+        click.option("--category", multiple=True, help="CATEGORY_* (repeatable)"),
+        click.option("--action", multiple=True, help="exact action or prefix.* (repeatable)"),
+        click.option("--actor-type"), click.option("--actor-id"),
+        click.option("--resource-type"), click.option("--resource-id"),
+        click.option("-q", "--q", "q", help="full-text search"),
+        click.option("--token", help="bearer token (default AUDIT_TOKEN / AUDIT_ADMIN_TOKEN)"),
+    ]  # fmt: skip
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"{value.get('type', '')}:{value.get('id', '')}"
+    return "" if value is None else str(value)
+
+
+def emit(events: list[dict[str, Any]], output: str, console: Console, header: bool) -> None:
+    """Print events as a table, JSON lines or CSV."""
+    if output == "ndjson":
+        for e in events:
+            sys.stdout.write(json.dumps(e) + "\n")
+    elif output == "csv":
+        w = csv.writer(sys.stdout)
+        if header:
+            w.writerow(CSV_FIELDS)
+        for e in events:
+            w.writerow([_cell(e.get(f)) for f in CSV_FIELDS])
+    else:
+        table = Table("occurred_at", "tenant", "seq", "action", "severity", "actor", "resource",
+                      "description", show_header=header)  # fmt: skip
+        for e in events:
+            table.add_row(e["occurred_at"], e["tenant_id"], str(e["seq"]), e["action"],
+                          e["severity"].removeprefix("SEVERITY_"), _cell(e["actor"]),
+                          _cell(e.get("primary_resource")), e["description"][:60])  # fmt: skip
+        console.print(table)
+
+
+@click.group()
+def events() -> None:
+    """List, get and follow events (through the HTTP API)."""
+
+
+@events.command("list")
+@filter_options
+@click.option("--order", type=click.Choice(["desc", "asc"]), default="desc")
+@click.option("--page-size", type=click.IntRange(1, 1000), default=100)
+@click.option("--limit", type=int, default=100, help="stop after this many (0: all)")
+@click.option("-o", "--output", type=click.Choice(["table", "json", "ndjson", "csv"]),
+              default="table")  # fmt: skip
+@click.pass_context
+def list_cmd(ctx: click.Context, order: str, page_size: int, limit: int, output: str,
+             token: str | None, **f: Any) -> None:  # fmt: skip
+    """List events matching the filters, following page tokens."""
+    api = _api(ctx, token)
+    params = {**_filters(f), "order": order, "page_size": page_size}
+    collected: list[dict[str, Any]] = []
+    while True:
+        page = api.call("GET", "/v1/audit/events", params)
+        collected.extend(page["events"])
+        if not page["next_page_token"] or (limit and len(collected) >= limit):
+            break
+        params["page_token"] = page["next_page_token"]
+    if limit:
+        collected = collected[:limit]
+    if output == "json":
+        click.echo(json.dumps(collected, indent=2))
+    else:
+        emit(collected, output, Console(), header=True)
+
+
+@events.command("get")
+@click.argument("event_id")
+@click.option("--tenant-id", "tenant_id")
+@click.option("--token")
+@click.pass_context
+def get_cmd(ctx: click.Context, event_id: str, tenant_id: str | None, token: str | None) -> None:
+    """Print one event as JSON."""
+    body = _api(ctx, token).call("GET", f"/v1/audit/events/{event_id}", {"tenant_id": tenant_id})
+    click.echo(json.dumps(body["event"], indent=2))
+
+
+@events.command("tail")
+@filter_options
+@click.option("--interval", type=float, default=1.0, help="seconds between polls")
+@click.option("--count", type=int, default=0, help="exit after this many events (0: never)")
+@click.option("-o", "--output", type=click.Choice(["table", "ndjson", "csv"]), default="ndjson")
+@click.pass_context
+def tail_cmd(ctx: click.Context, interval: float, count: int, output: str,
+             token: str | None, **f: Any) -> None:  # fmt: skip
+    """Follow new events live (polls the API; Ctrl-C stops)."""
+    api = _api(ctx, token)
+    console = Console()
+    since = f.get("start_time") or datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    seen: set[str] = set()
+    shown = 0
+    try:
+        while True:
+            params = {**_filters(f), "start_time": since, "order": "asc", "page_size": 1000}
+            page = api.call("GET", "/v1/audit/events", params)
+            fresh = [e for e in page["events"] if e["id"] not in seen]
+            if fresh:
+                emit(fresh, output, console, header=False)
+                sys.stdout.flush()
+                seen.update(e["id"] for e in fresh)
+                since = fresh[-1]["occurred_at"]
+                shown += len(fresh)
+                if count and shown >= count:
+                    return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+@click.command()
+@filter_options
+@click.pass_context
+def stats(ctx: click.Context, token: str | None, **f: Any) -> None:
+    """Counts by severity and category, and a histogram (default: the last 24 h)."""
+    params = {k: v for k, v in _filters(f).items() if k not in ("page_size",)}
+    body = _api(ctx, token).call("GET", "/v1/audit/stats", params)
+    console = Console()
+    console.print(f"[bold]{body['total']}[/] events for {body['tenant_id']} "
+                  f"from {body['start_time']} to {body['end_time']}")  # fmt: skip
+    for title, key in (("severity", "by_severity"), ("category", "by_category")):
+        table = Table(title, "events")
+        for name, n in sorted(body[key].items(), key=lambda kv: -kv[1]):
+            table.add_row(name, str(n))
+        console.print(table)
+
+
+@click.group()
+def keys() -> None:
+    """Create, list and revoke tenant API keys (admin token)."""
+
+
+@keys.command("create")
+@click.argument("tenant_id")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(["read", "write"]),
+              default=("read",), show_default=True)  # fmt: skip
+@click.option("--token")
+@click.pass_context
+def keys_create(ctx: click.Context, tenant_id: str, scopes: tuple[str, ...],
+                token: str | None) -> None:  # fmt: skip
+    """Create a key for TENANT_ID; prints the token once."""
+    body = _api(ctx, token).call("POST", "/v1/admin/keys",
+                                 body={"tenant_id": tenant_id, "scopes": list(scopes)})  # fmt: skip
+    click.echo(json.dumps(body, indent=2))
+
+
+@keys.command("list")
+@click.option("--tenant-id", "tenant_id")
+@click.option("--token")
+@click.pass_context
+def keys_list(ctx: click.Context, tenant_id: str | None, token: str | None) -> None:
+    """List keys (never their tokens)."""
+    body = _api(ctx, token).call("GET", "/v1/admin/keys", {"tenant_id": tenant_id})
+    table = Table("key_id", "tenant", "scopes", "created_at", "revoked_at")
+    for k in body["keys"]:
+        table.add_row(k["key_id"], k["tenant_id"], ",".join(k["scopes"]), k["created_at"],
+                      k["revoked_at"] or "")  # fmt: skip
+    Console().print(table)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.option("--token")
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: str, token: str | None) -> None:
+    """Revoke KEY_ID."""
+    body = _api(ctx, token).call("DELETE", f"/v1/admin/keys/{key_id}")
+    click.echo(f"revoked {body['key_id']} at {body['revoked_at']}")

@@ -1,0 +1,188 @@
+"""Operability: metrics move exactly, promtool accepts them, /readyz follows the servers,
+and every CLI command runs as a subprocess against a real running service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nats
+import pytest
+
+from pipeline.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from tests.integration.test_runtime import get, start, stop, wait_ready
+
+pytestmark = pytest.mark.integration
+ADMIN = "operability-admin-token-0123456789"
+TENANT = "7e4e4e93-94ec-45bd-87ce-88ce3f689e3c"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    state = tmp_path_factory.mktemp("ops") / "state"
+    port = free_port()
+    proc = start(state, port, AUDIT_ADMIN_TOKEN=ADMIN)
+    try:
+        wait_ready(port, proc)
+        yield state, port
+    finally:
+        stop(proc)
+
+
+def cli(state: Path, port: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
+    env.update(AUDIT_STATE_DIR=str(state), AUDIT_HTTP_PORT=str(port), AUDIT_ADMIN_TOKEN=ADMIN,
+               COLUMNS="200")  # fmt: skip
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    if check:
+        assert r.returncode == 0, f"{args}: {r.stdout}\n{r.stderr}"
+    return r
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (not labels or labels in line):
+            head, value = line.rsplit(" ", 1)
+            if head.split("{")[0] == name:
+                total += float(value)
+    return total
+
+
+def scrape(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
+        return r.read().decode()
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_publish_then_list_and_metrics_move_exactly(service) -> None:
+    state, port = service
+    before = scrape(port)
+    out = cli(state, port, "publish", "--count", "5").stdout
+    assert "published 5 event(s)" in out
+    nats_port = (state / "nats" / "port").read_text().strip()
+
+    async def bad() -> None:
+        nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
+        await nc.jetstream().publish("audit.events", b'{"tenant_id": 42}')
+        await nc.jetstream().publish("audit.events", b"not json")
+        await nc.close()
+
+    asyncio.run(bad())
+    stored = "auditlog_events_stored_total"
+    dead = "auditlog_events_dead_lettered_total"
+    wait_for(lambda: metric(scrape(port), dead) - metric(before, dead) == 2)
+    after = scrape(port)
+    assert metric(after, stored) - metric(before, stored) == 5
+    assert metric(after, dead, 'reason="malformed_json"') - metric(
+        before, dead, 'reason="malformed_json"') == 1  # fmt: skip
+    assert metric(after, "auditlog_flush_batch_size_count") > 0
+    assert metric(after, "auditlog_ingest_lag_seconds_count") > 0
+    listed = cli(state, port, "events", "list", "--tenant-id", TENANT, "-o", "ndjson").stdout
+    events = [json.loads(line) for line in listed.splitlines()]
+    assert len(events) >= 5 and all(e["action"] == "user.login" for e in events)
+    table = cli(state, port, "events", "list", "--tenant-id", TENANT, "--limit", "3").stdout
+    assert "user.login" in table and "Jane Doe" not in table  # actor shown as type:id
+    csv_out = cli(state, port, "events", "list", "--tenant-id", TENANT, "-o", "csv").stdout
+    assert csv_out.splitlines()[0].startswith("id,occurred_at,tenant_id")
+    got = cli(state, port, "events", "get", events[0]["id"], "--tenant-id", TENANT).stdout
+    assert json.loads(got)["id"] == events[0]["id"]
+    tail = cli(state, port, "events", "tail", "--tenant-id", TENANT, "--start-time",
+               "2000-01-01T00:00:00Z", "--count", "3", "--interval", "0.2").stdout  # fmt: skip
+    assert len(tail.splitlines()) >= 3
+    stats = cli(state, port, "stats", "--tenant-id", TENANT).stdout
+    assert re.search(r"\b\d+ events for " + TENANT, stats) and "SEVERITY_INFO" in stats
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool not installed (Debian package 'prometheus' ships it)")
+def test_exposition_passes_promtool(service) -> None:
+    _, port = service
+    r = subprocess.run(["promtool", "check", "metrics"], input=scrape(port), text=True,
+                       capture_output=True, timeout=30)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_dead_letters_list_show_replay(service) -> None:
+    state, port = service
+    nats_port = (state / "nats" / "port").read_text().strip()
+
+    async def bad() -> None:
+        nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
+        await nc.jetstream().publish("audit.events", b'{"tenant_id": "t-dlq", "action": 7}',
+                                     headers={"Nats-Msg-Id": "fix-me-1"})  # fmt: skip
+        await nc.close()
+
+    asyncio.run(bad())
+    wait_for(lambda: "fix-me-1" in cli(state, port, "dlq", "show", "1", check=False).stdout
+             or "action" in cli(state, port, "dlq", "list").stdout)  # fmt: skip
+    listing = cli(state, port, "dlq", "list").stdout
+    seq = max(int(m) for m in re.findall(r"^│\s*(\d+)\s*│", listing, re.M))
+    shown = cli(state, port, "dlq", "show", str(seq)).stdout
+    assert "Audit-Dlq-Reason: invalid_field" in shown and "Audit-Dlq-Field: action" in shown
+    assert "Audit-Original-Msg-Id: fix-me-1" in shown
+    fixed = state.parent / "fixed.json"
+    doc = json.loads((Path(__file__).parents[1] / "data" / "readme_event.json").read_text())
+    doc["tenant_id"] = "t-dlq"
+    fixed.write_text(json.dumps(doc))
+    out = cli(state, port, "dlq", "replay", str(seq), "--fixed-file", str(fixed)).stdout
+    assert "replayed 1 dead letter(s) and removed them" in out
+    wait_for(lambda: "t-dlq" in cli(state, port, "events", "list", "--tenant-id", "t-dlq",
+                                     "-o", "ndjson").stdout)  # fmt: skip
+    assert cli(state, port, "dlq", "show", str(seq), check=False).returncode != 0
+
+
+def test_keys_partitions_doctor(service) -> None:
+    state, port = service
+    created = json.loads(cli(state, port, "keys", "create", "t-keys", "--scope", "read").stdout)
+    assert created["token"].startswith("alk_")
+    assert created["key_id"] in cli(state, port, "keys", "list", "--tenant-id", "t-keys").stdout
+    r = cli(state, port, "events", "list", "--token", created["token"], "-o", "ndjson")
+    assert r.stdout == ""  # the key's tenant has no events: empty, not an error
+    assert "revoked" in cli(state, port, "keys", "revoke", created["key_id"]).stdout
+    denied = cli(state, port, "events", "list", "--token", created["token"], check=False)
+    assert denied.returncode != 0 and "401 unauthenticated" in denied.stderr
+    parts = cli(state, port, "partitions", "ensure", "--months-ahead", "6").stdout
+    assert parts.count("events_") >= 7
+    assert "events_" in cli(state, port, "partitions", "list").stdout
+    doc = cli(state, port, "doctor").stdout
+    assert "verdict: healthy" in doc and "PostgreSQL 16" in doc and "nats-server" in doc
+
+
+def test_readyz_follows_nats_and_postgres(service) -> None:
+    state, port = service
+
+    def status() -> int:
+        return get(f"http://127.0.0.1:{port}/readyz")[0]
+
+    EmbeddedNats(state).stop()
+    wait_for(lambda: status() == 503)
+    assert get(f"http://127.0.0.1:{port}/readyz")[1]["checks"]["nats"] != "ok"
+    bad = cli(state, port, "doctor", check=False)
+    assert bad.returncode == 1 and "UNHEALTHY" in bad.stdout
+    EmbeddedNats(state).start()
+    wait_for(lambda: status() == 200)
+    pg = EmbeddedPostgres(state)
+    pg.stop()
+    wait_for(lambda: status() == 503)
+    assert "postgresql" in get(f"http://127.0.0.1:{port}/readyz")[1]["checks"]["postgresql"]
+    pg.start()
+    wait_for(lambda: status() == 200, timeout=60)
