@@ -104,7 +104,9 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
     stop = asyncio.Event()
     _install_signals(stop)
     worker_task = asyncio.create_task(worker.run(), name="worker")
-    app = create_app(settings, pool, nc, metrics, consumer_bound=lambda: not worker_task.done())
+    app = create_app(
+        settings, pool, nc, metrics, consumer_bound=lambda: not worker_task.done(), api=http
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = settings.http_port if http else settings.metrics_port

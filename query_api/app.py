@@ -113,8 +113,13 @@ def create_app(
     nc: Client,
     metrics: Metrics,
     consumer_bound: Callable[[], bool] = lambda: True,
+    *,
+    api: bool = True,
 ) -> web.Application:
-    """Build the HTTP application over already-open PostgreSQL and NATS connections."""
+    """Build the HTTP application over already-open PostgreSQL and NATS connections.
+
+    With ``api=False`` (pipeline-only workers) it serves /healthz, /readyz and /metrics only.
+    """
     app = web.Application(
         client_max_size=5 * 1024 * 1024, middlewares=[metrics_middleware, error_middleware]
     )
@@ -129,6 +134,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/openapi.json", openapi_handler)
-    add_routes(app)
+    if api:
+        app.router.add_get("/openapi.json", openapi_handler)
+        add_routes(app)
     return app

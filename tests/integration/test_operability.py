@@ -112,8 +112,10 @@ def test_publish_then_list_and_metrics_move_exactly(service) -> None:
     assert re.search(r"\b\d+ events for " + TENANT, stats) and "SEVERITY_INFO" in stats
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None,
-                    reason="promtool not installed (Debian package 'prometheus' ships it)")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None,
+    reason="promtool not installed (Debian package 'prometheus' ships it)",
+)
 def test_exposition_passes_promtool(service) -> None:
     _, port = service
     r = subprocess.run(["promtool", "check", "metrics"], input=scrape(port), text=True,

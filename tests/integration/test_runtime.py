@@ -97,6 +97,8 @@ async def test_run_serves_survives_restart_and_stops(tmp_path: Path) -> None:
         out = stop(proc)
     assert "listening on http://127.0.0.1:" in out and "embedded postgresql" in out
     assert "stopped: 1 stored" in out
+    password = (state / "pg" / "password").read_text().strip()
+    assert password not in out and "postgres:***@" in out  # secrets never logged
     assert not _listening(nats_port) and not _listening(pg_port)
 
     proc = start(state, port)
@@ -117,3 +119,24 @@ async def test_run_serves_survives_restart_and_stops(tmp_path: Path) -> None:
     finally:
         stop(proc)
     assert not _listening(pg_port)
+
+
+def test_json_logs_one_object_per_line(tmp_path: Path, pg_server_url: str) -> None:
+    from pipeline.db import with_database
+
+    dsn = with_database(pg_server_url, f"auditlog_jsonlog_{os.getpid()}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
+    env.update(AUDIT_DATABASE_URL=dsn, AUDIT_LOG_FORMAT="json", AUDIT_STATE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "migrate"], env=env,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stderr.splitlines() if line.strip()]
+    assert any("applied migration 001" in d["message"] for d in lines)
+    assert all({"ts", "level", "logger", "message"} <= d.keys() for d in lines)
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(pg_server_url)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
+        await admin.close()
+
+    asyncio.run(drop())
