@@ -19,10 +19,12 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from aiohttp import web
 
+from pipeline.commits import encode_keys
 from pipeline.db import create_pool, ensure_database
 from pipeline.errors import ConfigError
 from pipeline.metrics import Metrics
@@ -100,7 +102,13 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
     await ensure_stream(nc, settings)
     metrics = Metrics()
     source = JetStreamSource(nc, settings, max_inflight=3 * settings.batch_max_events)
-    worker = Worker(settings, pool, nc, source, metrics)
+
+    async def announce(stored: list[Any], duplicates: list[Any], rejected: list[Any]) -> None:
+        if stored or duplicates or rejected:
+            payload = encode_keys([*stored, *duplicates], rejected)
+            await nc.publish(settings.commit_subject, payload)
+
+    worker = Worker(settings, pool, nc, source, metrics, on_commit=announce)
     stop = asyncio.Event()
     _install_signals(stop)
     worker_task = asyncio.create_task(worker.run(), name="worker")

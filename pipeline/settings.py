@@ -42,6 +42,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     consumer: str = "auditlog-pipeline"  # AUDIT_CONSUMER
     dlq_stream: str = "AUDIT_DLQ"  # AUDIT_DLQ_STREAM
     dlq_subject: str = "audit.dlq"  # AUDIT_DLQ_SUBJECT
+    commit_subject: str = "audit.committed"  # AUDIT_COMMIT_SUBJECT (core NATS notifications)
+    write_timeout_s: float = 10.0  # AUDIT_WRITE_TIMEOUT_S: sync writes wait this for commit
     batch_max_events: int = 5000  # AUDIT_BATCH_MAX_EVENTS
     batch_max_latency_ms: int = 50  # AUDIT_BATCH_MAX_LATENCY_MS
     fetch_batch: int = 2000  # AUDIT_FETCH_BATCH

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -46,7 +46,8 @@ class Source(Protocol):
     async def stop(self) -> None: ...
 
 
-CommitListener = Callable[[list[Key], list[Key]], None]
+# (stored keys, duplicate keys, rejected (key, reason)) after each batch.
+CommitListener = Callable[[list[Key], list[Key], list[tuple[Key, str]]], Awaitable[None]]
 
 
 def _utcnow() -> datetime:
@@ -134,7 +135,7 @@ class Worker:
         dead = [x for x in batch if isinstance(x, Dead)]
         fresh, dupes = self.dedup.split(valid)
         result, rejected = await self._store(fresh)
-        dead.extend(rejected)
+        dead.extend(d for d, _ in rejected)
         if dead:
             await self._dead_letter(dead)
         await self.source.ack([x.msg for x in batch])
@@ -143,7 +144,11 @@ class Worker:
         self.dedup.remember(result.stored)
         self._account(result, dupe_keys, len(dead))
         if self.on_commit is not None:
-            self.on_commit(result.stored, dupe_keys)
+            try:
+                await self.on_commit(result.stored, dupe_keys,
+                                     [(key, d.message) for d, key in rejected])  # fmt: skip
+            except Exception as exc:  # waiters fall back to their timeout
+                log.warning("commit notification failed: %r", exc)
 
     def _account(self, result: FlushResult, dupe_keys: list[Key], n_dead: int) -> None:
         m = self.metrics
@@ -160,13 +165,13 @@ class Worker:
             oldest = min(r[received_idx] for r in result.records)
             m.lag.observe(max(0.0, now - oldest.timestamp()))
 
-    async def _store(self, items: list[Valid]) -> tuple[FlushResult, list[Dead]]:
+    async def _store(self, items: list[Valid]) -> tuple[FlushResult, list[tuple[Dead, Key]]]:
         """Write ``items`` until it works; returns the result and events PostgreSQL refused.
 
         Connection problems are retried with capped exponential backoff forever (nothing
         is acked meanwhile, and JetStream is told the batch is still in progress).
         """
-        rejected: list[Dead] = []
+        rejected: list[tuple[Dead, Key]] = []
         delay, last_progress = 0.1, time.monotonic()
         while True:
             events = [v.event for v in items]
@@ -184,8 +189,9 @@ class Worker:
                     bad = await self._find_rejected([v.prepared for v in items])
                     if bad:
                         rejected.extend(
-                            Dead(msg=items[i].msg, reason="db_rejected", message=str(err),
-                                 stage="flush")
+                            (Dead(msg=items[i].msg, reason="db_rejected", message=str(err),
+                                  stage="flush"),
+                             (items[i].event.tenant_id, items[i].event.id))  # type: ignore[misc]
                             for i, err in bad.items()
                         )  # fmt: skip
                         items = [v for i, v in enumerate(items) if i not in bad]

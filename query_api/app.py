@@ -6,16 +6,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncpg
 from aiohttp import web
 from nats.aio.client import Client
 
+from pipeline.commits import Waiters
 from pipeline.metrics import Metrics
 from pipeline.migrate import is_current
 from pipeline.settings import Settings
@@ -32,7 +34,9 @@ from query_api.state import (
     SETTINGS,
     STARTED,
     TOKEN_SECRET,
+    WAITERS,
 )
+from query_api.writes import add_write_routes
 
 OPENAPI = render_openapi().encode()
 
@@ -135,6 +139,17 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     if api:
+        app[WAITERS] = Waiters()
+        app.cleanup_ctx.append(_commit_subscription)
         app.router.add_get("/openapi.json", openapi_handler)
         add_routes(app)
+        add_write_routes(app)
     return app
+
+
+async def _commit_subscription(app: web.Application) -> AsyncIterator[None]:
+    """Listen for commit notifications while the app runs (for synchronous writes)."""
+    sub = await app[NATS].subscribe(app[SETTINGS].commit_subject, cb=app[WAITERS].on_message)
+    yield
+    with contextlib.suppress(Exception):
+        await sub.unsubscribe()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from query_api.filters import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_Q_LEN
-from schemas.events import ACTOR_TYPES, CATEGORIES, SEVERITIES, TENANT_ID_PATTERN
+from schemas.events import ACTOR_TYPES, CATEGORIES, SEVERITIES, TENANT_ID_PATTERN, json_schema
 
 CHECKED_IN = Path(__file__).resolve().parent.parent / "schemas" / "openapi.json"
 
@@ -67,6 +67,49 @@ PAGING = [
 ]  # fmt: skip
 
 
+EVENT_INPUT = {"$ref": "#/components/schemas/EventInput"}
+WAIT = _param(
+    "wait",
+    {"type": "boolean", "default": True},
+    "true: answer after commit; false: after JetStream's acknowledgement.",
+)
+IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+    "description": "Makes retries safe: the same key names the same event.",
+}
+WRITE_OK = {
+    "type": "object",
+    "required": ["event_id"],
+    "properties": {
+        "event_id": {"type": "string", "format": "uuid"},
+        "committed": {"type": "boolean"},
+    },
+}
+BATCH_OK = {
+    "type": "object",
+    "required": ["event_ids", "errors"],
+    "properties": {
+        "event_ids": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+        "uncommitted_event_ids": {"type": "array", "items": {"type": "string"}},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "code", "message", "field"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "code": _STR,
+                    "message": _STR,
+                    "field": _STR,
+                },
+            },
+        },
+    },
+}
+
+
 def _error_responses(*codes: int) -> dict[str, Any]:
     names = {400: "Invalid argument", 401: "Missing or invalid bearer token",
              403: "Not allowed for this token", 404: "Not found", 413: "Body too large",
@@ -109,6 +152,17 @@ def _event_schema() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _input_schemas() -> dict[str, Any]:
+    """The input event's JSON Schema from the msgspec Struct, as components ``EventInput``
+    and ``In<Name>`` (its nested definitions)."""
+    schema = json_schema()
+    defs = schema.pop("$defs")
+    root = defs.pop("AuditEvent")
+    text = json.dumps({"root": root, "defs": defs}).replace("#/$defs/", "#/components/schemas/In")
+    parts = json.loads(text)
+    return {"EventInput": parts["root"], **{f"In{k}": v for k, v in parts["defs"].items()}}
+
+
 def _json_ok(schema: dict[str, Any], desc: str = "OK") -> dict[str, Any]:
     return {"description": desc, "content": {"application/json": {"schema": schema}}}
 
@@ -126,7 +180,18 @@ def spec() -> dict[str, Any]:
                  "description": "Tenant-scoped, tamper-evident audit events."},
         "security": [{"bearer": []}],
         "paths": {
-            "/v1/audit/events": {"get": {
+            "/v1/audit/events": {"post": {
+                "operationId": "WriteEvent",
+                "summary": "Write one event; answers after it is committed (wait=true).",
+                "parameters": [WAIT, IDEMPOTENCY],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["event"], "additionalProperties": False,
+                    "properties": {"event": {"$ref": "#/components/schemas/EventInput"}}}}}},
+                "responses": {
+                    "200": _json_ok(WRITE_OK, "Committed"),
+                    "202": _json_ok(WRITE_OK, "Durable in JetStream, not yet committed"),
+                    **_error_responses(400, 401, 403, 413, 503)}},
+                "get": {
                 "operationId": "ListEvents", "summary": "One page of a tenant's events.",
                 "parameters": FILTERS + PAGING,
                 "responses": {"200": _json_ok({
@@ -134,6 +199,18 @@ def spec() -> dict[str, Any]:
                     "properties": {"events": {"type": "array", "items": ref},
                                    "next_page_token": {"type": "string"}}}),
                     **_error_responses(400, 401, 403, 503)}}},
+            "/v1/audit/events:batch": {"post": {
+                "operationId": "WriteEvents",
+                "summary": "Write up to 1,000 events (4 MiB); per-event results.",
+                "parameters": [WAIT],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["events"], "additionalProperties": False,
+                    "properties": {"events": {"type": "array", "maxItems": 1000,
+                                              "items": EVENT_INPUT}}}}}},
+                "responses": {
+                    "200": _json_ok(BATCH_OK, "Every accepted event committed"),
+                    "202": _json_ok(BATCH_OK, "Some accepted events not yet committed"),
+                    **_error_responses(400, 401, 403, 413, 503)}}},
             "/v1/audit/events/{id}": {"get": {
                 "operationId": "GetEvent", "summary": "One event by id.",
                 "parameters": [{"name": "id", "in": "path", "required": True,
@@ -188,6 +265,7 @@ def spec() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
+                **_input_schemas(),
                 "AuditEvent": _event_schema(),
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                     "type": "object", "required": ["code", "message", "field"],

@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 from nats.aio.client import Client
 
+from pipeline.commits import Waiters
 from pipeline.metrics import Metrics
 from pipeline.settings import Settings
 from query_api.auth import Authenticator
@@ -20,3 +21,4 @@ CONSUMER_BOUND: web.AppKey[Callable[[], bool]] = web.AppKey("consumer_bound")
 STARTED = web.AppKey("started", float)
 AUTH = web.AppKey("auth", Authenticator)
 TOKEN_SECRET = web.AppKey("token_secret", bytes)
+WAITERS = web.AppKey("waiters", Waiters)

@@ -119,6 +119,7 @@ def settings_factory(nats_url: str):
             "subject": f"test.{n}.audit.events",
             "dlq_stream": f"AUDIT_DLQ_T{n}",
             "dlq_subject": f"test.{n}.audit.dlq",
+            "commit_subject": f"test.{n}.audit.committed",
             "consumer": "pipeline",
             "batch_max_latency_ms": 20,
         }

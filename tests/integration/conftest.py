@@ -13,6 +13,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from pipeline.commits import encode_keys
 from pipeline.db import create_pool
 from pipeline.metrics import Metrics
 from pipeline.settings import Settings
@@ -39,6 +40,13 @@ async def running_worker(settings: Settings, **worker_kw: object) -> AsyncIterat
     await ensure_stream(nc, settings)
     metrics = Metrics()
     source = JetStreamSource(nc, settings, max_inflight=3 * settings.batch_max_events)
+
+    async def announce(stored: list, duplicates: list, rejected: list) -> None:
+        if stored or duplicates or rejected:
+            payload = encode_keys([*stored, *duplicates], rejected)
+            await nc.publish(settings.commit_subject, payload)
+
+    worker_kw.setdefault("on_commit", announce)
     worker = Worker(settings, pool, nc, source, metrics, **worker_kw)  # type: ignore[arg-type]
     task = asyncio.create_task(worker.run())
     try:

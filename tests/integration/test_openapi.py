@@ -54,7 +54,8 @@ def live_service(pg_server_url, template_db, nats_url, tmp_path_factory):
                AUDIT_ADMIN_TOKEN=ADMIN, AUDIT_HTTP_PORT=str(port),
                AUDIT_STATE_DIR=str(tmp_path_factory.mktemp("oas")), AUDIT_STREAM=tag,
                AUDIT_SUBJECT=f"{tag}.events", AUDIT_DLQ_STREAM=f"{tag}_DLQ",
-               AUDIT_DLQ_SUBJECT=f"{tag}.dlq", AUDIT_LOG_LEVEL="WARNING")  # fmt: skip
+               AUDIT_DLQ_SUBJECT=f"{tag}.dlq", AUDIT_LOG_LEVEL="WARNING",
+               AUDIT_COMMIT_SUBJECT=f"{tag}.committed", AUDIT_WRITE_TIMEOUT_S="5")  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

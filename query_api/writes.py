@@ -1,0 +1,193 @@
+"""The REST write API: every write goes through JetStream and the pipeline.
+
+``POST /v1/audit/events`` validates the event with the pipeline's own decoder (same
+messages), publishes it to the event subject with its id as ``Nats-Msg-Id`` and
+``Audit-Idempotency-Key``, and answers once the pipeline reports it committed (any
+worker, any process: commit notifications travel on a core NATS subject). With
+``wait=false`` it answers as soon as JetStream has acknowledged the event (durable, not
+yet queryable). A client id, or an ``Idempotency-Key`` header, makes retries safe: the
+same answer and never a second row, also after NATS's duplicate window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from pipeline.commits import Key
+from pipeline.stages import IDEMPOTENCY_HEADER, id_from_key, new_uuid7
+from query_api.errors import ApiError, bad_request
+from query_api.handlers import principal
+from query_api.state import NATS, POOL, SETTINGS, WAITERS
+from schemas.events import AuditEvent, EventValidationError, decode_event
+
+MAX_BATCH_EVENTS = 1000
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+MAX_KEY_LEN = 256
+
+
+class _One(msgspec.Struct, forbid_unknown_fields=True):
+    event: msgspec.Raw
+
+
+class _Many(msgspec.Struct, forbid_unknown_fields=True):
+    events: list[msgspec.Raw]
+
+
+_one = msgspec.json.Decoder(_One)
+_many = msgspec.json.Decoder(_Many)
+_enc = msgspec.json.Encoder()
+
+
+def _wait_param(request: web.Request) -> bool:
+    for name in request.query:
+        if name != "wait":
+            raise bad_request(f"unknown parameter {name[:64]!r}", name[:64])
+    value = request.query.get("wait", "true").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise bad_request("wait must be true or false", "wait")
+    return value in ("true", "1")
+
+
+def _body(data: bytes, decoder: Any, what: str) -> Any:
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise bad_request(f"body must be {what}: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"malformed JSON: {exc}") from exc
+
+
+def _validate(raw: bytes, prefix: str) -> AuditEvent:
+    try:
+        return decode_event(raw)
+    except EventValidationError as exc:
+        field = f"{prefix}.{exc.field}" if exc.field else prefix
+        raise ApiError(400, exc.reason, exc.message, field) from exc
+
+
+def _event_id(event: AuditEvent, key: str | None) -> Any:
+    if event.id is not None:
+        return event.id
+    if key:
+        return id_from_key(event.tenant_id, key)
+    return new_uuid7(datetime.now(UTC), os.urandom(10))
+
+
+async def _already_stored(request: web.Request, key: Key) -> bool:
+    async with request.app[POOL].acquire() as conn:
+        found = await conn.fetchval(
+            "SELECT 1 FROM audit.event_ids WHERE tenant_id = $1 AND id = $2", *key
+        )
+    return found is not None
+
+
+async def _publish_and_wait(request: web.Request, raw: bytes, key: Key, wait: bool,
+                            deadline: float) -> bool:  # fmt: skip
+    """Publish; with ``wait``, return True once committed (False on timeout)."""
+    settings = request.app[SETTINGS]
+    waiters = request.app[WAITERS]
+    fut = waiters.expect(key) if wait else None
+    try:
+        headers = {"Nats-Msg-Id": str(key[1]), IDEMPOTENCY_HEADER: str(key[1])}
+        try:
+            ack = (
+                await request.app[NATS]
+                .jetstream()
+                .publish(settings.subject, raw, headers=headers, timeout=5)
+            )
+        except Exception as exc:
+            raise ApiError(503, "unavailable", f"event log unavailable: {type(exc).__name__}") \
+                from exc  # fmt: skip
+        if fut is None:
+            return False
+        if ack.duplicate and await _already_stored(request, key):
+            return True
+        timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+        try:
+            refused = await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return await _already_stored(request, key)
+        if refused is not None:  # PostgreSQL refused the row; it went to the DLQ
+            raise ApiError(400, "db_rejected", f"the event could not be stored: {refused}",
+                           "event")  # fmt: skip
+        return True
+    finally:
+        if fut is not None:
+            waiters.forget(key, fut)
+
+
+async def write_event(request: web.Request) -> web.Response:
+    """POST /v1/audit/events: ``{"event": {...}}`` → ``{"event_id": ...}`` after commit."""
+    who = await principal(request)
+    who.require("write")
+    wait = _wait_param(request)
+    body = _body(await request.read(), _one, '{"event": {...}}')
+    event = _validate(bytes(body.event), "event")
+    tenant = who.tenant_for(event.tenant_id)
+    key_header = request.headers.get("Idempotency-Key")
+    if key_header is not None and not 0 < len(key_header) <= MAX_KEY_LEN:
+        raise bad_request(f"Idempotency-Key must be 1-{MAX_KEY_LEN} characters", "Idempotency-Key")
+    key = (tenant, _event_id(event, key_header))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + request.app[SETTINGS].write_timeout_s
+    committed = await _publish_and_wait(request, bytes(body.event), key, wait, deadline)
+    if not wait or not committed:
+        # Durable in JetStream, not (yet) known to be queryable.
+        return web.json_response({"event_id": str(key[1]), "committed": False}, status=202)
+    return web.json_response({"event_id": str(key[1])})
+
+
+async def write_events(request: web.Request) -> web.Response:
+    """POST /v1/audit/events:batch: per-event results; valid events stored, invalid named."""
+    who = await principal(request)
+    who.require("write")
+    wait = _wait_param(request)
+    data = await request.read()
+    if len(data) > MAX_BATCH_BYTES:
+        raise ApiError(413, "too_large", f"a batch is at most {MAX_BATCH_BYTES} bytes")
+    body = _body(data, _many, '{"events": [...]}')
+    if len(body.events) > MAX_BATCH_EVENTS:
+        raise bad_request(f"a batch holds at most {MAX_BATCH_EVENTS} events", "events")
+    errors: list[dict[str, Any]] = []
+    accepted: list[tuple[int, bytes, Key]] = []
+    for i, raw in enumerate(body.events):
+        try:
+            event = _validate(bytes(raw), f"events.{i}")
+            tenant = who.tenant_for(event.tenant_id)
+        except ApiError as exc:
+            errors.append({"index": i, "code": exc.code, "message": exc.message,
+                           "field": exc.field})  # fmt: skip
+            continue
+        accepted.append((i, bytes(raw), (tenant, _event_id(event, None))))
+    deadline = asyncio.get_running_loop().time() + request.app[SETTINGS].write_timeout_s
+    results = await asyncio.gather(
+        *(_publish_and_wait(request, raw, key, wait, deadline) for _, raw, key in accepted),
+        return_exceptions=True,
+    )
+    event_ids: list[str] = []
+    pending: list[str] = []
+    for (i, _, key), res in zip(accepted, results, strict=True):
+        if isinstance(res, BaseException):
+            code = res.code if isinstance(res, ApiError) else "unavailable"
+            errors.append({"index": i, "code": code, "message": str(res), "field": ""})
+            continue
+        event_ids.append(str(key[1]))
+        if not res:
+            pending.append(str(key[1]))
+    errors.sort(key=lambda e: e["index"])
+    answer: dict[str, Any] = {"event_ids": event_ids, "errors": errors}
+    if pending:
+        answer["uncommitted_event_ids"] = pending  # durable in JetStream, not yet committed
+    return web.json_response(answer, status=202 if pending else 200)
+
+
+def add_write_routes(app: web.Application) -> None:
+    """Register the write routes."""
+    app.router.add_post("/v1/audit/events", write_event)
+    app.router.add_post("/v1/audit/events:batch", write_events)

@@ -1,0 +1,153 @@
+"""The REST write API end to end: HTTP → JetStream → pipeline → PostgreSQL → answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import nats
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from pipeline.db import create_pool
+from pipeline.metrics import Metrics
+from query_api.app import create_app
+from tests.conftest import README_EVENT
+from tests.integration.conftest import admin_count, running_worker
+
+pytestmark = pytest.mark.integration
+ADMIN = "write-admin-token-0123456789abcdef"
+
+
+def auth(token: str = ADMIN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def stack(db_url, settings_factory, tmp_path):
+    """A running pipeline worker and the HTTP app, sharing NATS subjects."""
+    settings = settings_factory(db_url, admin_token=ADMIN, state_dir=str(tmp_path),
+                                batch_max_latency_ms=5)  # fmt: skip
+    async with running_worker(settings):
+        pool = await create_pool(db_url, max_size=4)
+        nc = await nats.connect(settings.nats_url)
+        client = TestClient(TestServer(create_app(settings, pool, nc, Metrics())))
+        await client.start_server()
+        client.db_url = db_url  # type: ignore[attr-defined]
+        yield client
+        await client.close()
+        await nc.close()
+        await pool.close()
+
+
+def readme(**changes: object) -> dict:
+    doc = json.loads(README_EVENT)
+    doc.update(changes)
+    return doc
+
+
+async def test_sync_write_then_immediate_read(stack) -> None:
+    r = await stack.post("/v1/audit/events", json={"event": readme()}, headers=auth())
+    assert r.status == 200, await r.text()
+    event_id = (await r.json())["event_id"]
+    uuid.UUID(event_id)
+    tenant = readme()["tenant_id"]
+    got = await stack.get(f"/v1/audit/events/{event_id}", params={"tenant_id": tenant},
+                          headers=auth())  # fmt: skip
+    assert got.status == 200
+    assert (await got.json())["event"]["description"] == "Successful portal login"
+
+
+async def test_seed_write_example_in_camel_case(stack) -> None:
+    # auditClient.writeEvent({event: {tenantId, action, severity: Severity.SECURITY, ...}})
+    event = {"tenantId": "company-1", "action": "security.password_reset",
+             "severity": "SEVERITY_SECURITY", "actor": {"id": "u-1", "type": "ACTOR_TYPE_USER"},
+             "primaryResource": {"id": "u-1", "type": "user"}}  # fmt: skip
+    r = await stack.post("/v1/audit/events", json={"event": event}, headers=auth())
+    assert r.status == 200
+    assert "event_id" in await r.json()
+
+
+async def test_retries_are_idempotent(stack) -> None:
+    headers = {**auth(), "Idempotency-Key": "reset-42"}
+    first = await (await stack.post("/v1/audit/events", json={"event": readme()},
+                                    headers=headers)).json()  # fmt: skip
+    again = await stack.post("/v1/audit/events", json={"event": readme()}, headers=headers)
+    assert again.status == 200 and (await again.json()) == first
+    own_id = str(uuid.uuid4())
+    ids = set()
+    for _ in range(3):
+        r = await stack.post("/v1/audit/events", json={"event": readme(id=own_id)},
+                             headers=auth())  # fmt: skip
+        ids.add((await r.json())["event_id"])
+    assert ids == {own_id}
+    assert await admin_count(stack.db_url) == 2
+
+
+async def test_invalid_and_unauthorised_writes_store_nothing(stack) -> None:
+    r = await stack.post("/v1/audit/events", json={"event": readme(severity="LOUD")},
+                         headers=auth())  # fmt: skip
+    err = (await r.json())["error"]
+    assert r.status == 400 and err["field"] == "event.severity" and err["code"] == "unknown_enum"
+    r = await stack.post("/v1/audit/events", data=b"{nope", headers=auth())
+    assert r.status == 400
+    r = await stack.post("/v1/audit/events", json={"event": readme(description="x" * 70000)},
+                         headers=auth())  # fmt: skip
+    assert r.status == 400 and (await r.json())["error"]["code"] == "too_large"
+    assert (await stack.post("/v1/audit/events", json={"event": readme()})).status == 401
+    key = await (await stack.post("/v1/admin/keys", json={"tenant_id": "own", "scopes": ["write"]},
+                                  headers=auth())).json()  # fmt: skip
+    r = await stack.post("/v1/audit/events", json={"event": readme()}, headers=auth(key["token"]))
+    assert r.status == 403  # another tenant's event
+    read_key = await (await stack.post("/v1/admin/keys", json={"tenant_id": "own"},
+                                       headers=auth())).json()  # fmt: skip
+    r = await stack.post("/v1/audit/events", json={"event": readme(tenant_id="own")},
+                         headers=auth(read_key["token"]))  # fmt: skip
+    assert r.status == 403  # no write scope
+    r = await stack.post("/v1/audit/events", json={"event": readme(tenant_id="own")},
+                         headers=auth(key["token"]))  # fmt: skip
+    assert r.status == 200
+    await asyncio.sleep(0.2)
+    assert await admin_count(stack.db_url) == 1
+
+
+async def test_batch_with_some_invalid_events(stack) -> None:
+    events = [readme(description=f"b{i}") for i in range(10)]
+    events[3] = readme(action="")
+    events[7] = {"tenant_id": "t"}
+    r = await stack.post("/v1/audit/events:batch", json={"events": events}, headers=auth())
+    assert r.status == 200, await r.text()
+    body = await r.json()
+    assert len(body["event_ids"]) == 8
+    assert [(e["index"], e["field"]) for e in body["errors"]] == [
+        (3, "events.3.action"), (7, "events.7.action")]  # fmt: skip
+    assert await admin_count(stack.db_url) == 8
+    too_many = {"events": [readme()] * 1001}
+    r = await stack.post("/v1/audit/events:batch", json=too_many, headers=auth())
+    assert r.status == 400 and (await r.json())["error"]["field"] == "events"
+
+
+async def test_wait_false_answers_after_jetstream_ack(stack) -> None:
+    r = await stack.post("/v1/audit/events?wait=false", json={"event": readme()}, headers=auth())
+    assert r.status == 202
+    body = await r.json()
+    assert body["committed"] is False and uuid.UUID(body["event_id"])
+    for _ in range(100):
+        if await admin_count(stack.db_url) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert await admin_count(stack.db_url) == 1
+
+
+async def test_row_postgres_refuses_is_refused_synchronously(stack) -> None:
+    r = await stack.post("/v1/audit/events", json={"event": readme(description="nul \u0000 here")},
+                         headers=auth())  # fmt: skip
+    assert r.status == 400, await r.text()
+    err = (await r.json())["error"]
+    assert err["code"] == "db_rejected" and "could not be stored" in err["message"]
+    batch = [readme(description="fine"), readme(description="bad \u0000")]
+    r = await stack.post("/v1/audit/events:batch", json={"events": batch}, headers=auth())
+    body = await r.json()
+    assert len(body["event_ids"]) == 1 and body["errors"][0]["index"] == 1
+    assert body["errors"][0]["code"] == "db_rejected"
