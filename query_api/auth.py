@@ -96,7 +96,14 @@ class Authenticator:
         Raises:
             ApiError: 401 for a missing, malformed, unknown, revoked or forged token.
         """
-        header = request.headers.get("Authorization", "")
+        return await self.authenticate_header(request.headers.get("Authorization", ""))
+
+    async def authenticate_header(self, header: str) -> Principal:
+        """The caller presenting ``header`` (an ``Authorization`` value, any protocol).
+
+        Raises:
+            ApiError: 401 for a missing, malformed, unknown, revoked or forged token.
+        """
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:

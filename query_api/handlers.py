@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -36,13 +36,12 @@ def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(body=_enc.encode(body), status=status, content_type="application/json")
 
 
-async def list_events(request: web.Request) -> web.Response:
-    """GET /v1/audit/events: one keyset page, newest first unless order=asc."""
-    who = await principal(request)
+async def list_page(app: web.Application, who: Principal, params: Any) -> tuple[list[str], str]:
+    """One page for ``who``: (events as JSON texts, next_page_token). Any protocol."""
     who.require("read")
-    q = parse_query(request.query, LIST_PARAMS)
+    q = parse_query(params, LIST_PARAMS)
     tenant = who.tenant_for(q.tenant_id)
-    secret = request.app[TOKEN_SECRET]
+    secret = app[TOKEN_SECRET]
     fp = cursor.fingerprint(q.fingerprint_parts(tenant))
     after = None
     if q.page_token:
@@ -50,7 +49,7 @@ async def list_events(request: web.Request) -> web.Response:
             after = cursor.decode(q.page_token, fp, secret)
         except cursor.TokenError as exc:
             raise bad_request(str(exc), "page_token") from exc
-    async with sql.tenant_tx(request.app[POOL], tenant) as conn:
+    async with sql.tenant_tx(app[POOL], tenant) as conn:
         rows = await sql.list_events(conn, q, tenant, after)
     more = len(rows) > q.page_size
     rows = rows[: q.page_size]
@@ -59,24 +58,38 @@ async def list_events(request: web.Request) -> web.Response:
         last = rows[-1]
         us = (last["occurred_at"] - _EPOCH) // timedelta(microseconds=1)
         token = cursor.encode(cursor.Cursor(us, last["id"]), fp, secret)
-    request.app[METRICS].query_rows.labels("list").inc(len(rows))
-    body = b'{"events":[' + ",".join(r["doc"] for r in rows).encode() + b'],"next_page_token":'
+    app[METRICS].query_rows.labels("list").inc(len(rows))
+    return [r["doc"] for r in rows], token
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """GET /v1/audit/events: one keyset page, newest first unless order=asc."""
+    docs, token = await list_page(request.app, await principal(request), request.query)
+    body = b'{"events":[' + ",".join(docs).encode() + b'],"next_page_token":'
     return web.Response(body=body + _enc.encode(token) + b"}", content_type="application/json")
+
+
+async def get_one(app: web.Application, who: Principal, tenant_id: str | None,
+                  event_id: str) -> str:  # fmt: skip
+    """One event's JSON text for ``who`` (404 also for another tenant's). Any protocol."""
+    who.require("read")
+    eid = parse_event_id(event_id)
+    tenant = who.tenant_for(tenant_id)
+    async with sql.tenant_tx(app[POOL], tenant) as conn:
+        doc = await sql.get_event(conn, tenant, eid)
+    if doc is None:
+        raise not_found()
+    return doc
 
 
 async def get_event(request: web.Request) -> web.Response:
     """GET /v1/audit/events/{id}: 404 also for another tenant's event."""
     who = await principal(request)
-    who.require("read")
     for name in request.query:
         if name != "tenant_id":
             raise bad_request(f"unknown parameter {name[:64]!r}", name[:64])
-    event_id = parse_event_id(request.match_info["id"])
-    tenant = who.tenant_for(request.query.get("tenant_id"))
-    async with sql.tenant_tx(request.app[POOL], tenant) as conn:
-        doc = await sql.get_event(conn, tenant, event_id)
-    if doc is None:
-        raise not_found()
+    doc = await get_one(request.app, who, request.query.get("tenant_id"),
+                        request.match_info["id"])  # fmt: skip
     return web.Response(body=b'{"event":' + doc.encode() + b"}", content_type="application/json")
 
 

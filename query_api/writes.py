@@ -21,6 +21,7 @@ from aiohttp import web
 
 from pipeline.commits import Key
 from pipeline.stages import IDEMPOTENCY_HEADER, id_from_key, new_uuid7
+from query_api.auth import Principal
 from query_api.errors import ApiError, bad_request
 from query_api.handlers import principal
 from query_api.state import NATS, POOL, SETTINGS, WAITERS
@@ -79,25 +80,25 @@ def _event_id(event: AuditEvent, key: str | None) -> Any:
     return new_uuid7(datetime.now(UTC), os.urandom(10))
 
 
-async def _already_stored(request: web.Request, key: Key) -> bool:
-    async with request.app[POOL].acquire() as conn:
+async def _already_stored(app: web.Application, key: Key) -> bool:
+    async with app[POOL].acquire() as conn:
         found = await conn.fetchval(
             "SELECT 1 FROM audit.event_ids WHERE tenant_id = $1 AND id = $2", *key
         )
     return found is not None
 
 
-async def _publish_and_wait(request: web.Request, raw: bytes, key: Key, wait: bool,
+async def _publish_and_wait(app: web.Application, raw: bytes, key: Key, wait: bool,
                             deadline: float) -> bool:  # fmt: skip
     """Publish; with ``wait``, return True once committed (False on timeout)."""
-    settings = request.app[SETTINGS]
-    waiters = request.app[WAITERS]
+    settings = app[SETTINGS]
+    waiters = app[WAITERS]
     fut = waiters.expect(key) if wait else None
     try:
         headers = {"Nats-Msg-Id": str(key[1]), IDEMPOTENCY_HEADER: str(key[1])}
         try:
             ack = (
-                await request.app[NATS]
+                await app[NATS]
                 .jetstream()
                 .publish(settings.subject, raw, headers=headers, timeout=5)
             )
@@ -106,13 +107,13 @@ async def _publish_and_wait(request: web.Request, raw: bytes, key: Key, wait: bo
                 from exc  # fmt: skip
         if fut is None:
             return False
-        if ack.duplicate and await _already_stored(request, key):
+        if ack.duplicate and await _already_stored(app, key):
             return True
         timeout = max(0.0, deadline - asyncio.get_running_loop().time())
         try:
             refused = await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
-            return await _already_stored(request, key)
+            return await _already_stored(app, key)
         if refused is not None:  # PostgreSQL refused the row; it went to the DLQ
             raise ApiError(400, "db_rejected", f"the event could not be stored: {refused}",
                            "event")  # fmt: skip
@@ -122,52 +123,44 @@ async def _publish_and_wait(request: web.Request, raw: bytes, key: Key, wait: bo
             waiters.forget(key, fut)
 
 
-async def write_event(request: web.Request) -> web.Response:
-    """POST /v1/audit/events: ``{"event": {...}}`` → ``{"event_id": ...}`` after commit."""
-    who = await principal(request)
+async def write_one(app: web.Application, who: Principal, raw: bytes, key_header: str | None,
+                    wait: bool) -> tuple[str, bool]:  # fmt: skip
+    """Validate, authorise, publish and (with ``wait``) await one event. Any protocol.
+
+    Returns:
+        (event id, committed).
+    """
     who.require("write")
-    wait = _wait_param(request)
-    body = _body(await request.read(), _one, '{"event": {...}}')
-    event = _validate(bytes(body.event), "event")
+    event = _validate(raw, "event")
     tenant = who.tenant_for(event.tenant_id)
-    key_header = request.headers.get("Idempotency-Key")
     if key_header is not None and not 0 < len(key_header) <= MAX_KEY_LEN:
         raise bad_request(f"Idempotency-Key must be 1-{MAX_KEY_LEN} characters", "Idempotency-Key")
     key = (tenant, _event_id(event, key_header))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + request.app[SETTINGS].write_timeout_s
-    committed = await _publish_and_wait(request, bytes(body.event), key, wait, deadline)
-    if not wait or not committed:
-        # Durable in JetStream, not (yet) known to be queryable.
-        return web.json_response({"event_id": str(key[1]), "committed": False}, status=202)
-    return web.json_response({"event_id": str(key[1])})
+    deadline = asyncio.get_running_loop().time() + app[SETTINGS].write_timeout_s
+    committed = await _publish_and_wait(app, raw, key, wait, deadline)
+    return str(key[1]), committed and wait
 
 
-async def write_events(request: web.Request) -> web.Response:
-    """POST /v1/audit/events:batch: per-event results; valid events stored, invalid named."""
-    who = await principal(request)
+async def write_many(app: web.Application, who: Principal, raws: list[bytes],
+                     wait: bool) -> dict[str, Any]:  # fmt: skip
+    """Per-event results for a batch: {event_ids, errors[, uncommitted_event_ids]}."""
     who.require("write")
-    wait = _wait_param(request)
-    data = await request.read()
-    if len(data) > MAX_BATCH_BYTES:
-        raise ApiError(413, "too_large", f"a batch is at most {MAX_BATCH_BYTES} bytes")
-    body = _body(data, _many, '{"events": [...]}')
-    if len(body.events) > MAX_BATCH_EVENTS:
+    if len(raws) > MAX_BATCH_EVENTS:
         raise bad_request(f"a batch holds at most {MAX_BATCH_EVENTS} events", "events")
     errors: list[dict[str, Any]] = []
     accepted: list[tuple[int, bytes, Key]] = []
-    for i, raw in enumerate(body.events):
+    for i, raw in enumerate(raws):
         try:
-            event = _validate(bytes(raw), f"events.{i}")
+            event = _validate(raw, f"events.{i}")
             tenant = who.tenant_for(event.tenant_id)
         except ApiError as exc:
             errors.append({"index": i, "code": exc.code, "message": exc.message,
                            "field": exc.field})  # fmt: skip
             continue
-        accepted.append((i, bytes(raw), (tenant, _event_id(event, None))))
-    deadline = asyncio.get_running_loop().time() + request.app[SETTINGS].write_timeout_s
+        accepted.append((i, raw, (tenant, _event_id(event, None))))
+    deadline = asyncio.get_running_loop().time() + app[SETTINGS].write_timeout_s
     results = await asyncio.gather(
-        *(_publish_and_wait(request, raw, key, wait, deadline) for _, raw, key in accepted),
+        *(_publish_and_wait(app, raw, key, wait, deadline) for _, raw, key in accepted),
         return_exceptions=True,
     )
     event_ids: list[str] = []
@@ -182,9 +175,35 @@ async def write_events(request: web.Request) -> web.Response:
             pending.append(str(key[1]))
     errors.sort(key=lambda e: e["index"])
     answer: dict[str, Any] = {"event_ids": event_ids, "errors": errors}
-    if pending:
+    if pending and wait:
         answer["uncommitted_event_ids"] = pending  # durable in JetStream, not yet committed
-    return web.json_response(answer, status=202 if pending else 200)
+    return answer
+
+
+async def write_event(request: web.Request) -> web.Response:
+    """POST /v1/audit/events: ``{"event": {...}}`` → ``{"event_id": ...}`` after commit."""
+    who = await principal(request)
+    wait = _wait_param(request)
+    body = _body(await request.read(), _one, '{"event": {...}}')
+    event_id, committed = await write_one(request.app, who, bytes(body.event),
+                                          request.headers.get("Idempotency-Key"), wait)  # fmt: skip
+    if not committed:
+        # Durable in JetStream, not (yet) known to be queryable.
+        return web.json_response({"event_id": event_id, "committed": False}, status=202)
+    return web.json_response({"event_id": event_id})
+
+
+async def write_events(request: web.Request) -> web.Response:
+    """POST /v1/audit/events:batch: per-event results; valid events stored, invalid named."""
+    who = await principal(request)
+    wait = _wait_param(request)
+    data = await request.read()
+    if len(data) > MAX_BATCH_BYTES:
+        raise ApiError(413, "too_large", f"a batch is at most {MAX_BATCH_BYTES} bytes")
+    body = _body(data, _many, '{"events": [...]}')
+    answer = await write_many(request.app, who, [bytes(r) for r in body.events], wait)
+    status = 202 if (not wait or answer.get("uncommitted_event_ids")) else 200
+    return web.json_response(answer, status=status)
 
 
 def add_write_routes(app: web.Application) -> None:
