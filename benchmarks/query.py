@@ -153,6 +153,7 @@ async def main() -> None:
         port = free_port()
         env = dict(os.environ, AUDIT_DATABASE_URL=dsn, AUDIT_NATS_URL=nurl,
                    AUDIT_ADMIN_TOKEN=ADMIN, AUDIT_HTTP_PORT=str(port),
+                   AUDIT_GRPC_PORT=str(free_port()),
                    AUDIT_LOG_LEVEL="WARNING", AUDIT_STREAM="BENCHQ",
                    AUDIT_SUBJECT="benchq.events")  # fmt: skip
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], env=env)

@@ -127,8 +127,19 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
         raise ConfigError(
             var, f"cannot listen on {settings.http_host}:{port}: {exc.strerror}"
         ) from exc
-    what = "HTTP API" if http else "metrics"
+    what = "HTTP API (REST + Connect)" if http else "metrics"
     log.info("%s listening on http://%s:%d", what, settings.http_host, port)
+    grpc_server = None
+    if http:
+        from query_api.rpc import start_grpc
+
+        try:
+            grpc_server = await start_grpc(app, settings.http_host, settings.grpc_port)
+        except OSError as exc:
+            await worker.stop()
+            await runner.cleanup()
+            raise ConfigError("AUDIT_GRPC_PORT", str(exc)) from exc
+        log.info("gRPC listening on %s:%d", settings.http_host, settings.grpc_port)
     log.info("postgresql: %s | nats: %s", redact_url(ends.database_url), ends.nats_url)
     # Long-lived objects move out of the collector's sight, and young-generation
     # collections run less often: the ingest path allocates many short-lived objects.
@@ -147,6 +158,8 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
                   settings.shutdown_timeout_s)  # fmt: skip
     stopper.cancel()
     gauges.cancel()
+    if grpc_server is not None:
+        await grpc_server.stop(grace=5)
     await runner.cleanup()
     with contextlib.suppress(Exception):
         await nc.drain()

@@ -25,6 +25,7 @@ from query_api.auth import Authenticator
 from query_api.errors import error_middleware
 from query_api.handlers import add_routes, metrics_middleware
 from query_api.openapi import render as render_openapi
+from query_api.rpc import add_connect_routes
 from query_api.state import (
     AUTH,
     CONSUMER_BOUND,
@@ -144,6 +145,7 @@ def create_app(
         app.router.add_get("/openapi.json", openapi_handler)
         add_routes(app)
         add_write_routes(app)
+        add_connect_routes(app)
     return app
 
 

@@ -24,8 +24,10 @@ def generate(out_dir: Path) -> dict[str, str]:
     from grpc_tools import protoc
 
     well_known = importlib.resources.files("grpc_tools") / "_proto"
-    args = ["protoc", f"-I{ROOT}", f"-I{well_known}", f"--python_out={out_dir}", f"--pyi_out={out_dir}",
-            f"--grpc_python_out={out_dir}", str(ROOT / PROTO)]  # fmt: skip
+    args = [
+        "protoc", f"-I{ROOT}", f"-I{well_known}", f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}", str(ROOT / PROTO),
+    ]  # fmt: skip
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed")
     texts = {}

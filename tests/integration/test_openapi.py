@@ -51,7 +51,7 @@ def live_service(pg_server_url, template_db, nats_url, tmp_path_factory):
     port = free_port()
     tag = f"OAS{os.getpid()}"
     env = dict(os.environ, AUDIT_DATABASE_URL=dsn, AUDIT_NATS_URL=nats_url,
-               AUDIT_ADMIN_TOKEN=ADMIN, AUDIT_HTTP_PORT=str(port),
+               AUDIT_ADMIN_TOKEN=ADMIN, AUDIT_HTTP_PORT=str(port), AUDIT_GRPC_PORT=str(free_port()),
                AUDIT_STATE_DIR=str(tmp_path_factory.mktemp("oas")), AUDIT_STREAM=tag,
                AUDIT_SUBJECT=f"{tag}.events", AUDIT_DLQ_STREAM=f"{tag}_DLQ",
                AUDIT_DLQ_SUBJECT=f"{tag}.dlq", AUDIT_LOG_LEVEL="WARNING",

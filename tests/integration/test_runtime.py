@@ -32,7 +32,8 @@ def get(url: str) -> tuple[int, dict]:
 
 def start(state: Path, port: int, **extra_env: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
-    env.update(AUDIT_STATE_DIR=str(state), AUDIT_HTTP_PORT=str(port), **extra_env)
+    env.update(AUDIT_STATE_DIR=str(state), AUDIT_HTTP_PORT=str(port),
+               AUDIT_GRPC_PORT=str(free_port()), **extra_env)  # fmt: skip
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run"],
         env=env,

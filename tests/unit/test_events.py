@@ -147,3 +147,10 @@ def test_json_schema_names_enums_and_limits() -> None:
     assert props["description"]["maxLength"] == events.MAX_DESCRIPTION_LEN
     assert "SEVERITY_SECURITY" in props["severity"]["enum"]
     assert schema["$defs"]["AuditEvent"]["additionalProperties"] is False
+
+
+def test_generated_protobuf_modules_are_current(tmp_path) -> None:
+    from schemas.codegen import ROOT, generate
+
+    for name, text in generate(tmp_path).items():
+        assert (ROOT / "audit" / "v1" / name).read_text() == text, "run: python -m schemas.codegen"

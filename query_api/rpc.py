@@ -1,0 +1,215 @@
+"""``audit.v1.AuditService`` over the Connect protocol (aiohttp, :8080) and gRPC (:50051).
+
+Both call the same protocol-neutral functions as REST (``write_one``, ``write_many``,
+``list_page``, ``get_one``), so semantics, validation messages and auth are identical.
+Protobuf messages are converted through proto3 JSON, which is exactly the event JSON
+the rest of the service speaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from multidict import MultiDict
+
+from query_api.errors import ApiError
+from query_api.handlers import get_one, list_page
+from query_api.state import AUTH
+from query_api.writes import write_many, write_one
+from schemas.audit.v1 import audit_pb2 as pb
+from schemas.audit.v1 import audit_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE = "audit.v1.AuditService"
+REQUESTS: dict[str, type[Message]] = {
+    "WriteEvent": pb.WriteEventRequest,
+    "WriteEvents": pb.WriteEventsRequest,
+    "ListEvents": pb.ListEventsRequest,
+    "GetEvent": pb.GetEventRequest,
+}
+# Connect codes by our HTTP status, and Connect's HTTP status by code.
+CODE_FOR_STATUS = {400: "invalid_argument", 401: "unauthenticated", 403: "permission_denied",
+                   404: "not_found", 405: "unimplemented", 413: "resource_exhausted",
+                   429: "resource_exhausted", 503: "unavailable", 500: "internal"}  # fmt: skip
+HTTP_FOR_CODE = {"invalid_argument": 400, "unauthenticated": 401, "permission_denied": 403,
+                 "not_found": 404, "resource_exhausted": 429, "unavailable": 503,
+                 "internal": 500, "unimplemented": 501, "deadline_exceeded": 504}  # fmt: skip
+GRPC_FOR_CODE = {"invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
+                 "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+                 "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
+                 "not_found": grpc.StatusCode.NOT_FOUND,
+                 "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+                 "unavailable": grpc.StatusCode.UNAVAILABLE,
+                 "internal": grpc.StatusCode.INTERNAL,
+                 "unimplemented": grpc.StatusCode.UNIMPLEMENTED,
+                 "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED}  # fmt: skip
+
+
+def connect_code(exc: ApiError) -> str:
+    """The Connect/gRPC code name for an API error."""
+    return CODE_FOR_STATUS.get(exc.status, "internal")
+
+
+def _event_bytes(event: Message) -> bytes:
+    return json.dumps(json_format.MessageToDict(event, preserving_proto_field_name=True)).encode()
+
+
+def _list_params(req: pb.ListEventsRequest) -> MultiDict[str]:
+    params: MultiDict[str] = MultiDict()
+    for name, value in json_format.MessageToDict(req, preserving_proto_field_name=True).items():
+        if isinstance(value, list):
+            for v in value:
+                params.add(name, str(v))
+        else:
+            params.add(name, str(value))
+    return params
+
+
+class Rpc:
+    """The service's methods over protobuf messages, for any transport."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    async def call(self, method: str, req: Any, authorization: str,
+                   idempotency_key: str | None = None) -> Message:  # fmt: skip
+        """Run ``method``.
+
+        Raises:
+            ApiError: as REST would answer (map with :func:`connect_code`).
+        """
+        app = self.app
+        who = await app[AUTH].authenticate_header(authorization)
+        if method == "WriteEvent":
+            event_id, _ = await write_one(app, who, _event_bytes(req.event), idempotency_key, True)
+            return pb.WriteEventResponse(event_id=event_id)
+        if method == "WriteEvents":
+            answer = await write_many(app, who, [_event_bytes(e) for e in req.events], True)
+            return json_format.ParseDict(
+                {"event_ids": answer["event_ids"], "errors": answer["errors"]},
+                pb.WriteEventsResponse(),
+            )
+        if method == "ListEvents":
+            docs, token = await list_page(app, who, _list_params(req))
+            text = '{"events":[' + ",".join(docs) + '],"next_page_token":' + json.dumps(token) + "}"
+            return json_format.Parse(text, pb.ListEventsResponse(), ignore_unknown_fields=True)
+        if method == "GetEvent":
+            doc = await get_one(app, who, req.tenant_id or None, req.id)
+            return json_format.Parse('{"event":' + doc + "}", pb.GetEventResponse(),
+                                     ignore_unknown_fields=True)  # fmt: skip
+        raise ApiError(405, "unimplemented", f"{SERVICE}/{method} is not a method")
+
+
+# -- Connect (unary, JSON and binary codecs) -----------------------------------------------
+def _connect_error(code: str, message: str) -> web.Response:
+    return web.json_response({"code": code, "message": message},
+                             status=HTTP_FOR_CODE.get(code, 500))  # fmt: skip
+
+
+async def connect_handler(request: web.Request) -> web.Response:
+    """POST /audit.v1.AuditService/<Method> with application/json or application/proto."""
+    method = request.match_info["method"]
+    req_type = REQUESTS.get(method)
+    if req_type is None:
+        return _connect_error("unimplemented", f"{SERVICE}/{method} is not a method")
+    ctype = request.content_type
+    if ctype not in ("application/json", "application/proto"):
+        return web.Response(status=415, text="use application/json or application/proto")
+    body = await request.read()
+    try:
+        if ctype == "application/json":
+            req = json_format.Parse(body or b"{}", req_type())
+        else:
+            req = req_type.FromString(body)
+    except (json_format.ParseError, DecodeError, ValueError) as exc:
+        return _connect_error("invalid_argument", f"malformed request: {exc}")
+    timeout_ms = request.headers.get("Connect-Timeout-Ms")
+    try:
+        async with asyncio.timeout(int(timeout_ms) / 1000 if timeout_ms else None):
+            resp = await request.app[RPC].call(method, req,
+                                               request.headers.get("Authorization", ""),
+                                               request.headers.get("Idempotency-Key"))  # fmt: skip
+    except ApiError as exc:
+        where = f" ({exc.field})" if exc.field else ""
+        return _connect_error(connect_code(exc), exc.message + where)
+    except TimeoutError:
+        return _connect_error("deadline_exceeded", "the request deadline passed")
+    except ValueError:
+        return _connect_error("invalid_argument", "Connect-Timeout-Ms must be an integer")
+    if ctype == "application/json":
+        text = json_format.MessageToJson(resp, preserving_proto_field_name=True, indent=None)
+        return web.Response(text=text, content_type="application/json")
+    return web.Response(body=resp.SerializeToString(), content_type="application/proto")
+
+
+RPC = web.AppKey("rpc", Rpc)
+
+
+def add_connect_routes(app: web.Application) -> None:
+    """Register the Connect endpoints."""
+    app[RPC] = Rpc(app)
+    app.router.add_post(f"/{SERVICE}/{{method}}", connect_handler)
+
+
+# -- gRPC ----------------------------------------------------------------------------------
+class Servicer(audit_pb2_grpc.AuditServiceServicer):
+    """grpcio asyncio servicer delegating to :class:`Rpc`; deadlines are grpc's own."""
+
+    def __init__(self, rpc: Rpc) -> None:
+        self.rpc = rpc
+
+    async def _call(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        md = {k: v for k, v in context.invocation_metadata() or ()}
+        try:
+            return await self.rpc.call(method, request, str(md.get("authorization", "")),
+                                       md.get("idempotency-key"))  # fmt: skip
+        except ApiError as exc:
+            where = f" ({exc.field})" if exc.field else ""
+            await context.abort(GRPC_FOR_CODE[connect_code(exc)], exc.message + where)
+
+    async def WriteEvent(self, request: Any, context: Any) -> Any:
+        return await self._call("WriteEvent", request, context)
+
+    async def WriteEvents(self, request: Any, context: Any) -> Any:
+        return await self._call("WriteEvents", request, context)
+
+    async def ListEvents(self, request: Any, context: Any) -> Any:
+        return await self._call("ListEvents", request, context)
+
+    async def GetEvent(self, request: Any, context: Any) -> Any:
+        return await self._call("GetEvent", request, context)
+
+
+async def start_grpc(app: web.Application, host: str, port: int) -> grpc.aio.Server:
+    """A started gRPC server with AuditService, the health service and reflection.
+
+    Raises:
+        OSError: when the port cannot be bound.
+    """
+    server = grpc.aio.server()
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(Servicer(app[RPC]), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (pb.DESCRIPTOR.services_by_name["AuditService"].full_name,
+             health.SERVICE_NAME, reflection.SERVICE_NAME)  # fmt: skip
+    reflection.enable_server_reflection(names, server)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:
+        raise OSError(f"cannot bind gRPC to {host}:{port}: {exc}") from exc
+    if port and bound != port:
+        raise OSError(f"cannot bind gRPC to {host}:{port}")
+    await server.start()
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server
