@@ -83,6 +83,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.grpc_seconds = Histogram(
+            "auditlog_grpc_request_duration_seconds",
+            "gRPC request duration",
+            ["method", "code"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.query_rows = Counter(
             "auditlog_query_rows_returned", "Rows returned by queries", ["endpoint"], registry=r
         )

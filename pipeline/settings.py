@@ -45,8 +45,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     commit_subject: str = "audit.committed"  # AUDIT_COMMIT_SUBJECT (core NATS notifications)
     write_timeout_s: float = 10.0  # AUDIT_WRITE_TIMEOUT_S: sync writes wait this for commit
     batch_max_events: int = 5000  # AUDIT_BATCH_MAX_EVENTS
-    batch_max_latency_ms: int = 50  # AUDIT_BATCH_MAX_LATENCY_MS
+    batch_max_latency_ms: int = 5  # AUDIT_BATCH_MAX_LATENCY_MS
     fetch_batch: int = 2000  # AUDIT_FETCH_BATCH
+    flush_concurrency: int = 2  # AUDIT_FLUSH_CONCURRENCY (transactions in flight per worker)
     ack_wait_s: float = 60.0  # AUDIT_ACK_WAIT_S
     dedup_window: int = 200_000  # AUDIT_DEDUP_WINDOW (ids remembered in memory)
     workers: int = 1  # AUDIT_WORKERS
@@ -98,6 +99,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("AUDIT_LOG_FORMAT", "must be 'text' or 'json'")
     if not 1 <= settings.batch_max_events <= 100_000:
         raise ConfigError("AUDIT_BATCH_MAX_EVENTS", "must be between 1 and 100000")
+    if not 1 <= settings.flush_concurrency <= 16:
+        raise ConfigError("AUDIT_FLUSH_CONCURRENCY", "must be between 1 and 16")
     if settings.batch_max_latency_ms < 1:
         raise ConfigError("AUDIT_BATCH_MAX_LATENCY_MS", "must be at least 1")
     return settings

@@ -109,8 +109,26 @@ class Worker:
             self._take.close()
 
     async def _consume(self) -> None:
+        # Up to flush_concurrency transactions at once: small batches are bound by round
+        # trips and fsync, which overlap well; the chain-head row locks keep per-tenant
+        # order whatever interleaves.
+        slots = asyncio.Semaphore(self.settings.flush_concurrency)
+        running: set[asyncio.Task[None]] = set()
         while batch := await self._take.get():
+            await slots.acquire()
+            for task in [t for t in running if t.done()]:
+                running.discard(task)
+                task.result()  # a flush that failed for good stops the worker
+            task = asyncio.create_task(self._flush_slot(batch, slots), name="flush")
+            running.add(task)
+        if running:
+            await asyncio.gather(*running)
+
+    async def _flush_slot(self, batch: list[Valid | Dead], slots: asyncio.Semaphore) -> None:
+        try:
             await self.handle(batch)
+        finally:
+            slots.release()
 
     async def run(self) -> None:
         """Start the source and run until it is stopped and everything in flight is acked."""

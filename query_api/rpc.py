@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -23,7 +24,7 @@ from multidict import MultiDict
 
 from query_api.errors import ApiError
 from query_api.handlers import get_one, list_page
-from query_api.state import AUTH
+from query_api.state import AUTH, METRICS
 from query_api.writes import write_many, write_one
 from schemas.audit.v1 import audit_pb2 as pb
 from schemas.audit.v1 import audit_pb2_grpc
@@ -169,13 +170,24 @@ class Servicer(audit_pb2_grpc.AuditServiceServicer):
         self.rpc = rpc
 
     async def _call(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        md = {k: v for k, v in context.invocation_metadata() or ()}
+        md = dict(context.invocation_metadata() or ())
+        started = time.perf_counter()
+        code = "OK"
         try:
             return await self.rpc.call(method, request, str(md.get("authorization", "")),
                                        md.get("idempotency-key"))  # fmt: skip
         except ApiError as exc:
             where = f" ({exc.field})" if exc.field else ""
-            await context.abort(GRPC_FOR_CODE[connect_code(exc)], exc.message + where)
+            status = GRPC_FOR_CODE[connect_code(exc)]
+            code = status.name
+            await context.abort(status, exc.message + where)
+        except asyncio.CancelledError:
+            code = "CANCELLED"  # the client went away or its deadline passed
+            raise
+        finally:
+            self.rpc.app[METRICS].grpc_seconds.labels(method, code).observe(
+                time.perf_counter() - started
+            )
 
     async def WriteEvent(self, request: Any, context: Any) -> Any:
         return await self._call("WriteEvent", request, context)

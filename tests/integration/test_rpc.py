@@ -115,3 +115,8 @@ async def test_grpc_service_health_and_reflection(stack, grpc_channel) -> None: 
     async for r in responses:
         names |= {s.name for s in r.list_services_response.service}
     assert SERVICE in names and "grpc.health.v1.Health" in names
+    from query_api.state import METRICS
+
+    text = stack.server.app[METRICS].exposition().decode()
+    assert 'auditlog_grpc_request_duration_seconds_count{code="OK",method="WriteEvent"}' in text
+    assert 'code="UNAUTHENTICATED",method="ListEvents"' in text

@@ -1,0 +1,113 @@
+"""Scenario *write*: synchronous write latency (1, 16, 64 writers) and batch throughput,
+through HTTP against `auditlog run` (every write: JetStream → pipeline → commit → answer).
+
+    python -m benchmarks.write --seconds 10 --batch-events 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+
+from benchmarks.common import bench_servers, fresh_database, synthetic_events, tenant_ids
+from pipeline.embedded import free_port
+
+ADMIN = "bench-write-admin-token-0123456789"
+
+
+def pct(samples: list[float], p: float) -> float:
+    """p-th percentile in ms."""
+    s = sorted(samples)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] * 1000
+
+
+async def sync_writers(base: str, writers: int, seconds: float, events: list[dict]) -> dict:
+    lat: list[float] = []
+    stop = time.perf_counter() + seconds
+    conn = aiohttp.TCPConnector(limit=writers)
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    async with aiohttp.ClientSession(connector=conn, headers=headers) as s:
+
+        async def writer(k: int) -> None:
+            i = k
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                async with s.post(f"{base}/v1/audit/events",
+                                  json={"event": events[i % len(events)]}) as r:  # fmt: skip
+                    await r.read()
+                    assert r.status == 200, r.status
+                lat.append(time.perf_counter() - t0)
+                i += writers
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(writer(k) for k in range(writers)))
+        el = time.perf_counter() - t0
+    return {"writers": writers, "writes": len(lat), "per_s": len(lat) / el,
+            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}  # fmt: skip
+
+
+async def batches(base: str, events: list[dict], size: int, inflight: int) -> dict:
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    chunks = [events[i : i + size] for i in range(0, len(events), size)]
+    sem = asyncio.Semaphore(inflight)
+    async with aiohttp.ClientSession(headers=headers) as s:
+
+        async def send(chunk: list[dict]) -> int:
+            async with sem, s.post(f"{base}/v1/audit/events:batch", json={"events": chunk}) as r:
+                body = await r.json()
+                assert r.status == 200, body
+                return len(body["event_ids"])
+
+        t0 = time.perf_counter()
+        stored = sum(await asyncio.gather(*(send(c) for c in chunks)))
+        el = time.perf_counter() - t0
+    return {"events": stored, "seconds": el, "events_per_s": stored / el, "batch": size}
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--batch-events", type=int, default=100_000)
+    args = ap.parse_args()
+    events = [json.loads(p) for p in synthetic_events(20_000, tenant_ids(1000))]
+    batch_events = [json.loads(p) for p in synthetic_events(args.batch_events, tenant_ids(1000),
+                                                            seed=2)]  # fmt: skip
+    out: dict[str, object] = {}
+    with bench_servers() as (server, nurl):
+        dsn = await fresh_database(server, "bench_write")
+        port = free_port()
+        env = dict(os.environ, AUDIT_DATABASE_URL=dsn, AUDIT_NATS_URL=nurl,
+                   AUDIT_ADMIN_TOKEN=ADMIN, AUDIT_HTTP_PORT=str(port),
+                   AUDIT_GRPC_PORT=str(free_port()), AUDIT_LOG_LEVEL="WARNING",
+                   AUDIT_STREAM="BENCHW", AUDIT_SUBJECT="benchw.events")  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], env=env)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            async with aiohttp.ClientSession() as s:
+                for _ in range(300):
+                    try:
+                        async with s.get(f"{base}/readyz") as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.2)
+            await sync_writers(base, 4, 2.0, events)  # warm-up
+            out["sync"] = [await sync_writers(base, w, args.seconds, events) for w in (1, 16, 64)]
+            out["batch"] = await batches(base, batch_events, 1000, 4)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
