@@ -16,7 +16,9 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import nats
@@ -92,6 +94,7 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "pipeline", "--workers", str(workers)], env=env
     )
+    peak_rss = 0
     total = len(payloads)
     t_first = t_end = None
     samples = []
@@ -103,6 +106,7 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
             samples.append((now, done))
             if t_first is None and info.num_pending < total:
                 t_first = now
+            peak_rss = max(peak_rss, worker_rss_kib(proc.pid))
             if info.num_pending == 0 and info.num_ack_pending == 0:
                 t_end = now
                 break
@@ -117,13 +121,53 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
     rows = await conn.fetchval("SELECT count(*) FROM audit.events")
     await conn.close()
     assert t_first is not None and t_end is not None
+    series = [(round(t - t_first, 3), n) for t, n in samples if t >= t_first]
     return {
         "events": total,
         "rows": rows,
         "seconds": t_end - t_first,
         "events_per_s": total / (t_end - t_first),
         "publish_per_s": pub_rate,
+        "peak_rss_mib": peak_rss / 1024,
+        "series": series,
     }
+
+
+def worker_rss_kib(pid: int) -> int:
+    """Peak RSS (VmHWM, KiB) of the worker: the process, or its largest child."""
+    best = 0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    best = max(best, int(line.split()[1]))
+        except OSError:
+            continue
+    return best
+
+
+def mix_in_faults(payloads: list[bytes]) -> tuple[list[bytes], int, int]:
+    """The input with ~1% duplicates (same event id) and ~0.1% invalid events mixed in.
+
+    Returns:
+        (messages, duplicates, invalid).
+    """
+    out: list[bytes] = []
+    for i, p in enumerate(payloads):
+        doc = json.loads(p)
+        doc["id"] = str(uuid.UUID(int=i + 1, version=4))
+        data = json.dumps(doc, separators=(",", ":")).encode()
+        out.append(data)
+        if i % 100 == 50:
+            out.append(data)  # a duplicate: the producer retried
+    dups = len(out) - len(payloads)
+    invalid = len(out) // 1000
+    for k in range(invalid):
+        out.insert(k * 997 % len(out), b'{"tenant_id": 5}')  # invalid: goes to the DLQ
+    return out, dups, invalid
 
 
 async def main() -> None:
@@ -135,10 +179,13 @@ async def main() -> None:
     ap.add_argument("--skip-ceiling", action="store_true")
     args = ap.parse_args()
     payloads = list(synthetic_events(args.events, tenant_ids(args.tenants)))
+    mixed, dups, invalid = mix_in_faults(payloads)
     size = sum(map(len, payloads)) / len(payloads)
     out: dict[str, object] = {"avg_event_bytes": round(size)}
     with bench_servers() as (server, nurl):
-        out["drain"] = await drain(server, nurl, payloads, args.workers, args.batch)
+        out["drain"] = await drain(server, nurl, mixed, args.workers, args.batch)
+        out["drain"]["duplicates_in_input"] = dups  # type: ignore[index]
+        out["drain"]["invalid_in_input"] = invalid  # type: ignore[index]
         if not args.skip_ceiling:
             out["ceiling_per_s"] = await ceiling(server, payloads, args.batch, 1)
             out["drain_over_ceiling"] = out["drain"]["events_per_s"] / out["ceiling_per_s"]  # type: ignore[index]
