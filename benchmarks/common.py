@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -93,3 +93,37 @@ def bench_settings(db: str, nurl: str, tag: str, **kw: object) -> Settings:
     return Settings(database_url=db, nats_url=nurl, stream=f"BENCH_{tag}",
                     subject=f"bench.{tag}.events", dlq_stream=f"BENCH_DLQ_{tag}",
                     dlq_subject=f"bench.{tag}.dlq", **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def running_service(dsn: str, nats_url: str, admin_token: str,
+                          tag: str) -> AsyncIterator[str]:  # fmt: skip
+    """`auditlog run` on free ports against ``dsn``/``nats_url``; yields its base URL once
+    /readyz answers 200, and stops it (SIGTERM) afterwards."""
+    import signal
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    from pipeline.embedded import free_port
+
+    port = free_port()
+    env = dict(os.environ, AUDIT_DATABASE_URL=dsn, AUDIT_NATS_URL=nats_url,
+               AUDIT_ADMIN_TOKEN=admin_token, AUDIT_HTTP_PORT=str(port),
+               AUDIT_GRPC_PORT=str(free_port()), AUDIT_LOG_LEVEL="WARNING",
+               AUDIT_STREAM=f"BENCH{tag}", AUDIT_SUBJECT=f"bench{tag}.events")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(300):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with s.get(f"{base}/readyz") as r:
+                        if r.status == 200:
+                            break
+                await asyncio.sleep(0.2)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)

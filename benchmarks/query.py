@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -28,8 +25,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import asyncpg
 
-from benchmarks.common import bench_servers, fresh_database
-from pipeline.embedded import free_port
+from benchmarks.common import bench_servers, fresh_database, running_service
 
 ADMIN = "bench-admin-token-0123456789abcdef"
 
@@ -150,28 +146,8 @@ async def main() -> None:
             "SELECT tenant_id, count(*) FROM audit.events GROUP BY 1 ORDER BY 2 DESC LIMIT 1"
         )
         await conn.close()
-        port = free_port()
-        env = dict(os.environ, AUDIT_DATABASE_URL=dsn, AUDIT_NATS_URL=nurl,
-                   AUDIT_ADMIN_TOKEN=ADMIN, AUDIT_HTTP_PORT=str(port),
-                   AUDIT_GRPC_PORT=str(free_port()),
-                   AUDIT_LOG_LEVEL="WARNING", AUDIT_STREAM="BENCHQ",
-                   AUDIT_SUBJECT="benchq.events")  # fmt: skip
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], env=env)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            async with aiohttp.ClientSession() as s:
-                for _ in range(300):
-                    try:
-                        async with s.get(f"{base}/readyz") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.2)
+        async with running_service(dsn, nurl, ADMIN, "Q") as base:
             result = await measure(base, big, args.reps)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
     result = {"events": args.events, "load_seconds": load_s, "largest_tenant": big,
               "largest_tenant_rows": big_n, **result}  # fmt: skip
     print(json.dumps(result, indent=2))

@@ -9,16 +9,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import aiohttp
 
-from benchmarks.common import bench_servers, fresh_database, synthetic_events, tenant_ids
-from pipeline.embedded import free_port
+from benchmarks.common import (
+    bench_servers,
+    fresh_database,
+    running_service,
+    synthetic_events,
+    tenant_ids,
+)
 
 ADMIN = "bench-write-admin-token-0123456789"
 
@@ -83,29 +84,10 @@ async def main() -> None:
     out: dict[str, object] = {}
     with bench_servers() as (server, nurl):
         dsn = await fresh_database(server, "bench_write")
-        port = free_port()
-        env = dict(os.environ, AUDIT_DATABASE_URL=dsn, AUDIT_NATS_URL=nurl,
-                   AUDIT_ADMIN_TOKEN=ADMIN, AUDIT_HTTP_PORT=str(port),
-                   AUDIT_GRPC_PORT=str(free_port()), AUDIT_LOG_LEVEL="WARNING",
-                   AUDIT_STREAM="BENCHW", AUDIT_SUBJECT="benchw.events")  # fmt: skip
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], env=env)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            async with aiohttp.ClientSession() as s:
-                for _ in range(300):
-                    try:
-                        async with s.get(f"{base}/readyz") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.2)
+        async with running_service(dsn, nurl, ADMIN, "W") as base:
             await sync_writers(base, 4, 2.0, events)  # warm-up
             out["sync"] = [await sync_writers(base, w, args.seconds, events) for w in (1, 16, 64)]
             out["batch"] = await batches(base, batch_events, 1000, 4)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
     print(json.dumps(out, indent=2))
 
 
