@@ -8,9 +8,10 @@ For each tenant, events carry a gapless ``seq`` (1, 2, 3, ...) and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -298,7 +299,9 @@ def verify_rows(
     return verifier.finish(head)
 
 
-async def _stream_rows(conn: asyncpg.Connection, tenant_id: str) -> AsyncIterator[dict[str, Any]]:
+async def _stream_rows(
+    conn: asyncpg.Connection, tenant_id: str
+) -> AsyncGenerator[dict[str, Any], None]:
     cols = ", ".join(
         f"{c}::text" if c in ("metadata", "changes", "related_resources") else c for c in COLUMNS
     )
@@ -323,7 +326,9 @@ async def verify_tenant(conn: asyncpg.Connection, tenant_id: str) -> ChainReport
     )
     head = (head_rec["last_seq"], bytes(head_rec["last_hash"])) if head_rec else None
     verifier = ChainVerifier(tenant_id)
-    async for row in _stream_rows(conn, tenant_id):
-        if not verifier.feed(row):
-            break
+    # aclosing: stopping at the first break must end the cursor's transaction now.
+    async with contextlib.aclosing(_stream_rows(conn, tenant_id)) as rows:
+        async for row in rows:
+            if not verifier.feed(row):
+                break
     return verifier.finish(head)
