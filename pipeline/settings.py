@@ -53,6 +53,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: int = 1  # AUDIT_WORKERS
     shutdown_timeout_s: float = 20.0  # AUDIT_SHUTDOWN_TIMEOUT_S
     db_pool_size: int = 8  # AUDIT_DB_POOL_SIZE
+    # API rate limit per tenant key (every protocol); 0 disables. The admin token is exempt.
+    rate_limit_per_s: float = 100.0  # AUDIT_RATE_LIMIT_PER_S
+    rate_limit_burst: int = 200  # AUDIT_RATE_LIMIT_BURST
 
     def __repr__(self) -> str:
         shown = {f: getattr(self, f) for f in self.__struct_fields__}
@@ -101,6 +104,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("AUDIT_BATCH_MAX_EVENTS", "must be between 1 and 100000")
     if not 1 <= settings.flush_concurrency <= 16:
         raise ConfigError("AUDIT_FLUSH_CONCURRENCY", "must be between 1 and 16")
+    if settings.rate_limit_per_s < 0:
+        raise ConfigError("AUDIT_RATE_LIMIT_PER_S", "must be 0 (off) or positive")
+    if settings.rate_limit_burst < 1:
+        raise ConfigError("AUDIT_RATE_LIMIT_BURST", "must be at least 1")
     if settings.batch_max_latency_ms < 1:
         raise ConfigError("AUDIT_BATCH_MAX_LATENCY_MS", "must be at least 1")
     return settings

@@ -25,6 +25,7 @@ from query_api.auth import Authenticator
 from query_api.errors import error_middleware
 from query_api.handlers import add_routes, metrics_middleware
 from query_api.openapi import render as render_openapi
+from query_api.ratelimit import RateLimiter
 from query_api.rpc import add_connect_routes
 from query_api.state import (
     AUTH,
@@ -128,7 +129,9 @@ def create_app(
     app = web.Application(
         client_max_size=5 * 1024 * 1024, middlewares=[metrics_middleware, error_middleware]
     )
-    app[AUTH] = Authenticator(pool, settings.admin_token)
+    limiter = (RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+               if settings.rate_limit_per_s > 0 else None)  # fmt: skip
+    app[AUTH] = Authenticator(pool, settings.admin_token, limiter)
     app[TOKEN_SECRET] = token_secret(settings)
     app[SETTINGS] = settings
     app[POOL] = pool

@@ -19,6 +19,7 @@ import asyncpg
 from aiohttp import web
 
 from query_api.errors import ApiError
+from query_api.ratelimit import RateLimited, RateLimiter, retry_after_header
 
 CACHE_SECONDS = 5.0
 _TOKEN_RE = re.compile(r"^alk_([0-9a-f]{16})_[A-Za-z0-9_-]{20,100}$")
@@ -81,10 +82,27 @@ def new_token() -> tuple[str, str]:
 class Authenticator:
     """Checks bearer tokens against the admin token and ``audit.api_keys``."""
 
-    def __init__(self, pool: asyncpg.Pool, admin_token: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, admin_token: str,
+                 limiter: RateLimiter | None = None) -> None:  # fmt: skip
         self.pool = pool
         self._admin = admin_token.encode()
         self._cache: dict[str, tuple[float, Principal, bytes]] = {}
+        self._limiter = limiter
+
+    def _admit(self, principal: Principal) -> Principal:
+        """Charge ``principal``'s rate limit (tenant keys only).
+
+        Raises:
+            ApiError: 429 rate_limited with ``Retry-After`` when its bucket is empty.
+        """
+        if self._limiter is not None:
+            try:
+                self._limiter.take(principal.key_id)
+            except RateLimited as exc:
+                wait = {"Retry-After": retry_after_header(exc)}
+                raise ApiError(429, "rate_limited", f"too many requests for this key; {exc}",
+                               headers=wait) from None  # fmt: skip
+        return principal
 
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache (after revocation)."""
@@ -102,7 +120,8 @@ class Authenticator:
         """The caller presenting ``header`` (an ``Authorization`` value, any protocol).
 
         Raises:
-            ApiError: 401 for a missing, malformed, unknown, revoked or forged token.
+            ApiError: 401 for a missing, malformed, unknown, revoked or forged token;
+                429 when a tenant key exceeds its rate limit.
         """
         scheme, _, token = header.partition(" ")
         token = token.strip()
@@ -119,7 +138,7 @@ class Authenticator:
         now = time.monotonic()
         if cached and cached[0] > now:
             if hmac.compare_digest(cached[2], digest):
-                return cached[1]
+                return self._admit(cached[1])
             raise ApiError(401, "unauthenticated", "invalid token")
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(
@@ -133,4 +152,4 @@ class Authenticator:
             tenant_id=row["tenant_id"], scopes=frozenset(row["scopes"]), key_id=key_id
         )
         self._cache[key_id] = (now + CACHE_SECONDS, principal, digest)
-        return principal
+        return self._admit(principal)

@@ -59,6 +59,14 @@ def _params(filters: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def _backoff(attempt: int, retry_after: str | None = None) -> float:
+    """Seconds before retry ``attempt``: exponential, capped, never below Retry-After."""
+    delay = min(0.1 * 2**attempt, 5.0)
+    if retry_after and retry_after.isdigit():
+        delay = max(delay, min(float(retry_after), 60.0))
+    return delay
+
+
 def _error(status: int, body: bytes) -> AuditApiError:
     try:
         err = json.loads(body)["error"]
@@ -92,6 +100,7 @@ class AuditClient:
             req = urllib.request.Request(url, data=data, method=method)
             req.add_header("Authorization", f"Bearer {self.token}")
             req.add_header("Content-Type", "application/json")
+            retry_after = None
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     return json.loads(resp.read())
@@ -99,10 +108,11 @@ class AuditClient:
                 err = _error(exc.code, exc.read())
                 if exc.code not in RETRY_STATUSES or attempt == self.retries:
                     raise err from None
+                retry_after = exc.headers.get("Retry-After")
             except OSError:
                 if attempt == self.retries:
                     raise
-            time.sleep(min(0.1 * 2**attempt, 5.0))
+            time.sleep(_backoff(attempt, retry_after))
         raise AssertionError("unreachable")
 
     def write_event(self, event: dict[str, Any], *, wait: bool = True) -> str:
@@ -158,6 +168,7 @@ class AsyncAuditClient:
     async def _request(self, method: str, path: str, params: list[tuple[str, str]] | None = None,
                        body: Any = None) -> Any:  # fmt: skip
         for attempt in range(self.retries + 1):
+            retry_after = None
             try:
                 async with self._session.request(method, self.base_url + path, params=params,
                                                  json=body) as resp:  # fmt: skip
@@ -166,10 +177,11 @@ class AsyncAuditClient:
                         return json.loads(data)
                     if resp.status not in RETRY_STATUSES or attempt == self.retries:
                         raise _error(resp.status, data)
+                    retry_after = resp.headers.get("Retry-After")
             except aiohttp.ClientConnectionError:
                 if attempt == self.retries:
                     raise
-            await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
+            await asyncio.sleep(_backoff(attempt, retry_after))
         raise AssertionError("unreachable")
 
     async def write_event(self, event: dict[str, Any], *, wait: bool = True) -> str:

@@ -20,19 +20,24 @@ class ApiError(Exception):
         code: machine-readable code (``invalid_argument``, ``unauthenticated``...).
         message: what is wrong, for a person.
         field: the request parameter or body field at fault ("" if none).
+        headers: extra response headers (``Retry-After`` on 429).
     """
 
-    def __init__(self, status: int, code: str, message: str, field: str = "") -> None:
+    def __init__(self, status: int, code: str, message: str, field: str = "",
+                 headers: dict[str, str] | None = None) -> None:  # fmt: skip
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.headers = headers or {}
 
     def response(self) -> web.Response:
         """The JSON response for this error."""
         body = {"error": {"code": self.code, "message": self.message, "field": self.field}}
-        headers = {"WWW-Authenticate": 'Bearer realm="auditlog"'} if self.status == 401 else None
+        headers = dict(self.headers)
+        if self.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="auditlog"'
         return web.Response(
             body=msgspec.json.encode(body),
             status=self.status,

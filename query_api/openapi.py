@@ -113,12 +113,23 @@ BATCH_OK = {
 def _error_responses(*codes: int) -> dict[str, Any]:
     names = {400: "Invalid argument", 401: "Missing or invalid bearer token",
              403: "Not allowed for this token", 404: "Not found", 413: "Body too large",
+             429: "Rate limit of this key exceeded (see Retry-After)",
              503: "Storage unavailable"}  # fmt: skip
-    return {
+    if 401 in codes:  # every authenticated operation is rate limited per tenant key
+        codes = tuple(sorted({*codes, 429}))
+    out: dict[str, Any] = {
         str(c): {"description": names[c], "content": {"application/json": {
             "schema": {"$ref": "#/components/schemas/Error"}}}}
         for c in codes
     }  # fmt: skip
+    if 429 in codes:
+        out["429"]["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying",
+                "schema": {"type": "integer"},
+            }
+        }
+    return out
 
 
 def _event_schema() -> dict[str, Any]:

@@ -330,3 +330,40 @@ async def test_oversize_and_malformed_bodies(api) -> None:
         assert (await r.json())["error"]["code"] == "invalid_argument"
     r = await api.get("/v1/nowhere", headers=auth(ADMIN))
     assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+
+
+async def test_tenant_keys_are_rate_limited_with_retry_after(db_url, settings_factory,
+                                                             tmp_path) -> None:  # fmt: skip
+    settings = settings_factory(db_url, admin_token=ADMIN, state_dir=str(tmp_path),
+                                rate_limit_per_s=0.5, rate_limit_burst=3)  # fmt: skip
+    pool = await create_pool(db_url, max_size=2)
+    nc = await nats.connect(settings.nats_url)
+    client = TestClient(TestServer(create_app(settings, pool, nc, Metrics())))
+    await client.start_server()
+    try:
+        key_a = await new_key(client, "rl-a")
+        key_b = await new_key(client, "rl-b")
+        for _ in range(3):
+            status, _ = await get(client, "/v1/audit/events", key_a)
+            assert status == 200
+        r = await client.get("/v1/audit/events", headers=auth(key_a))
+        body = await r.json()
+        assert r.status == 429, body
+        assert body["error"]["code"] == "rate_limited"
+        assert int(r.headers["Retry-After"]) >= 1
+        # Every endpoint shares the key's bucket; other keys and the admin are unaffected.
+        r = await client.get("/v1/audit/stats", headers=auth(key_a))
+        assert r.status == 429
+        status, _ = await get(client, "/v1/audit/events", key_b)
+        assert status == 200
+        for _ in range(10):
+            status, _ = await get(client, "/v1/audit/events", ADMIN, tenant_id="rl-a")
+            assert status == 200
+        # Connect answers the same refusal in its own vocabulary.
+        r = await client.post("/audit.v1.AuditService/ListEvents", json={},
+                              headers=auth(key_a))  # fmt: skip
+        assert r.status == 429 and (await r.json())["code"] == "resource_exhausted"
+    finally:
+        await client.close()
+        await nc.close()
+        await pool.close()
