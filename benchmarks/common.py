@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -92,7 +94,8 @@ def bench_settings(db: str, nurl: str, tag: str, **kw: object) -> Settings:
     """Settings with bench-specific stream names."""
     return Settings(database_url=db, nats_url=nurl, stream=f"BENCH_{tag}",
                     subject=f"bench.{tag}.events", dlq_stream=f"BENCH_DLQ_{tag}",
-                    dlq_subject=f"bench.{tag}.dlq", **kw)  # type: ignore[arg-type]  # fmt: skip
+                    dlq_subject=f"bench.{tag}.dlq", commit_subject=f"bench.{tag}.committed",
+                    **kw)  # type: ignore[arg-type]  # fmt: skip
 
 
 @contextlib.asynccontextmanager
@@ -127,3 +130,52 @@ async def running_service(dsn: str, nats_url: str, admin_token: str,
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+
+
+def start_pipeline(settings: Settings, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    """`auditlog pipeline --workers N` configured like ``settings``, logging warnings only.
+
+    Returns:
+        (the process, the first worker's /readyz URL).
+    """
+    from pipeline.embedded import free_port
+
+    port = free_port()
+    env = dict(os.environ, AUDIT_LOG_LEVEL="WARNING", AUDIT_METRICS_PORT=str(port))
+    for f in ("database_url", "nats_url", "stream", "subject", "dlq_stream", "dlq_subject",
+              "commit_subject", "batch_max_events", "batch_max_latency_ms"):  # fmt: skip
+        env["AUDIT_" + f.upper()] = str(getattr(settings, f))
+    cmd = [sys.executable, "-m", "pipeline.cli", "pipeline", "--workers", str(workers)]
+    return subprocess.Popen(cmd, env=env), f"http://127.0.0.1:{port}/readyz"
+
+
+async def wait_ready(url: str, timeout: float = 60.0) -> None:
+    """Poll ``url`` until it answers 200."""
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as s:
+        while loop.time() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with s.get(url) as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def worker_rss_kib(pid: int) -> int:
+    """Peak RSS (VmHWM, KiB) of the worker: the process, or its largest child."""
+    best = 0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    best = max(best, int(line.split()[1]))
+        except OSError:
+            continue
+    return best

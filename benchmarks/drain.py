@@ -28,8 +28,10 @@ from benchmarks.common import (
     bench_settings,
     fast_publish,
     fresh_database,
+    start_pipeline,
     synthetic_events,
     tenant_ids,
+    worker_rss_kib,
 )
 from pipeline.chain import COLUMNS, link
 from pipeline.db import create_pool
@@ -86,14 +88,7 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
             await js.delete_stream(s)
     await ensure_stream(nc, settings)
     pub_rate = await fast_publish(nurl, settings.subject, payloads)
-    env = dict(os.environ)
-    for f in ("database_url", "nats_url", "stream", "subject", "dlq_stream", "dlq_subject",
-              "batch_max_events"):  # fmt: skip
-        env["AUDIT_" + f.upper()] = str(getattr(settings, f))
-    env["AUDIT_LOG_LEVEL"] = "WARNING"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "pipeline", "--workers", str(workers)], env=env
-    )
+    proc, _ = start_pipeline(settings, workers)
     peak_rss = 0
     total = len(payloads)
     t_first = t_end = None
@@ -131,22 +126,6 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
         "peak_rss_mib": peak_rss / 1024,
         "series": series,
     }
-
-
-def worker_rss_kib(pid: int) -> int:
-    """Peak RSS (VmHWM, KiB) of the worker: the process, or its largest child."""
-    best = 0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    best = max(best, int(line.split()[1]))
-        except OSError:
-            continue
-    return best
 
 
 def mix_in_faults(payloads: list[bytes]) -> tuple[list[bytes], int, int]:
