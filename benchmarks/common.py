@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import nats
@@ -88,6 +89,28 @@ async def fresh_database(server_dsn: str, name: str) -> str:
     await ensure_database(dsn)
     await migrate(dsn)
     return dsn
+
+
+def latency_summary(samples_ms: list[float]) -> dict[str, Any]:
+    """p50/p90/p99/max of ``samples_ms`` and its 1st..99th percentiles (for CDF charts)."""
+    if not samples_ms:
+        return {}
+    s = sorted(samples_ms)
+
+    def pct(p: float) -> float:
+        return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+    return {"p50": pct(50), "p90": pct(90), "p99": pct(99), "max": s[-1], "n": len(s),
+            "cdf": [pct(q) for q in range(1, 100)]}  # fmt: skip
+
+
+async def stored_rows(dsn: str) -> int:
+    """Rows in audit.events of ``dsn``."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM audit.events"))
+    finally:
+        await conn.close()
 
 
 def bench_settings(db: str, nurl: str, tag: str, **kw: object) -> Settings:

@@ -13,14 +13,10 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
-import asyncpg
 import nats
 
 from benchmarks.common import (
@@ -29,6 +25,7 @@ from benchmarks.common import (
     fast_publish,
     fresh_database,
     start_pipeline,
+    stored_rows,
     synthetic_events,
     tenant_ids,
     worker_rss_kib,
@@ -112,9 +109,7 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
         proc.terminate()
         proc.wait(60)
         await nc.close()
-    conn = await asyncpg.connect(dsn)
-    rows = await conn.fetchval("SELECT count(*) FROM audit.events")
-    await conn.close()
+    rows = await stored_rows(dsn)
     assert t_first is not None and t_end is not None
     series = [(round(t - t_first, 3), n) for t, n in samples if t >= t_first]
     return {

@@ -1,10 +1,13 @@
-"""Benchmark runner: scenarios in subprocesses, one JSON result and a Markdown report.
+"""Benchmark runner: every scenario in its own subprocess; one JSON result, a Markdown
+report with targets (met, or missed by how much) and PNG charts.
 
-    python -m benchmarks.run            # drain 1,000,000 events (1 and 2 workers), naive
-    python -m benchmarks.run --quick    # about two minutes: 100,000 / 20,000 events
+    python -m benchmarks.run            # full: drain 1,000,000 (1 and 2 workers), naive,
+                                        # steady, write, query over 5,000,000 events
+    python -m benchmarks.run --quick    # the same scenarios, small: about two minutes
+    python -m benchmarks.run --only drain,steady
 
 Each run records the machine (cores, memory, Python, PostgreSQL, nats-server) and writes
-``benchmarks/results/<time>.json``, ``.md`` and a throughput-over-time chart (PNG).
+``benchmarks/results/<time>.json``, ``<time>.md`` and charts ``<time>-*.png``.
 """
 
 from __future__ import annotations
@@ -19,8 +22,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import charts
+
 RESULTS = Path(__file__).resolve().parent / "results"
-TARGET_DRAIN = 30_000
+
+# Scenario name -> (module, full args, quick args).
+SCENARIOS: dict[str, tuple[str, list[str], list[str]]] = {
+    "drain_1_worker": ("drain", ["--events", "1000000", "--workers", "1"],
+                       ["--events", "60000", "--workers", "1"]),
+    "drain_2_workers": ("drain", ["--events", "1000000", "--workers", "2", "--skip-ceiling"],
+                        ["--events", "60000", "--workers", "2", "--skip-ceiling"]),
+    "naive": ("naive", ["--events", "100000"], ["--events", "10000"]),
+    "steady": ("steady", ["--rate", "5000", "--seconds", "30"],
+               ["--rate", "3000", "--seconds", "8"]),
+    "write": ("write", ["--seconds", "10", "--batch-events", "100000"],
+              ["--seconds", "2", "--batch-events", "10000"]),
+    "query": ("query", ["--events", "5000000", "--reps", "200"],
+              ["--events", "200000", "--reps", "50"]),
+}  # fmt: skip
 
 
 def _version(cmd: list[str]) -> str:
@@ -48,90 +67,189 @@ def machine() -> dict[str, object]:
         "platform": platform.platform(),
         "postgresql": _version([str(postgres_bin_dir() / "postgres"), "--version"]),
         "nats_server": _version([nats_server_binary(), "--version"]),
+        "external_servers": bool(os.environ.get("AUDIT_BENCH_DATABASE_URL")),
     }
 
 
 def scenario(module: str, *args: str) -> dict[str, Any]:
     """Run ``python -m benchmarks.<module> args`` (progress on stderr); parse its JSON."""
     print(f"--> {module} {' '.join(args)}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], check=True,
                          stdout=subprocess.PIPE, text=True).stdout  # fmt: skip
+    print(f"    {module} took {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return json.loads(out[out.index("{") :])  # type: ignore[no-any-return]
 
 
-def chart(runs: dict[str, Any], path: Path) -> bool:
-    """Throughput over time of the drain runs, as PNG (False without matplotlib)."""
-    try:
-        import matplotlib
+class Check:
+    """One target: ``value`` against ``goal`` (``at_least`` or at most)."""
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for name in ("drain_1_worker", "drain_2_workers"):
-        series = runs[name]["drain"]["series"]
-        ax.plot([t for t, _ in series], [n for _, n in series], label=name)
-    ax.set_xlabel("seconds since first delivery")
-    ax.set_ylabel("events committed and acked")
-    ax.set_title("Pipeline drain")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    def __init__(self, what: str, value: float, goal: float, at_least: bool, unit: str,
+                 fmt: str = "{:,.0f}") -> None:  # fmt: skip
+        self.what, self.value, self.goal, self.at_least = what, value, goal, at_least
+        self.unit, self.fmt = unit, fmt
+
+    @property
+    def met(self) -> bool:
+        return self.value >= self.goal if self.at_least else self.value <= self.goal
+
+    def row(self) -> str:
+        """A Markdown table row: measure, value, target, verdict (with the shortfall)."""
+        v, g = self.fmt.format(self.value), self.fmt.format(self.goal)
+        if self.met:
+            verdict = "met"
+        elif self.at_least:
+            verdict = f"**missed**: {self.value / self.goal:.0%} of target"
+        else:
+            verdict = f"**missed**: {self.value / self.goal:.1f} x the limit"
+        sign = ">=" if self.at_least else "<="
+        return f"| {self.what} | {v} {self.unit} | {sign} {g} {self.unit} | {verdict} |"
 
 
-def report(result: dict[str, Any], png: str | None) -> str:
+def checks(runs: dict[str, Any]) -> list[Check]:
+    """Every target of the benchmark issue that this run measured."""
+    out: list[Check] = []
+    drains = [runs[k]["drain"] for k in ("drain_1_worker", "drain_2_workers") if k in runs]
+    if drains:
+        best = max(d["events_per_s"] for d in drains)
+        out.append(Check("drain (best of 1 and 2 workers)", best, 30_000, True, "events/s"))
+        if "ceiling_per_s" in runs.get("drain_1_worker", {}):
+            ratio = best / runs["drain_1_worker"]["ceiling_per_s"]
+            out.append(Check("drain / ceiling (same run)", ratio, 0.6, True, "x", "{:.2f}"))
+        if "naive" in runs:
+            ratio = best / runs["naive"]["naive"]["events_per_s"]
+            out.append(Check("drain / naive (same run)", ratio, 3.0, True, "x", "{:.1f}"))
+    rss = [d["peak_rss_mib"] for d in drains]
+    if "steady" in runs:
+        rss.append(runs["steady"]["steady"]["peak_rss_mib"])
+    if rss:
+        out.append(Check("pipeline worker peak RSS (drain, steady)", max(rss), 400, False, "MiB"))
+    if "write" in runs:
+        w = runs["write"]
+        top = max(w["sync"], key=lambda r: r["writers"])
+        n = top["writers"]
+        out.append(Check(f"sync write p50, {n} writers", top["p50_ms"], 10, False, "ms", "{:.1f}"))
+        out.append(Check(f"sync write p99, {n} writers", top["p99_ms"], 30, False, "ms", "{:.1f}"))
+        out.append(Check("batch writes over HTTP", w["batch"]["events_per_s"], 20_000, True,
+                         "events/s"))  # fmt: skip
+    if "query" in runs:
+        q = runs["query"]
+        out += [
+            Check("query first page p99", q["first_page_ms"]["p99"], 15, False, "ms", "{:.1f}"),
+            Check("page 200 / page 1 (p50)", q["deep_paging_ms"]["ratio_p50"], 1.5, False, "x",
+                  "{:.2f}"),
+            Check("text search first page p99", q["search_first_page_ms"]["p99"], 100, False,
+                  "ms", "{:.1f}"),
+            Check("export NDJSON", q["export"]["rows_per_s"], 50_000, True, "rows/s"),
+        ]  # fmt: skip
+    return out
+
+
+def report(result: dict[str, Any], pngs: dict[str, str]) -> str:
     """The Markdown report of one run."""
     runs = result["runs"]
-    one, two, naive = runs["drain_1_worker"], runs["drain_2_workers"], runs["naive"]["naive"]
-    ceiling = one["ceiling_per_s"]
-    lines = [f"# Benchmark run {result['started']}", "", f"Machine: `{result['machine']}`", "",
-             "| scenario | events/s | / ceiling | / naive | peak RSS |", "|---|---|---|---|---|",
-             f"| ceiling (COPY only) | {ceiling:,.0f} | 1.00 | | |",
-             f"| naive (fetch + INSERT per event) | {naive['events_per_s']:,.0f} | "
-             f"{naive['events_per_s'] / ceiling:.2f} | 1.00 | |"]  # fmt: skip
-    for name, r in (("drain, 1 worker", one), ("drain, 2 workers", two)):
-        d = r["drain"]
-        rate = d["events_per_s"]
-        what = (f"{name} ({d['events']:,} msgs, {d['duplicates_in_input']} dup, "
-                f"{d['invalid_in_input']} invalid)")  # fmt: skip
-        ratios = f"{rate / ceiling:.2f} | {rate / naive['events_per_s']:.2f}"
-        lines.append(f"| {what} | {rate:,.0f} | {ratios} | {d['peak_rss_mib']:.0f} MiB |")
-    best = max(one["drain"]["events_per_s"], two["drain"]["events_per_s"])
-    naive_ratio = best / naive["events_per_s"]
-    lines += [
-        "",
-        "Targets: drain >= 30,000 events/s, >= 0.6 x ceiling, >= 3 x naive, worker RSS <= 400 MB.",
-        f"Best drain {best:,.0f}/s: {best / TARGET_DRAIN:.0%} of 30,000; "
-        f"{best / ceiling:.2f} x ceiling; {naive_ratio:.1f} x naive.",
-    ]
-    if png:
-        lines += ["", f"![throughput over time]({png})"]
+    m = result["machine"]
+    lines = [f"# Benchmark run {result['started']}{' (quick)' if result['quick'] else ''}", "",
+             f"Machine: {m['cores']} cores, {m['memory_mib']:,} MiB, Python {m['python']}, "
+             f"{m['postgresql']}, {m['nats_server']}, {m['platform']}"
+             f"{', external servers' if m['external_servers'] else ', embedded servers'}.",
+             "", f"Command: `{result['command']}`", ""]  # fmt: skip
+    lines += ["## Targets", "", "| measure | result | target | verdict |", "|---|---|---|---|"]
+    lines += [c.row() for c in checks(runs)]
+    if "drain_1_worker" in runs or "naive" in runs:
+        lines += ["", "## Ingest", "", "| scenario | events/s | / ceiling | / naive | peak RSS |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        ceiling = runs.get("drain_1_worker", {}).get("ceiling_per_s")
+        naive = runs["naive"]["naive"]["events_per_s"] if "naive" in runs else None
+
+        def ratio(x: float, base: float | None) -> str:
+            return f"{x / base:.2f}" if base else ""
+
+        if ceiling:
+            lines.append(
+                f"| ceiling (COPY only) | {ceiling:,.0f} | 1.00 | {ratio(ceiling, naive)} | |"
+            )
+        if naive:
+            lines.append(f"| naive (fetch + INSERT per event) | {naive:,.0f} | "
+                         f"{ratio(naive, ceiling)} | 1.00 | |")  # fmt: skip
+        for name in ("drain_1_worker", "drain_2_workers"):
+            if name not in runs:
+                continue
+            d = runs[name]["drain"]
+            what = (f"{name.replace('_', ' ')} ({d['events']:,} msgs, "
+                    f"{d['duplicates_in_input']} dup, "
+                    f"{d['invalid_in_input']} invalid)")  # fmt: skip
+            rate = d["events_per_s"]
+            lines.append(f"| {what} | {rate:,.0f} | {ratio(rate, ceiling)} | "
+                         f"{ratio(rate, naive)} | {d['peak_rss_mib']:.0f} MiB |")  # fmt: skip
+    if "steady" in runs:
+        s = runs["steady"]["steady"]
+        lat = s["latency_ms"]
+        lines += ["", "## Steady offered load (1 worker)", "",
+                  "| offered | achieved | end-to-end p50 | p90 | p99 | max | max lag | peak RSS |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| {s['offered_per_s']:,}/s | {s['achieved_per_s']:,.0f}/s | "
+                  f"{lat.get('p50', 0):.1f} ms | {lat.get('p90', 0):.1f} ms | "
+                  f"{lat.get('p99', 0):.1f} ms | {lat.get('max', 0):.0f} ms | {s['max_lag']:,} | "
+                  f"{s['peak_rss_mib']:.0f} MiB |"]  # fmt: skip
+    if "write" in runs:
+        w = runs["write"]
+        lines += ["", "## Writes over HTTP (`auditlog run`: API + 1 worker in one process)", "",
+                  "| writers | writes/s | p50 | p99 |", "|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['writers']} | {r['per_s']:,.0f} | {r['p50_ms']:.1f} ms | "
+                  f"{r['p99_ms']:.1f} ms |" for r in w["sync"]]  # fmt: skip
+        b = w["batch"]
+        lines += ["", f"Batch writes: {b['events']:,} events in batches of {b['batch']:,}: "
+                  f"{b['events_per_s']:,.0f} events/s."]  # fmt: skip
+    if "query" in runs:
+        q = runs["query"]
+        fp, dp, sp, ex = (q["first_page_ms"], q["deep_paging_ms"], q["search_first_page_ms"],
+                          q["export"])  # fmt: skip
+        lines += ["", f"## Query ({q['events']:,} events; largest tenant "
+                  f"{q['largest_tenant_rows']:,} rows)", "",
+                  "| measure | p50 | p99 |", "|---|---|---|",
+                  f"| first page: tenant + 24 h + severity + category | {fp['p50']:.1f} ms | "
+                  f"{fp['p99']:.1f} ms |",
+                  f"| page 1 (tenant only) | {dp['page1']['p50']:.1f} ms | "
+                  f"{dp['page1']['p99']:.1f} ms |",
+                  f"| page 200 by tokens | {dp['page200']['p50']:.1f} ms | "
+                  f"{dp['page200']['p99']:.1f} ms |",
+                  f"| text search first page | {sp['p50']:.1f} ms | {sp['p99']:.1f} ms |",
+                  "", f"Export NDJSON: {ex['rows']:,} rows in {ex['seconds']:.1f} s = "
+                  f"{ex['rows_per_s']:,.0f} rows/s."]  # fmt: skip
+    for title, png in pngs.items():
+        lines += ["", f"![{title}]({png})"]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="small sizes: about two minutes")
+    ap.add_argument("--only", default="", help=f"comma list of: {', '.join(SCENARIOS)}")
     args = ap.parse_args()
-    n, naive_n = ("100000", "20000") if args.quick else ("1000000", "100000")
+    names = [n for n in args.only.split(",") if n] or list(SCENARIOS)
+    unknown = set(names) - set(SCENARIOS)
+    if unknown:
+        ap.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    runs = {
-        "drain_1_worker": scenario("drain", "--events", n, "--workers", "1"),
-        "drain_2_workers": scenario("drain", "--events", n, "--workers", "2", "--skip-ceiling"),
-        "naive": scenario("naive", "--events", naive_n),
-    }
-    result = {"started": started, "machine": machine(), "quick": args.quick, "runs": runs}
+    runs: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for name in names:
+        module, full, quick = SCENARIOS[name]
+        runs[name] = scenario(module, *(quick if args.quick else full))
+    result = {"started": started, "seconds": round(time.perf_counter() - t0),
+              "command": "python -m benchmarks.run " + " ".join(sys.argv[1:]),
+              "machine": machine(), "quick": args.quick, "runs": runs,
+              "targets": [{"what": c.what, "value": c.value, "goal": c.goal, "met": c.met}
+                          for c in checks(runs)]}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     stamp = started.replace(":", "")
     (RESULTS / f"{stamp}.json").write_text(json.dumps(result, indent=2))
-    png = f"{stamp}-drain.png" if chart(runs, RESULTS / f"{stamp}-drain.png") else None
-    text = report(result, png)
+    pngs = charts.draw(runs, RESULTS, stamp)
+    text = report(result, pngs)
     (RESULTS / f"{stamp}.md").write_text(text)
     print(text)
-    print(f"results in {RESULTS}", file=sys.stderr)
+    print(f"results in {RESULTS} ({result['seconds']} s)", file=sys.stderr)
 
 
 if __name__ == "__main__":

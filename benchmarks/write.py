@@ -9,25 +9,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
+from typing import Any
 
 import aiohttp
 
 from benchmarks.common import (
     bench_servers,
     fresh_database,
+    latency_summary,
     running_service,
     synthetic_events,
     tenant_ids,
 )
 
 ADMIN = "bench-write-admin-token-0123456789"
-
-
-def pct(samples: list[float], p: float) -> float:
-    """p-th percentile in ms."""
-    s = sorted(samples)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] * 1000
 
 
 async def sync_writers(base: str, writers: int, seconds: float, events: list[dict]) -> dict:
@@ -51,8 +48,9 @@ async def sync_writers(base: str, writers: int, seconds: float, events: list[dic
         t0 = time.perf_counter()
         await asyncio.gather(*(writer(k) for k in range(writers)))
         el = time.perf_counter() - t0
+    summary = latency_summary([x * 1000 for x in lat])
     return {"writers": writers, "writes": len(lat), "per_s": len(lat) / el,
-            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}  # fmt: skip
+            "p50_ms": summary["p50"], "p99_ms": summary["p99"], "latency_ms": summary}  # fmt: skip
 
 
 async def batches(base: str, events: list[dict], size: int, inflight: int) -> dict:
@@ -77,16 +75,24 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--batch-events", type=int, default=100_000)
+    ap.add_argument("--writers", default="1,16,64", help="comma list of concurrencies")
     args = ap.parse_args()
+    levels = [int(w) for w in args.writers.split(",")]
     events = [json.loads(p) for p in synthetic_events(20_000, tenant_ids(1000))]
     batch_events = [json.loads(p) for p in synthetic_events(args.batch_events, tenant_ids(1000),
                                                             seed=2)]  # fmt: skip
-    out: dict[str, object] = {}
+    out: dict[str, Any] = {}
     with bench_servers() as (server, nurl):
         dsn = await fresh_database(server, "bench_write")
         async with running_service(dsn, nurl, ADMIN, "W") as base:
             await sync_writers(base, 4, 2.0, events)  # warm-up
-            out["sync"] = [await sync_writers(base, w, args.seconds, events) for w in (1, 16, 64)]
+            out["sync"] = []
+            for w in levels:
+                print(f"  write: {w} synchronous writers for {args.seconds:g} s",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                out["sync"].append(await sync_writers(base, w, args.seconds, events))
+            print(f"  write: {len(batch_events):,} events in batches of 1,000",
+                  file=sys.stderr, flush=True)  # fmt: skip
             out["batch"] = await batches(base, batch_events, 1000, 4)
     print(json.dumps(out, indent=2))
 
