@@ -25,6 +25,7 @@ from query_api.auth import Authenticator
 from query_api.errors import error_middleware
 from query_api.handlers import add_routes, metrics_middleware
 from query_api.openapi import render as render_openapi
+from query_api.publisher import Publisher
 from query_api.ratelimit import RateLimiter
 from query_api.rpc import add_connect_routes
 from query_api.state import (
@@ -33,6 +34,7 @@ from query_api.state import (
     METRICS,
     NATS,
     POOL,
+    PUBLISHER,
     SETTINGS,
     STARTED,
     TOKEN_SECRET,
@@ -153,8 +155,13 @@ def create_app(
 
 
 async def _commit_subscription(app: web.Application) -> AsyncIterator[None]:
-    """Listen for commit notifications while the app runs (for synchronous writes)."""
+    """While the app runs: listen for commit notifications (for synchronous writes) and
+    collect JetStream acks of the write API's publishes."""
     sub = await app[NATS].subscribe(app[SETTINGS].commit_subject, cb=app[WAITERS].on_message)
+    app[PUBLISHER] = Publisher(app[NATS])
+    await app[PUBLISHER].start()
     yield
+    with contextlib.suppress(Exception):
+        await app[PUBLISHER].stop()
     with contextlib.suppress(Exception):
         await sub.unsubscribe()

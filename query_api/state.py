@@ -12,6 +12,7 @@ from pipeline.commits import Waiters
 from pipeline.metrics import Metrics
 from pipeline.settings import Settings
 from query_api.auth import Authenticator
+from query_api.publisher import Publisher
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -22,3 +23,4 @@ STARTED = web.AppKey("started", float)
 AUTH = web.AppKey("auth", Authenticator)
 TOKEN_SECRET = web.AppKey("token_secret", bytes)
 WAITERS = web.AppKey("waiters", Waiters)
+PUBLISHER = web.AppKey("publisher", Publisher)

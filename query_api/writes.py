@@ -24,7 +24,8 @@ from pipeline.stages import IDEMPOTENCY_HEADER, id_from_key, new_uuid7
 from query_api.auth import Principal
 from query_api.errors import ApiError, bad_request
 from query_api.handlers import principal
-from query_api.state import NATS, POOL, SETTINGS, WAITERS
+from query_api.publisher import Ack
+from query_api.state import POOL, PUBLISHER, SETTINGS, WAITERS
 from schemas.events import AuditEvent, EventValidationError, decode_event
 
 MAX_BATCH_EVENTS = 1000
@@ -80,46 +81,78 @@ def _event_id(event: AuditEvent, key: str | None) -> Any:
     return new_uuid7(datetime.now(UTC), os.urandom(10))
 
 
-async def _already_stored(app: web.Application, key: Key) -> bool:
+async def _stored(app: web.Application, keys: list[Key]) -> set[Key]:
+    """Which of ``keys`` are already stored (claimed in ``audit.event_ids``)."""
+    if not keys:
+        return set()
     async with app[POOL].acquire() as conn:
-        found = await conn.fetchval(
-            "SELECT 1 FROM audit.event_ids WHERE tenant_id = $1 AND id = $2", *key
-        )
-    return found is not None
+        rows = await conn.fetch(
+            "SELECT i.tenant_id, i.id FROM audit.event_ids i"
+            " JOIN unnest($1::text[], $2::uuid[]) AS k(tenant_id, id)"
+            " ON i.tenant_id = k.tenant_id AND i.id = k.id",
+            [k[0] for k in keys], [k[1] for k in keys],
+        )  # fmt: skip
+    return {(r["tenant_id"], r["id"]) for r in rows}
 
 
-async def _publish_and_wait(app: web.Application, raw: bytes, key: Key, wait: bool,
-                            deadline: float) -> bool:  # fmt: skip
-    """Publish; with ``wait``, return True once committed (False on timeout)."""
+Outcome = bool | ApiError  # True: committed; False: durable in JetStream only
+
+
+async def _deliver(app: web.Application, items: list[tuple[bytes, Key]], wait: bool,
+                   deadline: float) -> list[Outcome]:  # fmt: skip
+    """Publish ``items`` (pipelined) and, with ``wait``, await their commits until
+    ``deadline`` (loop time). One outcome per item, in order."""
     settings = app[SETTINGS]
     waiters = app[WAITERS]
-    fut = waiters.expect(key) if wait else None
+    pub = app[PUBLISHER]
+    futs = [waiters.expect(key) for _, key in items] if wait else []
     try:
-        headers = {"Nats-Msg-Id": str(key[1]), IDEMPOTENCY_HEADER: str(key[1])}
+        sent = []
         try:
-            ack = (
-                await app[NATS]
-                .jetstream()
-                .publish(settings.subject, raw, headers=headers, timeout=5)
-            )
+            for raw, key in items:
+                headers = {"Nats-Msg-Id": str(key[1]), IDEMPOTENCY_HEADER: str(key[1])}
+                sent.append(await pub.publish(settings.subject, raw, headers))
         except Exception as exc:
-            raise ApiError(503, "unavailable", f"event log unavailable: {type(exc).__name__}") \
-                from exc  # fmt: skip
-        if fut is None:
-            return False
-        if ack.duplicate and await _already_stored(app, key):
-            return True
-        timeout = max(0.0, deadline - asyncio.get_running_loop().time())
-        try:
-            refused = await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except TimeoutError:
-            return await _already_stored(app, key)
-        if refused is not None:  # PostgreSQL refused the row; it went to the DLQ
-            raise ApiError(400, "db_rejected", f"the event could not be stored: {refused}",
-                           "event")  # fmt: skip
-        return True
+            for f in sent:
+                f.cancel()
+            raise ApiError(503, "unavailable",
+                           f"event log unavailable: {type(exc).__name__}") from exc  # fmt: skip
+        loop = asyncio.get_running_loop()
+        acks = await pub.settle(sent, max(0.1, min(5.0, deadline - loop.time())))
+        out: list[Outcome] = []
+        for ack in acks:
+            if isinstance(ack, BaseException):
+                out.append(ApiError(503, "unavailable", f"event log unavailable: {ack}"))
+            else:
+                out.append(False)
+        if not wait:
+            return out
+        # Duplicates of events stored earlier (their commit was announced long ago).
+        dup = [i for i, a in enumerate(acks) if isinstance(a, Ack) and a.duplicate]
+        done = await _stored(app, [items[i][1] for i in dup])
+        for i in dup:
+            if items[i][1] in done:
+                out[i] = True
+        waiting = [futs[i] for i, o in enumerate(out) if o is False]
+        if waiting:
+            await asyncio.wait(waiting, timeout=max(0.0, deadline - loop.time()))
+        late = []
+        for i, o in enumerate(out):
+            if o is not False:
+                continue
+            if not futs[i].done():
+                late.append(i)
+            elif (refused := futs[i].result()) is not None:  # PostgreSQL refused it: DLQ
+                out[i] = ApiError(400, "db_rejected",
+                                  f"the event could not be stored: {refused}", "event")  # fmt: skip
+            else:
+                out[i] = True
+        done = await _stored(app, [items[i][1] for i in late])
+        for i in late:
+            out[i] = items[i][1] in done
+        return out
     finally:
-        if fut is not None:
+        for (_, key), fut in zip(items, futs, strict=False):
             waiters.forget(key, fut)
 
 
@@ -137,8 +170,10 @@ async def write_one(app: web.Application, who: Principal, raw: bytes, key_header
         raise bad_request(f"Idempotency-Key must be 1-{MAX_KEY_LEN} characters", "Idempotency-Key")
     key = (tenant, _event_id(event, key_header))
     deadline = asyncio.get_running_loop().time() + app[SETTINGS].write_timeout_s
-    committed = await _publish_and_wait(app, raw, key, wait, deadline)
-    return str(key[1]), committed and wait
+    (outcome,) = await _deliver(app, [(raw, key)], wait, deadline)
+    if isinstance(outcome, ApiError):
+        raise outcome
+    return str(key[1]), outcome and wait
 
 
 async def write_many(app: web.Application, who: Principal, raws: list[bytes],
@@ -159,16 +194,13 @@ async def write_many(app: web.Application, who: Principal, raws: list[bytes],
             continue
         accepted.append((i, raw, (tenant, _event_id(event, None))))
     deadline = asyncio.get_running_loop().time() + app[SETTINGS].write_timeout_s
-    results = await asyncio.gather(
-        *(_publish_and_wait(app, raw, key, wait, deadline) for _, raw, key in accepted),
-        return_exceptions=True,
-    )
+    results = await _deliver(app, [(raw, key) for _, raw, key in accepted], wait, deadline)
     event_ids: list[str] = []
     pending: list[str] = []
     for (i, _, key), res in zip(accepted, results, strict=True):
-        if isinstance(res, BaseException):
-            code = res.code if isinstance(res, ApiError) else "unavailable"
-            errors.append({"index": i, "code": code, "message": str(res), "field": ""})
+        if isinstance(res, ApiError):
+            errors.append({"index": i, "code": res.code, "message": res.message,
+                           "field": res.field})  # fmt: skip
             continue
         event_ids.append(str(key[1]))
         if not res:

@@ -1,0 +1,50 @@
+"""The write API's pipelined JetStream publisher against a real NATS server."""
+
+from __future__ import annotations
+
+import nats
+import pytest
+
+from pipeline.source_nats import ensure_stream
+from query_api.publisher import Ack, Publisher, PublishError
+
+pytestmark = pytest.mark.integration
+
+
+async def test_acks_duplicates_and_refusals(settings_factory, nats_url) -> None:
+    settings = settings_factory("postgresql://unused")
+    nc = await nats.connect(nats_url)
+    await ensure_stream(nc, settings)
+    pub = Publisher(nc)
+    await pub.start()
+    try:
+        futs = [await pub.publish(settings.subject, b"{}", {"Nats-Msg-Id": f"m{i % 3}"})
+                for i in range(6)]  # fmt: skip
+        acks = await pub.settle(futs, within=5)
+        assert all(isinstance(a, Ack) for a in acks)
+        assert [a.duplicate for a in acks] == [False] * 3 + [True] * 3  # type: ignore[union-attr]
+        assert len({a.seq for a in acks}) == 3  # type: ignore[union-attr]
+        # No stream listens on this subject: a clear error, not a hang.
+        (refused,) = await pub.settle([await pub.publish("nowhere.at.all", b"{}", {})], within=5)
+        assert isinstance(refused, PublishError) and "no JetStream stream" in str(refused)
+    finally:
+        await pub.stop()
+        await nc.close()
+
+
+async def test_unacknowledged_publishes_time_out(settings_factory, nats_url) -> None:
+    nc = await nats.connect(nats_url)
+    pub = Publisher(nc)
+    await pub.start()
+    try:
+        # A core subscriber that never answers stands in for a JetStream that does not ack.
+        async def ignore(msg: object) -> None:
+            return None
+
+        await nc.subscribe("silent.subject", cb=ignore)
+        (late,) = await pub.settle([await pub.publish("silent.subject", b"{}", {})], within=0.3)
+        assert isinstance(late, PublishError) and "no JetStream ack" in str(late)
+        assert not pub._pending
+    finally:
+        await pub.stop()
+        await nc.close()
