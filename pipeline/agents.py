@@ -27,13 +27,14 @@ class Batcher(Generic[T]):
 
     Args:
         max_items: release as soon as this many are buffered.
-        within: release when the oldest buffered item is this many seconds old.
+        within: release when the oldest buffered item is this many seconds old (0: at
+            once, i.e. whenever the consumer asks: batches then form only while it is busy).
         clock: monotonic seconds (injected, so tests need no sleeps).
     """
 
     def __init__(self, max_items: int, within: float, clock: Clock = time.monotonic) -> None:
-        if max_items < 1 or within <= 0:
-            raise ValueError("max_items must be >= 1 and within > 0")
+        if max_items < 1 or within < 0:
+            raise ValueError("max_items must be >= 1 and within >= 0")
         self.max_items = max_items
         self.within = within
         self.clock = clock

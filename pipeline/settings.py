@@ -45,7 +45,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     commit_subject: str = "audit.committed"  # AUDIT_COMMIT_SUBJECT (core NATS notifications)
     write_timeout_s: float = 10.0  # AUDIT_WRITE_TIMEOUT_S: sync writes wait this for commit
     batch_max_events: int = 5000  # AUDIT_BATCH_MAX_EVENTS
-    batch_max_latency_ms: int = 5  # AUDIT_BATCH_MAX_LATENCY_MS
+    batch_max_latency_ms: int = 0  # AUDIT_BATCH_MAX_LATENCY_MS (0: whenever a flush slot is free)
     fetch_batch: int = 2000  # AUDIT_FETCH_BATCH
     flush_concurrency: int = 2  # AUDIT_FLUSH_CONCURRENCY (transactions in flight per worker)
     ack_wait_s: float = 60.0  # AUDIT_ACK_WAIT_S
@@ -108,6 +108,6 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("AUDIT_RATE_LIMIT_PER_S", "must be 0 (off) or positive")
     if settings.rate_limit_burst < 1:
         raise ConfigError("AUDIT_RATE_LIMIT_BURST", "must be at least 1")
-    if settings.batch_max_latency_ms < 1:
-        raise ConfigError("AUDIT_BATCH_MAX_LATENCY_MS", "must be at least 1")
+    if settings.batch_max_latency_ms < 0:
+        raise ConfigError("AUDIT_BATCH_MAX_LATENCY_MS", "must be 0 or more")
     return settings

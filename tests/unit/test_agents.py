@@ -41,7 +41,27 @@ def test_batcher_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
         Batcher(0, 1.0)
     with pytest.raises(ValueError):
-        Batcher(1, 0)
+        Batcher(1, -0.001)
+
+
+def test_batcher_with_zero_latency_releases_whatever_is_buffered_at_once() -> None:
+    clock = FakeClock()
+    b: Batcher[int] = Batcher(3, 0.0, clock)
+    assert b.due() == []
+    assert b.add([1, 2]) == []
+    assert b.time_left() == 0.0 and b.due() == [1, 2]
+    assert b.add([3, 4, 5, 6]) == [[3, 4, 5]]
+    assert b.due() == [6]
+
+
+async def test_take_buffer_with_zero_latency_batches_only_while_busy() -> None:
+    clock = FakeClock()
+    buf: TakeBuffer[int] = TakeBuffer(100, 0.0, clock)
+    buf.put([1])
+    assert await buf.get() == [1]  # an idle consumer takes it at once
+    buf.put([2, 3])  # the consumer was busy: these accumulate into one batch
+    buf.put([4])
+    assert await buf.get() == [2, 3, 4]
 
 
 async def test_take_buffer_grows_batches_while_consumer_is_busy() -> None:
