@@ -44,9 +44,13 @@ async def fast_publish(
     await nc.subscribe(inbox + ".*", cb=on_ack)
     loop = asyncio.get_running_loop()
     start = loop.time()
+    report = start + 5
     for i, p in enumerate(payloads):
         await room.acquire()
         await nc.publish(subject, p, reply=f"{inbox}.{i}")
+        if i % 10_000 == 0 and loop.time() >= report:
+            print(f"  published {i:,}/{total:,}", file=sys.stderr, flush=True)
+            report += 5
     await asyncio.wait_for(finished.wait(), 300)
     rate = total / (loop.time() - start)
     await nc.close()

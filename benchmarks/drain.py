@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -90,12 +91,16 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
     total = len(payloads)
     t_first = t_end = None
     samples = []
+    report = time.perf_counter() + 5
     try:
         while True:
             info = await js.consumer_info(settings.stream, settings.consumer)
             now = time.perf_counter()
             done = total - info.num_pending - info.num_ack_pending
             samples.append((now, done))
+            if now >= report:
+                print(f"  drained {done:,}/{total:,}", file=sys.stderr, flush=True)
+                report += 5
             if t_first is None and info.num_pending < total:
                 t_first = now
             peak_rss = max(peak_rss, worker_rss_kib(proc.pid))
