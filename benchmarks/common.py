@@ -206,3 +206,28 @@ def worker_rss_kib(pid: int) -> int:
         except OSError:
             continue
     return best
+
+
+def cpu_seconds_by_component() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by live processes, grouped as
+    ``postgresql``, ``nats-server`` and ``pipeline`` (auditlog worker processes)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"postgresql": 0.0, "nats-server": 0.0, "pipeline": 0.0}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        if comm == "postgres":
+            out["postgresql"] += cpu
+        elif comm.startswith("nats-server"):
+            out["nats-server"] += cpu
+        elif b"pipeline.cli pipeline" in cmd:
+            out["pipeline"] += cpu
+    return out

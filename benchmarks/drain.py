@@ -23,6 +23,7 @@ import nats
 from benchmarks.common import (
     bench_servers,
     bench_settings,
+    cpu_seconds_by_component,
     fast_publish,
     fresh_database,
     start_pipeline,
@@ -92,6 +93,7 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
     t_first = t_end = None
     samples = []
     report = time.perf_counter() + 5
+    cpu_first = cpu_end = {}
     try:
         while True:
             info = await js.consumer_info(settings.stream, settings.consumer)
@@ -103,9 +105,11 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
                 report += 5
             if t_first is None and info.num_pending < total:
                 t_first = now
+                cpu_first = cpu_seconds_by_component()
             peak_rss = max(peak_rss, worker_rss_kib(proc.pid))
             if info.num_pending == 0 and info.num_ack_pending == 0:
                 t_end = now
+                cpu_end = cpu_seconds_by_component()
                 break
             if proc.poll() is not None:
                 raise RuntimeError("pipeline exited early")
@@ -124,6 +128,8 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
         "events_per_s": total / (t_end - t_first),
         "publish_per_s": pub_rate,
         "peak_rss_mib": peak_rss / 1024,
+        # CPU time per event of each component while draining (2 cores = 2 s per second).
+        "cpu_us_per_event": {k: (cpu_end[k] - cpu_first[k]) / total * 1e6 for k in cpu_end},
         "series": series,
     }
 

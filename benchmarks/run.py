@@ -157,8 +157,10 @@ def report(result: dict[str, Any], pngs: dict[str, str]) -> str:
     lines += ["## Targets", "", "| measure | result | target | verdict |", "|---|---|---|---|"]
     lines += [c.row() for c in checks(runs)]
     if "drain_1_worker" in runs or "naive" in runs:
-        lines += ["", "## Ingest", "", "| scenario | events/s | / ceiling | / naive | peak RSS |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += ["", "## Ingest", "",
+                  "| scenario | events/s | / ceiling | / naive | peak RSS "
+                  "| CPU µs/event: PostgreSQL / NATS / worker |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
         ceiling = runs.get("drain_1_worker", {}).get("ceiling_per_s")
         naive = runs["naive"]["naive"]["events_per_s"] if "naive" in runs else None
 
@@ -171,7 +173,7 @@ def report(result: dict[str, Any], pngs: dict[str, str]) -> str:
             )
         if naive:
             lines.append(f"| naive (fetch + INSERT per event) | {naive:,.0f} | "
-                         f"{ratio(naive, ceiling)} | 1.00 | |")  # fmt: skip
+                         f"{ratio(naive, ceiling)} | 1.00 | | |")  # fmt: skip
         for name in ("drain_1_worker", "drain_2_workers"):
             if name not in runs:
                 continue
@@ -180,8 +182,11 @@ def report(result: dict[str, Any], pngs: dict[str, str]) -> str:
                     f"{d['duplicates_in_input']} dup, "
                     f"{d['invalid_in_input']} invalid)")  # fmt: skip
             rate = d["events_per_s"]
+            cpu = d.get("cpu_us_per_event", {})
+            split = " / ".join(f"{cpu[k]:.0f}" for k in ("postgresql", "nats-server", "pipeline")
+                               if k in cpu)  # fmt: skip
             lines.append(f"| {what} | {rate:,.0f} | {ratio(rate, ceiling)} | "
-                         f"{ratio(rate, naive)} | {d['peak_rss_mib']:.0f} MiB |")  # fmt: skip
+                         f"{ratio(rate, naive)} | {d['peak_rss_mib']:.0f} MiB | {split} |")  # fmt: skip
     if "steady" in runs:
         s = runs["steady"]["steady"]
         lat = s["latency_ms"]
