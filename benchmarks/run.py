@@ -185,8 +185,9 @@ def report(result: dict[str, Any], pngs: dict[str, str]) -> str:
             cpu = d.get("cpu_us_per_event", {})
             split = " / ".join(f"{cpu[k]:.0f}" for k in ("postgresql", "nats-server", "pipeline")
                                if k in cpu)  # fmt: skip
+            rss = f"{d['peak_rss_mib']:.0f} MiB"
             lines.append(f"| {what} | {rate:,.0f} | {ratio(rate, ceiling)} | "
-                         f"{ratio(rate, naive)} | {d['peak_rss_mib']:.0f} MiB | {split} |")  # fmt: skip
+                         f"{ratio(rate, naive)} | {rss} | {split} |")  # fmt: skip
     if "steady" in runs:
         s = runs["steady"]["steady"]
         lat = s["latency_ms"]
