@@ -210,9 +210,12 @@ def worker_rss_kib(pid: int) -> int:
 
 def cpu_seconds_by_component() -> dict[str, float]:
     """CPU seconds (user + system) used so far by live processes, grouped as
-    ``postgresql``, ``nats-server`` and ``pipeline`` (auditlog worker processes)."""
+    ``postgresql``, ``nats-server``, ``pipeline`` (`auditlog pipeline` workers),
+    ``service`` (`auditlog run`: API + worker) and ``load`` (this benchmark process)."""
     tick = os.sysconf("SC_CLK_TCK")
-    out = {"postgresql": 0.0, "nats-server": 0.0, "pipeline": 0.0}
+    own = os.times()
+    out = {"postgresql": 0.0, "nats-server": 0.0, "pipeline": 0.0, "service": 0.0,
+           "load": own.user + own.system}  # fmt: skip
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -230,4 +233,12 @@ def cpu_seconds_by_component() -> dict[str, float]:
             out["nats-server"] += cpu
         elif b"pipeline.cli pipeline" in cmd:
             out["pipeline"] += cpu
+        elif b"pipeline.cli run" in cmd:
+            out["service"] += cpu
     return out
+
+
+def cpu_per_item(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """CPU µs per item of each component between two :func:`cpu_seconds_by_component`."""
+    return {k: round((after[k] - before[k]) / max(n, 1) * 1e6, 1) for k in after
+            if after[k] - before[k] > 0}  # fmt: skip

@@ -23,6 +23,7 @@ import nats
 from benchmarks.common import (
     bench_servers,
     bench_settings,
+    cpu_per_item,
     cpu_seconds_by_component,
     fast_publish,
     fresh_database,
@@ -129,7 +130,7 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
         "publish_per_s": pub_rate,
         "peak_rss_mib": peak_rss / 1024,
         # CPU time per event of each component while draining (2 cores = 2 s per second).
-        "cpu_us_per_event": {k: (cpu_end[k] - cpu_first[k]) / total * 1e6 for k in cpu_end},
+        "cpu_us_per_event": cpu_per_item(cpu_first, cpu_end, total),
         "series": series,
     }
 

@@ -169,7 +169,7 @@ def report(result: dict[str, Any], pngs: dict[str, str]) -> str:
 
         if ceiling:
             lines.append(
-                f"| ceiling (COPY only) | {ceiling:,.0f} | 1.00 | {ratio(ceiling, naive)} | |"
+                f"| ceiling (COPY only) | {ceiling:,.0f} | 1.00 | {ratio(ceiling, naive)} | | |"
             )
         if naive:
             lines.append(f"| naive (fetch + INSERT per event) | {naive:,.0f} | "
@@ -183,8 +183,13 @@ def report(result: dict[str, Any], pngs: dict[str, str]) -> str:
                     f"{d['invalid_in_input']} invalid)")  # fmt: skip
             rate = d["events_per_s"]
             cpu = d.get("cpu_us_per_event", {})
-            split = " / ".join(f"{cpu[k]:.0f}" for k in ("postgresql", "nats-server", "pipeline")
-                               if k in cpu)  # fmt: skip
+            split = (
+                " / ".join(
+                    f"{cpu.get(k, 0):.0f}" for k in ("postgresql", "nats-server", "pipeline")
+                )
+                if cpu
+                else ""
+            )
             rss = f"{d['peak_rss_mib']:.0f} MiB"
             lines.append(f"| {what} | {rate:,.0f} | {ratio(rate, ceiling)} | "
                          f"{ratio(rate, naive)} | {rss} | {split} |")  # fmt: skip
@@ -201,9 +206,14 @@ def report(result: dict[str, Any], pngs: dict[str, str]) -> str:
     if "write" in runs:
         w = runs["write"]
         lines += ["", "## Writes over HTTP (`auditlog run`: API + 1 worker in one process)", "",
-                  "| writers | writes/s | p50 | p99 |", "|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {r['writers']} | {r['per_s']:,.0f} | {r['p50_ms']:.1f} ms | "
-                  f"{r['p99_ms']:.1f} ms |" for r in w["sync"]]  # fmt: skip
+                  "| writers | writes/s | p50 | p99 | CPU µs/write: service / PostgreSQL / "
+                  "NATS / load generator |", "|---|---|---|---|---|"]  # fmt: skip
+        for r in w["sync"]:
+            cpu = r.get("cpu_us_per_write", {})
+            parts = ("service", "postgresql", "nats-server", "load")
+            split = " / ".join(f"{cpu.get(k, 0):.0f}" for k in parts)
+            lines.append(f"| {r['writers']} | {r['per_s']:,.0f} | {r['p50_ms']:.1f} ms | "
+                         f"{r['p99_ms']:.1f} ms | {split if cpu else ''} |")  # fmt: skip
         b = w["batch"]
         lines += ["", f"Batch writes: {b['events']:,} events in batches of {b['batch']:,}: "
                   f"{b['events_per_s']:,.0f} events/s answered after commit"]  # fmt: skip
@@ -238,7 +248,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small sizes: about two minutes")
     ap.add_argument("--only", default="", help=f"comma list of: {', '.join(SCENARIOS)}")
+    ap.add_argument("--report", metavar="JSON", help="re-render the report of a saved result")
     args = ap.parse_args()
+    if args.report:
+        saved = Path(args.report)
+        result = json.loads(saved.read_text())
+        stamp = saved.stem
+        text = report(result, charts.draw(result["runs"], saved.parent, stamp))
+        saved.with_suffix(".md").write_text(text)
+        print(text)
+        return
     names = [n for n in args.only.split(",") if n] or list(SCENARIOS)
     unknown = set(names) - set(SCENARIOS)
     if unknown:

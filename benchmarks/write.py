@@ -17,6 +17,8 @@ import aiohttp
 
 from benchmarks.common import (
     bench_servers,
+    cpu_per_item,
+    cpu_seconds_by_component,
     fresh_database,
     latency_summary,
     running_service,
@@ -45,12 +47,15 @@ async def sync_writers(base: str, writers: int, seconds: float, events: list[dic
                 lat.append(time.perf_counter() - t0)
                 i += writers
 
+        cpu0 = cpu_seconds_by_component()
         t0 = time.perf_counter()
         await asyncio.gather(*(writer(k) for k in range(writers)))
         el = time.perf_counter() - t0
+        cpu = cpu_per_item(cpu0, cpu_seconds_by_component(), len(lat))
     summary = latency_summary([x * 1000 for x in lat])
     return {"writers": writers, "writes": len(lat), "per_s": len(lat) / el,
-            "p50_ms": summary["p50"], "p99_ms": summary["p99"], "latency_ms": summary}  # fmt: skip
+            "p50_ms": summary["p50"], "p99_ms": summary["p99"], "latency_ms": summary,
+            "cpu_us_per_write": cpu}  # fmt: skip
 
 
 async def batches(base: str, events: list[dict], size: int, inflight: int,

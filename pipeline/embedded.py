@@ -367,4 +367,7 @@ class EmbeddedNats:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self._proc = None
-        self._pid_file.unlink(missing_ok=True)
+        # Only our server's pid file: another server may have been started in this
+        # state dir since ours exited (its pid file must keep pointing at it).
+        if _read_int(self._pid_file) in (pid, None):
+            self._pid_file.unlink(missing_ok=True)

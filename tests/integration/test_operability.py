@@ -34,6 +34,10 @@ def service(tmp_path_factory):
         yield state, port
     finally:
         stop(proc)
+        # A test below restarts the servers itself; whatever runs in the state dir now
+        # is this fixture's to stop (no-ops when the service already stopped them).
+        EmbeddedNats(state).stop()
+        EmbeddedPostgres(state).stop()
 
 
 def cli(state: Path, port: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
