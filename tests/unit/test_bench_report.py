@@ -1,0 +1,49 @@
+"""The benchmark report's verdicts (pure: a synthetic result, no servers)."""
+
+from __future__ import annotations
+
+from benchmarks.run import Check, checks, report
+
+
+def test_check_verdicts_say_how_far_off() -> None:
+    assert (
+        Check("drain", 12_000, 30_000, True, "events/s")
+        .row()
+        .endswith("**missed**: 40% of target |")
+    )
+    assert (
+        Check("p99", 45.0, 30, False, "ms", "{:.1f}")
+        .row()
+        .endswith("**missed**: 1.5 x the limit |")
+    )
+    assert Check("p99", 8.0, 15, False, "ms").met
+    assert not Check("rate", 49_999, 50_000, True, "rows/s").met
+
+
+def _drain(rate: float) -> dict:
+    return {"drain": {"events": 1000, "events_per_s": rate, "duplicates_in_input": 10,
+                      "invalid_in_input": 1, "peak_rss_mib": 120.0, "series": [[0, 0]],
+                      "cpu_us_per_event": {"postgresql": 50, "nats-server": 10,
+                                           "pipeline": 60}}}  # fmt: skip
+
+
+def test_report_lists_every_measured_target_with_ratios_from_the_same_run() -> None:
+    runs = {
+        "drain_1_worker": {**_drain(12_000), "ceiling_per_s": 24_000},
+        "drain_2_workers": _drain(10_000),
+        "naive": {"naive": {"events_per_s": 2_000}},
+    }
+    found = {c.what: c for c in checks(runs)}
+    assert found["drain (best of 1 and 2 workers)"].value == 12_000
+    assert found["drain / ceiling (same run)"].value == 0.5
+    assert found["drain / naive (same run)"].value == 6.0
+    assert found["pipeline worker peak RSS (drain, steady)"].met
+    result = {"started": "t", "quick": True, "command": "python -m benchmarks.run --quick",
+              "machine": {"cores": 2, "memory_mib": 1024, "python": "3.11", "postgresql": "16",
+                          "nats_server": "2.15", "platform": "linux",
+                          "external_servers": False},
+              "runs": runs}  # fmt: skip
+    text = report(result, {"throughput over time": "t-drain.png"})
+    assert "| drain / ceiling (same run) | 0.50 x | >= 0.60 x | **missed**: 83% of target |" in text
+    assert "| 50 / 10 / 60 |" in text and "![throughput over time](t-drain.png)" in text
+    assert "## Query" not in text  # scenarios that did not run are not reported
