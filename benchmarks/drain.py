@@ -1,7 +1,8 @@
 """Scenario *drain*: the pipeline draining a preloaded stream (JetStream → rows → acks).
 
-Also measures *ceiling* in the same run: the same rows COPYed straight into the same
-table, which is what PostgreSQL alone takes on this machine.
+Then runs *ceiling* (``benchmarks.ceiling``) on the same servers, unless
+``--skip-ceiling``: the same rows COPYed straight into the same table, which is what
+PostgreSQL alone takes here, so drain / ceiling comes from one run.
 
     python -m benchmarks.drain --events 300000 --tenants 1000 --workers 2
 """
@@ -16,10 +17,10 @@ import os
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 
 import nats
 
+from benchmarks.ceiling import ceiling
 from benchmarks.common import (
     bench_servers,
     bench_settings,
@@ -33,47 +34,7 @@ from benchmarks.common import (
     tenant_ids,
     worker_rss_kib,
 )
-from pipeline.chain import COLUMNS, link
-from pipeline.db import create_pool
-from pipeline.flush import PartitionCache, partition_name
 from pipeline.source_nats import ensure_stream
-from pipeline.stages import Message, Valid, process
-
-
-async def ceiling(server: str, payloads: list[bytes], batch: int, conns: int) -> float:
-    """Rows/s of COPYing pre-built records into audit.events partitions (no pipeline)."""
-    dsn = await fresh_database(server, "bench_ceiling")
-    now = datetime.now(UTC)
-    seqs: dict[str, int] = {}
-    records = []
-    events = []
-    for i, p in enumerate(payloads):
-        v = process(Message(data=p, stream_seq=i + 1, timestamp_ns=time.time_ns()), now)
-        assert isinstance(v, Valid)
-        events.append(v.event)
-        s = seqs[v.event.tenant_id] = seqs.get(v.event.tenant_id, 0) + 1
-        records.append(link(v.prepared, s, bytes(32)))
-    pool = await create_pool(dsn, max_size=conns)
-    await PartitionCache().ensure(pool, events)
-    part = partition_name(events[0].occurred_at)  # type: ignore[arg-type]
-    chunks = [records[i : i + batch] for i in range(0, len(records), batch)]
-    queue: asyncio.Queue = asyncio.Queue()
-    for c in chunks:
-        queue.put_nowait(c)
-
-    async def copier() -> None:
-        async with pool.acquire() as conn:
-            while not queue.empty():
-                c = queue.get_nowait()
-                async with conn.transaction():
-                    await conn.copy_records_to_table(part, records=c, columns=COLUMNS,
-                                                     schema_name="audit")  # fmt: skip
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(copier() for _ in range(conns)))
-    rate = len(records) / (time.perf_counter() - t0)
-    await pool.close()
-    return rate
 
 
 async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
