@@ -24,7 +24,7 @@ from pipeline.stages import IDEMPOTENCY_HEADER, id_from_key, new_uuid7
 from query_api.auth import Principal
 from query_api.errors import ApiError, bad_request
 from query_api.handlers import principal
-from query_api.publisher import Ack
+from query_api.publisher import Ack, PublishError
 from query_api.state import POOL, PUBLISHER, SETTINGS, WAITERS
 from schemas.events import AuditEvent, EventValidationError, decode_event
 
@@ -107,22 +107,30 @@ async def _deliver(app: web.Application, items: list[tuple[bytes, Key]], wait: b
     pub = app[PUBLISHER]
     futs = [waiters.expect(key) for _, key in items] if wait else []
     try:
-        sent = []
-        try:
-            for raw, key in items:
+        # Each event is published on its own: if the connection fails part-way, the
+        # events already sent keep their answers (they may be stored) and the rest fail.
+        sent: list[asyncio.Future[Ack] | None] = []
+        failed: BaseException | None = None
+        for raw, key in items:
+            if failed is None:
                 headers = {"Nats-Msg-Id": str(key[1]), IDEMPOTENCY_HEADER: str(key[1])}
-                sent.append(await pub.publish(settings.subject, raw, headers))
-        except Exception as exc:
-            for f in sent:
-                f.cancel()
-            raise ApiError(503, "unavailable",
-                           f"event log unavailable: {type(exc).__name__}") from exc  # fmt: skip
+                try:
+                    sent.append(await pub.publish(settings.subject, raw, headers))
+                    continue
+                except Exception as exc:
+                    failed = exc
+            sent.append(None)
         loop = asyncio.get_running_loop()
-        acks = await pub.settle(sent, max(0.1, min(5.0, deadline - loop.time())))
+        within = max(0.1, min(5.0, deadline - loop.time()))
+        settled = iter(await pub.settle([f for f in sent if f is not None], within))
         out: list[Outcome] = []
-        for ack in acks:
+        acks: list[Ack | BaseException] = []
+        for published in sent:
+            ack = next(settled) if published is not None else (failed or PublishError("unsent"))
+            acks.append(ack)
             if isinstance(ack, BaseException):
-                out.append(ApiError(503, "unavailable", f"event log unavailable: {ack}"))
+                why = type(ack).__name__ if published is None else str(ack)
+                out.append(ApiError(503, "unavailable", f"event log unavailable: {why}"))
             else:
                 out.append(False)
         if not wait:

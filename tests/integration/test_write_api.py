@@ -151,3 +151,37 @@ async def test_row_postgres_refuses_is_refused_synchronously(stack) -> None:
     body = await r.json()
     assert len(body["event_ids"]) == 1 and body["errors"][0]["index"] == 1
     assert body["errors"][0]["code"] == "db_rejected"
+
+
+async def test_event_log_unavailable_is_a_clear_503_and_stores_nothing(
+    db_url, settings_factory, tmp_path
+) -> None:
+    # No stream listens on this subject: JetStream answers "no responders".
+    settings = settings_factory(db_url, admin_token=ADMIN, state_dir=str(tmp_path),
+                                subject="test.nowhere.events", write_timeout_s=2)  # fmt: skip
+    pool = await create_pool(db_url, max_size=2)
+    nc = await nats.connect(settings.nats_url)
+    client = TestClient(TestServer(create_app(settings, pool, nc, Metrics())))
+    await client.start_server()
+    try:
+        r = await client.post("/v1/audit/events", json={"event": readme()}, headers=auth())
+        body = await r.json()
+        assert r.status == 503 and body["error"]["code"] == "unavailable", body
+        assert "no JetStream stream" in body["error"]["message"]
+        r = await client.post("/v1/audit/events:batch",
+                              json={"events": [readme(), readme(action="")]},
+                              headers=auth())  # fmt: skip
+        body = await r.json()
+        assert body["event_ids"] == []
+        assert [(e["index"], e["code"]) for e in body["errors"]] == [
+            (0, "unavailable"), (1, "invalid_field")]  # fmt: skip
+        # The NATS connection is gone: every write is refused, none hangs.
+        await nc.close()
+        r = await client.post("/v1/audit/events:batch", json={"events": [readme()] * 3},
+                              headers=auth())  # fmt: skip
+        body = await r.json()
+        assert [e["code"] for e in body["errors"]] == ["unavailable"] * 3, body
+        assert await admin_count(db_url) == 0
+    finally:
+        await client.close()
+        await pool.close()
