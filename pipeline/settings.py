@@ -54,8 +54,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_timeout_s: float = 20.0  # AUDIT_SHUTDOWN_TIMEOUT_S
     db_pool_size: int = 8  # AUDIT_DB_POOL_SIZE
     # API rate limit per tenant key (every protocol); 0 disables. The admin token is exempt.
-    rate_limit_per_s: float = 100.0  # AUDIT_RATE_LIMIT_PER_S
-    rate_limit_burst: int = 200  # AUDIT_RATE_LIMIT_BURST
+    rate_limit_per_s: float = 1000.0  # AUDIT_RATE_LIMIT_PER_S
+    rate_limit_burst: int = 2000  # AUDIT_RATE_LIMIT_BURST
 
     def __repr__(self) -> str:
         shown = {f: getattr(self, f) for f in self.__struct_fields__}
