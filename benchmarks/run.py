@@ -85,9 +85,10 @@ class Check:
     """One target: ``value`` against ``goal`` (``at_least`` or at most)."""
 
     def __init__(self, what: str, value: float, goal: float, at_least: bool, unit: str,
-                 fmt: str = "{:,.0f}") -> None:  # fmt: skip
+                 fmt: str = "{:,.0f}", unjudged: str = "") -> None:  # fmt: skip
         self.what, self.value, self.goal, self.at_least = what, value, goal, at_least
         self.unit, self.fmt = unit, fmt
+        self.unjudged = unjudged  # why this measure cannot be held to its target
 
     @property
     def met(self) -> bool:
@@ -96,7 +97,9 @@ class Check:
     def row(self) -> str:
         """A Markdown table row: measure, value, target, verdict (with the shortfall)."""
         v, g = self.fmt.format(self.value), self.fmt.format(self.goal)
-        if self.met:
+        if self.unjudged:
+            verdict = f"not judged: {self.unjudged}"
+        elif self.met:
             verdict = "met"
         elif self.at_least:
             verdict = f"**missed**: {self.value / self.goal:.0%} of target"
@@ -140,7 +143,10 @@ def checks(runs: dict[str, Any]) -> list[Check]:
                   "{:.2f}"),
             Check("text search first page p99", q["search_first_page_ms"]["p99"], 100, False,
                   "ms", "{:.1f}"),
-            Check("export NDJSON", q["export"]["rows_per_s"], 50_000, True, "rows/s"),
+            Check("export NDJSON", q["export"]["rows_per_s"], 50_000, True, "rows/s",
+                  unjudged="" if q["export"]["rows"] >= 100_000 else
+                  f"{q['export']['rows']:,} rows, start-up dominates (the full run exports "
+                  "~500,000)"),
         ]  # fmt: skip
     return out
 
@@ -271,7 +277,8 @@ def main() -> None:
     result = {"started": started, "seconds": round(time.perf_counter() - t0),
               "command": "python -m benchmarks.run " + " ".join(sys.argv[1:]),
               "machine": machine(), "quick": args.quick, "runs": runs,
-              "targets": [{"what": c.what, "value": c.value, "goal": c.goal, "met": c.met}
+              "targets": [{"what": c.what, "value": c.value, "goal": c.goal,
+                           "met": None if c.unjudged else c.met}
                           for c in checks(runs)]}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     stamp = started.replace(":", "")

@@ -47,3 +47,8 @@ def test_report_lists_every_measured_target_with_ratios_from_the_same_run() -> N
     assert "| drain / ceiling (same run) | 0.50 x | >= 0.60 x | **missed**: 83% of target |" in text
     assert "| 50 / 10 / 60 |" in text and "![throughput over time](t-drain.png)" in text
     assert "## Query" not in text  # scenarios that did not run are not reported
+
+
+def test_a_measure_too_small_to_judge_says_so_instead_of_failing() -> None:
+    row = Check("export", 40_000, 50_000, True, "rows/s", unjudged="20,000 rows").row()
+    assert row.endswith("| not judged: 20,000 rows |") and "missed" not in row
