@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,18 @@ def latency_summary(samples_ms: list[float]) -> dict[str, Any]:
 
     return {"p50": pct(50), "p90": pct(90), "p99": pct(99), "max": s[-1], "n": len(s),
             "cdf": [pct(q) for q in range(1, 100)]}  # fmt: skip
+
+
+def with_ids(payloads: list[bytes]) -> tuple[list[bytes], dict[uuid.UUID, int]]:
+    """Payloads with a known event id each, and id → index."""
+    out, index = [], {}
+    for i, p in enumerate(payloads):
+        doc = json.loads(p)
+        eid = uuid.UUID(int=i + 1, version=4)
+        doc["id"] = str(eid)
+        index[eid] = i
+        out.append(json.dumps(doc, separators=(",", ":")).encode())
+    return out, index
 
 
 async def stored_rows(dsn: str) -> int:

@@ -16,7 +16,6 @@ import json
 import os
 import sys
 import time
-import uuid
 
 import nats
 
@@ -32,6 +31,7 @@ from benchmarks.common import (
     stored_rows,
     synthetic_events,
     tenant_ids,
+    with_ids,
     worker_rss_kib,
 )
 from pipeline.source_nats import ensure_stream
@@ -103,10 +103,7 @@ def mix_in_faults(payloads: list[bytes]) -> tuple[list[bytes], int, int]:
         (messages, duplicates, invalid).
     """
     out: list[bytes] = []
-    for i, p in enumerate(payloads):
-        doc = json.loads(p)
-        doc["id"] = str(uuid.UUID(int=i + 1, version=4))
-        data = json.dumps(doc, separators=(",", ":")).encode()
+    for i, data in enumerate(with_ids(payloads)[0]):
         out.append(data)
         if i % 100 == 50:
             out.append(data)  # a duplicate: the producer retried

@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import time
-import uuid
 
 import nats
 
@@ -33,24 +32,13 @@ from benchmarks.common import (
     synthetic_events,
     tenant_ids,
     wait_ready,
+    with_ids,
     worker_rss_kib,
 )
 from pipeline.commits import decode_keys
 from pipeline.source_nats import ensure_stream
 
 TICK = 0.005
-
-
-def with_ids(payloads: list[bytes]) -> tuple[list[bytes], dict[uuid.UUID, int]]:
-    """Payloads with a known event id each, and id → index."""
-    out, index = [], {}
-    for i, p in enumerate(payloads):
-        doc = json.loads(p)
-        eid = uuid.UUID(int=i + 1, version=4)
-        doc["id"] = str(eid)
-        index[eid] = i
-        out.append(json.dumps(doc, separators=(",", ":")).encode())
-    return out, index
 
 
 async def run(server: str, nurl: str, rate: int, seconds: float) -> dict[str, object]:

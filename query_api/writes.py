@@ -24,7 +24,7 @@ from pipeline.stages import IDEMPOTENCY_HEADER, id_from_key, new_uuid7
 from query_api.auth import Principal
 from query_api.errors import ApiError, bad_request
 from query_api.handlers import principal
-from query_api.publisher import Ack, PublishError
+from query_api.publisher import Ack
 from query_api.state import POOL, PUBLISHER, SETTINGS, WAITERS
 from schemas.events import AuditEvent, EventValidationError, decode_event
 
@@ -124,19 +124,18 @@ async def _deliver(app: web.Application, items: list[tuple[bytes, Key]], wait: b
         within = max(0.1, min(5.0, deadline - loop.time()))
         settled = iter(await pub.settle([f for f in sent if f is not None], within))
         out: list[Outcome] = []
-        acks: list[Ack | BaseException] = []
-        for published in sent:
-            ack = next(settled) if published is not None else (failed or PublishError("unsent"))
-            acks.append(ack)
-            if isinstance(ack, BaseException):
-                why = type(ack).__name__ if published is None else str(ack)
-                out.append(ApiError(503, "unavailable", f"event log unavailable: {why}"))
-            else:
+        dup: list[int] = []  # JetStream had the id already: maybe stored long ago
+        for i, published in enumerate(sent):
+            ack = next(settled) if published is not None else failed
+            if isinstance(ack, Ack):
                 out.append(False)
+                if ack.duplicate:
+                    dup.append(i)
+            else:
+                why = str(ack) if published is not None else type(ack).__name__
+                out.append(ApiError(503, "unavailable", f"event log unavailable: {why}"))
         if not wait:
             return out
-        # Duplicates of events stored earlier (their commit was announced long ago).
-        dup = [i for i, a in enumerate(acks) if isinstance(a, Ack) and a.duplicate]
         done = await _stored(app, [items[i][1] for i in dup])
         for i in dup:
             if items[i][1] in done:

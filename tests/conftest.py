@@ -127,3 +127,13 @@ def settings_factory(nats_url: str):
         return Settings(**base)  # type: ignore[arg-type]
 
     return make
+
+
+class FakeClock:
+    """A monotonic clock that moves only when a test sets ``now``."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now

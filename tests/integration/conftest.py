@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import asyncpg
 import nats
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client
 
 from pipeline.commits import encode_keys
@@ -19,6 +20,7 @@ from pipeline.metrics import Metrics
 from pipeline.settings import Settings
 from pipeline.source_nats import JetStreamSource, connect, ensure_stream
 from pipeline.worker import Worker
+from query_api.app import create_app
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +56,24 @@ async def running_worker(settings: Settings, **worker_kw: object) -> AsyncIterat
     finally:
         await worker.stop()
         await asyncio.wait_for(task, 30)
+        await nc.close()
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def serving_app(settings: Settings, pool_size: int = 4) -> AsyncIterator[TestClient]:
+    """The HTTP app (``create_app``) on a test server, with its own pool and NATS
+    connection (``client.pool``, ``client.nc``); everything is closed afterwards."""
+    pool = await create_pool(settings.database_url, max_size=pool_size)
+    nc = await nats.connect(settings.nats_url)
+    client = TestClient(TestServer(create_app(settings, pool, nc, Metrics())))
+    await client.start_server()
+    client.pool = pool  # type: ignore[attr-defined]
+    client.nc = nc  # type: ignore[attr-defined]
+    try:
+        yield client
+    finally:
+        await client.close()
         await nc.close()
         await pool.close()
 

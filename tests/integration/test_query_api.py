@@ -10,16 +10,12 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import nats
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from pipeline.db import create_pool
 from pipeline.flush import PartitionCache, write_batch
-from pipeline.metrics import Metrics
 from pipeline.stages import Message, Valid, process
-from query_api.app import create_app
 from tests.conftest import README_EVENT
+from tests.integration.conftest import serving_app
 
 pytestmark = pytest.mark.integration
 ADMIN = "admin-token-for-tests-0123456789"
@@ -46,16 +42,8 @@ async def store(pool, items) -> None:
 @pytest.fixture
 async def api(db_url, settings_factory, tmp_path):
     settings = settings_factory(db_url, admin_token=ADMIN, state_dir=str(tmp_path))
-    pool = await create_pool(db_url, max_size=4)
-    nc = await nats.connect(settings.nats_url)
-    app = create_app(settings, pool, nc, Metrics())
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    client.pool = pool  # type: ignore[attr-defined]
-    yield client
-    await client.close()
-    await nc.close()
-    await pool.close()
+    async with serving_app(settings) as client:
+        yield client
 
 
 def auth(token: str) -> dict[str, str]:
@@ -336,11 +324,7 @@ async def test_tenant_keys_are_rate_limited_with_retry_after(db_url, settings_fa
                                                              tmp_path) -> None:  # fmt: skip
     settings = settings_factory(db_url, admin_token=ADMIN, state_dir=str(tmp_path),
                                 rate_limit_per_s=0.5, rate_limit_burst=3)  # fmt: skip
-    pool = await create_pool(db_url, max_size=2)
-    nc = await nats.connect(settings.nats_url)
-    client = TestClient(TestServer(create_app(settings, pool, nc, Metrics())))
-    await client.start_server()
-    try:
+    async with serving_app(settings, pool_size=2) as client:
         key_a = await new_key(client, "rl-a")
         key_b = await new_key(client, "rl-b")
         for _ in range(3):
@@ -363,7 +347,3 @@ async def test_tenant_keys_are_rate_limited_with_retry_after(db_url, settings_fa
         r = await client.post("/audit.v1.AuditService/ListEvents", json={},
                               headers=auth(key_a))  # fmt: skip
         assert r.status == 429 and (await r.json())["code"] == "resource_exhausted"
-    finally:
-        await client.close()
-        await nc.close()
-        await pool.close()

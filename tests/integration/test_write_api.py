@@ -6,15 +6,10 @@ import asyncio
 import json
 import uuid
 
-import nats
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from pipeline.db import create_pool
-from pipeline.metrics import Metrics
-from query_api.app import create_app
 from tests.conftest import README_EVENT
-from tests.integration.conftest import admin_count, running_worker
+from tests.integration.conftest import admin_count, running_worker, serving_app
 
 pytestmark = pytest.mark.integration
 ADMIN = "write-admin-token-0123456789abcdef"
@@ -29,16 +24,9 @@ async def stack(db_url, settings_factory, tmp_path):
     """A running pipeline worker and the HTTP app, sharing NATS subjects."""
     settings = settings_factory(db_url, admin_token=ADMIN, state_dir=str(tmp_path),
                                 batch_max_latency_ms=5)  # fmt: skip
-    async with running_worker(settings):
-        pool = await create_pool(db_url, max_size=4)
-        nc = await nats.connect(settings.nats_url)
-        client = TestClient(TestServer(create_app(settings, pool, nc, Metrics())))
-        await client.start_server()
+    async with running_worker(settings), serving_app(settings) as client:
         client.db_url = db_url  # type: ignore[attr-defined]
         yield client
-        await client.close()
-        await nc.close()
-        await pool.close()
 
 
 def readme(**changes: object) -> dict:
@@ -159,11 +147,7 @@ async def test_event_log_unavailable_is_a_clear_503_and_stores_nothing(
     # No stream listens on this subject: JetStream answers "no responders".
     settings = settings_factory(db_url, admin_token=ADMIN, state_dir=str(tmp_path),
                                 subject="test.nowhere.events", write_timeout_s=2)  # fmt: skip
-    pool = await create_pool(db_url, max_size=2)
-    nc = await nats.connect(settings.nats_url)
-    client = TestClient(TestServer(create_app(settings, pool, nc, Metrics())))
-    await client.start_server()
-    try:
+    async with serving_app(settings, pool_size=2) as client:
         r = await client.post("/v1/audit/events", json={"event": readme()}, headers=auth())
         body = await r.json()
         assert r.status == 503 and body["error"]["code"] == "unavailable", body
@@ -176,12 +160,9 @@ async def test_event_log_unavailable_is_a_clear_503_and_stores_nothing(
         assert [(e["index"], e["code"]) for e in body["errors"]] == [
             (0, "unavailable"), (1, "invalid_field")]  # fmt: skip
         # The NATS connection is gone: every write is refused, none hangs.
-        await nc.close()
+        await client.nc.close()
         r = await client.post("/v1/audit/events:batch", json={"events": [readme()] * 3},
                               headers=auth())  # fmt: skip
         body = await r.json()
         assert [e["code"] for e in body["errors"]] == ["unavailable"] * 3, body
         assert await admin_count(db_url) == 0
-    finally:
-        await client.close()
-        await pool.close()

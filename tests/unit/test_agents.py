@@ -7,14 +7,7 @@ import asyncio
 import pytest
 
 from pipeline.agents import Batcher, Stream, TakeBuffer
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import FakeClock
 
 
 def test_batcher_releases_full_batches_at_once() -> None:

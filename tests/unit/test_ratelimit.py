@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 
 from query_api.ratelimit import RateLimited, RateLimiter, retry_after_header
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.conftest import FakeClock
 
 
 def test_burst_then_refusal_then_refill() -> None:
-    clock = Clock()
+    clock = FakeClock()
     rl = RateLimiter(rate=2.0, burst=3, clock=clock)
     for _ in range(3):
         rl.take("k")
@@ -24,14 +17,14 @@ def test_burst_then_refusal_then_refill() -> None:
         rl.take("k")
     assert info.value.retry_after == pytest.approx(0.5)
     assert retry_after_header(info.value) == "1"
-    clock.t += 0.5  # one token back
+    clock.now += 0.5  # one token back
     rl.take("k")
     with pytest.raises(RateLimited):
         rl.take("k")
 
 
 def test_keys_are_independent_and_refusals_cost_nothing() -> None:
-    clock = Clock()
+    clock = FakeClock()
     rl = RateLimiter(rate=1.0, burst=1, clock=clock)
     rl.take("a")
     for _ in range(5):  # refused attempts do not push the wait further out
@@ -39,14 +32,14 @@ def test_keys_are_independent_and_refusals_cost_nothing() -> None:
             rl.take("a")
         assert info.value.retry_after == pytest.approx(1.0)
     rl.take("b")
-    clock.t += 1.0
+    clock.now += 1.0
     rl.take("a")
 
 
 def test_refill_never_exceeds_burst() -> None:
-    clock = Clock()
+    clock = FakeClock()
     rl = RateLimiter(rate=10.0, burst=2, clock=clock)
-    clock.t += 3600
+    clock.now += 3600
     rl.take("k")
     rl.take("k")
     with pytest.raises(RateLimited):
