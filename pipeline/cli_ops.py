@@ -18,11 +18,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from pipeline.dlq import is_truncated, replay_headers, replay_subject
 from pipeline.endpoints import api_url, database_url, nats_url
 from pipeline.errors import AuditLogError
 from pipeline.migrate import is_current
 from pipeline.settings import Settings
-from pipeline.stages import IDEMPOTENCY_HEADER
+from pipeline.source_nats import nats_options
 from pipeline.synthetic import synthetic_events, tenant_ids
 
 README_EVENT = {
@@ -43,7 +44,8 @@ async def _nats(settings: Settings) -> Any:
     try:
         return await asyncio.wait_for(
             nats.connect(url, allow_reconnect=False, connect_timeout=3,
-                         max_reconnect_attempts=0), timeout=5)  # fmt: skip
+                         max_reconnect_attempts=0, **nats_options(settings)),
+            timeout=5)  # fmt: skip
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise ConnectionError(f"NATS at {url} unreachable ({type(exc).__name__})") from exc
 
@@ -119,14 +121,16 @@ async def _replay(settings: Settings, seqs: tuple[int, ...], fixed: bytes | None
     try:
         js = nc.jetstream()
         for m in msgs:
-            headers = {k: v for k, v in (m.headers or {}).items()
-                       if not k.startswith("Audit-Dlq-") and k != "Nats-Msg-Id"}  # fmt: skip
-            original = headers.pop("Audit-Original-Msg-Id", None)
-            if original:  # keep the event's identity; a fresh id for NATS's dedup window
-                headers.setdefault(IDEMPOTENCY_HEADER, original)
-            headers["Nats-Msg-Id"] = f"dlq-replay:{settings.dlq_stream}:{m.seq}"
-            await js.publish(settings.subject, fixed if fixed is not None else m.data,
-                             headers=headers)  # fmt: skip
+            dead_headers = m.headers or {}
+            if fixed is None and is_truncated(dead_headers):
+                raise click.ClickException(
+                    f"dead letter {m.seq} holds a trimmed body (originally "
+                    f"{dead_headers.get('Audit-Dlq-Original-Size')} bytes): replay it with "
+                    "--fixed-file"
+                )
+            headers = replay_headers(dead_headers, settings.dlq_stream, m.seq)
+            await js.publish(replay_subject(dead_headers, settings.subject),
+                             fixed if fixed is not None else m.data, headers=headers)  # fmt: skip
             if not keep:
                 await js.delete_msg(settings.dlq_stream, m.seq)
         return len(msgs)

@@ -48,15 +48,3 @@ class MigrationError(AuditLogError):
 
 class StorageUnavailable(AuditLogError):
     """PostgreSQL cannot be reached or refused the connection; retrying may help."""
-
-
-class RowRejected(AuditLogError):
-    """PostgreSQL rejected one row's data (SQLSTATE class 22/23 other than duplicates).
-
-    Attributes:
-        sqlstate: PostgreSQL's error code.
-    """
-
-    def __init__(self, sqlstate: str, message: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate

@@ -28,15 +28,13 @@ from typing import Any
 import asyncpg
 
 from pipeline.chain import COLUMNS, GENESIS, Prepared, link
-from pipeline.errors import RowRejected, StorageUnavailable
+from pipeline.errors import StorageUnavailable
 from schemas.events import AuditEvent
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, uuid.UUID]
 
-# SQLSTATE classes: 08 connection, 53 resources, 57 operator intervention, 40 rollbacks.
-_RETRYABLE_CLASSES = ("08", "53", "57", "40", "55")
 # 22 data exceptions, 23 integrity (other than the duplicates we handle), 54 limits.
 _ROW_CLASSES = ("22", "23", "54")
 
@@ -71,19 +69,37 @@ def partition_name(ts: datetime) -> str:
 
 
 def classify(exc: BaseException) -> str:
-    """``retry`` (try the batch again later), ``row`` (some row's data) or ``fatal``.
+    """``retry`` (try the same events again later) or ``row`` (some event's data is refused).
 
-    Decided by exception class and SQLSTATE, never by message text.
+    Decided by exception class and SQLSTATE, never by message text:
+
+    - ``retry``: the connection or the server (OSError, timeouts, asyncpg interface errors,
+      SQLSTATE classes 08, 53, 57, 40, 55) and errors of the service's own set-up that no
+      event causes (permissions, missing objects, internal errors): nothing is refused for
+      these, the events wait in JetStream;
+    - ``row``: data exceptions, integrity and limit violations (22, 23, 54) and values
+      asyncpg cannot encode (``asyncpg.DataError``, Python ``ValueError``/``TypeError``):
+      the batch is split until the refused events are found and dead-lettered.
     """
+    if isinstance(exc, asyncpg.DataError):  # client-side encoding of one value
+        return "row"
     if isinstance(exc, OSError | asyncpg.InterfaceError | StorageUnavailable):
         return "retry"
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", "") or ""
-        if state.startswith(_RETRYABLE_CLASSES):
-            return "retry"
         if state.startswith(_ROW_CLASSES):
             return "row"
-    return "fatal"
+        return "retry"
+    if isinstance(exc, ValueError | TypeError | OverflowError | UnicodeError):
+        return "row"
+    return "retry"
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming a storage error: SQLSTATE (when PostgreSQL's) and message."""
+    state = getattr(exc, "sqlstate", None)
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{state}: {text}" if state else f"{type(exc).__name__}: {text}"
 
 
 @dataclass
@@ -107,8 +123,16 @@ class PartitionCache:
     def __init__(self) -> None:
         self._known: set[str] = set()
 
-    async def ensure(self, pool: asyncpg.Pool, events: Iterable[AuditEvent]) -> None:
-        """Make sure every month in ``events`` has a partition (idempotent, concurrent-safe)."""
+    async def ensure(self, pool: asyncpg.Pool, events: Iterable[AuditEvent]) -> dict[str, str]:
+        """Make sure every month in ``events`` has a partition (idempotent, concurrent-safe).
+
+        Returns:
+            partition name → why it cannot be made, for months PostgreSQL refuses for good
+            (:func:`classify` ``row``); their events cannot be stored.
+
+        Raises:
+            Exception: a transient error (``retry``): try again later.
+        """
         months: dict[tuple[int, int], datetime] = {}
         for ev in events:
             ts = ev.occurred_at
@@ -117,12 +141,20 @@ class PartitionCache:
         missing = {
             name: ts for ts in months.values() if (name := partition_name(ts)) not in self._known
         }
+        refused: dict[str, str] = {}
         if not missing:
-            return
+            return refused
         async with pool.acquire() as conn:
             for name, ts in missing.items():
-                await conn.execute("SELECT audit.ensure_partition($1)", ts)
+                try:
+                    await conn.execute("SELECT audit.ensure_partition($1)", ts)
+                except Exception as exc:
+                    if classify(exc) != "row":
+                        raise
+                    refused[name] = f"partition {name} cannot be created: {describe(exc)}"
+                    continue
                 self._known.add(name)
+        return refused
 
 
 async def _lock_heads(conn: asyncpg.Connection, tenants: list[str]) -> dict[str, tuple[int, bytes]]:
@@ -203,49 +235,3 @@ async def write_batch(conn: asyncpg.Connection, items: Sequence[Prepared]) -> Fl
             _MOVE_HEADS, names, [moved[t][0] for t in names], [moved[t][1] for t in names]
         )
     return result
-
-
-async def find_rejected(
-    conn: asyncpg.Connection, items: Sequence[Prepared]
-) -> dict[int, RowRejected]:
-    """Find which events PostgreSQL refuses, by bisecting trial COPYs that roll back.
-
-    Returns:
-        index in ``events`` → the rejection, for each refused event.
-    """
-    bad: dict[int, RowRejected] = {}
-
-    async def trial(idx: list[int]) -> asyncpg.PostgresError | None:
-        recs = [link(items[i], 1, GENESIS) for i in idx]
-        try:
-            async with conn.transaction():
-                await conn.execute(
-                    "CREATE TEMP TABLE IF NOT EXISTS copy_probe "
-                    "(LIKE audit.events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                )
-                await conn.copy_records_to_table("copy_probe", records=recs, columns=COLUMNS)
-                raise _Rollback
-        except _Rollback:
-            return None
-        except asyncpg.PostgresError as exc:
-            if classify(exc) != "row":
-                raise
-            return exc
-
-    async def bisect(idx: list[int]) -> None:
-        err = await trial(idx)
-        if err is None:
-            return
-        if len(idx) == 1:
-            bad[idx[0]] = RowRejected(err.sqlstate or "", str(err))
-            return
-        mid = len(idx) // 2
-        await bisect(idx[:mid])
-        await bisect(idx[mid:])
-
-    await bisect(list(range(len(items))))
-    return bad
-
-
-class _Rollback(Exception):
-    pass

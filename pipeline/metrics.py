@@ -37,6 +37,23 @@ class Metrics:
             ["reason", "stage"],
             registry=r,
         )
+        self.internal_errors = Counter(
+            "auditlog_internal_errors",
+            "Unexpected exceptions caught in the pipeline (the message was dead-lettered as "
+            "internal_error, or the batch left for redelivery)",
+            ["stage"],
+            registry=r,
+        )
+        self.dead_letter_failures = Counter(
+            "auditlog_dead_letter_publish_failures",
+            "Dead letters JetStream did not take after bounded retries (message NAKed)",
+            registry=r,
+        )
+        self.dead_letters_unpublished = Gauge(
+            "auditlog_dead_letters_unpublished",
+            "Messages held in the event stream because their dead letter could not be published",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "auditlog_flush_batch_size",
             "Events per flushed batch",

@@ -98,7 +98,7 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
     started = time.monotonic()
     await prepare_database(ends.database_url)
     pool = await create_pool(ends.database_url, max_size=settings.db_pool_size)
-    nc = await connect(ends.nats_url, name=f"auditlog-{os.getpid()}")
+    nc = await connect(ends.nats_url, name=f"auditlog-{os.getpid()}", settings=settings)
     await ensure_stream(nc, settings)
     metrics = Metrics()
     source = JetStreamSource(nc, settings, max_inflight=3 * settings.batch_max_events)
@@ -113,7 +113,13 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
     _install_signals(stop)
     worker_task = asyncio.create_task(worker.run(), name="worker")
     app = create_app(
-        settings, pool, nc, metrics, consumer_bound=lambda: not worker_task.done(), api=http
+        settings,
+        pool,
+        nc,
+        metrics,
+        consumer_bound=lambda: not worker_task.done(),
+        api=http,
+        pipeline_status=worker.status,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

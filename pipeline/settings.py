@@ -53,6 +53,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: int = 1  # AUDIT_WORKERS
     shutdown_timeout_s: float = 20.0  # AUDIT_SHUTDOWN_TIMEOUT_S
     db_pool_size: int = 8  # AUDIT_DB_POOL_SIZE
+    # Accepted occurred_at, measured from when the event was received (JetStream's
+    # timestamp, or when a write API took it). Importing older history: raise the age.
+    max_future_skew_s: float = 900.0  # AUDIT_MAX_FUTURE_SKEW_S
+    max_event_age_days: float = 366.0  # AUDIT_MAX_EVENT_AGE_DAYS
+    # Bytes of delivered-but-unacked messages a worker holds (pull requests carry max_bytes).
+    max_inflight_bytes: int = 64 * 1024 * 1024  # AUDIT_MAX_INFLIGHT_BYTES
+    # NATS authentication and TLS, applied to every connection the service makes.
+    nats_user: str = ""  # AUDIT_NATS_USER
+    nats_password: str = ""  # AUDIT_NATS_PASSWORD
+    nats_token: str = ""  # AUDIT_NATS_TOKEN
+    nats_creds: str = ""  # AUDIT_NATS_CREDS (a .creds file: JWT + nkey seed)
+    nats_nkey_seed: str = ""  # AUDIT_NATS_NKEY_SEED (a file holding an nkey seed)
+    nats_tls_ca: str = ""  # AUDIT_NATS_TLS_CA (CA bundle file; enables TLS)
+    nats_tls_cert: str = ""  # AUDIT_NATS_TLS_CERT (client certificate file, mutual TLS)
+    nats_tls_key: str = ""  # AUDIT_NATS_TLS_KEY
     # API rate limit per tenant key (every protocol); 0 disables. The admin token is exempt.
     rate_limit_per_s: float = 1000.0  # AUDIT_RATE_LIMIT_PER_S
     rate_limit_burst: int = 2000  # AUDIT_RATE_LIMIT_BURST
@@ -63,6 +78,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         shown["nats_url"] = redact_url(self.nats_url)
         shown["admin_token"] = "***" if self.admin_token else ""
         shown["token_secret"] = "***" if self.token_secret else ""
+        shown["nats_password"] = "***" if self.nats_password else ""
+        shown["nats_token"] = "***" if self.nats_token else ""
         inner = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         return f"Settings({inner})"
 
@@ -77,6 +94,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """A copy with ``changes`` applied (flags overriding env)."""
         return msgspec.structs.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+
+# Room for several of the largest messages (an event at the limit plus its headers).
+MIN_INFLIGHT_BYTES = 1024 * 1024
 
 _ENV: dict[str, str] = {f: "AUDIT_" + f.upper() for f in Settings.__struct_fields__}
 
@@ -110,4 +130,23 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("AUDIT_RATE_LIMIT_BURST", "must be at least 1")
     if settings.batch_max_latency_ms < 0:
         raise ConfigError("AUDIT_BATCH_MAX_LATENCY_MS", "must be 0 or more")
+    if not 0 <= settings.max_future_skew_s <= 366 * 86400:
+        raise ConfigError("AUDIT_MAX_FUTURE_SKEW_S", "must be between 0 and 31622400 (366 days)")
+    if not 1 <= settings.max_event_age_days <= 36500:
+        raise ConfigError("AUDIT_MAX_EVENT_AGE_DAYS", "must be between 1 and 36500")
+    if settings.max_inflight_bytes < MIN_INFLIGHT_BYTES:
+        raise ConfigError("AUDIT_MAX_INFLIGHT_BYTES", f"must be at least {MIN_INFLIGHT_BYTES}")
+    if settings.nats_password and not settings.nats_user:
+        raise ConfigError("AUDIT_NATS_USER", "AUDIT_NATS_PASSWORD needs a user")
+    if bool(settings.nats_tls_cert) != bool(settings.nats_tls_key):
+        raise ConfigError(
+            "AUDIT_NATS_TLS_CERT", "a client certificate needs its key (both or neither)"
+        )
+    for var, path in (("AUDIT_NATS_CREDS", settings.nats_creds),
+                      ("AUDIT_NATS_NKEY_SEED", settings.nats_nkey_seed),
+                      ("AUDIT_NATS_TLS_CA", settings.nats_tls_ca),
+                      ("AUDIT_NATS_TLS_CERT", settings.nats_tls_cert),
+                      ("AUDIT_NATS_TLS_KEY", settings.nats_tls_key)):  # fmt: skip
+        if path and not os.path.isfile(path):
+            raise ConfigError(var, f"no such file: {path}")
     return settings

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from nats.js.errors import NotFoundError
 
 from pipeline.settings import Settings
 from pipeline.stages import Message
+from schemas.events import MAX_EVENT_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +34,17 @@ _ACK = b"+ACK"
 _IN_PROGRESS = b"+WPI"
 
 
-RawSink = Callable[[bytes, bytes, bytes], Awaitable[None]]
+RawSink = Callable[[bytes, bytes, bytes, bytes], Awaitable[None]]
+# Header room a stream allows beyond the largest event (ours plus a producer's own).
+HEADER_ROOM = 16 * 1024
+EVENT_MAX_MSG_SIZE = MAX_EVENT_BYTES + HEADER_ROOM
 
 
 class FastClient(Client):
     """nats-py's client with a raw delivery path for chosen subscriptions.
 
     For a registered subscription id, ``MSG``/``HMSG`` frames go straight to a sink as
-    (reply, payload, raw headers), skipping the per-message ``Msg`` object, pending
+    (subject, reply, payload, raw headers), skipping the per-message ``Msg`` object, pending
     queue, task switch and callback of nats-py's subscription machinery (about half of
     the client's per-message cost). Everything else is nats-py unchanged.
     """
@@ -65,10 +70,35 @@ class FastClient(Client):
             return
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
-        await sink(reply, data, headers)
+        await sink(subject, reply, data, headers)
 
 
-async def connect(url: str, name: str) -> Client:
+def nats_options(settings: Settings | None) -> dict[str, Any]:
+    """nats-py ``connect()`` keyword arguments for the credentials and TLS in ``settings``.
+
+    Used by every connection the service makes (workers, API, CLI).
+    """
+    if settings is None:
+        return {}
+    opts: dict[str, Any] = {}
+    if settings.nats_user:
+        opts["user"] = settings.nats_user
+        opts["password"] = settings.nats_password
+    if settings.nats_token:
+        opts["token"] = settings.nats_token
+    if settings.nats_creds:
+        opts["user_credentials"] = settings.nats_creds
+    if settings.nats_nkey_seed:
+        opts["nkeys_seed"] = settings.nats_nkey_seed
+    if settings.nats_tls_ca or settings.nats_tls_cert:
+        ctx = ssl.create_default_context(cafile=settings.nats_tls_ca or None)
+        if settings.nats_tls_cert:
+            ctx.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+        opts["tls"] = ctx
+    return opts
+
+
+async def connect(url: str, name: str, settings: Settings | None = None) -> Client:
     """Connect to NATS with reconnects forever (the pipeline must outlive NATS restarts)."""
 
     async def on_error(exc: Exception) -> None:
@@ -82,32 +112,61 @@ async def connect(url: str, name: str) -> Client:
         reconnect_time_wait=1,
         error_cb=on_error,
         pending_size=64 * 1024 * 1024,
+        **nats_options(settings),
     )
     return nc
 
 
-async def ensure_stream(nc: Client, settings: Settings) -> None:
-    """Create the event stream, the dead-letter stream and the durable consumer if absent.
+async def ensure_dlq_stream(nc: Client, settings: Settings) -> None:
+    """Create the dead-letter stream if it is missing (no size limit beyond max_payload)."""
+    js = nc.jetstream()
+    try:
+        await js.stream_info(settings.dlq_stream)
+    except NotFoundError:
+        await js.add_stream(
+            name=settings.dlq_stream,
+            subjects=[settings.dlq_subject],
+            storage=jsapi.StorageType.FILE,
+            retention=jsapi.RetentionPolicy.LIMITS,
+            duplicate_window=120.0,
+        )
+        log.info("created stream %s (%s)", settings.dlq_stream, settings.dlq_subject)
 
-    Existing ones are left as they are (operators may have tuned them).
+
+async def ensure_stream(nc: Client, settings: Settings) -> None:
+    """Create or upgrade the event stream, the dead-letter stream and the durable consumer.
+
+    The event stream takes ``<subject>`` and the tenant-bound ``<subject>.*``, and refuses
+    messages larger than an event at its limit plus header room (``max_msg_size``). An
+    existing stream gains the tenant-bound subject and that size limit when it has none
+    (or a larger one); other settings are left as operators tuned them.
     """
     js = nc.jetstream()
-    for name, subject in (
-        (settings.stream, settings.subject),
-        (settings.dlq_stream, settings.dlq_subject),
-    ):
-        try:
-            await js.stream_info(name)
-        except NotFoundError:
-            await js.add_stream(
-                name=name,
-                subjects=[subject],
-                storage=jsapi.StorageType.FILE,
-                retention=jsapi.RetentionPolicy.LIMITS,
-                duplicate_window=120.0,
-                max_age=7 * 24 * 3600.0 if name == settings.stream else 0,
-            )
-            log.info("created stream %s (%s)", name, subject)
+    subjects = [settings.subject, settings.subject + ".*"]
+    try:
+        info = await js.stream_info(settings.stream)
+    except NotFoundError:
+        await js.add_stream(
+            name=settings.stream,
+            subjects=subjects,
+            storage=jsapi.StorageType.FILE,
+            retention=jsapi.RetentionPolicy.LIMITS,
+            duplicate_window=120.0,
+            max_age=7 * 24 * 3600.0,
+            max_msg_size=EVENT_MAX_MSG_SIZE,
+        )
+        log.info("created stream %s (%s)", settings.stream, ", ".join(subjects))
+    else:
+        config = info.config
+        have = list(config.subjects or [])
+        size = config.max_msg_size or -1
+        if any(s not in have for s in subjects) or not 0 < size <= EVENT_MAX_MSG_SIZE:
+            config.subjects = have + [s for s in subjects if s not in have]
+            config.max_msg_size = EVENT_MAX_MSG_SIZE if not 0 < size <= EVENT_MAX_MSG_SIZE else size
+            await js.update_stream(config)
+            log.info("updated stream %s: subjects %s, max_msg_size %d", settings.stream,
+                     config.subjects, config.max_msg_size)  # fmt: skip
+    await ensure_dlq_stream(nc, settings)
     await js.add_consumer(
         settings.stream,
         jsapi.ConsumerConfig(
@@ -117,36 +176,41 @@ async def ensure_stream(nc: Client, settings: Settings) -> None:
             ack_wait=settings.ack_wait_s,
             max_ack_pending=-1,
             max_deliver=-1,
-            filter_subject=settings.subject,
             max_waiting=4096,
         ),
     )
 
 
-def parse_ack_subject(reply: str) -> tuple[int, int]:
-    """(stream sequence, timestamp ns) from a JetStream ``$JS.ACK...`` reply subject."""
+def parse_ack_subject(reply: str) -> tuple[int, int, int]:
+    """(stream sequence, timestamp ns, times delivered) from a ``$JS.ACK...`` reply subject."""
     tokens = reply.split(".")
     if len(tokens) == 9:  # $JS.ACK.stream.consumer.delivered.sseq.cseq.ts.pending
-        return int(tokens[5]), int(tokens[7])
+        return int(tokens[5]), int(tokens[7]), int(tokens[4])
     # v2: $JS.ACK.domain.accounthash.stream.consumer.delivered.sseq.cseq.ts.pending.token
-    return int(tokens[7]), int(tokens[9])
+    return int(tokens[7]), int(tokens[9]), int(tokens[6])
 
 
 class JetStreamSource:
-    """Pulls messages from a durable consumer in large batches.
+    """Pulls messages from a durable consumer in large batches, bounded by count and bytes.
 
     Args:
         nc: a connected client.
-        settings: stream/consumer names and batch sizes.
+        settings: stream/consumer names, batch sizes, ``max_inflight_bytes``.
         max_inflight: most messages held delivered-but-unacked by this source.
+
+    Memory: delivered-but-unsettled bytes plus the ``max_bytes`` of outstanding pull
+    requests never exceed ``settings.max_inflight_bytes`` (payload and headers counted).
     """
 
     def __init__(self, nc: Client, settings: Settings, max_inflight: int) -> None:
         self.nc = nc
         self.settings = settings
         self.max_inflight = max_inflight
+        self.max_bytes = settings.max_inflight_bytes
         self.inflight = 0
+        self.inflight_bytes = 0
         self._outstanding = 0
+        self._outstanding_bytes = 0
         self._buffer: list[Message] = []
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -167,46 +231,55 @@ class JetStreamSource:
             self.nc.register_sink(self._sub._id, self._on_raw)
         self._puller = asyncio.create_task(self._pull_loop(), name="jetstream-pull")
 
-    async def _on_raw(self, reply: bytes, data: bytes, raw_headers: bytes) -> None:
+    def _deliver(self, subject: str, ack: str, data: bytes,
+                 headers: dict[str, str] | None, size: int) -> None:  # fmt: skip
+        sseq, ts, delivered = parse_ack_subject(ack)
+        self._outstanding = max(0, self._outstanding - 1)
+        self._outstanding_bytes = max(0, self._outstanding_bytes - size)
+        self.inflight += 1
+        self.inflight_bytes += size
+        self._buffer.append(
+            Message(data=data, headers=headers, stream_seq=sseq, timestamp_ns=ts, ack=ack,
+                    subject=subject, delivered=delivered, size=size)
+        )  # fmt: skip
+        self._wake.set()
+
+    async def _on_raw(self, subject: bytes, reply: bytes, data: bytes, raw_headers: bytes) -> None:
         headers = await self.nc._process_headers(raw_headers) if raw_headers else None
         if not reply:
             self._on_status(headers)
             return
-        ack = reply.decode()
-        sseq, ts = parse_ack_subject(ack)
-        self._outstanding = max(0, self._outstanding - 1)
-        self.inflight += 1
-        self._buffer.append(
-            Message(data=data, headers=headers, stream_seq=sseq, timestamp_ns=ts, ack=ack)
-        )
-        self._wake.set()
+        self._deliver(subject.decode(), reply.decode(), data, headers,
+                      len(data) + len(raw_headers or b""))  # fmt: skip
 
     def _on_status(self, headers: dict[str, str] | None) -> None:
-        # Status message for a pull request: 404/408 end it, 409 rejects it, 100 is a
-        # heartbeat. Pending counts say how much of the request went undelivered.
+        # Status message for a pull request: 404/408 end it, 409 rejects it or says its
+        # max_bytes is reached, 100 is a heartbeat. Pending counts say how much of the
+        # request went undelivered.
         status = headers.get("Status", "") if headers else ""
-        pending = headers.get("Nats-Pending-Messages") if headers else None
         if status in ("404", "408", "409"):
+            pending = headers.get("Nats-Pending-Messages") if headers else None
+            pending_bytes = headers.get("Nats-Pending-Bytes") if headers else None
             left = int(pending) if pending else self._outstanding
             self._outstanding = max(0, self._outstanding - left)
+            left_bytes = int(pending_bytes) if pending_bytes else self._outstanding_bytes
+            self._outstanding_bytes = max(0, self._outstanding_bytes - left_bytes)
             if status == "409":
                 log.debug("pull request ended: %s %s", status, headers)
             self._room.set()
 
     async def _on_msg(self, msg: Msg) -> None:
         """The same as :meth:`_on_raw` for a plain nats-py client."""
-        headers = msg.headers
         if not msg.reply:
-            self._on_status(headers)
+            self._on_status(msg.headers)
             return
-        sseq, ts = parse_ack_subject(msg.reply)
-        self._outstanding = max(0, self._outstanding - 1)
-        self.inflight += 1
-        self._buffer.append(
-            Message(data=msg.data, headers=headers, stream_seq=sseq, timestamp_ns=ts,
-                    ack=msg.reply)
-        )  # fmt: skip
-        self._wake.set()
+        size = len(msg.data) + sum(len(k) + len(v) + 4 for k, v in (msg.headers or {}).items())
+        self._deliver(msg.subject, msg.reply, msg.data, msg.headers, size)
+
+    def _unit(self) -> int:
+        # The largest single message the server may deliver: a pull request with less
+        # byte room than this could be answered with nothing.
+        return min(int(getattr(self.nc, "max_payload", 0) or 1 << 20), self.max_bytes // 2)
 
     async def _pull_loop(self) -> None:
         batch = self.settings.fetch_batch
@@ -214,23 +287,28 @@ class JetStreamSource:
         expires_ns = 2_000_000_000
         while not self._stopping:
             room = self.max_inflight - self.inflight - self._outstanding
-            if room < min(batch, self.max_inflight) // 2 or self._outstanding > batch:
+            room_bytes = self.max_bytes - self.inflight_bytes - self._outstanding_bytes
+            if (room < min(batch, self.max_inflight) // 2 or self._outstanding > batch
+                    or room_bytes < self._unit()):  # fmt: skip
                 self._room.clear()
                 try:
                     await asyncio.wait_for(self._room.wait(), timeout=0.5)
                 except TimeoutError:
                     # Expired requests answer 408; if a status got lost, re-arm anyway.
-                    if self._outstanding and self.inflight == 0:
-                        self._outstanding = 0
+                    if (self._outstanding or self._outstanding_bytes) and self.inflight == 0:
+                        self._outstanding = self._outstanding_bytes = 0
                 continue
             n = min(batch, room)
             try:
                 await self.nc.publish(
                     self._pull_subject,
-                    json.dumps({"batch": n, "expires": expires_ns}).encode(),
+                    json.dumps(
+                        {"batch": n, "expires": expires_ns, "max_bytes": room_bytes}
+                    ).encode(),
                     reply=self._inbox,
                 )
                 self._outstanding += n
+                self._outstanding_bytes += room_bytes
             except Exception as exc:  # reconnecting: try again shortly
                 log.warning("pull request failed: %s", exc)
                 await asyncio.sleep(0.5)
@@ -259,12 +337,26 @@ class JetStreamSource:
             await send(b"".join(b"PUB " + m.ack.encode() + tail for m in msgs))
         await self.nc.flush()
 
+    def _settled(self, msgs: list[Message]) -> None:
+        self.inflight -= len(msgs)
+        self.inflight_bytes -= sum(m.size for m in msgs)
+        self._room.set()
+
     async def ack(self, msgs: list[Message]) -> None:
         """Acknowledge ``msgs`` (explicitly, each one) and make room for more pulls."""
-        if msgs:
-            await self._reply_all(msgs, _ACK)
-        self.inflight -= len(msgs)
-        self._room.set()
+        try:
+            if msgs:
+                await self._reply_all(msgs, _ACK)
+        finally:
+            self._settled(msgs)
+
+    async def nak(self, msgs: list[Message], delay_s: float) -> None:
+        """Give ``msgs`` back for redelivery after ``delay_s`` (never lost, never acked)."""
+        try:
+            if msgs:
+                await self._reply_all(msgs, b'-NAK {"delay": %d}' % int(delay_s * 1e9))
+        finally:
+            self._settled(msgs)
 
     async def in_progress(self, msgs: list[Message]) -> None:
         """Tell JetStream we still work on ``msgs`` (resets their ack timers)."""

@@ -16,6 +16,7 @@ from typing import Final
 import msgspec
 
 from pipeline.chain import Prepared, prepare
+from pipeline.settings import Settings
 from schemas.events import AuditEvent, EventValidationError, decode_event
 
 # Namespace for ids derived from idempotency keys that are not UUIDs (stable forever).
@@ -35,6 +36,9 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         stream_seq: the source's position (JetStream stream sequence), 0 if none.
         timestamp_ns: when the source stored the message (0 if unknown).
         ack: opaque token the source uses to acknowledge (the JetStream reply subject).
+        subject: the subject it was published on (tenant-bound subjects name a tenant).
+        delivered: how many times the source has delivered it (1 the first time).
+        size: bytes it holds in memory (payload and headers), for the source's budget.
     """
 
     data: bytes
@@ -42,6 +46,41 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     stream_seq: int = 0
     timestamp_ns: int = 0
     ack: str = ""
+    subject: str = ""
+    delivered: int = 1
+    size: int = 0
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """What :func:`process` accepts beyond the event schema (from Settings).
+
+    Attributes:
+        max_future_skew: how far ``occurred_at`` may lie after ``received_at``.
+        max_age: how far ``occurred_at`` may lie before ``received_at``.
+        subject: the base event subject; a message on ``<subject>.<tenant token>`` is
+            bound to that tenant (see :func:`tenant_subject`).
+    """
+
+    max_future_skew: timedelta = timedelta(minutes=15)
+    max_age: timedelta = timedelta(days=366)
+    subject: str = "audit.events"
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+
+def limits_for(settings: Settings) -> Limits:
+    """The :class:`Limits` a worker applies, from its settings."""
+    return Limits(
+        max_future_skew=timedelta(seconds=settings.max_future_skew_s),
+        max_age=timedelta(days=settings.max_event_age_days),
+        subject=settings.subject,
+    )
+
+
+# The pipeline's bounds are this much wider than the write API's, so an event a write API
+# accepted (measured from when it took it) is never refused a moment later.
+OCCURRED_GRACE: Final = timedelta(minutes=1)
 
 
 class Valid(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -100,6 +139,53 @@ def id_from_key(tenant_id: str, key: str) -> uuid.UUID:
         return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{tenant_id}\x1f{key}")
 
 
+def msg_id_for(tenant_id: str, event_id: uuid.UUID | str) -> str:
+    """The ``Nats-Msg-Id`` the project's publishers set for an event: per tenant.
+
+    JetStream's duplicate window is stream-wide, so a bare event id would let one tenant's
+    event shadow another's with the same id.
+    """
+    return f"{tenant_id}:{event_id}"
+
+
+def tenant_token(tenant_id: str) -> str:
+    """The subject token of a tenant: its id with ``.`` written as ``~`` (UUIDs unchanged)."""
+    return tenant_id.replace(".", "~")
+
+
+def tenant_subject(subject: str, tenant_id: str) -> str:
+    """The tenant-bound subject ``<subject>.<tenant token>`` (one NATS token)."""
+    return f"{subject}.{tenant_token(tenant_id)}"
+
+
+def subject_tenant(base: str, subject: str) -> str | None:
+    """The tenant a message's subject binds it to, or None for the shared ``base`` subject."""
+    if not subject or subject == base or not subject.startswith(base + "."):
+        return None
+    return subject[len(base) + 1 :].replace("~", ".")
+
+
+def check_occurred(event: AuditEvent, received: datetime, limits: Limits,
+                   grace: timedelta = timedelta(0)) -> EventValidationError | None:  # fmt: skip
+    """The error for an ``occurred_at`` outside [received - max_age, received + skew]."""
+    occurred = event.occurred_at
+    if occurred is None:
+        return None
+    if occurred > received + limits.max_future_skew + grace:
+        why = (f"is more than {limits.max_future_skew} after it was received "
+               f"(AUDIT_MAX_FUTURE_SKEW_S)")  # fmt: skip
+    elif occurred < received - limits.max_age - grace:
+        why = (f"is more than {limits.max_age.days} days before it was received "
+               f"(AUDIT_MAX_EVENT_AGE_DAYS; raise it to import older history)")  # fmt: skip
+    else:
+        return None
+    return EventValidationError(
+        f"occurred_at {occurred.isoformat()} {why}",
+        field="occurred_at",
+        reason="occurred_at_out_of_range",
+    )
+
+
 def validate(msg: Message) -> AuditEvent | Dead:
     """Decode and validate the message body; a :class:`Dead` says why it failed."""
     try:
@@ -154,12 +240,34 @@ def enrich(event: AuditEvent, msg: Message, now: datetime) -> AuditEvent:
     )
 
 
-def process(msg: Message, now: datetime) -> Valid | Dead:
-    """validate, enrich, prepare (column values + canonical bytes): the per-message part."""
+def process(msg: Message, now: datetime, limits: Limits = DEFAULT_LIMITS) -> Valid | Dead:
+    """validate, enrich, check, prepare (column values + canonical bytes): the per-message part.
+
+    Never raises (but BaseExceptions such as cancellation): a known problem is a
+    :class:`Dead` with its reason; anything unexpected is a :class:`Dead` with reason
+    ``internal_error`` naming the exception, so one message can never stop a worker.
+    """
+    try:
+        return _process(msg, now, limits)
+    except Exception as exc:
+        return Dead(msg=msg, reason="internal_error", message=f"{type(exc).__name__}: {exc}",
+                    stage="process")  # fmt: skip
+
+
+def _process(msg: Message, now: datetime, limits: Limits) -> Valid | Dead:
     result = validate(msg)
     if isinstance(result, Dead):
         return result
+    bound = subject_tenant(limits.subject, msg.subject)
+    if bound is not None and bound != result.tenant_id:
+        return Dead(msg=msg, reason="tenant_mismatch", field="tenant_id",
+                    message=f"tenant_id {result.tenant_id!r} published on the subject of "
+                            f"tenant {bound!r}")  # fmt: skip
     event = enrich(result, msg, now)
+    assert event.received_at is not None
+    error = check_occurred(event, event.received_at, limits, OCCURRED_GRACE)
+    if error is not None:
+        return Dead(msg=msg, reason=error.reason, message=error.message, field=error.field)
     return Valid(msg=msg, event=event, prepared=prepare(event))
 
 

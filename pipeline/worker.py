@@ -22,15 +22,28 @@ from typing import Any, Protocol
 
 import asyncpg
 from nats.aio.client import Client
+from nats.js.errors import NoStreamResponseError
 
 from pipeline.agents import Agent, Stream, TakeBuffer
-from pipeline.dlq import dead_letter_headers
-from pipeline.flush import FlushResult, PartitionCache, classify, find_rejected, write_batch
+from pipeline.dlq import dead_letter
+from pipeline.flush import (
+    FlushResult,
+    PartitionCache,
+    classify,
+    describe,
+    partition_name,
+    write_batch,
+)
 from pipeline.metrics import Metrics
 from pipeline.settings import Settings
-from pipeline.stages import Dead, Deduplicator, Message, Valid, process
+from pipeline.source_nats import ensure_dlq_stream
+from pipeline.stages import Dead, Deduplicator, Message, Valid, limits_for, process
 
 log = logging.getLogger(__name__)
+
+# A dead letter is tried this often (0.1, 0.4, 1.6 s apart) before its message is NAKed.
+DLQ_ATTEMPTS = 3
+DLQ_PUBLISH_TIMEOUT_S = 2.0
 
 Key = tuple[str, uuid.UUID]
 Now = Callable[[], datetime]
@@ -42,6 +55,7 @@ class Source(Protocol):
     async def start(self) -> None: ...
     def chunks(self) -> AsyncIterator[list[Message]]: ...
     async def ack(self, msgs: list[Message]) -> None: ...
+    async def nak(self, msgs: list[Message], delay_s: float) -> None: ...
     async def in_progress(self, msgs: list[Message]) -> None: ...
     async def stop(self) -> None: ...
 
@@ -91,14 +105,24 @@ class Worker:
             settings.batch_max_events, settings.batch_max_latency_ms / 1000
         )
         self._stopped = asyncio.Event()
+        self._limits = limits_for(settings)
+        # stream seq -> why its dead letter could not be published (held in the source).
+        self._unpublished: dict[int, str] = {}
+        self._dlq_max_bytes: int | None = None
 
     # -- agents ---------------------------------------------------------------------------
     async def _process(self, stream: Stream[Any]) -> AsyncIterator[list[Any]]:
         received = self.metrics.received.labels("process")
+        limits = self._limits
         async for chunk in stream:
             now = self.now()
             received.inc(len(chunk))
-            yield [process(m, now) for m in chunk]
+            out = [process(m, now, limits) for m in chunk]
+            for x in out:
+                if isinstance(x, Dead) and x.reason == "internal_error":
+                    log.error("internal error on %s:%d (dead-lettered): %s",
+                              self.settings.stream, x.msg.stream_seq, x.message)  # fmt: skip
+            yield out
 
     async def _produce(self) -> None:
         stream = Agent("process", self._process)(Stream(self.source.chunks(), "source"))
@@ -127,6 +151,14 @@ class Worker:
     async def _flush_slot(self, batch: list[Valid | Dead], slots: asyncio.Semaphore) -> None:
         try:
             await self.handle(batch)
+        except Exception as exc:
+            # handle() settles every message itself; reaching here means the source
+            # failed to take an ack. The messages stay unacked and are redelivered (the
+            # claim table keeps storage exactly-once); the worker carries on.
+            self.metrics.internal_errors.labels("flush").inc()
+            log.error("batch of %d not settled (redelivery will retry it): %r", len(batch), exc)
+            with contextlib.suppress(Exception):
+                await self.source.nak([x.msg for x in batch], 1.0)
         finally:
             slots.release()
 
@@ -148,19 +180,31 @@ class Worker:
 
     # -- flush ----------------------------------------------------------------------------
     async def handle(self, batch: list[Valid | Dead]) -> None:
-        """Store one micro-batch and ack all its messages (the flush agent's body)."""
+        """Store one micro-batch and settle all its messages (the flush agent's body).
+
+        Every message ends stored, a duplicate, or dead-lettered, and is then acked; the
+        only exception is a dead letter JetStream would not take: that message is NAKed
+        with a backoff (never acked, never lost) while the rest of the batch goes on.
+        Storage outages are waited out (nothing is acked meanwhile).
+        """
         valid = [x for x in batch if isinstance(x, Valid)]
         dead = [x for x in batch if isinstance(x, Dead)]
         fresh, dupes = self.dedup.split(valid)
         result, rejected = await self._store(fresh)
         dead.extend(d for d, _ in rejected)
+        held: set[int] = set()
         if dead:
-            await self._dead_letter(dead)
-        await self.source.ack([x.msg for x in batch])
+            held = await self._dead_letter(dead)
+        if held:
+            kept = [d.msg for d in dead if id(d.msg) in held]
+            await self.source.nak(kept, _nak_delay(kept))
+            await self.source.ack([x.msg for x in batch if id(x.msg) not in held])
+        else:
+            await self.source.ack([x.msg for x in batch])
         dupe_keys: list[Key] = [(v.event.tenant_id, v.event.id) for v in dupes]  # type: ignore[misc]
         dupe_keys.extend(result.duplicates)
         self.dedup.remember(result.stored)
-        self._account(result, dupe_keys, len(dead))
+        self._account(result, dupe_keys, len(dead) - len(held))
         if self.on_commit is not None:
             try:
                 await self.on_commit(result.stored, dupe_keys,
@@ -184,64 +228,140 @@ class Worker:
             m.lag.observe(max(0.0, now - oldest.timestamp()))
 
     async def _store(self, items: list[Valid]) -> tuple[FlushResult, list[tuple[Dead, Key]]]:
-        """Write ``items`` until it works; returns the result and events PostgreSQL refused.
+        """Store ``items``; returns what was stored and the events PostgreSQL refuses for good.
 
-        Connection problems are retried with capped exponential backoff forever (nothing
-        is acked meanwhile, and JetStream is told the batch is still in progress).
+        A transient error (:func:`classify` ``retry``: connection lost, lock or
+        serialization conflicts, disk full) retries the same events with capped
+        exponential backoff, forever, telling JetStream they are still in progress. Any
+        other error splits the events in halves, each stored in its own transaction, down
+        to the single events that are refused (dead letters with the database's reason):
+        a refused event never holds back the ones that can be stored.
         """
+        total = FlushResult()
         rejected: list[tuple[Dead, Key]] = []
+        groups = [items] if items else []
         delay, last_progress = 0.1, time.monotonic()
-        while True:
-            events = [v.event for v in items]
+        while groups:
+            group = groups.pop()
             started = time.perf_counter()
             try:
-                await self.partitions.ensure(self.pool, events)
-                async with self.pool.acquire() as conn:
-                    result = await write_batch(conn, [v.prepared for v in items])
-                self.metrics.flush_seconds.observe(time.perf_counter() - started)
-                return result, rejected
+                group = await self._ensure_partitions(group, rejected)
+                if group:
+                    async with self.pool.acquire() as conn:
+                        part = await write_batch(conn, [v.prepared for v in group])
+                    self.metrics.flush_seconds.observe(time.perf_counter() - started)
+                    total.stored.extend(part.stored)
+                    total.duplicates.extend(part.duplicates)
+                    total.records.extend(part.records)
+                delay = 0.1
+                continue
             except Exception as exc:
                 kind = classify(exc)
                 self.metrics.flush_retries.labels(kind).inc()
                 if kind == "row":
-                    bad = await self._find_rejected([v.prepared for v in items])
-                    if bad:
-                        rejected.extend(
-                            (Dead(msg=items[i].msg, reason="db_rejected", message=str(err),
-                                  stage="flush"),
-                             (items[i].event.tenant_id, items[i].event.id))  # type: ignore[misc]
-                            for i, err in bad.items()
-                        )  # fmt: skip
-                        items = [v for i, v in enumerate(items) if i not in bad]
-                        continue
-                log.warning("flush failed (%s, retrying in %.1fs): %r", kind, delay, exc)
+                    if len(group) == 1:
+                        rejected.append(_refused(group[0], describe(exc)))
+                    else:  # halves, first half first (pop() takes from the end)
+                        mid = len(group) // 2
+                        groups.extend((group[mid:], group[:mid]))
+                    continue
+                log.warning("flush failed (retrying in %.1fs): %s", delay, describe(exc))
+                groups.append(group)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
             if time.monotonic() - last_progress > self.settings.ack_wait_s / 3:
                 with contextlib.suppress(Exception):
-                    await self.source.in_progress([v.msg for v in items])
+                    await self.source.in_progress([v.msg for g in groups for v in g])
                 last_progress = time.monotonic()
+        return total, rejected
 
-    async def _find_rejected(self, events: list[Any]) -> dict[int, Any]:
-        try:
-            async with self.pool.acquire() as conn:
-                return await find_rejected(conn, events)
-        except Exception as exc:
-            log.warning("could not isolate rejected rows: %r", exc)
-            return {}
+    async def _ensure_partitions(self, group: list[Valid],
+                                 rejected: list[tuple[Dead, Key]]) -> list[Valid]:  # fmt: skip
+        """``group`` without the events whose month partition PostgreSQL refuses to make."""
+        refused = await self.partitions.ensure(self.pool, [v.event for v in group])
+        if not refused:
+            return group
+        keep = []
+        for v in group:
+            why = refused.get(partition_name(v.event.occurred_at))  # type: ignore[arg-type]
+            if why is None:
+                keep.append(v)
+            else:
+                rejected.append(_refused(v, why))
+        return keep
 
-    async def _dead_letter(self, dead: list[Dead]) -> None:
-        js = self.nc.jetstream()
+    async def _dead_letter(self, dead: list[Dead]) -> set[int]:
+        """Publish dead letters concurrently, each with bounded retries.
+
+        Returns:
+            ``id()`` of the messages whose dead letter could not be published: the caller
+            leaves them in the source (NAK) instead of acking them.
+        """
         now = self.now()
-        for d in dead:
-            headers = dead_letter_headers(d, self.settings.stream, now)
-            delay = 0.1
-            while True:
-                try:
-                    await js.publish(self.settings.dlq_subject, d.msg.data, headers=headers)
-                    break
-                except Exception as exc:
-                    log.warning("dead-letter publish failed, retrying: %r", exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            self.metrics.dead_lettered.labels(d.reason, d.stage).inc()
+        outcomes = await asyncio.gather(*(self._publish_dead(d, now) for d in dead))
+        held = {id(d.msg) for d, ok in zip(dead, outcomes, strict=True) if not ok}
+        for d, ok in zip(dead, outcomes, strict=True):
+            if ok:
+                self.metrics.dead_lettered.labels(d.reason, d.stage).inc()
+                self._unpublished.pop(d.msg.stream_seq, None)
+            if d.reason == "internal_error":
+                self.metrics.internal_errors.labels(d.stage).inc()
+        self.metrics.dead_letters_unpublished.set(len(self._unpublished))
+        return held
+
+    async def _publish_dead(self, d: Dead, now: datetime) -> bool:
+        limit = await self._dlq_limit()
+        headers, payload = dead_letter(d, self.settings.stream, now, limit)
+        js = self.nc.jetstream()
+        error: Exception | None = None
+        for attempt in range(DLQ_ATTEMPTS):
+            try:
+                await js.publish(self.settings.dlq_subject, payload, headers=headers,
+                                 timeout=DLQ_PUBLISH_TIMEOUT_S)  # fmt: skip
+                return True
+            except NoStreamResponseError as exc:  # nobody listens: the stream is missing
+                error = exc
+                with contextlib.suppress(Exception):
+                    await ensure_dlq_stream(self.nc, self.settings)
+            except Exception as exc:
+                error = exc
+            await asyncio.sleep(0.1 * 4**attempt)
+        self.metrics.dead_letter_failures.inc()
+        self._unpublished[d.msg.stream_seq] = f"{type(error).__name__}: {error}"
+        log.error("dead letter for %s:%d not published after %d attempts (left in the "
+                  "stream, NAKed with backoff): %r", self.settings.stream, d.msg.stream_seq,
+                  DLQ_ATTEMPTS, error)  # fmt: skip
+        return False
+
+    async def _dlq_limit(self) -> int:
+        """The largest message the dead-letter stream takes (max_payload, max_msg_size)."""
+        if self._dlq_max_bytes is None:
+            limit = int(getattr(self.nc, "max_payload", 0) or 1024 * 1024)
+            try:
+                info = await self.nc.jetstream().stream_info(self.settings.dlq_stream)
+                size = info.config.max_msg_size or -1
+                if size > 0:
+                    limit = min(limit, size)
+            except Exception:
+                return limit  # ask again next time
+            self._dlq_max_bytes = limit
+        return self._dlq_max_bytes
+
+    def status(self) -> str:
+        """``ok``, or ``degraded: ...`` while dead letters wait unpublished (for /readyz)."""
+        if not self._unpublished:
+            return "ok"
+        seq, why = next(iter(self._unpublished.items()))
+        return (f"degraded: {len(self._unpublished)} dead letter(s) could not be published "
+                f"and wait in {self.settings.stream} (e.g. seq {seq}: {why[:200]})")  # fmt: skip
+
+
+def _refused(item: Valid, why: str) -> tuple[Dead, Key]:
+    dead = Dead(msg=item.msg, reason="db_rejected", message=why, stage="flush")
+    return dead, (item.event.tenant_id, item.event.id)  # type: ignore[return-value]
+
+
+def _nak_delay(msgs: list[Message]) -> float:
+    """Redelivery delay for messages held back: doubles per delivery, 2 s to 5 min."""
+    delivered = max((m.delivered for m in msgs), default=1)
+    return float(min(2 ** min(delivered, 20), 300))

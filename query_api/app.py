@@ -33,6 +33,7 @@ from query_api.state import (
     CONSUMER_BOUND,
     METRICS,
     NATS,
+    PIPELINE_STATUS,
     POOL,
     PUBLISHER,
     SETTINGS,
@@ -83,9 +84,12 @@ async def readyz(request: web.Request) -> web.Response:
     checks["consumer"] = "ok" if bound else "pipeline consumer not bound"
     problems = [v for v in checks.values() if v != "ok"]
     status = 200 if not problems else 503
-    return web.json_response(
-        {"status": "ready" if status == 200 else "unready", "checks": checks}, status=status
-    )
+    word = "ready" if status == 200 else "unready"
+    pipeline = app[PIPELINE_STATUS]()
+    checks["pipeline"] = pipeline
+    if pipeline != "ok" and status == 200:
+        word = "degraded"  # serving and ingesting, but some messages are held back
+    return web.json_response({"status": word, "checks": checks}, status=status)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -121,6 +125,7 @@ def create_app(
     nc: Client,
     metrics: Metrics,
     consumer_bound: Callable[[], bool] = lambda: True,
+    pipeline_status: Callable[[], str] = lambda: "ok",
     *,
     api: bool = True,
 ) -> web.Application:
@@ -140,6 +145,7 @@ def create_app(
     app[NATS] = nc
     app[METRICS] = metrics
     app[CONSUMER_BOUND] = consumer_bound
+    app[PIPELINE_STATUS] = pipeline_status
     app[STARTED] = time.monotonic()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

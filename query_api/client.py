@@ -28,6 +28,8 @@ from typing import Any
 
 import aiohttp
 
+from pipeline.stages import msg_id_for, tenant_subject
+
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -216,13 +218,23 @@ class AsyncAuditClient:
                 return
 
 
-async def publish_event(nc: Any, event: dict[str, Any], subject: str = "audit.events") -> str:
-    """Publish one event to JetStream with ``Nats-Msg-Id`` = its id; returns the id.
+async def publish_event(nc: Any, event: dict[str, Any], subject: str = "audit.events",
+                        tenant_bound: bool = False) -> str:  # fmt: skip
+    """Publish one event to JetStream; returns its id (one is added when it has none).
+
+    ``Nats-Msg-Id`` is ``<tenant_id>:<id>``: JetStream's duplicate window is stream-wide,
+    so two tenants' events with the same id never shadow each other.
 
     Args:
         nc: a connected ``nats.aio.client.Client``.
+        subject: the event subject.
+        tenant_bound: publish on ``<subject>.<tenant token>`` (what NATS permissions
+            limited to one tenant allow).
     """
     event = _with_id(event)
-    await nc.jetstream().publish(subject, json.dumps(event).encode(),
-                                 headers={"Nats-Msg-Id": event["id"]})  # fmt: skip
+    tenant = str(event.get("tenant_id", ""))
+    if tenant_bound:
+        subject = tenant_subject(subject, tenant)
+    headers = {"Nats-Msg-Id": msg_id_for(tenant, event["id"])}
+    await nc.jetstream().publish(subject, json.dumps(event).encode(), headers=headers)
     return str(event["id"])

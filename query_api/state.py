@@ -19,6 +19,8 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 NATS = web.AppKey("nats", Client)
 METRICS = web.AppKey("metrics", Metrics)
 CONSUMER_BOUND: web.AppKey[Callable[[], bool]] = web.AppKey("consumer_bound")
+# "ok", or "degraded: ..." while the pipeline runs but holds messages back.
+PIPELINE_STATUS: web.AppKey[Callable[[], str]] = web.AppKey("pipeline_status")
 STARTED = web.AppKey("started", float)
 AUTH = web.AppKey("auth", Authenticator)
 TOKEN_SECRET = web.AppKey("token_secret", bytes)

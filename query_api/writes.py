@@ -1,9 +1,11 @@
 """The REST write API: every write goes through JetStream and the pipeline.
 
 ``POST /v1/audit/events`` validates the event with the pipeline's own decoder (same
-messages), publishes it to the event subject with its id as ``Nats-Msg-Id`` and
-``Audit-Idempotency-Key``, and answers once the pipeline reports it committed (any
-worker, any process: commit notifications travel on a core NATS subject). With
+messages), publishes it to its tenant's subject (``<subject>.<tenant token>``) with its id
+as ``Audit-Idempotency-Key`` and ``<tenant>:<id>`` as ``Nats-Msg-Id`` (JetStream's
+duplicate window is stream-wide, so the tenant is part of the key), and answers once the
+pipeline reports it committed (any worker, any process: commit notifications travel on a
+core NATS subject). With
 ``wait=false`` it answers as soon as JetStream has acknowledged the event (durable, not
 yet queryable). A client id, or an ``Idempotency-Key`` header, makes retries safe: the
 same answer and never a second row, also after NATS's duplicate window.
@@ -20,12 +22,20 @@ import msgspec
 from aiohttp import web
 
 from pipeline.commits import Key
-from pipeline.stages import IDEMPOTENCY_HEADER, id_from_key, new_uuid7
+from pipeline.stages import (
+    IDEMPOTENCY_HEADER,
+    check_occurred,
+    id_from_key,
+    limits_for,
+    msg_id_for,
+    new_uuid7,
+    tenant_subject,
+)
 from query_api.auth import Principal
 from query_api.errors import ApiError, bad_request
 from query_api.handlers import principal
 from query_api.publisher import Ack
-from query_api.state import POOL, PUBLISHER, SETTINGS, WAITERS
+from query_api.state import NATS, POOL, PUBLISHER, SETTINGS, WAITERS
 from schemas.events import AuditEvent, EventValidationError, decode_event
 
 MAX_BATCH_EVENTS = 1000
@@ -65,12 +75,39 @@ def _body(data: bytes, decoder: Any, what: str) -> Any:
         raise bad_request(f"malformed JSON: {exc}") from exc
 
 
-def _validate(raw: bytes, prefix: str) -> AuditEvent:
+def _validate(app: web.Application, raw: bytes, prefix: str) -> AuditEvent:
+    """Decode and check one event as the pipeline will (occurred_at measured from now)."""
     try:
-        return decode_event(raw)
+        event = decode_event(raw)
+        error = check_occurred(event, datetime.now(UTC), limits_for(app[SETTINGS]))
+        if error is not None:
+            raise error
+        return event
     except EventValidationError as exc:
         field = f"{prefix}.{exc.field}" if exc.field else prefix
         raise ApiError(400, exc.reason, exc.message, field) from exc
+
+
+class _TenantOnly(msgspec.Struct):
+    tenant_id: str = ""
+
+
+_tenant_only = msgspec.json.Decoder(_TenantOnly)
+
+
+async def _same_event(app: web.Application, seq: int, key: Key) -> bool:
+    """Is JetStream message ``seq`` (what a duplicate ack pointed at) this very event?
+
+    A raw producer may have published a ``Nats-Msg-Id`` of the project's form for another
+    tenant or event; then ours was dropped and must be sent again.
+    """
+    try:
+        msg = await app[NATS].jetstream().get_msg(app[SETTINGS].stream, seq)
+        tenant = _tenant_only.decode(msg.data or b"").tenant_id
+    except Exception:
+        return False  # gone (purged, expired) or unreadable: send ours again to be sure
+    headers = msg.headers or {}
+    return tenant == key[0] and headers.get(IDEMPOTENCY_HEADER) == str(key[1])
 
 
 def _event_id(event: AuditEvent, key: str | None) -> Any:
@@ -102,38 +139,31 @@ async def _deliver(app: web.Application, items: list[tuple[bytes, Key]], wait: b
                    deadline: float) -> list[Outcome]:  # fmt: skip
     """Publish ``items`` (pipelined) and, with ``wait``, await their commits until
     ``deadline`` (loop time). One outcome per item, in order."""
-    settings = app[SETTINGS]
     waiters = app[WAITERS]
-    pub = app[PUBLISHER]
     futs = [waiters.expect(key) for _, key in items] if wait else []
     try:
-        # Each event is published on its own: if the connection fails part-way, the
-        # events already sent keep their answers (they may be stored) and the rest fail.
-        sent: list[asyncio.Future[Ack] | None] = []
-        failed: BaseException | None = None
-        for raw, key in items:
-            if failed is None:
-                headers = {"Nats-Msg-Id": str(key[1]), IDEMPOTENCY_HEADER: str(key[1])}
-                try:
-                    sent.append(await pub.publish(settings.subject, raw, headers))
-                    continue
-                except Exception as exc:
-                    failed = exc
-            sent.append(None)
         loop = asyncio.get_running_loop()
-        within = max(0.1, min(5.0, deadline - loop.time()))
-        settled = iter(await pub.settle([f for f in sent if f is not None], within))
+        acks = await _publish_all(app, items, deadline, lambda key: msg_id_for(*key))
         out: list[Outcome] = []
         dup: list[int] = []  # JetStream had the id already: maybe stored long ago
-        for i, published in enumerate(sent):
-            ack = next(settled) if published is not None else failed
+        for i, ack in enumerate(acks):
             if isinstance(ack, Ack):
                 out.append(False)
                 if ack.duplicate:
                     dup.append(i)
             else:
-                why = str(ack) if published is not None else type(ack).__name__
-                out.append(ApiError(503, "unavailable", f"event log unavailable: {why}"))
+                out.append(ack)
+        # A duplicate must be this tenant's own event; else (a forged Nats-Msg-Id) ours was
+        # dropped: publish it again under a Nats-Msg-Id no one else can know.
+        forged = [i for i in dup
+                  if not await _same_event(app, acks[i].seq, items[i][1])]  # type: ignore[union-attr]  # fmt: skip
+        if forged:
+            nonce = os.urandom(8).hex()
+            again = await _publish_all(app, [items[i] for i in forged], deadline,
+                                       lambda key: f"{msg_id_for(*key)}:{nonce}")  # fmt: skip
+            for i, ack in zip(forged, again, strict=True):
+                out[i] = False if isinstance(ack, Ack) else ack
+                dup.remove(i)
         if not wait:
             return out
         done = await _stored(app, [items[i][1] for i in dup])
@@ -163,6 +193,41 @@ async def _deliver(app: web.Application, items: list[tuple[bytes, Key]], wait: b
             waiters.forget(key, fut)
 
 
+async def _publish_all(app: web.Application, items: list[tuple[bytes, Key]], deadline: float,
+                       msg_id: Any) -> list[Ack | ApiError]:  # fmt: skip
+    """Publish ``items`` pipelined, each on its tenant's subject; one ack or error each.
+
+    Each event is published on its own: if the connection fails part-way, the events
+    already sent keep their answers (they may be stored) and the rest fail.
+    """
+    settings = app[SETTINGS]
+    pub = app[PUBLISHER]
+    sent: list[asyncio.Future[Ack] | None] = []
+    failed: BaseException | None = None
+    for raw, key in items:
+        if failed is None:
+            headers = {"Nats-Msg-Id": msg_id(key), IDEMPOTENCY_HEADER: str(key[1])}
+            try:
+                subject = tenant_subject(settings.subject, key[0])
+                sent.append(await pub.publish(subject, raw, headers))
+                continue
+            except Exception as exc:
+                failed = exc
+        sent.append(None)
+    loop = asyncio.get_running_loop()
+    within = max(0.1, min(5.0, deadline - loop.time()))
+    settled = iter(await pub.settle([f for f in sent if f is not None], within))
+    out: list[Ack | ApiError] = []
+    for published in sent:
+        ack = next(settled) if published is not None else failed
+        if isinstance(ack, Ack):
+            out.append(ack)
+        else:
+            why = str(ack) if published is not None else type(ack).__name__
+            out.append(ApiError(503, "unavailable", f"event log unavailable: {why}"))
+    return out
+
+
 async def write_one(app: web.Application, who: Principal, raw: bytes, key_header: str | None,
                     wait: bool) -> tuple[str, bool]:  # fmt: skip
     """Validate, authorise, publish and (with ``wait``) await one event. Any protocol.
@@ -171,7 +236,7 @@ async def write_one(app: web.Application, who: Principal, raw: bytes, key_header
         (event id, committed).
     """
     who.require("write")
-    event = _validate(raw, "event")
+    event = _validate(app, raw, "event")
     tenant = who.tenant_for(event.tenant_id)
     if key_header is not None and not 0 < len(key_header) <= MAX_KEY_LEN:
         raise bad_request(f"Idempotency-Key must be 1-{MAX_KEY_LEN} characters", "Idempotency-Key")
@@ -193,7 +258,7 @@ async def write_many(app: web.Application, who: Principal, raws: list[bytes],
     accepted: list[tuple[int, bytes, Key]] = []
     for i, raw in enumerate(raws):
         try:
-            event = _validate(raw, f"events.{i}")
+            event = _validate(app, raw, f"events.{i}")
             tenant = who.tenant_for(event.tenant_id)
         except ApiError as exc:
             errors.append({"index": i, "code": exc.code, "message": exc.message,

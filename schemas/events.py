@@ -29,6 +29,10 @@ MAX_ACTION_LEN: Final = 128
 MAX_DESCRIPTION_LEN: Final = 4096
 MAX_USER_AGENT_LEN: Final = 1024
 MAX_CONTEXT_LEN: Final = 128
+# Deepest nesting of objects and arrays in one event (the event object itself is level 1;
+# ``metadata`` is level 2). Checked on the raw bytes before decoding, so no input can make
+# a decoder recurse deeply.
+MAX_DEPTH: Final = 32
 TENANT_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 ACTION_PATTERN: Final = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$"
 
@@ -237,15 +241,51 @@ def _validation_error(exc: msgspec.ValidationError) -> EventValidationError:
     return EventValidationError(msg, field=_field_from(msg), reason=reason)
 
 
-def _decode_struct(raw: bytes | memoryview) -> AuditEvent:
+# A JSON string (possessive: no backtracking) or a bracket; used only by the depth scan.
+_DEPTH_TOKEN: Final = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
+_OPENERS: Final = frozenset(b"[{")
+
+
+def check_depth(raw: bytes) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_DEPTH` (brackets inside strings ignored).
+
+    Linear in the input and never recursive. Events with few brackets (nearly all) are
+    passed after two C-speed counts.
+
+    Raises:
+        EventValidationError: reason ``too_deep``.
+    """
+    if raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH:
+        return
+    depth = 0
+    for m in _DEPTH_TOKEN.finditer(raw):
+        c = m.group()[0]
+        if c in _OPENERS:
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise EventValidationError(
+                    f"JSON is nested more than {MAX_DEPTH} levels deep", reason="too_deep"
+                )
+        elif c != 0x22:  # a closing bracket (0x22 is a string)
+            depth -= 1
+
+
+def _decode_struct(raw: bytes) -> AuditEvent:
     try:
         return _event_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         first = exc
-    except msgspec.DecodeError as exc:
-        raise EventValidationError(f"malformed JSON: {exc}", reason="malformed_json") from exc
-    # Slow path: maybe lowerCamelCase (proto3 JSON) names. Only tried when the fast one failed.
-    generic = _any_decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise _malformed(exc) from exc
+    # Slow path: maybe lowerCamelCase (proto3 JSON) names. Only tried when the fast one
+    # failed, and every way it can fail is named: the typed decoder may stop at a bad field
+    # before reaching malformed bytes further on.
+    try:
+        generic = _any_decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise _malformed(exc) from exc
+    except msgspec.ValidationError:
+        raise _validation_error(first) from first
     if not isinstance(generic, dict):
         raise EventValidationError("an event must be a JSON object", reason="invalid_field")
     renamed = _snake_keys(generic)
@@ -255,6 +295,23 @@ def _decode_struct(raw: bytes | memoryview) -> AuditEvent:
         return msgspec.convert(renamed, AuditEvent)
     except msgspec.ValidationError as exc:
         raise _validation_error(exc) from exc
+
+
+def _malformed(exc: Exception) -> EventValidationError:
+    if isinstance(exc, UnicodeDecodeError):
+        return EventValidationError(f"malformed JSON: invalid UTF-8 ({exc.reason} at byte "
+                                    f"{exc.start})", reason="malformed_json")  # fmt: skip
+    return EventValidationError(f"malformed JSON: {exc}", reason="malformed_json")
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def check_limits(event: AuditEvent) -> None:
@@ -304,7 +361,17 @@ def decode_event(raw: bytes | memoryview) -> AuditEvent:
             f"event is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES}",
             reason="too_large",
         )
+    if not isinstance(raw, bytes):
+        raw = bytes(raw)
+    check_depth(raw)
     event = _decode_struct(raw)
+    # PostgreSQL cannot store U+0000 in text or jsonb; the escape is rare, so the exact
+    # (slower) check runs only when the bytes hold one.
+    if b"\\u0000" in raw and _has_nul(msgspec.to_builtins(event)):
+        raise EventValidationError(
+            "strings may not contain U+0000 (NUL): PostgreSQL cannot store it",
+            reason="invalid_field",
+        )
     check_limits(event)
     return event
 

@@ -144,7 +144,7 @@ def test_dead_letters_list_show_replay(service) -> None:
     seq = max(int(m) for m in re.findall(r"^│\s*(\d+)\s*│", listing, re.M))
     shown = cli(state, port, "dlq", "show", str(seq)).stdout
     assert "Audit-Dlq-Reason: invalid_field" in shown and "Audit-Dlq-Field: action" in shown
-    assert "Audit-Original-Msg-Id: fix-me-1" in shown
+    assert "Audit-Orig-Nats-Msg-Id: fix-me-1" in shown
     fixed = state.parent / "fixed.json"
     doc = json.loads((Path(__file__).parents[1] / "data" / "readme_event.json").read_text())
     doc["tenant_id"] = "t-dlq"

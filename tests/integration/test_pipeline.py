@@ -111,9 +111,18 @@ async def test_duplicate_after_nats_window(db_url, settings_factory) -> None:
 
 
 async def test_row_postgres_rejects_goes_to_dlq(db_url, settings_factory, nats_url) -> None:
-    settings = settings_factory(db_url)
+    # A value PostgreSQL refuses (here a CHECK the operator added; SQLSTATE 23514): the batch
+    # is split until that one event is found; every other event of the batch is stored.
+    admin = await asyncpg.connect(db_url)
+    try:
+        await admin.execute(
+            "ALTER TABLE audit.events ADD CONSTRAINT refuse_evil CHECK (action <> 'evil.act')"
+        )
+    finally:
+        await admin.close()
+    settings = settings_factory(db_url, batch_max_latency_ms=200)
     payloads = [event("t-nul", i) for i in range(20)]
-    poisoned = event("t-nul", 99, description="nul \u0000 inside")
+    poisoned = event("t-nul", 99, action="evil.act")
     payloads.insert(7, poisoned)
     async with running_worker(settings) as run:
         await publish_all(run.nc, settings.subject, payloads)
@@ -126,6 +135,7 @@ async def test_row_postgres_rejects_goes_to_dlq(db_url, settings_factory, nats_u
     assert [m.data for m in letters] == [poisoned]
     assert letters[0].headers["Audit-Dlq-Reason"] == "db_rejected"
     assert letters[0].headers["Audit-Dlq-Stage"] == "flush"
+    assert "23514" in letters[0].headers["Audit-Dlq-Message"]
     conn = await asyncpg.connect(db_url, server_settings={"role": "auditlog_app"})
     try:
         report = await verify_tenant(conn, "t-nul")

@@ -81,7 +81,8 @@ async def test_run_serves_survives_restart_and_stops(tmp_path: Path) -> None:
     proc = start(state, port)
     try:
         body = wait_ready(port, proc)
-        assert body["checks"] == {"postgresql": "ok", "nats": "ok", "consumer": "ok"}
+        assert body["checks"] == {"postgresql": "ok", "nats": "ok", "consumer": "ok",
+                                  "pipeline": "ok"}  # fmt: skip
         assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         nats_port = int((state / "nats" / "port").read_text())
         pg_port = int((state / "pg" / "port").read_text())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -11,7 +11,7 @@ import pytest
 from pipeline.db import create_pool
 from pipeline.flush import write_batch
 from pipeline.migrate import applied_versions, load_migrations, migrate
-from pipeline.stages import Message, process
+from pipeline.stages import Limits, Message, process
 from tests.conftest import README_EVENT, create_database
 
 pytestmark = pytest.mark.integration
@@ -21,7 +21,9 @@ def _event(tenant: str, occurred: str | None = None) -> object:
     body = README_EVENT.replace(b"7e4e4e93-94ec-45bd-87ce-88ce3f689e3c", tenant.encode())
     if occurred:
         body = body.replace(b'"action"', f'"occurred_at": "{occurred}", "action"'.encode())
-    out = process(Message(data=body), datetime.now(UTC))
+    # Storage-level tests write any month: the pipeline's occurred_at bounds opened wide.
+    wide = Limits(max_age=timedelta(days=36500), max_future_skew=timedelta(days=800))
+    out = process(Message(data=body), datetime.now(UTC), wide)
     return out.prepared  # type: ignore[union-attr]
 
 

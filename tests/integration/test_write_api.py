@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 
+import asyncpg
 import pytest
 
 from tests.conftest import README_EVENT
@@ -129,12 +130,26 @@ async def test_wait_false_answers_after_jetstream_ack(stack) -> None:
 
 
 async def test_row_postgres_refuses_is_refused_synchronously(stack) -> None:
+    # NUL cannot be stored by PostgreSQL: refused before anything is published.
     r = await stack.post("/v1/audit/events", json={"event": readme(description="nul \u0000 here")},
                          headers=auth())  # fmt: skip
     assert r.status == 400, await r.text()
     err = (await r.json())["error"]
+    assert err["code"] == "invalid_field" and "NUL" in err["message"]
+    # A value only PostgreSQL refuses (a CHECK added by the operator): 400 after the flush.
+    admin = await asyncpg.connect(stack.db_url)
+    try:
+        await admin.execute(
+            "ALTER TABLE audit.events ADD CONSTRAINT refuse_evil CHECK (action <> 'evil.act')"
+        )
+    finally:
+        await admin.close()
+    r = await stack.post("/v1/audit/events", json={"event": readme(action="evil.act")},
+                         headers=auth())  # fmt: skip
+    assert r.status == 400, await r.text()
+    err = (await r.json())["error"]
     assert err["code"] == "db_rejected" and "could not be stored" in err["message"]
-    batch = [readme(description="fine"), readme(description="bad \u0000")]
+    batch = [readme(description="fine"), readme(action="evil.act")]
     r = await stack.post("/v1/audit/events:batch", json={"events": batch}, headers=auth())
     body = await r.json()
     assert len(body["event_ids"]) == 1 and body["errors"][0]["index"] == 1

@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 import uuid
 
+import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from schemas import events
 from schemas.events import EventValidationError, decode_event
 from schemas.generate import SCHEMA_PATH, render
 from tests.conftest import README_EVENT
+from tests.hostile import HOSTILE
+
+# Every reason the decoder gives (documented in schemas/README.md).
+REASONS = {"malformed_json", "invalid_field", "missing_field", "unknown_field", "unknown_enum",
+           "too_large", "too_deep"}  # fmt: skip
 
 BASE = json.loads(README_EVENT)
 
@@ -154,3 +161,57 @@ def test_generated_protobuf_modules_are_current(tmp_path) -> None:
 
     for name, text in generate(tmp_path).items():
         assert (ROOT / "audit" / "v1" / name).read_text() == text, "run: python -m schemas.codegen"
+
+
+# -- hostile input: an event or a validation error, nothing else ----------------------------
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=HOSTILE)
+def test_any_bytes_decode_to_an_event_or_a_validation_error(raw: bytes) -> None:
+    try:
+        event = decode_event(raw)
+    except EventValidationError as exc:
+        assert exc.reason in REASONS and exc.message
+        return
+    assert isinstance(event, events.AuditEvent)
+    # What decodes is storable: valid UTF-8, no NUL, re-encodable.
+    text = msgspec.json.encode(event).decode("utf-8")
+    assert "\\u0000" not in text
+
+
+@pytest.mark.parametrize("depth", [events.MAX_DEPTH - 1, events.MAX_DEPTH, events.MAX_DEPTH + 1,
+                                   20_000])  # fmt: skip
+def test_depth_limit_is_exact_and_checked_before_decoding(depth: int) -> None:
+    # The event object is level 1, metadata level 2, then depth - 2 arrays.
+    nested = b'{"a":' + b"[" * (depth - 2) + b"1" + b"]" * (depth - 2) + b"}"
+    raw = with_(metadata={}).replace(b'"metadata": {}', b'"metadata": ' + nested)
+    if depth <= events.MAX_DEPTH:
+        assert decode_event(raw).metadata
+    else:
+        with pytest.raises(EventValidationError) as info:
+            decode_event(raw)
+        assert info.value.reason == "too_deep"
+
+
+def test_brackets_inside_strings_do_not_count_as_depth() -> None:
+    raw = with_(description="[" * 200 + "{" * 200, metadata={"k": ']]]}}}\\"[[[' * 50})
+    assert decode_event(raw).description.startswith("[[[")
+
+
+@pytest.mark.parametrize("raw", [b"[1, 2", b'{"unknown_field": 1,}', b'{"tenantId": 5,}'])
+def test_inputs_that_crashed_the_decoder_are_malformed_json(raw: bytes) -> None:
+    with pytest.raises(EventValidationError) as info:
+        decode_event(raw)
+    assert info.value.reason == "malformed_json"
+
+
+def test_nul_anywhere_is_refused_but_an_escaped_backslash_u0000_is_text() -> None:
+    with pytest.raises(EventValidationError, match="NUL"):
+        decode_event(with_(metadata={"k": "a\x00b"}))
+    assert decode_event(with_(description="\\u0000")).description == "\\u0000"
+
+
+def test_invalid_utf8_is_malformed_json() -> None:
+    raw = with_(description="PLACEHOLDER").replace(b"PLACEHOLDER", b"\xed\xa0\x80")
+    with pytest.raises(EventValidationError) as info:
+        decode_event(raw)
+    assert info.value.reason == "malformed_json" and "UTF-8" in info.value.message

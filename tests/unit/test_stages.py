@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.stages import (
+    IDEMPOTENCY_HEADER,
     Dead,
     Deduplicator,
+    Limits,
     Message,
     Valid,
     id_from_key,
+    msg_id_for,
     new_uuid7,
     process,
+    subject_tenant,
+    tenant_subject,
     uuid7_from,
 )
 from tests.conftest import README_EVENT
+from tests.hostile import HOSTILE
+
+BASE_TENANT = json.loads(README_EVENT)["tenant_id"]
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, 123456, tzinfo=UTC)
 TS_NS = 1_764_000_000_123_456_789  # 2025-11-24T16:00:00.123456789Z
@@ -50,11 +62,11 @@ def test_enrich_without_stream_uses_the_clock() -> None:
 def test_client_occurred_at_and_id_are_kept_and_action_lowercased() -> None:
     doc = json.loads(README_EVENT)
     eid = uuid.uuid4()
-    doc.update(id=str(eid), occurred_at="2019-03-04T05:06:07+02:00", action="User.Login")
+    doc.update(id=str(eid), occurred_at="2025-03-04T05:06:07+02:00", action="User.Login")
     out = process(msg(json.dumps(doc).encode(), stream_seq=1, timestamp_ns=TS_NS), NOW)
     assert isinstance(out, Valid)
     assert out.event.id == eid
-    assert out.event.occurred_at == datetime(2019, 3, 4, 3, 6, 7, tzinfo=UTC)
+    assert out.event.occurred_at == datetime(2025, 3, 4, 3, 6, 7, tzinfo=UTC)
     assert out.event.occurred_at.tzinfo == UTC
     assert out.event.action == "user.login"
 
@@ -100,3 +112,101 @@ def test_deduplicator_window_and_batch_repeats() -> None:
     d.remember([(third.event.tenant_id, third.event.id)])  # type: ignore[list-item]
     assert len(d) == 2  # capacity: the oldest (seq 1) is forgotten
     assert not d.seen(valid[0].event.tenant_id, valid[0].event.id)  # type: ignore[arg-type]
+
+
+# -- hostile input: process() ends every message as Valid or Dead, never raises ------------
+DEAD_REASONS = {"malformed_json", "invalid_field", "missing_field", "unknown_field",
+                "unknown_enum", "too_large", "too_deep", "tenant_mismatch",
+                "occurred_at_out_of_range", "internal_error"}  # fmt: skip
+_header_text = st.text(max_size=80) | st.sampled_from(["", "not-a-uuid", str(uuid.UUID(int=7))])
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    raw=HOSTILE,
+    headers=st.none() | st.dictionaries(
+        st.sampled_from(["Nats-Msg-Id", IDEMPOTENCY_HEADER, "X-Other"]), _header_text),
+    subject=st.sampled_from(["", "audit.events", "audit.events.acme",
+                             "audit.events.7e4e4e93-94ec-45bd-87ce-88ce3f689e3c", "other"]),
+    seq=st.integers(0, 2**64 - 1),
+    ts=st.integers(0, 2**63 - 1),
+)  # fmt: skip
+def test_process_never_raises(raw, headers, subject, seq, ts) -> None:
+    m = msg(raw, headers=headers, subject=subject, stream_seq=seq, timestamp_ns=ts)
+    out = process(m, NOW)
+    assert isinstance(out, Valid | Dead) and out.msg is m
+    if isinstance(out, Dead):
+        assert out.reason in DEAD_REASONS and out.message
+        return
+    # A Valid event is storable as prepared: UTF-8 text without NUL, in the accepted range.
+    for value in out.prepared.values:
+        if isinstance(value, str):
+            assert "\x00" not in value
+            value.encode("utf-8")
+    ev = out.event
+    assert ev.received_at is not None and ev.occurred_at is not None
+    assert ev.received_at - timedelta(days=367) <= ev.occurred_at
+    assert ev.occurred_at <= ev.received_at + timedelta(minutes=16)
+
+
+def test_unexpected_exception_becomes_internal_error_dead_letter() -> None:
+    # A source timestamp beyond datetime's range makes enrich raise OverflowError.
+    out = process(msg(README_EVENT, stream_seq=1, timestamp_ns=10**30), NOW)
+    assert isinstance(out, Dead) and out.reason == "internal_error"
+    assert out.stage == "process" and "OverflowError" in out.message
+
+
+def test_tenant_bound_subject_must_match_the_event() -> None:
+    ok = process(msg(README_EVENT, subject=tenant_subject("audit.events", BASE_TENANT)), NOW)
+    assert isinstance(ok, Valid)
+    other = process(msg(README_EVENT, subject="audit.events.someone-else"), NOW)
+    assert isinstance(other, Dead) and other.reason == "tenant_mismatch"
+    assert other.field == "tenant_id" and "someone-else" in other.message
+    assert subject_tenant("audit.events", "audit.events.acme~eu") == "acme.eu"
+    assert tenant_subject("audit.events", "acme.eu") == "audit.events.acme~eu"
+    assert subject_tenant("audit.events", "audit.events") is None
+
+
+@pytest.mark.parametrize(
+    ("occurred", "ok"),
+    [
+        ("0001-01-01T00:00:00Z", False),
+        ("1900-01-01T00:00:00Z", False),
+        ("9999-12-31T23:59:59Z", False),
+        ("2025-11-27T12:00:00Z", True),  # 364 days before NOW
+        ("2024-11-20T12:00:00Z", False),  # 371 days before
+        ("2026-11-26T12:10:00Z", True),  # 10 minutes ahead
+        ("2026-11-26T12:20:00Z", False),  # 20 minutes ahead (skew 15 + grace 1)
+    ],
+)
+def test_occurred_at_is_bounded_around_received_at(occurred: str, ok: bool) -> None:
+    doc = json.loads(README_EVENT)
+    doc["occurred_at"] = occurred
+    out = process(msg(json.dumps(doc).encode()), NOW)  # no source time: received = NOW
+    if ok:
+        assert isinstance(out, Valid)
+    else:
+        assert isinstance(out, Dead) and out.reason == "occurred_at_out_of_range"
+        assert out.field == "occurred_at" and "AUDIT_MAX_" in out.message
+
+
+def test_a_backlog_never_turns_a_valid_event_dead() -> None:
+    # received_at is when JetStream stored it, not when the worker reads it a year later.
+    doc = json.loads(README_EVENT)
+    doc["occurred_at"] = "2025-11-24T15:00:00Z"
+    later = NOW + timedelta(days=500)
+    assert isinstance(process(msg(json.dumps(doc).encode(), timestamp_ns=TS_NS), later), Valid)
+
+
+def test_raised_limits_import_older_history() -> None:
+    doc = json.loads(README_EVENT)
+    doc["occurred_at"] = "2019-03-04T05:06:07Z"
+    raw = json.dumps(doc).encode()
+    assert isinstance(process(msg(raw), NOW), Dead)
+    wide = Limits(max_age=timedelta(days=365 * 10))
+    assert isinstance(process(msg(raw), NOW, wide), Valid)
+
+
+def test_msg_id_is_per_tenant() -> None:
+    eid = uuid.uuid4()
+    assert msg_id_for("a", eid) != msg_id_for("b", eid)

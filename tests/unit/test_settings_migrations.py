@@ -1,17 +1,14 @@
-"""Settings, dead-letter headers, the migration files."""
+"""Settings and the migration files."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from pipeline.dlq import dead_letter_headers
 from pipeline.errors import ConfigError, MigrationError
 from pipeline.migrate import load_migrations
 from pipeline.settings import load_settings
-from pipeline.stages import Dead, Message
 
 
 def test_settings_from_env_with_secrets_hidden() -> None:
@@ -40,17 +37,6 @@ def test_bad_settings_name_the_variable(env: dict[str, str], var: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert info.value.setting == var and var in str(info.value)
-
-
-def test_dead_letter_headers_keep_original_and_add_reason() -> None:
-    msg = Message(data=b"{", headers={"Nats-Msg-Id": "k1", "X-Trace": "t"}, stream_seq=9)
-    dead = Dead(msg=msg, reason="malformed_json", message="bad\nJSON", field="")
-    h = dead_letter_headers(dead, "AUDIT", datetime(2026, 1, 2, tzinfo=UTC))
-    assert h["X-Trace"] == "t" and h["Audit-Original-Msg-Id"] == "k1"
-    assert h["Audit-Dlq-Reason"] == "malformed_json" and h["Audit-Dlq-Message"] == "bad JSON"
-    assert h["Audit-Dlq-Stage"] == "validate"
-    assert h["Audit-Dlq-Time"] == "2026-01-02T00:00:00.000000Z"
-    assert h["Audit-Dlq-Source"] == "AUDIT:9" and h["Nats-Msg-Id"] == "dlq:AUDIT:9"
 
 
 def test_migrations_are_numbered_in_order() -> None:
