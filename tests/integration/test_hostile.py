@@ -71,7 +71,8 @@ async def test_poison_of_every_kind_then_valid_events(db_url, settings_factory, 
         ("shared", event(occurred_at="1900-01-01T00:00:00Z"), None, "occurred_at_out_of_range"),
         ("shared", event(occurred_at="9999-12-31T23:59:59Z"), None, "occurred_at_out_of_range"),
         # Producer headers that would steer (or break) the dead-letter publish if passed on.
-        ("shared", b"{not json", {"Nats-Expected-Stream": settings.stream, "Nats-Msg-Id": "p-1"}, "malformed_json"),
+        ("shared", b"{not json", {"Nats-Expected-Stream": settings.stream,
+                                  "Nats-Msg-Id": "p-1"}, "malformed_json"),
         ("other-tenant", event("tenant-h"), None, "tenant_mismatch"),
         ("shared", big_invalid, {"X-Big": "1"}, "too_large"),
     ]  # fmt: skip
