@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import asyncpg
 import grpc
 import pytest
 from connectrpc.client import ConnectClient
@@ -120,3 +121,37 @@ async def test_grpc_service_health_and_reflection(stack, grpc_channel) -> None: 
     text = stack.server.app[METRICS].exposition().decode()
     assert 'auditlog_grpc_request_duration_seconds_count{code="OK",method="WriteEvent"}' in text
     assert 'code="UNAUTHENTICATED",method="ListEvents"' in text
+
+
+async def test_same_event_id_from_two_tenants_is_stored_once_per_tenant(
+    stack,  # noqa: F811
+    grpc_channel,
+) -> None:
+    """Within NATS's duplicate window, over every write protocol: never the other's shadow."""
+    base = str(stack.make_url("")).rstrip("/")
+    connect = ConnectClient(base, proto_json=False)
+    stub = audit_pb2_grpc.AuditServiceStub(grpc_channel)
+    md = (("authorization", f"Bearer {ADMIN}"),)
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    ids = {name: str(uuid.uuid4()) for name in ("rest", "batch", "connect", "grpc")}
+    for tenant in ("tenant-a", "tenant-b"):
+        one = readme(tenant_id=tenant, id=ids["rest"])
+        r = await stack.post("/v1/audit/events", headers=admin, json={"event": one})
+        assert r.status == 200, await r.text()
+        many = [readme(tenant_id=tenant, id=ids["batch"])]
+        r = await stack.post("/v1/audit/events:batch", headers=admin, json={"events": many})
+        body = await r.json()
+        assert r.status == 200 and body["event_ids"] == [ids["batch"]], body
+        wrote = await call(connect, "WriteEvent", pb.WriteEventRequest(
+            event=event_msg(tenant_id=tenant, id=ids["connect"])))  # fmt: skip
+        assert wrote.event_id == ids["connect"]
+        request = pb.WriteEventRequest(event=event_msg(tenant_id=tenant, id=ids["grpc"]))
+        wrote = await stub.WriteEvent(request, metadata=md, timeout=10)
+        assert wrote.event_id == ids["grpc"]
+    conn = await asyncpg.connect(stack.db_url)
+    try:
+        rows = await conn.fetch("SELECT id::text, tenant_id FROM audit.events")
+    finally:
+        await conn.close()
+    stored = sorted((r["id"], r["tenant_id"]) for r in rows)
+    assert stored == sorted((i, t) for i in ids.values() for t in ("tenant-a", "tenant-b"))

@@ -9,6 +9,7 @@ import uuid
 import asyncpg
 import pytest
 
+from query_api.state import SETTINGS
 from tests.conftest import README_EVENT
 from tests.integration.conftest import admin_count, running_worker, serving_app
 
@@ -181,3 +182,25 @@ async def test_event_log_unavailable_is_a_clear_503_and_stores_nothing(
         body = await r.json()
         assert [e["code"] for e in body["errors"]] == ["unavailable"] * 3, body
         assert await admin_count(db_url) == 0
+
+
+async def test_a_forged_nats_msg_id_cannot_shadow_a_write(stack) -> None:
+    # A raw producer guesses the project's Nats-Msg-Id form for tenant-b's next event id.
+    own = str(uuid.uuid4())
+    settings = stack.server.app[SETTINGS]
+    forged = json.dumps(readme(tenant_id="mallory", description="forged")).encode()
+    headers = {"Nats-Msg-Id": f"tenant-b:{own}"}
+    ack = await stack.nc.jetstream().publish(settings.subject, forged, headers=headers)
+    assert not ack.duplicate
+    for wait in ("false", "true"):
+        r = await stack.post(f"/v1/audit/events?wait={wait}", headers=auth(),
+                             json={"event": readme(tenant_id="tenant-b", id=own)})  # fmt: skip
+        assert r.status in (200, 202), await r.text()
+        assert (await r.json())["event_id"] == own
+    for _ in range(100):
+        if await admin_count(stack.db_url, "SELECT count(*) FROM audit.events WHERE id = $1",
+                             uuid.UUID(own)) == 1:  # fmt: skip
+            break
+        await asyncio.sleep(0.05)
+    assert await admin_count(stack.db_url, "SELECT count(*) FROM audit.events WHERE id = $1",
+                             uuid.UUID(own)) == 1  # fmt: skip
