@@ -18,7 +18,7 @@ from pipeline.commits import encode_keys
 from pipeline.db import create_pool
 from pipeline.metrics import Metrics
 from pipeline.settings import Settings
-from pipeline.source_nats import JetStreamSource, connect, ensure_stream
+from pipeline.source_nats import JetStreamSource, connect, ensure_stream, nats_options
 from pipeline.worker import Worker
 from query_api.app import create_app
 
@@ -38,7 +38,7 @@ class Running:
 async def running_worker(settings: Settings, **worker_kw: object) -> AsyncIterator[Running]:
     """A Worker running in this event loop until the block ends (then drained)."""
     pool = await create_pool(settings.database_url, max_size=4)
-    nc = await connect(settings.nats_url, "test-worker")
+    nc = await connect(settings.nats_url, "test-worker", settings)
     await ensure_stream(nc, settings)
     metrics = Metrics()
     source = JetStreamSource(nc, settings, max_inflight=3 * settings.batch_max_events)
@@ -117,7 +117,7 @@ async def wait_count(dsn: str, expected: int, timeout: float = 60.0) -> int:
 
 async def dead_letters(nats_url: str, settings: Settings) -> list[nats.aio.msg.Msg]:
     """Every message in the dead-letter stream, in order."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, **nats_options(settings))
     try:
         js = nc.jetstream()
         info = await js.stream_info(settings.dlq_stream)
