@@ -114,6 +114,21 @@ def mix_in_faults(payloads: list[bytes]) -> tuple[list[bytes], int, int]:
     return out, dups, invalid
 
 
+def pad(payload: bytes, size: int) -> bytes:
+    """``payload`` with ``metadata.pad`` making it about ``size`` bytes (metadata ≤ 16 KiB,
+    the rest in ``changes``)."""
+    doc = json.loads(payload)
+    extra = max(0, size - len(payload) - 120)
+    meta = min(extra, 15_000)
+    doc["metadata"] = {**doc.get("metadata", {}), "pad": "m" * meta}
+    rest = min(extra - meta, 30_000)
+    if rest > 0:
+        old, new = "o" * (rest // 2), "n" * (rest - rest // 2)
+        doc["changes"] = {"old_value": {"pad": old}, "new_value": {"pad": new},
+                          "changed_fields": ["pad"]}  # fmt: skip
+    return json.dumps(doc).encode()
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -121,8 +136,13 @@ async def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--skip-ceiling", action="store_true")
+    ap.add_argument("--event-bytes", type=int, default=0,
+                    help="pad each event's metadata to about this size (e.g. 60000: events "
+                         "near the 64 KiB limit, to read the worker's peak RSS)")  # fmt: skip
     args = ap.parse_args()
     payloads = list(synthetic_events(args.events, tenant_ids(args.tenants)))
+    if args.event_bytes:
+        payloads = [pad(p, args.event_bytes) for p in payloads]
     mixed, dups, invalid = mix_in_faults(payloads)
     size = sum(map(len, payloads)) / len(payloads)
     out: dict[str, object] = {"avg_event_bytes": round(size)}

@@ -22,7 +22,7 @@ from typing import Any
 import nats.js.api as jsapi
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from pipeline.settings import Settings
 from pipeline.stages import Message
@@ -35,6 +35,10 @@ _IN_PROGRESS = b"+WPI"
 
 
 RawSink = Callable[[bytes, bytes, bytes, bytes], Awaitable[None]]
+# Most bytes one pull request asks for, and most asked for at once: the server pushes what
+# a request asks as fast as it can, and disconnects a client that falls behind by more
+# than its max_pending (64 MiB by default) as a slow consumer.
+PULL_MAX_BYTES = 8 * 1024 * 1024
 # Header room a stream allows beyond the largest event (ours plus a producer's own).
 HEADER_ROOM = 16 * 1024
 EVENT_MAX_MSG_SIZE = MAX_EVENT_BYTES + HEADER_ROOM
@@ -167,18 +171,21 @@ async def ensure_stream(nc: Client, settings: Settings) -> None:
             log.info("updated stream %s: subjects %s, max_msg_size %d", settings.stream,
                      config.subjects, config.max_msg_size)  # fmt: skip
     await ensure_dlq_stream(nc, settings)
-    await js.add_consumer(
-        settings.stream,
-        jsapi.ConsumerConfig(
-            durable_name=settings.consumer,
-            ack_policy=jsapi.AckPolicy.EXPLICIT,
-            deliver_policy=jsapi.DeliverPolicy.ALL,
-            ack_wait=settings.ack_wait_s,
-            max_ack_pending=-1,
-            max_deliver=-1,
-            max_waiting=4096,
-        ),
+    consumer = jsapi.ConsumerConfig(
+        durable_name=settings.consumer,
+        ack_policy=jsapi.AckPolicy.EXPLICIT,
+        deliver_policy=jsapi.DeliverPolicy.ALL,
+        ack_wait=settings.ack_wait_s,
+        max_ack_pending=-1,
+        max_deliver=-1,
+        max_waiting=4096,
     )
+    try:
+        await js.add_consumer(settings.stream, consumer)
+    except BadRequestError as exc:
+        # NATS < 2.10 cannot edit an existing consumer's filter: it keeps working, but
+        # consumes only the subject it was made for (no tenant-bound subjects).
+        log.warning("consumer %s kept as it is (could not update it: %s)", settings.consumer, exc)
 
 
 def parse_ack_subject(reply: str) -> tuple[int, int, int]:
@@ -279,7 +286,8 @@ class JetStreamSource:
     def _unit(self) -> int:
         # The largest single message the server may deliver: a pull request with less
         # byte room than this could be answered with nothing.
-        return min(int(getattr(self.nc, "max_payload", 0) or 1 << 20), self.max_bytes // 2)
+        largest = int(getattr(self.nc, "max_payload", 0) or 1 << 20)
+        return min(largest, self.max_bytes // 2, PULL_MAX_BYTES // 2)
 
     async def _pull_loop(self) -> None:
         batch = self.settings.fetch_batch
@@ -287,7 +295,11 @@ class JetStreamSource:
         expires_ns = 2_000_000_000
         while not self._stopping:
             room = self.max_inflight - self.inflight - self._outstanding
-            room_bytes = self.max_bytes - self.inflight_bytes - self._outstanding_bytes
+            room_bytes = min(
+                self.max_bytes - self.inflight_bytes - self._outstanding_bytes,
+                2 * PULL_MAX_BYTES - self._outstanding_bytes,
+                PULL_MAX_BYTES,
+            )
             if (room < min(batch, self.max_inflight) // 2 or self._outstanding > batch
                     or room_bytes < self._unit()):  # fmt: skip
                 self._room.clear()

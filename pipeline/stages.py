@@ -171,14 +171,15 @@ def check_occurred(event: AuditEvent, received: datetime, limits: Limits,
     occurred = event.occurred_at
     if occurred is None:
         return None
-    if occurred > received + limits.max_future_skew + grace:
+    ahead = occurred - received  # one subtraction; the bounds are fixed timedeltas
+    if -limits.max_age - grace <= ahead <= limits.max_future_skew + grace:
+        return None
+    if ahead > timedelta(0):
         why = (f"is more than {limits.max_future_skew} after it was received "
                f"(AUDIT_MAX_FUTURE_SKEW_S)")  # fmt: skip
-    elif occurred < received - limits.max_age - grace:
+    else:
         why = (f"is more than {limits.max_age.days} days before it was received "
                f"(AUDIT_MAX_EVENT_AGE_DAYS; raise it to import older history)")  # fmt: skip
-    else:
-        return None
     return EventValidationError(
         f"occurred_at {occurred.isoformat()} {why}",
         field="occurred_at",

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 # A dead letter is tried this often (0.1, 0.4, 1.6 s apart) before its message is NAKed.
 DLQ_ATTEMPTS = 3
 DLQ_PUBLISH_TIMEOUT_S = 2.0
+# Dead letters in flight at once per batch: a batch of large bad messages must not put
+# tens of MiB on the connection at once (their acks would time out).
+DLQ_CONCURRENCY = 32
 
 Key = tuple[str, uuid.UUID]
 Now = Callable[[], datetime]
@@ -298,7 +301,13 @@ class Worker:
             leaves them in the source (NAK) instead of acking them.
         """
         now = self.now()
-        outcomes = await asyncio.gather(*(self._publish_dead(d, now) for d in dead))
+        slots = asyncio.Semaphore(DLQ_CONCURRENCY)
+
+        async def one(d: Dead) -> bool:
+            async with slots:
+                return await self._publish_dead(d, now)
+
+        outcomes = await asyncio.gather(*(one(d) for d in dead))
         held = {id(d.msg) for d, ok in zip(dead, outcomes, strict=True) if not ok}
         for d, ok in zip(dead, outcomes, strict=True):
             if ok:
