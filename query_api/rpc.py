@@ -132,7 +132,7 @@ async def connect_handler(request: web.Request) -> web.Response:
             req = json_format.Parse(body or b"{}", req_type())
         else:
             req = req_type.FromString(body)
-    except (json_format.ParseError, DecodeError, ValueError) as exc:
+    except (json_format.ParseError, DecodeError, ValueError, RecursionError) as exc:
         return _connect_error("invalid_argument", f"malformed request: {exc}")
     timeout_ms = request.headers.get("Connect-Timeout-Ms")
     try:
@@ -163,6 +163,29 @@ def add_connect_routes(app: web.Application) -> None:
 
 
 # -- gRPC ----------------------------------------------------------------------------------
+class _Undecodable:
+    """Stands for a request whose bytes are not the method's message (answered 400-style)."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _safe_parser(req_type: type[Message]) -> Any:
+    # grpcio answers a deserializer's exception with INTERNAL; bad bytes are the client's
+    # fault, so they reach the servicer and become INVALID_ARGUMENT.
+    def parse(data: bytes) -> Any:
+        try:
+            return req_type.FromString(data)
+        except Exception as exc:
+            return _Undecodable(f"{type(exc).__name__}: {exc}")
+
+    return parse
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
 class Servicer(audit_pb2_grpc.AuditServiceServicer):
     """grpcio asyncio servicer delegating to :class:`Rpc`; deadlines are grpc's own."""
 
@@ -173,6 +196,11 @@ class Servicer(audit_pb2_grpc.AuditServiceServicer):
         md = dict(context.invocation_metadata() or ())
         started = time.perf_counter()
         code = "OK"
+        if isinstance(request, _Undecodable):
+            code = grpc.StatusCode.INVALID_ARGUMENT.name
+            self.rpc.app[METRICS].grpc_seconds.labels(method, code).observe(0.0)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"malformed request: {request.error}")  # fmt: skip
         try:
             return await self.rpc.call(method, request, str(md.get("authorization", "")),
                                        md.get("idempotency-key"))  # fmt: skip
@@ -209,7 +237,16 @@ async def start_grpc(app: web.Application, host: str, port: int) -> grpc.aio.Ser
         OSError: when the port cannot be bound.
     """
     server = grpc.aio.server()
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(Servicer(app[RPC]), server)
+    servicer = Servicer(app[RPC])
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=_safe_parser(req_type),
+            response_serializer=_serialize,
+        )
+        for name, req_type in REQUESTS.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (pb.DESCRIPTOR.services_by_name["AuditService"].full_name,

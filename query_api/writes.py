@@ -36,7 +36,7 @@ from query_api.errors import ApiError, bad_request
 from query_api.handlers import principal
 from query_api.publisher import Ack
 from query_api.state import NATS, POOL, PUBLISHER, SETTINGS, WAITERS
-from schemas.events import AuditEvent, EventValidationError, decode_event
+from schemas.events import MAX_DEPTH, AuditEvent, EventValidationError, decode_event
 
 MAX_BATCH_EVENTS = 1000
 MAX_BATCH_BYTES = 4 * 1024 * 1024
@@ -71,8 +71,11 @@ def _body(data: bytes, decoder: Any, what: str) -> Any:
         return decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise bad_request(f"body must be {what}: {exc}") from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise bad_request(f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:  # msgspec stops cleanly at Python's recursion limit
+        raise ApiError(400, "too_deep", "the body is nested too deeply; an event may be "
+                       f"nested at most {MAX_DEPTH} levels") from exc  # fmt: skip
 
 
 def _validate(app: web.Application, raw: bytes, prefix: str) -> AuditEvent:
