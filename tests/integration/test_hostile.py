@@ -11,7 +11,9 @@ import asyncio
 import json
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import nats
 import nats.js.api as jsapi
 import pytest
@@ -211,3 +213,49 @@ async def test_same_event_id_from_two_tenants_over_nats(db_url, settings_factory
         db_url, "SELECT count(DISTINCT tenant_id) FROM audit.events WHERE id = $1",
         uuid.UUID(shared_id))  # fmt: skip
     assert rows == 2
+
+
+async def test_a_partition_that_cannot_be_made_dead_letters_only_its_events(
+    db_url, settings_factory, nats_url
+) -> None:
+    # PostgreSQL refuses to make one month's partition for good (a data exception): that
+    # month's events become db_rejected dead letters; other months' events are stored.
+    month = (datetime.now(UTC) - timedelta(days=60)).strftime("%Y-%m")
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            "ALTER FUNCTION audit.ensure_partition(timestamptz) RENAME TO ensure_partition_real"
+        )
+        await conn.execute(f"""
+            CREATE FUNCTION audit.ensure_partition(ts timestamptz) RETURNS text
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, audit AS $$
+            BEGIN
+                IF to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM') = '{month}' THEN
+                    RAISE EXCEPTION 'no partition for %', ts USING ERRCODE = '22023';
+                END IF;
+                RETURN audit.ensure_partition_real(ts);
+            END $$;
+            GRANT EXECUTE ON FUNCTION audit.ensure_partition(timestamptz) TO auditlog_app;
+        """)  # fmt: skip
+    finally:
+        await conn.close()
+    settings = settings_factory(db_url, batch_max_latency_ms=200)
+    bad = [event(i=100 + i, occurred_at=f"{month}-1{i}T00:00:00Z") for i in range(3)]
+    async with running_worker(settings) as run:
+        for i in range(10):
+            await publish(run.nc, settings.subject, event(i=i))
+            if i in (0, 3, 6):
+                await publish(run.nc, settings.subject, bad[i // 3])
+        assert await wait_count(db_url, 10) == 10
+
+        async def all_dead() -> bool:
+            return run.worker.totals["dead_lettered"] >= 3
+
+        assert await wait_for(all_dead)
+    letters = await dead_letters(nats_url, settings)
+    assert sorted(m.data for m in letters) == sorted(bad)
+    for m in letters:
+        assert m.headers["Audit-Dlq-Reason"] == "db_rejected"
+        assert "cannot be created" in m.headers["Audit-Dlq-Message"]
+        assert "22023" in m.headers["Audit-Dlq-Message"]
+    assert await admin_count(db_url) == 10
