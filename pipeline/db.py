@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -23,6 +24,25 @@ async def create_pool(dsn: str, *, max_size: int = 8, min_size: int = 1) -> asyn
     )
     assert pool is not None
     return pool
+
+
+class TimedPool:
+    """A pool whose ``acquire()`` gives up after ``timeout`` seconds (``TimeoutError``).
+
+    The API's handlers acquire through it, so a saturated pool answers 503 quickly
+    instead of queueing requests without bound. Everything else is the wrapped pool's.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        self._pool = pool
+        self.timeout = timeout
+
+    def acquire(self) -> Any:
+        """The pool's acquire context with this pool's timeout."""
+        return self._pool.acquire(timeout=self.timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
 
 
 def with_database(dsn: str, database: str) -> str:

@@ -54,6 +54,21 @@ class Metrics:
             "Messages held in the event stream because their dead letter could not be published",
             registry=r,
         )
+        self.redeliveries = Counter(
+            "auditlog_redeliveries",
+            "Messages JetStream delivered again (not acked in time, NAKed, or after a restart)",
+            registry=r,
+        )
+        self.oldest_unacked = Gauge(
+            "auditlog_oldest_unacked_age_seconds",
+            "Age (since JetStream stored it) of the oldest message a worker holds unacked",
+            registry=r,
+        )
+        self.last_commit_age = Gauge(
+            "auditlog_pipeline_last_progress_age_seconds",
+            "Seconds since the worker last settled a batch (0 when it holds nothing)",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "auditlog_flush_batch_size",
             "Events per flushed batch",
@@ -91,6 +106,7 @@ class Metrics:
         self.pool_in_use = Gauge(
             "auditlog_db_pool_connections_in_use",
             "PostgreSQL pool connections in use",
+            ["pool"],
             registry=r,
         )
         self.http_seconds = Histogram(

@@ -11,22 +11,25 @@ import contextlib
 import gc
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import asyncpg
+import nats.errors
 from aiohttp import web
 
 from pipeline.commits import encode_keys
-from pipeline.db import create_pool, ensure_database
-from pipeline.errors import ConfigError
+from pipeline.db import TimedPool, create_pool, ensure_database
+from pipeline.errors import ConfigError, MigrationError
 from pipeline.metrics import Metrics
 from pipeline.migrate import migrate
 from pipeline.settings import Settings, redact_url
@@ -89,37 +92,149 @@ def _install_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
+T = TypeVar("T")
+_AUTH_ERRORS = (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError,
+                nats.errors.AuthorizationError)  # fmt: skip
+
+
+async def until_up(what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event,
+                   var: str) -> T:  # fmt: skip
+    """``attempt()`` until it works, with capped exponential backoff and jitter.
+
+    A dependency that is down at start is waited for (logged at each try); refused
+    credentials are a configuration error that stops the process (naming ``var``).
+
+    Raises:
+        ConfigError: credentials refused.
+        asyncio.CancelledError: ``stop`` was set while waiting.
+    """
+    delay = 0.5
+    while True:
+        try:
+            return await attempt()
+        except _AUTH_ERRORS as exc:
+            raise ConfigError(var, f"{what} refused the credentials: {exc}") from exc
+        except (ConfigError, MigrationError):
+            raise
+        except Exception as exc:
+            wait = delay * random.uniform(0.5, 1.0)
+            log.warning("%s unavailable (%s: %s); retrying in %.1fs", what,
+                        type(exc).__name__, exc, wait)  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+            if stop.is_set():
+                raise asyncio.CancelledError from exc
+            delay = min(delay * 2, 30.0)
+
+
+class Pipeline:
+    """One pipeline worker in this process, restarted with backoff if it ever fails.
+
+    Dependency outages do not end a worker (it waits them out); this catches the rest
+    (a bug), logs why, and starts a fresh worker on the same connections.
+    """
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, nc: Any, metrics: Metrics,
+                 announce: Any) -> None:  # fmt: skip
+        self.settings, self.pool, self.nc, self.metrics = settings, pool, nc, metrics
+        self.announce = announce
+        self.worker = self._new()
+        self.restarts = 0
+        self._stopping = False
+
+    def _new(self) -> Worker:
+        source = JetStreamSource(self.nc, self.settings,
+                                 max_inflight=3 * self.settings.batch_max_events,
+                                 metrics=self.metrics)  # fmt: skip
+        return Worker(self.settings, self.pool, self.nc, source, self.metrics,
+                      on_commit=self.announce)  # fmt: skip
+
+    async def run(self) -> None:
+        """Run workers until :meth:`stop`."""
+        delay = 1.0
+        while True:
+            try:
+                await self.worker.run()
+            except Exception as exc:
+                if self._stopping:
+                    raise
+                self.restarts += 1
+                self.metrics.internal_errors.labels("worker").inc()
+                log.exception("pipeline worker failed (%r); restarting in %.0fs", exc, delay)
+                with contextlib.suppress(Exception):
+                    await self.worker.stop()
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 60.0)
+                self.worker = self._new()
+                continue
+            if self._stopping:
+                return
+            log.error("pipeline worker ended unasked; restarting")
+            self.worker = self._new()
+
+    async def stop(self) -> None:
+        """Stop fetching; the batch in hand is flushed and acked before :meth:`run` returns."""
+        self._stopping = True
+        await self.worker.stop()
+
+    def status(self) -> str:
+        """The current worker's status (for /readyz)."""
+        return self.worker.status()
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """The current worker's totals."""
+        return self.worker.totals
+
+
 async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> dict[str, int]:
     """Run the HTTP app (if ``http``) and one pipeline worker until SIGINT/SIGTERM.
+
+    PostgreSQL and NATS that are down at start are waited for; outages later are ridden
+    out (the API answers 503 where it needs what is missing, the pipeline retries). The
+    pipeline and the API have separate PostgreSQL pools, so readers never starve flushes.
 
     Returns:
         Totals of the worker (stored, duplicates, dead_lettered) for the shutdown summary.
     """
     started = time.monotonic()
-    await prepare_database(ends.database_url)
-    pool = await create_pool(ends.database_url, max_size=settings.db_pool_size)
-    nc = await connect(ends.nats_url, name=f"auditlog-{os.getpid()}", settings=settings)
-    await ensure_stream(nc, settings)
+    stop = asyncio.Event()
+    _install_signals(stop)
+    dsn, db_var, nats_var = ends.database_url, "AUDIT_DATABASE_URL", "AUDIT_NATS_URL"
+    name = f"auditlog-{os.getpid()}"
+    try:
+        await until_up("postgresql", lambda: prepare_database(dsn), stop, db_var)
+        api_pool = await until_up(
+            "postgresql", lambda: create_pool(dsn, max_size=settings.db_pool_size), stop, db_var
+        )
+        pipe_pool = await until_up(
+            "postgresql", lambda: create_pool(dsn, max_size=settings.pipeline_pool_size), stop,
+            db_var,
+        )  # fmt: skip
+        nc = await until_up(
+            "nats", lambda: connect(ends.nats_url, name=name, settings=settings), stop, nats_var
+        )
+        await until_up("nats", lambda: ensure_stream(nc, settings), stop, nats_var)
+    except asyncio.CancelledError:
+        log.info("stopped while waiting for dependencies")
+        return {"stored": 0, "duplicates": 0, "dead_lettered": 0}
     metrics = Metrics()
-    source = JetStreamSource(nc, settings, max_inflight=3 * settings.batch_max_events)
 
     async def announce(stored: list[Any], duplicates: list[Any], rejected: list[Any]) -> None:
         if stored or duplicates or rejected:
             payload = encode_keys([*stored, *duplicates], rejected)
             await nc.publish(settings.commit_subject, payload)
 
-    worker = Worker(settings, pool, nc, source, metrics, on_commit=announce)
-    stop = asyncio.Event()
-    _install_signals(stop)
-    worker_task = asyncio.create_task(worker.run(), name="worker")
+    pipeline = Pipeline(settings, pipe_pool, nc, metrics, announce)
+    worker_task = asyncio.create_task(pipeline.run(), name="pipeline")
     app = create_app(
         settings,
-        pool,
+        cast(asyncpg.Pool, TimedPool(api_pool, settings.db_acquire_timeout_s)),
         nc,
         metrics,
         consumer_bound=lambda: not worker_task.done(),
         api=http,
-        pipeline_status=worker.status,
+        pipeline_status=pipeline.status,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -127,7 +242,7 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
     try:
         await web.TCPSite(runner, settings.http_host, port).start()
     except OSError as exc:
-        await worker.stop()
+        await pipeline.stop()
         await runner.cleanup()
         var = "AUDIT_HTTP_PORT" if http else "AUDIT_METRICS_PORT"
         raise ConfigError(
@@ -142,7 +257,7 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
         try:
             grpc_server = await start_grpc(app, settings.http_host, settings.grpc_port)
         except OSError as exc:
-            await worker.stop()
+            await pipeline.stop()
             await runner.cleanup()
             raise ConfigError("AUDIT_GRPC_PORT", str(exc)) from exc
         log.info("gRPC listening on %s:%d", settings.http_host, settings.grpc_port)
@@ -152,45 +267,75 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    gauges = asyncio.create_task(_update_gauges(metrics, pool, source), name="gauges")
+    gauges = _update_gauges(metrics, api_pool, pipe_pool, pipeline)
+    ahead = partitions_ahead(pipe_pool, settings.partitions_ahead_months)
+    background = [asyncio.create_task(gauges), asyncio.create_task(ahead)]
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({stopper, worker_task}, return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down: draining the pipeline")
-    await worker.stop()
+    await pipeline.stop()
     try:
         await asyncio.wait_for(worker_task, timeout=settings.shutdown_timeout_s)
     except TimeoutError:
         log.error("pipeline did not drain in %.0fs; unacked events will be redelivered",
                   settings.shutdown_timeout_s)  # fmt: skip
     stopper.cancel()
-    gauges.cancel()
+    for task in background:
+        task.cancel()
     if grpc_server is not None:
         await grpc_server.stop(grace=5)
     await runner.cleanup()
     with contextlib.suppress(Exception):
         await nc.drain()
-    await pool.close()
-    totals = dict(worker.totals)
+    await api_pool.close()
+    await pipe_pool.close()
+    totals = dict(pipeline.totals)
     log.info(
         "stopped: %d stored, %d dead-lettered, %d duplicates, uptime %.1fs",
         totals["stored"], totals["dead_lettered"], totals["duplicates"],
         time.monotonic() - started,
     )  # fmt: skip
-    if worker_task.done() and not worker_task.cancelled() and worker_task.exception():
-        raise worker_task.exception()  # type: ignore[misc]
     return totals
 
 
-async def _update_gauges(
-    metrics: Metrics, pool: asyncpg.Pool, source: JetStreamSource, every: float = 5.0
-) -> None:
-    """Refresh the consumer and pool gauges (they are states, not events)."""
+async def partitions_ahead(pool: asyncpg.Pool, months: int, every: float = 3600.0) -> None:
+    """Create this month's partition and the next ``months`` now and every hour after.
+
+    A month rollover then never creates a partition (an ACCESS EXCLUSIVE lock on
+    ``audit.events``) under full load. Failures (PostgreSQL away) are retried next time.
+    """
     while True:
-        metrics.pool_in_use.set(pool.get_size() - pool.get_idle_size())
         try:
-            pending, ack_pending = await asyncio.wait_for(source.consumer_state(), 2)
-            metrics.consumer_pending.set(pending)
-            metrics.consumer_ack_pending.set(ack_pending)
+            now = datetime.now(UTC).replace(day=15)
+            async with pool.acquire() as conn:
+                for i in range(months + 1):
+                    await conn.execute("SELECT audit.ensure_partition($1)",
+                                       now + timedelta(days=31 * i))  # fmt: skip
+        except Exception as exc:
+            log.warning("could not create partitions ahead (will retry): %r", exc)
+            every_now = min(every, 60.0)
+        else:
+            every_now = every
+        await asyncio.sleep(every_now)
+
+
+async def _update_gauges(metrics: Metrics, api_pool: asyncpg.Pool, pipe_pool: asyncpg.Pool,
+                         pipeline: Pipeline, every: float = 5.0) -> None:  # fmt: skip
+    """Refresh the consumer, pool and progress gauges (they are states, not events)."""
+    while True:
+        metrics.pool_in_use.labels("api").set(api_pool.get_size() - api_pool.get_idle_size())
+        metrics.pool_in_use.labels("pipeline").set(
+            pipe_pool.get_size() - pipe_pool.get_idle_size())  # fmt: skip
+        worker = pipeline.worker
+        source = worker.source
+        if isinstance(source, JetStreamSource):
+            metrics.oldest_unacked.set(source.oldest_held_age_s(time.time_ns()))
+        metrics.last_commit_age.set(worker.stalled_for())
+        try:
+            if isinstance(source, JetStreamSource):
+                pending, ack_pending = await asyncio.wait_for(source.consumer_state(), 2)
+                metrics.consumer_pending.set(pending)
+                metrics.consumer_ack_pending.set(ack_pending)
         except Exception as exc:  # NATS away: keep the last values, say why once per tick
             log.debug("consumer state unavailable: %r", exc)
         await asyncio.sleep(every)
@@ -207,24 +352,51 @@ def run_event_loop(coro: object) -> object:
 
 
 def spawn_workers(settings: Settings, ends: Endpoints, n: int) -> int:
-    """Run ``n`` single-worker processes sharing the durable consumer; forward signals."""
+    """Run ``n`` single-worker processes sharing the durable consumer, until a signal.
+
+    A worker process that dies (killed, crashed) is restarted with backoff (1 s doubling
+    to 60 s, reset after a minute of running), and why is logged. SIGINT/SIGTERM are
+    forwarded; the exit code is the largest of the workers' last codes.
+    """
     env = dict(os.environ, AUDIT_DATABASE_URL=ends.database_url, AUDIT_NATS_URL=ends.nats_url)
-    procs = []
-    for i in range(n):
+    stopping = False
+
+    def launch(i: int) -> subprocess.Popen[bytes]:
         child_env = dict(env, AUDIT_METRICS_PORT=str(settings.metrics_port + i))
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "pipeline", "--workers", "1"],
-                env=child_env,
-            )
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "pipeline", "--workers", "1"], env=child_env
         )
 
+    procs = [launch(i) for i in range(n)]
+    started = [time.monotonic()] * n
+    delays = [1.0] * n
+    due: list[float | None] = [None] * n
+
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signum)
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
-    codes = [p.wait() for p in procs]
-    return max(codes, default=0)
+    while True:
+        if stopping:
+            return max((p.wait() for p in procs), default=0)
+        for i, p in enumerate(procs):
+            code = p.poll()
+            now = time.monotonic()
+            if code is None or stopping:
+                continue
+            if due[i] is None:
+                if now - started[i] > 60:
+                    delays[i] = 1.0
+                due[i] = now + delays[i]
+                log.error("worker %d (pid %d) exited with code %s; restarting in %.0fs",
+                          i, p.pid, code, delays[i])  # fmt: skip
+                delays[i] = min(delays[i] * 2, 60.0)
+            elif now >= due[i]:  # type: ignore[operator]
+                procs[i], started[i], due[i] = launch(i), now, None
+                log.info("worker %d restarted (pid %d)", i, procs[i].pid)
+        time.sleep(0.2)

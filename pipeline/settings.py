@@ -52,13 +52,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dedup_window: int = 200_000  # AUDIT_DEDUP_WINDOW (ids remembered in memory)
     workers: int = 1  # AUDIT_WORKERS
     shutdown_timeout_s: float = 20.0  # AUDIT_SHUTDOWN_TIMEOUT_S
-    db_pool_size: int = 8  # AUDIT_DB_POOL_SIZE
+    db_pool_size: int = 8  # AUDIT_DB_POOL_SIZE (the API's pool)
+    pipeline_pool_size: int = 4  # AUDIT_PIPELINE_POOL_SIZE (the pipeline's own pool)
+    db_acquire_timeout_s: float = 5.0  # AUDIT_DB_ACQUIRE_TIMEOUT_S (API: then 503)
+    partitions_ahead_months: int = 2  # AUDIT_PARTITIONS_AHEAD_MONTHS
+    # Heavy reads (exports, stats): at once in one API process, and per key; 0 = no limit.
+    heavy_read_concurrency: int = 2  # AUDIT_HEAVY_READ_CONCURRENCY
+    heavy_read_per_key: int = 1  # AUDIT_HEAVY_READ_PER_KEY
+    export_rows_per_s: int = 20_000  # AUDIT_EXPORT_ROWS_PER_S (pace of one export; 0 = off)
+    # An export fails (visibly) when PostgreSQL sends nothing for this long.
+    export_idle_timeout_s: float = 60.0  # AUDIT_EXPORT_IDLE_TIMEOUT_S
     # Accepted occurred_at, measured from when the event was received (JetStream's
     # timestamp, or when a write API took it). Importing older history: raise the age.
     max_future_skew_s: float = 900.0  # AUDIT_MAX_FUTURE_SKEW_S
     max_event_age_days: float = 366.0  # AUDIT_MAX_EVENT_AGE_DAYS
     # Bytes of delivered-but-unacked messages a worker holds (pull requests carry max_bytes).
     max_inflight_bytes: int = 64 * 1024 * 1024  # AUDIT_MAX_INFLIGHT_BYTES
+    # /readyz says "degraded: stalled" after this long without a commit while messages wait.
+    stall_after_s: float = 60.0  # AUDIT_STALL_AFTER_S
     # NATS authentication and TLS, applied to every connection the service makes.
     nats_user: str = ""  # AUDIT_NATS_USER
     nats_password: str = ""  # AUDIT_NATS_PASSWORD

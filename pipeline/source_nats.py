@@ -12,6 +12,7 @@ message so one worker's ack never covers another's messages.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -24,6 +25,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import BadRequestError, NotFoundError
 
+from pipeline.metrics import Metrics
 from pipeline.settings import Settings
 from pipeline.stages import Message
 from schemas.events import MAX_EVENT_BYTES
@@ -209,13 +211,21 @@ class JetStreamSource:
     requests never exceed ``settings.max_inflight_bytes`` (payload and headers counted).
     """
 
-    def __init__(self, nc: Client, settings: Settings, max_inflight: int) -> None:
+    def __init__(self, nc: Client, settings: Settings, max_inflight: int,
+                 metrics: Metrics | None = None) -> None:  # fmt: skip
         self.nc = nc
+        self.metrics = metrics
+        # Delivered and not yet settled, by ack subject: heartbeats go to all of them.
+        self.held: dict[str, Message] = {}
+        self.redelivered = 0
         self.settings = settings
         self.max_inflight = max_inflight
         self.max_bytes = settings.max_inflight_bytes
         self.inflight = 0
         self.inflight_bytes = 0
+        # Pull requests not yet satisfied, oldest first (JetStream serves one client's
+        # requests in order): [messages left, bytes left] each, and their totals.
+        self._requests: collections.deque[list[int]] = collections.deque()
         self._outstanding = 0
         self._outstanding_bytes = 0
         self._buffer: list[Message] = []
@@ -227,6 +237,7 @@ class JetStreamSource:
         self._pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{settings.stream}.{settings.consumer}"
         self._inbox = ""
         self._puller: asyncio.Task[None] | None = None
+        self._beater: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Subscribe the reply inbox and start issuing pull requests."""
@@ -237,18 +248,48 @@ class JetStreamSource:
         if isinstance(self.nc, FastClient):
             self.nc.register_sink(self._sub._id, self._on_raw)
         self._puller = asyncio.create_task(self._pull_loop(), name="jetstream-pull")
+        self._beater = asyncio.create_task(self._heartbeat_loop(), name="jetstream-heartbeat")
+
+    async def _heartbeat_loop(self) -> None:
+        """Tell JetStream every held message is in progress, every third of ``ack_wait``.
+
+        Held means delivered and not yet acked or NAKed, wherever it waits (the take
+        buffer, a flush, a storage retry), so a slow PostgreSQL causes no redelivery storm.
+        """
+        every = max(0.5, self.settings.ack_wait_s / 3)
+        while True:
+            await asyncio.sleep(every)
+            if self.held:
+                await self.in_progress(list(self.held.values()))
+
+    def oldest_held_age_s(self, now_ns: int) -> float:
+        """Seconds since JetStream stored the oldest message this source holds (0 if none)."""
+        if not self.held:
+            return 0.0
+        return max(0.0, (now_ns - min(m.timestamp_ns for m in self.held.values())) / 1e9)
 
     def _deliver(self, subject: str, ack: str, data: bytes,
                  headers: dict[str, str] | None, size: int) -> None:  # fmt: skip
         sseq, ts, delivered = parse_ack_subject(ack)
-        self._outstanding = max(0, self._outstanding - 1)
-        self._outstanding_bytes = max(0, self._outstanding_bytes - size)
+        if self._requests:
+            head = self._requests[0]
+            take = min(size, head[1])
+            head[0] -= 1
+            head[1] -= take
+            self._outstanding -= 1
+            self._outstanding_bytes -= take
+            if head[0] <= 0:  # satisfied: the server says nothing more, free its bytes
+                self._end_request()
         self.inflight += 1
         self.inflight_bytes += size
-        self._buffer.append(
-            Message(data=data, headers=headers, stream_seq=sseq, timestamp_ns=ts, ack=ack,
-                    subject=subject, delivered=delivered, size=size)
-        )  # fmt: skip
+        msg = Message(data=data, headers=headers, stream_seq=sseq, timestamp_ns=ts, ack=ack,
+                      subject=subject, delivered=delivered, size=size)  # fmt: skip
+        self.held[ack] = msg
+        if delivered > 1:
+            self.redelivered += 1
+            if self.metrics is not None:
+                self.metrics.redeliveries.inc()
+        self._buffer.append(msg)
         self._wake.set()
 
     async def _on_raw(self, subject: bytes, reply: bytes, data: bytes, raw_headers: bytes) -> None:
@@ -265,15 +306,18 @@ class JetStreamSource:
         # request went undelivered.
         status = headers.get("Status", "") if headers else ""
         if status in ("404", "408", "409"):
-            pending = headers.get("Nats-Pending-Messages") if headers else None
-            pending_bytes = headers.get("Nats-Pending-Bytes") if headers else None
-            left = int(pending) if pending else self._outstanding
-            self._outstanding = max(0, self._outstanding - left)
-            left_bytes = int(pending_bytes) if pending_bytes else self._outstanding_bytes
-            self._outstanding_bytes = max(0, self._outstanding_bytes - left_bytes)
+            self._end_request()
             if status == "409":
                 log.debug("pull request ended: %s %s", status, headers)
             self._room.set()
+
+    def _end_request(self) -> None:
+        """The oldest pull request is over: what it did not deliver is no longer expected."""
+        if self._requests:
+            msgs, nbytes = self._requests.popleft()
+            self._outstanding = max(0, self._outstanding - msgs)
+            self._outstanding_bytes = max(0, self._outstanding_bytes - nbytes)
+        self._room.set()
 
     async def _on_msg(self, msg: Msg) -> None:
         """The same as :meth:`_on_raw` for a plain nats-py client."""
@@ -307,7 +351,8 @@ class JetStreamSource:
                     await asyncio.wait_for(self._room.wait(), timeout=0.5)
                 except TimeoutError:
                     # Expired requests answer 408; if a status got lost, re-arm anyway.
-                    if (self._outstanding or self._outstanding_bytes) and self.inflight == 0:
+                    if self._requests and self.inflight == 0:
+                        self._requests.clear()
                         self._outstanding = self._outstanding_bytes = 0
                 continue
             n = min(batch, room)
@@ -319,6 +364,7 @@ class JetStreamSource:
                     ).encode(),
                     reply=self._inbox,
                 )
+                self._requests.append([n, room_bytes])
                 self._outstanding += n
                 self._outstanding_bytes += room_bytes
             except Exception as exc:  # reconnecting: try again shortly
@@ -350,40 +396,54 @@ class JetStreamSource:
         await self.nc.flush()
 
     def _settled(self, msgs: list[Message]) -> None:
-        self.inflight -= len(msgs)
-        self.inflight_bytes -= sum(m.size for m in msgs)
+        held = self.held
+        for m in msgs:
+            if held.pop(m.ack, None) is not None:
+                self.inflight -= 1
+                self.inflight_bytes -= m.size
         self._room.set()
 
-    async def ack(self, msgs: list[Message]) -> None:
-        """Acknowledge ``msgs`` (explicitly, each one) and make room for more pulls."""
+    async def _reply_safely(self, msgs: list[Message], payload: bytes, what: str) -> bool:
+        # Never raises: with NATS away, an unsent ack means a redelivery later (the claim
+        # table keeps storage exactly-once); an exception here must not end the worker.
         try:
-            if msgs:
-                await self._reply_all(msgs, _ACK)
-        finally:
-            self._settled(msgs)
+            await self._reply_all(msgs, payload)
+            return True
+        except Exception as exc:
+            log.warning("%s of %d message(s) not sent (NATS unavailable?): %r", what, len(msgs),
+                        exc)  # fmt: skip
+            return False
+
+    async def ack(self, msgs: list[Message]) -> None:
+        """Acknowledge ``msgs`` (explicitly, each one) and make room for more pulls.
+
+        Never raises: if NATS is away the acks are lost and JetStream redelivers.
+        """
+        if msgs:
+            await self._reply_safely(msgs, _ACK, "ack")
+        self._settled(msgs)
 
     async def nak(self, msgs: list[Message], delay_s: float) -> None:
         """Give ``msgs`` back for redelivery after ``delay_s`` (never lost, never acked)."""
-        try:
-            if msgs:
-                await self._reply_all(msgs, b'-NAK {"delay": %d}' % int(delay_s * 1e9))
-        finally:
-            self._settled(msgs)
+        if msgs:
+            await self._reply_safely(msgs, b'-NAK {"delay": %d}' % int(delay_s * 1e9), "nak")
+        self._settled(msgs)
 
     async def in_progress(self, msgs: list[Message]) -> None:
-        """Tell JetStream we still work on ``msgs`` (resets their ack timers)."""
+        """Tell JetStream we still work on ``msgs`` (resets their ack timers). Never raises."""
         if msgs:
-            await self._reply_all(msgs, _IN_PROGRESS)
+            await self._reply_safely(msgs, _IN_PROGRESS, "in-progress")
 
     async def stop(self) -> None:
         """Stop pulling; :meth:`chunks` ends once the buffer is drained."""
         self._stopping = True
         self._wake.set()
         self._room.set()
-        if self._puller:
-            self._puller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._puller
+        for task in (self._puller, self._beater):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._sub is not None:
             if isinstance(self.nc, FastClient):
                 self.nc.unregister_sink(self._sub._id)

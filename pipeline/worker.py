@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -60,6 +61,10 @@ class Source(Protocol):
     async def ack(self, msgs: list[Message]) -> None: ...
     async def nak(self, msgs: list[Message], delay_s: float) -> None: ...
     async def in_progress(self, msgs: list[Message]) -> None: ...
+
+    # Delivered, not yet settled (ack or nak); the source sends their heartbeats itself.
+    held: dict[str, Message]
+
     async def stop(self) -> None: ...
 
 
@@ -112,6 +117,7 @@ class Worker:
         # stream seq -> why its dead letter could not be published (held in the source).
         self._unpublished: dict[int, str] = {}
         self._dlq_max_bytes: int | None = None
+        self.last_progress = time.monotonic()
 
     # -- agents ---------------------------------------------------------------------------
     async def _process(self, stream: Stream[Any]) -> AsyncIterator[list[Any]]:
@@ -155,11 +161,11 @@ class Worker:
         try:
             await self.handle(batch)
         except Exception as exc:
-            # handle() settles every message itself; reaching here means the source
-            # failed to take an ack. The messages stay unacked and are redelivered (the
-            # claim table keeps storage exactly-once); the worker carries on.
+            # handle() settles every message itself and its parts do not raise; reaching
+            # here is a bug. The messages not yet settled are NAKed for redelivery (the
+            # claim table keeps storage exactly-once) and the worker carries on.
             self.metrics.internal_errors.labels("flush").inc()
-            log.error("batch of %d not settled (redelivery will retry it): %r", len(batch), exc)
+            log.exception("batch of %d not settled (redelivered later): %r", len(batch), exc)
             with contextlib.suppress(Exception):
                 await self.source.nak([x.msg for x in batch], 1.0)
         finally:
@@ -204,6 +210,7 @@ class Worker:
             await self.source.ack([x.msg for x in batch if id(x.msg) not in held])
         else:
             await self.source.ack([x.msg for x in batch])
+        self.last_progress = time.monotonic()
         dupe_keys: list[Key] = [(v.event.tenant_id, v.event.id) for v in dupes]  # type: ignore[misc]
         dupe_keys.extend(result.duplicates)
         self.dedup.remember(result.stored)
@@ -235,7 +242,7 @@ class Worker:
 
         A transient error (:func:`classify` ``retry``: connection lost, lock or
         serialization conflicts, disk full) retries the same events with capped
-        exponential backoff, forever, telling JetStream they are still in progress. Any
+        exponential backoff and jitter, forever (the source keeps them in progress). Any
         other error splits the events in halves, each stored in its own transaction, down
         to the single events that are refused (dead letters with the database's reason):
         a refused event never holds back the ones that can be stored.
@@ -243,7 +250,7 @@ class Worker:
         total = FlushResult()
         rejected: list[tuple[Dead, Key]] = []
         groups = [items] if items else []
-        delay, last_progress = 0.1, time.monotonic()
+        delay = 0.1
         while groups:
             group = groups.pop()
             started = time.perf_counter()
@@ -270,12 +277,10 @@ class Worker:
                     continue
                 log.warning("flush failed (retrying in %.1fs): %s", delay, describe(exc))
                 groups.append(group)
-            await asyncio.sleep(delay)
+            # Capped exponential backoff with jitter (workers retrying together spread out);
+            # the source's heartbeats keep the held messages from being redelivered.
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 5.0)
-            if time.monotonic() - last_progress > self.settings.ack_wait_s / 3:
-                with contextlib.suppress(Exception):
-                    await self.source.in_progress([v.msg for g in groups for v in g])
-                last_progress = time.monotonic()
         return total, rejected
 
     async def _ensure_partitions(self, group: list[Valid],
@@ -356,8 +361,20 @@ class Worker:
             self._dlq_max_bytes = limit
         return self._dlq_max_bytes
 
+    def stalled_for(self) -> float:
+        """Seconds without a settled batch while messages are held (0 when not waiting)."""
+        if not self.source.held:
+            return 0.0
+        return time.monotonic() - self.last_progress
+
     def status(self) -> str:
-        """``ok``, or ``degraded: ...`` while dead letters wait unpublished (for /readyz)."""
+        """``ok``, or ``degraded: <reason>`` (for /readyz): the pipeline holds messages and
+        commits nothing for ``stall_after_s``, or dead letters wait unpublished."""
+        stalled = self.stalled_for()
+        if stalled > self.settings.stall_after_s:
+            return (f"degraded: stalled: nothing committed for {stalled:.0f} s while "
+                    f"{len(self.source.held)} message(s) wait (PostgreSQL or NATS slow or "
+                    f"away?)")  # fmt: skip
         if not self._unpublished:
             return "ok"
         seq, why = next(iter(self._unpublished.items()))

@@ -21,6 +21,7 @@ from pipeline.commits import Waiters
 from pipeline.metrics import Metrics
 from pipeline.migrate import is_current
 from pipeline.settings import Settings
+from query_api.admission import Admission
 from query_api.auth import Authenticator
 from query_api.errors import error_middleware
 from query_api.handlers import add_routes, metrics_middleware
@@ -29,6 +30,7 @@ from query_api.publisher import Publisher
 from query_api.ratelimit import RateLimiter
 from query_api.rpc import add_connect_routes
 from query_api.state import (
+    ADMISSION,
     AUTH,
     CONSUMER_BOUND,
     METRICS,
@@ -66,10 +68,15 @@ async def _check_db(pool: asyncpg.Pool) -> str | None:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when PostgreSQL and NATS answer, migrations are current, the consumer bound."""
+    """Readiness per role, with every check and its reason in the body.
+
+    The API (REST, Connect, gRPC) is ready when it can serve reads: PostgreSQL answers and
+    migrations are current. NATS away or the pipeline stuck make it ``degraded`` (writes
+    answer 503, reads go on), never unready. A pipeline-only worker is ready when its
+    consumer can make progress: PostgreSQL and NATS answer and it is not stalled.
+    """
     app = request.app
     checks: dict[str, str] = {}
-    problems: list[str] = []
     db = await _check_db(app[POOL])
     checks["postgresql"] = db or "ok"
     nc = app[NATS]
@@ -79,16 +86,21 @@ async def readyz(request: web.Request) -> web.Response:
             await asyncio.wait_for(nc.flush(), timeout=2)
         except Exception:
             nats_ok = False
-    checks["nats"] = "ok" if nats_ok else "nats unreachable"
-    bound = app[CONSUMER_BOUND]()
-    checks["consumer"] = "ok" if bound else "pipeline consumer not bound"
-    problems = [v for v in checks.values() if v != "ok"]
-    status = 200 if not problems else 503
-    word = "ready" if status == 200 else "unready"
-    pipeline = app[PIPELINE_STATUS]()
-    checks["pipeline"] = pipeline
-    if pipeline != "ok" and status == 200:
-        word = "degraded"  # serving and ingesting, but some messages are held back
+    checks["nats"] = "ok" if nats_ok else "nats unreachable: writes answer 503"
+    checks["consumer"] = "ok" if app[CONSUMER_BOUND]() else "pipeline consumer not bound"
+    checks["pipeline"] = app[PIPELINE_STATUS]()
+    if WAITERS in app:  # the API: reads need PostgreSQL only
+        blocking = [checks["postgresql"]]
+    else:  # a pipeline-only worker: ready when it can make progress
+        stalled = checks["pipeline"].startswith("degraded: stalled")
+        blocking = [checks["postgresql"], checks["nats"], checks["consumer"],
+                    checks["pipeline"] if stalled else "ok"]  # fmt: skip
+    if any(v != "ok" for v in blocking):
+        word, status = "unready", 503
+    elif any(v != "ok" for v in checks.values()):
+        word, status = "degraded", 200
+    else:
+        word, status = "ready", 200
     return web.json_response({"status": word, "checks": checks}, status=status)
 
 
@@ -139,6 +151,7 @@ def create_app(
     limiter = (RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
                if settings.rate_limit_per_s > 0 else None)  # fmt: skip
     app[AUTH] = Authenticator(pool, settings.admin_token, limiter)
+    app[ADMISSION] = Admission(settings.heavy_read_concurrency, settings.heavy_read_per_key)
     app[TOKEN_SECRET] = token_secret(settings)
     app[SETTINGS] = settings
     app[POOL] = pool

@@ -77,7 +77,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (OSError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
             asyncpg.TooManyConnectionsError) as exc:  # fmt: skip
         log.warning("storage unavailable: %r", exc)
-        return ApiError(503, "unavailable", "storage is unavailable; retry later").response()
+        busy = "storage is unavailable or busy; retry later"
+        resp = ApiError(503, "unavailable", busy).response()
+        resp.headers["Retry-After"] = "1"
+        return resp
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return ApiError(500, "internal", "internal error").response()

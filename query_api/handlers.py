@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -20,8 +23,10 @@ from query_api.filters import (
     parse_query,
     stats_bucket,
 )
-from query_api.state import AUTH, METRICS, POOL, TOKEN_SECRET
+from query_api.state import ADMISSION, AUTH, METRICS, POOL, SETTINGS, TOKEN_SECRET
 from schemas.events import TENANT_ID_PATTERN
+
+log = logging.getLogger(__name__)
 
 _enc = msgspec.json.Encoder()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -104,7 +109,8 @@ async def stats(request: web.Request) -> web.Response:
     if start >= end:
         raise bad_request("start_time must be before end_time", "start_time")
     bucket = stats_bucket(start, end)
-    async with sql.tenant_tx(request.app[POOL], tenant) as conn:
+    async with (request.app[ADMISSION].admit(who.key_id, "stats queries"),
+                sql.tenant_tx(request.app[POOL], tenant) as conn):  # fmt: skip
         result = await sql.stats(conn, q, tenant, start, end, bucket)
     hist = result.pop("histogram")
     return _json(
@@ -122,7 +128,16 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def export(request: web.Request) -> web.StreamResponse:
-    """GET /v1/audit/export?format=ndjson|csv: every matching event, streamed by COPY."""
+    """GET /v1/audit/export?format=ndjson|csv: every matching event, streamed by COPY.
+
+    Admitted up to AUDIT_HEAVY_READ_CONCURRENCY at once (AUDIT_HEAVY_READ_PER_KEY per key;
+    beyond: 429 with Retry-After) and paced at AUDIT_EXPORT_ROWS_PER_S, so exports never
+    take every core from ingestion. No limit on the whole stream's duration: it fails
+    only when PostgreSQL sends nothing for AUDIT_EXPORT_IDLE_TIMEOUT_S. A failure after
+    the first byte ends the response in a way no client can take for a complete file:
+    NDJSON gets a last line ``{"error": {...}}``, and the chunked response is aborted
+    (no final chunk).
+    """
     who = await principal(request)
     who.require("read")
     q = parse_query(request.query, EXPORT_PARAMS)
@@ -135,18 +150,89 @@ async def export(request: web.Request) -> web.StreamResponse:
             "Content-Disposition": f'attachment; filename="audit-{tenant}.{q.format}"',
         }
     )
-    async with sql.tenant_tx(request.app[POOL], tenant) as conn:
+    settings = request.app[SETTINGS]
+    async with (request.app[ADMISSION].admit(who.key_id, "exports"),
+                sql.tenant_tx(request.app[POOL], tenant) as conn):  # fmt: skip
         await resp.prepare(request)
+        sink = ExportSink(resp, settings.export_rows_per_s)
         if q.format == "csv":
-            await conn.copy_from_query(query, *params, output=resp.write, format="csv",
-                                       header=True)  # fmt: skip
+            options: dict[str, Any] = {"format": "csv", "header": True}
         else:
             # CSV framing with a quote and delimiter that never occur in JSON text:
             # each row is the event's JSON, verbatim, on its own line.
-            await conn.copy_from_query(query, *params, output=resp.write, format="csv",
-                                       delimiter="\x02", quote="\x01")  # fmt: skip
+            options = {"format": "csv", "delimiter": "\x02", "quote": "\x01"}
+        copy = asyncio.ensure_future(conn.copy_from_query(
+            query, *params, output=sink.write, timeout=_NO_TOTAL_LIMIT_S, **options))  # fmt: skip
+        try:
+            await sink.watch(copy, settings.export_idle_timeout_s)
+        except Exception as exc:
+            log.warning("export for %s failed after %d rows: %r", tenant, sink.rows, exc)
+            if q.format != "csv":
+                with contextlib.suppress(Exception):
+                    await resp.write(_export_error(sink.rows))
+            # Abort: no terminating chunk, so the client sees an incomplete transfer.
+            if request.transport is not None:
+                request.transport.abort()
+            return resp
     await resp.write_eof()
     return resp
+
+
+_NO_TOTAL_LIMIT_S = 7 * 24 * 3600.0  # asyncpg's command_timeout must not cut a long export
+
+
+def _export_error(rows: int) -> bytes:
+    doc = {"error": {"code": "export_failed", "message": f"the export failed after {rows} "
+                     "rows; this file is incomplete", "rows": rows}}  # fmt: skip
+    return b"\n" + msgspec.json.encode(doc) + b"\n"
+
+
+class ExportSink:
+    """Where COPY's chunks go: written to the client, paced, and watched for idleness.
+
+    Args:
+        resp: the prepared streaming response.
+        rows_per_s: pace (0 = as fast as the client reads).
+    """
+
+    def __init__(self, resp: web.StreamResponse, rows_per_s: int) -> None:
+        self.resp = resp
+        self.rows_per_s = rows_per_s
+        self.rows = 0
+        self._started = time.monotonic()
+        self._idle_since: float | None = time.monotonic()  # None while writing
+
+    async def write(self, chunk: bytes) -> None:
+        """COPY's output callback (PostgreSQL waits while it runs: back-pressure)."""
+        self._idle_since = None
+        try:
+            await self.resp.write(chunk)
+            self.rows += chunk.count(b"\n")
+            if self.rows_per_s:
+                ahead = self.rows / self.rows_per_s - (time.monotonic() - self._started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        finally:
+            self._idle_since = time.monotonic()
+
+    async def watch(self, copy: asyncio.Future[Any], idle_timeout: float) -> None:
+        """Wait for ``copy``; cancel it when PostgreSQL sends nothing for ``idle_timeout``
+        (time spent writing to a slow client does not count).
+
+        Raises:
+            TimeoutError: PostgreSQL was idle too long; or what the COPY raised.
+        """
+        while True:
+            done, _ = await asyncio.wait({copy}, timeout=min(1.0, idle_timeout))
+            if done:
+                copy.result()
+                return
+            idle = self._idle_since
+            if idle is not None and time.monotonic() - idle > idle_timeout:
+                copy.cancel()
+                with contextlib.suppress(BaseException):
+                    await copy
+                raise TimeoutError(f"PostgreSQL sent nothing for {idle_timeout:g} s")
 
 
 class KeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
