@@ -56,6 +56,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pipeline_pool_size: int = 4  # AUDIT_PIPELINE_POOL_SIZE (the pipeline's own pool)
     db_acquire_timeout_s: float = 5.0  # AUDIT_DB_ACQUIRE_TIMEOUT_S (API: then 503)
     partitions_ahead_months: int = 2  # AUDIT_PARTITIONS_AHEAD_MONTHS
+    # Source stream: interest retention (a message goes once the pipeline acked it), and
+    # at most this many bytes of backlog; beyond it JetStream refuses publishers.
+    stream_max_bytes: int = 4 * 1024**3  # AUDIT_STREAM_MAX_BYTES
+    # Dead letters (raw payloads): kept this long and at most this many bytes; when full,
+    # new dead letters are refused and their messages wait in the source stream.
+    dlq_max_age_days: float = 30.0  # AUDIT_DLQ_MAX_AGE_DAYS
+    dlq_max_bytes: int = 1024**3  # AUDIT_DLQ_MAX_BYTES
     # Heavy reads (exports, stats): at once in one API process, and per key; 0 = no limit.
     heavy_read_concurrency: int = 2  # AUDIT_HEAVY_READ_CONCURRENCY
     heavy_read_per_key: int = 1  # AUDIT_HEAVY_READ_PER_KEY

@@ -23,7 +23,7 @@ from typing import Any
 import nats.js.api as jsapi
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from pipeline.metrics import Metrics
 from pipeline.settings import Settings
@@ -123,18 +123,39 @@ async def connect(url: str, name: str, settings: Settings | None = None) -> Clie
     return nc
 
 
+_NO_STORAGE = 10047  # JetStream: "insufficient storage resources available"
+
+
+async def _add_stream(js: Any, **config: Any) -> None:
+    """``add_stream``; when the server cannot reserve ``max_bytes`` (a small disk), the
+    stream is made without a byte limit and a warning says so (it still works)."""
+    try:
+        await js.add_stream(**config)
+    except APIError as exc:
+        if exc.err_code != _NO_STORAGE or not config.get("max_bytes"):
+            raise
+        log.warning("stream %s: the server cannot reserve max_bytes=%d (%s); made without a "
+                    "byte limit", config["name"], config["max_bytes"], exc.description)  # fmt: skip
+        config["max_bytes"] = -1
+        await js.add_stream(**config)
+
+
 async def ensure_dlq_stream(nc: Client, settings: Settings) -> None:
     """Create the dead-letter stream if it is missing (no size limit beyond max_payload)."""
     js = nc.jetstream()
     try:
         await js.stream_info(settings.dlq_stream)
     except NotFoundError:
-        await js.add_stream(
+        await _add_stream(
+            js,
             name=settings.dlq_stream,
             subjects=[settings.dlq_subject],
             storage=jsapi.StorageType.FILE,
             retention=jsapi.RetentionPolicy.LIMITS,
             duplicate_window=120.0,
+            max_age=settings.dlq_max_age_days * 86400,
+            max_bytes=settings.dlq_max_bytes,
+            discard=jsapi.DiscardPolicy.NEW,
         )
         log.info("created stream %s (%s)", settings.dlq_stream, settings.dlq_subject)
 
@@ -142,23 +163,28 @@ async def ensure_dlq_stream(nc: Client, settings: Settings) -> None:
 async def ensure_stream(nc: Client, settings: Settings) -> None:
     """Create or upgrade the event stream, the dead-letter stream and the durable consumer.
 
-    The event stream takes ``<subject>`` and the tenant-bound ``<subject>.*``, and refuses
-    messages larger than an event at its limit plus header room (``max_msg_size``). An
-    existing stream gains the tenant-bound subject and that size limit when it has none
-    (or a larger one); other settings are left as operators tuned them.
+    The event stream takes ``<subject>`` and the tenant-bound ``<subject>.*``, refuses
+    messages larger than an event at its limit plus header room (``max_msg_size``), and
+    never discards a message the pipeline has not acked: interest retention (a message
+    goes once acked), no age limit, a byte limit (``AUDIT_STREAM_MAX_BYTES``) beyond which
+    JetStream refuses publishers instead of dropping backlog. An existing stream is
+    moved to that (NATS >= 2.10 edits these in place; older servers keep it as it is,
+    with a warning); operators' other settings are left alone.
     """
     js = nc.jetstream()
     subjects = [settings.subject, settings.subject + ".*"]
     try:
         info = await js.stream_info(settings.stream)
     except NotFoundError:
-        await js.add_stream(
+        await _add_stream(
+            js,
             name=settings.stream,
             subjects=subjects,
             storage=jsapi.StorageType.FILE,
-            retention=jsapi.RetentionPolicy.LIMITS,
+            retention=jsapi.RetentionPolicy.INTEREST,
+            discard=jsapi.DiscardPolicy.NEW,
+            max_bytes=settings.stream_max_bytes,
             duplicate_window=120.0,
-            max_age=7 * 24 * 3600.0,
             max_msg_size=EVENT_MAX_MSG_SIZE,
         )
         log.info("created stream %s (%s)", settings.stream, ", ".join(subjects))
@@ -166,12 +192,25 @@ async def ensure_stream(nc: Client, settings: Settings) -> None:
         config = info.config
         have = list(config.subjects or [])
         size = config.max_msg_size or -1
-        if any(s not in have for s in subjects) or not 0 < size <= EVENT_MAX_MSG_SIZE:
+        old = (any(s not in have for s in subjects) or not 0 < size <= EVENT_MAX_MSG_SIZE
+               or config.retention != jsapi.RetentionPolicy.INTEREST
+               or (config.max_age or 0) > 0)  # fmt: skip
+        if old:
             config.subjects = have + [s for s in subjects if s not in have]
             config.max_msg_size = EVENT_MAX_MSG_SIZE if not 0 < size <= EVENT_MAX_MSG_SIZE else size
-            await js.update_stream(config)
-            log.info("updated stream %s: subjects %s, max_msg_size %d", settings.stream,
-                     config.subjects, config.max_msg_size)  # fmt: skip
+            # Retention moves to interest only once the durable consumer exists (below):
+            # a stream without interest would drop its backlog at the switch.
+            config.max_age = 0
+            if not (config.max_bytes or 0) > 0:
+                config.max_bytes = settings.stream_max_bytes
+                config.discard = jsapi.DiscardPolicy.NEW
+            try:
+                await js.update_stream(config)
+                log.info("upgraded stream %s: subjects %s, max_msg_size %d, no max_age",
+                         settings.stream, config.subjects, config.max_msg_size)  # fmt: skip
+            except BadRequestError as exc:
+                log.warning("stream %s kept as it is (could not upgrade it: %s); see the "
+                            "README, 'Upgrading'", settings.stream, exc)  # fmt: skip
     await ensure_dlq_stream(nc, settings)
     consumer = jsapi.ConsumerConfig(
         durable_name=settings.consumer,
@@ -188,6 +227,16 @@ async def ensure_stream(nc: Client, settings: Settings) -> None:
         # NATS < 2.10 cannot edit an existing consumer's filter: it keeps working, but
         # consumes only the subject it was made for (no tenant-bound subjects).
         log.warning("consumer %s kept as it is (could not update it: %s)", settings.consumer, exc)
+    info = await js.stream_info(settings.stream)
+    if info.config.retention != jsapi.RetentionPolicy.INTEREST:
+        info.config.retention = jsapi.RetentionPolicy.INTEREST
+        try:
+            await js.update_stream(info.config)
+            log.info("stream %s now keeps each message until the pipeline acked it (interest "
+                     "retention)", settings.stream)  # fmt: skip
+        except BadRequestError as exc:
+            log.warning("stream %s keeps its retention (could not change it: %s); see the "
+                        "README, 'Upgrading'", settings.stream, exc)  # fmt: skip
 
 
 def parse_ack_subject(reply: str) -> tuple[int, int, int]:

@@ -122,6 +122,9 @@ def settings_factory(nats_url: str):
             "commit_subject": f"test.{n}.audit.committed",
             "consumer": "pipeline",
             "batch_max_latency_ms": 20,
+            # JetStream reserves a stream's max_bytes up front: many small test streams.
+            "stream_max_bytes": 256 * 1024 * 1024,
+            "dlq_max_bytes": 128 * 1024 * 1024,
         }
         base.update(kw)
         return Settings(**base)  # type: ignore[arg-type]

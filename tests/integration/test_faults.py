@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 def worker_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     fields = ("database_url", "nats_url", "stream", "subject", "consumer", "dlq_stream",
-              "dlq_subject", "batch_max_events", "batch_max_latency_ms", "ack_wait_s")  # fmt: skip
+              "dlq_subject", "batch_max_events", "batch_max_latency_ms", "ack_wait_s",
+              "stream_max_bytes", "dlq_max_bytes")  # fmt: skip
     for field in fields:
         env["AUDIT_" + field.upper()] = str(getattr(settings, field))
     env["AUDIT_METRICS_PORT"] = str(free_port())

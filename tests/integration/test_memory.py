@@ -53,7 +53,7 @@ def peak_rss_mib(pid: int) -> float:
 
 
 async def test_worker_rss_stays_bounded_at_the_size_limit(db_url, settings_factory) -> None:
-    settings = settings_factory(db_url, max_inflight_bytes=BUDGET)
+    settings = settings_factory(db_url, max_inflight_bytes=BUDGET, dlq_max_bytes=256 << 20)
     nc = await connect(settings.nats_url, "mem-publisher")
     try:
         await ensure_stream(nc, settings)
@@ -61,8 +61,19 @@ async def test_worker_rss_stays_bounded_at_the_size_limit(db_url, settings_facto
         assert max(map(len, payloads)) > EVENT_MAX_MSG_SIZE - 2048
         await publish_all(nc, settings.subject, payloads)
         env = dict(os.environ, AUDIT_METRICS_PORT=str(free_port()), AUDIT_LOG_LEVEL="WARNING")
-        for field in ("database_url", "nats_url", "stream", "subject", "consumer", "dlq_stream",
-                      "dlq_subject", "max_inflight_bytes"):  # fmt: skip
+        fields = (
+            "database_url",
+            "nats_url",
+            "stream",
+            "subject",
+            "consumer",
+            "dlq_stream",
+            "dlq_subject",
+            "max_inflight_bytes",
+            "stream_max_bytes",
+            "dlq_max_bytes",
+        )
+        for field in fields:  # fmt: skip
             env["AUDIT_" + field.upper()] = str(getattr(settings, field))
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "pipeline"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip

@@ -7,6 +7,7 @@ import json
 import uuid
 
 import asyncpg
+import nats.js.api as jsapi
 import pytest
 
 from pipeline.chain import verify_tenant
@@ -167,3 +168,38 @@ async def test_two_workers_keep_every_chain_gapless(db_url, settings_factory) ->
         "count(DISTINCT seq) d FROM audit.events GROUP BY 1) s WHERE m <> c OR d <> c",
     )
     assert gaps == 0
+
+
+async def test_streams_never_age_out_unacked_events(db_url, settings_factory) -> None:
+    # Interest retention, no max_age; a byte limit the server cannot reserve is dropped.
+    settings = settings_factory(db_url, stream_max_bytes=2**60)
+    nc = await connect(settings.nats_url, "retention")
+    try:
+        await ensure_stream(nc, settings)
+        info = await nc.jetstream().stream_info(settings.stream)
+        dlq = await nc.jetstream().stream_info(settings.dlq_stream)
+    finally:
+        await nc.close()
+    assert info.config.retention == jsapi.RetentionPolicy.INTEREST
+    assert not info.config.max_age and info.config.max_bytes in (-1, None)
+    assert info.config.discard == jsapi.DiscardPolicy.NEW
+    assert dlq.config.max_bytes == settings.dlq_max_bytes and dlq.config.max_age
+
+
+async def test_an_old_stream_is_upgraded_in_place(db_url, settings_factory) -> None:
+    settings = settings_factory(db_url)
+    nc = await connect(settings.nats_url, "upgrade")
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name=settings.stream, subjects=[settings.subject],
+                            max_age=7 * 86400.0)  # fmt: skip
+        await js.publish(settings.subject, event("t-up", 1))
+        await ensure_stream(nc, settings)
+        info = await js.stream_info(settings.stream)
+    finally:
+        await nc.close()
+    assert info.config.retention == jsapi.RetentionPolicy.INTEREST and not info.config.max_age
+    assert settings.subject + ".*" in info.config.subjects
+    assert info.state.messages == 1  # the backlog survives the upgrade
+    async with running_worker(settings):
+        assert await wait_count(db_url, 1) == 1
