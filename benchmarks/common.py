@@ -140,10 +140,10 @@ def bench_settings(db: str, nurl: str, tag: str, **kw: object) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running_service(dsn: str, nats_url: str, admin_token: str,
-                          tag: str) -> AsyncIterator[str]:  # fmt: skip
-    """`auditlog run` on free ports against ``dsn``/``nats_url``; yields its base URL once
-    /readyz answers 200, and stops it (SIGTERM) afterwards."""
+async def running_service(dsn: str, nats_url: str, admin_token: str, tag: str,
+                          **extra_env: str) -> AsyncIterator[str]:  # fmt: skip
+    """`auditlog run` on free ports against ``dsn``/``nats_url`` (plus ``extra_env``);
+    yields its base URL once /readyz answers 200, and stops it (SIGTERM) afterwards."""
     import signal
     import subprocess
     import sys
@@ -156,7 +156,8 @@ async def running_service(dsn: str, nats_url: str, admin_token: str,
     env = dict(os.environ, AUDIT_DATABASE_URL=dsn, AUDIT_NATS_URL=nats_url,
                AUDIT_ADMIN_TOKEN=admin_token, AUDIT_HTTP_PORT=str(port),
                AUDIT_GRPC_PORT=str(free_port()), AUDIT_LOG_LEVEL="WARNING",
-               AUDIT_STREAM=f"BENCH{tag}", AUDIT_SUBJECT=f"bench{tag}.events")  # fmt: skip
+               AUDIT_STREAM=f"BENCH{tag}", AUDIT_SUBJECT=f"bench{tag}.events",
+               **extra_env)  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], env=env)
     base = f"http://127.0.0.1:{port}"
     try:

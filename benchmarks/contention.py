@@ -29,7 +29,6 @@ from benchmarks.common import (
     stored_rows,
     synthetic_events,
     tenant_ids,
-    with_ids,
 )
 
 ADMIN = "bench-contention-admin-token-0123456789"
@@ -60,9 +59,17 @@ async def drain(dsn: str, nurl: str, subject: str, payloads: list[bytes]) -> flo
     return len(payloads) / (t1 - t0)
 
 
-async def exporter(base: str, stop: asyncio.Event, stats: dict[str, int]) -> None:
-    url = f"{base}/v1/audit/export?tenant_id={EXPORT_TENANT}&format=ndjson"
+async def tenant_key(base: str) -> str:
+    """A new read key of EXPORT_TENANT (each exporter is its own client)."""
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN}"}) as s:
+        body = {"tenant_id": EXPORT_TENANT, "scopes": ["read"]}
+        async with s.post(f"{base}/v1/admin/keys", json=body) as r:
+            return str((await r.json())["token"])
+
+
+async def exporter(base: str, token: str, stop: asyncio.Event, stats: dict[str, int]) -> None:
+    url = f"{base}/v1/audit/export?format=ndjson"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as s:
         while not stop.is_set():
             async with s.get(url) as r:
                 if r.status == 429:
@@ -83,8 +90,9 @@ async def run(events: int, export_rows: int, exporters: int) -> dict[str, object
     export_doc["tenant_id"] = EXPORT_TENANT
     loads = [json.dumps({**export_doc, "description": f"row {i}"}).encode()
              for i in range(export_rows)]  # fmt: skip
-    alone_events, _ = with_ids(list(synthetic_events(events, tenant_ids(1000), seed=11)))
-    busy_events, _ = with_ids(list(synthetic_events(events, tenant_ids(1000), seed=12)))
+    # No client ids: each event's id derives from its stream position (all distinct).
+    alone_events = list(synthetic_events(events, tenant_ids(1000), seed=11))
+    busy_events = list(synthetic_events(events, tenant_ids(1000), seed=12))
     with bench_servers() as (server, nurl):
         dsn = await fresh_database(server, "bench_contention")
         async with running_service(dsn, nurl, ADMIN, tag) as base:
@@ -95,7 +103,8 @@ async def run(events: int, export_rows: int, exporters: int) -> dict[str, object
             print(f"  drain with {exporters} exporters", file=sys.stderr, flush=True)
             stop = asyncio.Event()
             stats = {"rows": 0, "429": 0}
-            tasks = [asyncio.create_task(exporter(base, stop, stats)) for _ in range(exporters)]
+            keys = [await tenant_key(base) for _ in range(exporters)]
+            tasks = [asyncio.create_task(exporter(base, k, stop, stats)) for k in keys]
             await asyncio.sleep(1.0)  # exports under way
             started = time.perf_counter()
             busy = await drain(dsn, nurl, subject, busy_events)

@@ -147,7 +147,11 @@ async def main() -> None:
             "SELECT tenant_id, count(*) FROM audit.events GROUP BY 1 ORDER BY 2 DESC LIMIT 1"
         )
         await conn.close()
-        async with running_service(dsn, nurl, ADMIN, "Q") as base:
+        # Read latency and raw export speed: no admission limits or export pacing here
+        # (the contention scenario measures those defaults against ingestion).
+        async with running_service(dsn, nurl, ADMIN, "Q", AUDIT_EXPORT_ROWS_PER_S="0",
+                                   AUDIT_HEAVY_READ_CONCURRENCY="0",
+                                   AUDIT_HEAVY_READ_PER_KEY="0") as base:  # fmt: skip
             result = await measure(base, big, args.reps)
     result = {"events": args.events, "load_seconds": load_s, "largest_tenant": big,
               "largest_tenant_rows": big_n, **result}  # fmt: skip

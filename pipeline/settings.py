@@ -66,7 +66,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Heavy reads (exports, stats): at once in one API process, and per key; 0 = no limit.
     heavy_read_concurrency: int = 2  # AUDIT_HEAVY_READ_CONCURRENCY
     heavy_read_per_key: int = 1  # AUDIT_HEAVY_READ_PER_KEY
-    export_rows_per_s: int = 20_000  # AUDIT_EXPORT_ROWS_PER_S (pace of one export; 0 = off)
+    export_rows_per_s: int = 10_000  # AUDIT_EXPORT_ROWS_PER_S (pace of one export; 0 = off)
     # An export fails (visibly) when PostgreSQL sends nothing for this long.
     export_idle_timeout_s: float = 60.0  # AUDIT_EXPORT_IDLE_TIMEOUT_S
     # Accepted occurred_at, measured from when the event was received (JetStream's

@@ -44,21 +44,25 @@ class Admission:
         """
         if self.per_key and self._by_key.get(key, 0) >= self.per_key:
             raise self._refuse(f"at most {self.per_key} {what} at once per key")
-        if self._slots is not None:
-            try:
-                await asyncio.wait_for(self._slots.acquire(), self.wait_s)
-            except TimeoutError:
-                raise self._refuse(f"at most {self.limit} {what} at once") from None
+        # The key's place is taken before waiting for a global slot, so two requests of
+        # one key cannot both pass the per-key check while they wait.
         self._by_key[key] = self._by_key.get(key, 0) + 1
-        self.running += 1
         try:
-            yield
+            if self._slots is not None:
+                try:
+                    await asyncio.wait_for(self._slots.acquire(), self.wait_s)
+                except TimeoutError:
+                    raise self._refuse(f"at most {self.limit} {what} at once") from None
+            self.running += 1
+            try:
+                yield
+            finally:
+                self.running -= 1
+                if self._slots is not None:
+                    self._slots.release()
         finally:
-            self.running -= 1
             left = self._by_key[key] - 1
             if left:
                 self._by_key[key] = left
             else:
                 del self._by_key[key]
-            if self._slots is not None:
-                self._slots.release()
