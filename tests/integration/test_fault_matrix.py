@@ -193,11 +193,18 @@ async def test_nats_stopped_30_s_during_a_drain(rig: Rig) -> None:
 async def test_postgres_stopped_30_s_during_a_drain(rig: Rig) -> None:
     total = 30_000
     await publish(rig, total)
-    worker = spawn(rig, "pipeline", AUDIT_METRICS_PORT=str(free_port()))
+    port = free_port()
+    worker = spawn(rig, "pipeline", AUDIT_METRICS_PORT=str(port), AUDIT_STALL_AFTER_S="5")
     try:
         assert await wait_rows(rig, 2000, timeout=60) >= 2000
         rig.pg.stop()
-        await asyncio.sleep(30)
+        await asyncio.sleep(15)
+        # The worker says why it cannot make progress (and stays up).
+        status, body = await asyncio.to_thread(readyz, port)
+        assert status == 503 and body["checks"]["postgresql"] != "ok"
+        assert body["checks"]["pipeline"].startswith("degraded: stalled"), body
+        assert metric(port, "auditlog_pipeline_last_progress_age_seconds") > 5
+        await asyncio.sleep(15)
         assert worker.poll() is None
         rig.pg.start()
         await assert_exact(rig, total, [worker])

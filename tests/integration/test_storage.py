@@ -142,3 +142,26 @@ async def test_partitions_appear_on_demand(db_url: str) -> None:
         assert default == 0  # no catch-all partition that could block a later month
     finally:
         await conn.close()
+
+
+async def test_partitions_are_made_ahead(db_url: str) -> None:
+    from pipeline.runtime import partitions_ahead
+
+    pool = await create_pool(db_url, max_size=1)
+    try:
+        task = asyncio.create_task(partitions_ahead(pool, 3))
+        expected = set()
+        now = datetime.now(UTC).replace(day=15)
+        for i in range(4):
+            ts = now + timedelta(days=31 * i)
+            expected.add(f"events_{ts.year:04d}_{ts.month:02d}")
+        for _ in range(100):
+            async with pool.acquire() as conn:
+                names = {r["name"] for r in await conn.fetch("SELECT name FROM audit.partitions")}
+            if expected <= names:
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+    finally:
+        await pool.close()
+    assert expected <= names
