@@ -266,7 +266,6 @@ class JetStreamSource:
         self.metrics = metrics
         # Delivered and not yet settled, by ack subject: heartbeats go to all of them.
         self.held: dict[str, Message] = {}
-        self.redelivered = 0
         self.settings = settings
         self.max_inflight = max_inflight
         self.max_bytes = settings.max_inflight_bytes
@@ -334,10 +333,8 @@ class JetStreamSource:
         msg = Message(data=data, headers=headers, stream_seq=sseq, timestamp_ns=ts, ack=ack,
                       subject=subject, delivered=delivered, size=size)  # fmt: skip
         self.held[ack] = msg
-        if delivered > 1:
-            self.redelivered += 1
-            if self.metrics is not None:
-                self.metrics.redeliveries.inc()
+        if delivered > 1 and self.metrics is not None:
+            self.metrics.redeliveries.inc()
         self._buffer.append(msg)
         self._wake.set()
 

@@ -60,9 +60,8 @@ class Source(Protocol):
     def chunks(self) -> AsyncIterator[list[Message]]: ...
     async def ack(self, msgs: list[Message]) -> None: ...
     async def nak(self, msgs: list[Message], delay_s: float) -> None: ...
-    async def in_progress(self, msgs: list[Message]) -> None: ...
 
-    # Delivered, not yet settled (ack or nak); the source sends their heartbeats itself.
+    # Delivered, not yet settled (ack or nak); the source keeps them alive (heartbeats).
     held: dict[str, Message]
 
     async def stop(self) -> None: ...
@@ -126,12 +125,7 @@ class Worker:
         async for chunk in stream:
             now = self.now()
             received.inc(len(chunk))
-            out = [process(m, now, limits) for m in chunk]
-            for x in out:
-                if isinstance(x, Dead) and x.reason == "internal_error":
-                    log.error("internal error on %s:%d (dead-lettered): %s",
-                              self.settings.stream, x.msg.stream_seq, x.message)  # fmt: skip
-            yield out
+            yield [process(m, now, limits) for m in chunk]
 
     async def _produce(self) -> None:
         stream = Agent("process", self._process)(Stream(self.source.chunks(), "source"))
@@ -201,15 +195,11 @@ class Worker:
         fresh, dupes = self.dedup.split(valid)
         result, rejected = await self._store(fresh)
         dead.extend(d for d, _ in rejected)
-        held: set[int] = set()
-        if dead:
-            held = await self._dead_letter(dead)
+        held = await self._dead_letter(dead) if dead else set()
         if held:
             kept = [d.msg for d in dead if id(d.msg) in held]
             await self.source.nak(kept, _nak_delay(kept))
-            await self.source.ack([x.msg for x in batch if id(x.msg) not in held])
-        else:
-            await self.source.ack([x.msg for x in batch])
+        await self.source.ack([x.msg for x in batch if id(x.msg) not in held])
         self.last_progress = time.monotonic()
         dupe_keys: list[Key] = [(v.event.tenant_id, v.event.id) for v in dupes]  # type: ignore[misc]
         dupe_keys.extend(result.duplicates)
@@ -320,6 +310,8 @@ class Worker:
                 self._unpublished.pop(d.msg.stream_seq, None)
             if d.reason == "internal_error":
                 self.metrics.internal_errors.labels(d.stage).inc()
+                log.error("internal error on %s:%d (dead-lettered): %s", self.settings.stream,
+                          d.msg.stream_seq, d.message)  # fmt: skip
         self.metrics.dead_letters_unpublished.set(len(self._unpublished))
         return held
 

@@ -21,6 +21,7 @@ from pipeline.commits import Waiters
 from pipeline.metrics import Metrics
 from pipeline.migrate import is_current
 from pipeline.settings import Settings
+from pipeline.stages import limits_for
 from query_api.admission import Admission
 from query_api.auth import Authenticator
 from query_api.errors import error_middleware
@@ -33,6 +34,7 @@ from query_api.state import (
     ADMISSION,
     AUTH,
     CONSUMER_BOUND,
+    LIMITS,
     METRICS,
     NATS,
     PIPELINE_STATUS,
@@ -151,6 +153,7 @@ def create_app(
     limiter = (RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
                if settings.rate_limit_per_s > 0 else None)  # fmt: skip
     app[AUTH] = Authenticator(pool, settings.admin_token, limiter)
+    app[LIMITS] = limits_for(settings)
     app[ADMISSION] = Admission(settings.heavy_read_concurrency, settings.heavy_read_per_key)
     app[TOKEN_SECRET] = token_secret(settings)
     app[SETTINGS] = settings

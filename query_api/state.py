@@ -11,6 +11,7 @@ from nats.aio.client import Client
 from pipeline.commits import Waiters
 from pipeline.metrics import Metrics
 from pipeline.settings import Settings
+from pipeline.stages import Limits
 from query_api.admission import Admission
 from query_api.auth import Authenticator
 from query_api.publisher import Publisher
@@ -28,3 +29,4 @@ TOKEN_SECRET = web.AppKey("token_secret", bytes)
 WAITERS = web.AppKey("waiters", Waiters)
 PUBLISHER = web.AppKey("publisher", Publisher)
 ADMISSION = web.AppKey("admission", Admission)
+LIMITS = web.AppKey("limits", Limits)  # what the write APIs accept, as the pipeline does

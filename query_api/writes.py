@@ -26,7 +26,6 @@ from pipeline.stages import (
     IDEMPOTENCY_HEADER,
     check_occurred,
     id_from_key,
-    limits_for,
     msg_id_for,
     new_uuid7,
     tenant_subject,
@@ -35,7 +34,7 @@ from query_api.auth import Principal
 from query_api.errors import ApiError, bad_request
 from query_api.handlers import principal
 from query_api.publisher import Ack
-from query_api.state import NATS, POOL, PUBLISHER, SETTINGS, WAITERS
+from query_api.state import LIMITS, NATS, POOL, PUBLISHER, SETTINGS, WAITERS
 from schemas.events import MAX_DEPTH, AuditEvent, EventValidationError, decode_event
 
 MAX_BATCH_EVENTS = 1000
@@ -82,7 +81,7 @@ def _validate(app: web.Application, raw: bytes, prefix: str) -> AuditEvent:
     """Decode and check one event as the pipeline will (occurred_at measured from now)."""
     try:
         event = decode_event(raw)
-        error = check_occurred(event, datetime.now(UTC), limits_for(app[SETTINGS]))
+        error = check_occurred(event, datetime.now(UTC), app[LIMITS])
         if error is not None:
             raise error
         return event
@@ -156,10 +155,13 @@ async def _deliver(app: web.Application, items: list[tuple[bytes, Key]], wait: b
                     dup.append(i)
             else:
                 out.append(ack)
-        # A duplicate must be this tenant's own event; else (a forged Nats-Msg-Id) ours was
-        # dropped: publish it again under a Nats-Msg-Id no one else can know.
-        forged = [i for i in dup
-                  if not await _same_event(app, acks[i].seq, items[i][1])]  # type: ignore[union-attr]  # fmt: skip
+        # One query says which duplicates are stored already (a retry's usual case; their
+        # JetStream message is gone once acked). Any other must be this tenant's own event
+        # still in flight; else (a forged Nats-Msg-Id) ours was dropped: publish it again
+        # under a Nats-Msg-Id no one else can know.
+        done = await _stored(app, [items[i][1] for i in dup])
+        forged = [i for i in dup if items[i][1] not in done
+                  and not await _same_event(app, acks[i].seq, items[i][1])]  # type: ignore[union-attr]  # fmt: skip
         if forged:
             nonce = os.urandom(8).hex()
             again = await _publish_all(app, [items[i] for i in forged], deadline,
@@ -169,7 +171,6 @@ async def _deliver(app: web.Application, items: list[tuple[bytes, Key]], wait: b
                 dup.remove(i)
         if not wait:
             return out
-        done = await _stored(app, [items[i][1] for i in dup])
         for i in dup:
             if items[i][1] in done:
                 out[i] = True

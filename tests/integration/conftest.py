@@ -104,11 +104,15 @@ async def admin_count(dsn: str, sql: str = "SELECT count(*) FROM audit.events", 
 
 
 async def wait_count(dsn: str, expected: int, timeout: float = 60.0) -> int:
-    """Poll until audit.events holds ``expected`` rows (or ``timeout``); return the count."""
+    """Poll until audit.events holds ``expected`` rows (or ``timeout``); return the count
+    (-1 while PostgreSQL is unreachable: fault tests poll through outages)."""
     deadline = time.monotonic() + timeout
     n = -1
     while time.monotonic() < deadline:
-        n = await admin_count(dsn)
+        try:
+            n = await admin_count(dsn)
+        except (OSError, asyncpg.PostgresError):
+            n = -1
         if n >= expected:
             return n
         await asyncio.sleep(0.1)

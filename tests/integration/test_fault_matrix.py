@@ -31,7 +31,7 @@ from pipeline.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from pipeline.migrate import migrate
 from pipeline.settings import Settings
 from pipeline.source_nats import connect, ensure_stream
-from tests.integration.conftest import admin_count, publish_all
+from tests.integration.conftest import admin_count, publish_all, wait_count
 from tests.integration.test_pipeline import event
 
 pytestmark = pytest.mark.integration
@@ -89,25 +89,8 @@ async def publish(rig: Rig, n: int, start: int = 0) -> None:
         await nc.close()
 
 
-async def rows(rig: Rig) -> int:
-    with contextlib.suppress(OSError, asyncpg.PostgresError):
-        return await admin_count(rig.dsn)
-    return -1
-
-
-async def wait_rows(rig: Rig, at_least: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    n = -1
-    while time.monotonic() < deadline:
-        n = await rows(rig)
-        if n >= at_least:
-            return n
-        await asyncio.sleep(0.05)
-    return n
-
-
 async def assert_exact(rig: Rig, total: int, procs: list[subprocess.Popen[bytes]]) -> None:
-    assert await wait_rows(rig, total, timeout=180) == total
+    assert await wait_count(rig.dsn, total, timeout=180) == total
     await asyncio.sleep(1.5)  # nothing more may arrive
     assert await admin_count(rig.dsn) == total
     dupes = await admin_count(rig.dsn, "SELECT count(*) FROM (SELECT 1 FROM audit.events "
@@ -163,7 +146,7 @@ async def test_kill_9_one_of_two_workers_mid_flush(rig: Rig) -> None:
     sup = spawn(rig, "pipeline", "--workers", "2", AUDIT_METRICS_PORT=str(free_port()))
     try:
         await publish(rig, total - 1, start=1)
-        assert await wait_rows(rig, 2000, timeout=60) >= 2000
+        assert await wait_count(rig.dsn, 2000, timeout=60) >= 2000
         workers = direct_children(sup.pid)
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)  # mid-flush: rows are landing right now
@@ -180,7 +163,7 @@ async def test_nats_stopped_30_s_during_a_drain(rig: Rig) -> None:
     await publish(rig, total)
     worker = spawn(rig, "pipeline", AUDIT_METRICS_PORT=str(free_port()))
     try:
-        assert await wait_rows(rig, 2000, timeout=60) >= 2000
+        assert await wait_count(rig.dsn, 2000, timeout=60) >= 2000
         rig.nats.stop()
         await asyncio.sleep(30)
         assert worker.poll() is None
@@ -196,7 +179,7 @@ async def test_postgres_stopped_30_s_during_a_drain(rig: Rig) -> None:
     port = free_port()
     worker = spawn(rig, "pipeline", AUDIT_METRICS_PORT=str(port), AUDIT_STALL_AFTER_S="5")
     try:
-        assert await wait_rows(rig, 2000, timeout=60) >= 2000
+        assert await wait_count(rig.dsn, 2000, timeout=60) >= 2000
         rig.pg.stop()
         await asyncio.sleep(15)
         # The worker says why it cannot make progress (and stays up).
@@ -220,7 +203,7 @@ async def test_postgres_paused_longer_than_ack_wait(rig: Rig) -> None:
     postmaster = int((rig.pg.data / "postmaster.pid").read_text().split()[0])
     paused: list[int] = []
     try:
-        assert await wait_rows(rig, 2000, timeout=60) >= 2000
+        assert await wait_count(rig.dsn, 2000, timeout=60) >= 2000
         os.kill(postmaster, signal.SIGSTOP)  # first: it can fork no new backend meanwhile
         paused = [postmaster, *children(postmaster)]
         for pid in paused[1:]:
@@ -249,7 +232,7 @@ async def test_exports_beyond_admission_get_429_while_ingestion_goes_on(rig: Rig
     service = spawn(rig, "run", AUDIT_HTTP_PORT=str(http), AUDIT_GRPC_PORT=str(free_port()),
                     AUDIT_ADMIN_TOKEN=admin)  # fmt: skip
     try:
-        assert await wait_rows(rig, first, timeout=90) == first
+        assert await wait_count(rig.dsn, first, timeout=90) == first
         await publish(rig, total - first, start=first)
         url = f"http://127.0.0.1:{http}/v1/audit/export?tenant_id={TENANTS[0]}&format=ndjson"
 

@@ -23,18 +23,14 @@ from pipeline.metrics import Metrics
 from pipeline.source_nats import EVENT_MAX_MSG_SIZE
 from pipeline.stages import tenant_subject
 from query_api.app import create_app
-from tests.conftest import README_EVENT
 from tests.integration.conftest import admin_count, dead_letters, running_worker, wait_count
+from tests.integration.test_pipeline import event as pipeline_event
 
 pytestmark = pytest.mark.integration
 
 
 def event(tenant: str = "tenant-h", i: int = 0, **extra: object) -> bytes:
-    doc = json.loads(README_EVENT)
-    doc["tenant_id"] = tenant
-    doc["description"] = f"event {i}"
-    doc.update(extra)
-    return json.dumps(doc).encode()
+    return pipeline_event(tenant, i, **extra)
 
 
 def deep_metadata(levels: int) -> bytes:
