@@ -36,10 +36,11 @@ test-unit: $(STAMP) ## Run the offline unit tests only
 test-integration: $(STAMP) ## Run the integration tests only
 	$(BIN)/pytest -q tests/integration $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff + mypy
-	$(BIN)/ruff check pipeline query_api schemas tests benchmarks
-	$(BIN)/ruff format --check pipeline query_api schemas tests benchmarks
+lint: $(STAMP) ## ruff, mypy and the layer contracts (import-linter)
+	$(BIN)/ruff check schemas infra pipeline query_api auditlog tests benchmarks
+	$(BIN)/ruff format --check schemas infra pipeline query_api auditlog tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP) ## Full benchmark (embedded servers unless AUDIT_BENCH_* are set)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)

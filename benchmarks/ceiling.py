@@ -17,8 +17,8 @@ import time
 from datetime import UTC, datetime
 
 from benchmarks.common import bench_servers, fresh_database, synthetic_events, tenant_ids
+from infra.db import create_pool
 from pipeline.chain import COLUMNS, link
-from pipeline.db import create_pool
 from pipeline.flush import PartitionCache, partition_name
 from pipeline.stages import Message, Valid, process
 

@@ -17,9 +17,9 @@ from typing import Any
 import asyncpg
 import nats
 
-from pipeline.db import ensure_database, with_database
-from pipeline.migrate import migrate
-from pipeline.settings import Settings
+from infra.db import ensure_database, with_database
+from infra.migrate import migrate
+from infra.settings import Settings
 from pipeline.synthetic import synthetic_events, tenant_ids
 
 __all__ = ["synthetic_events", "tenant_ids"]
@@ -64,7 +64,7 @@ def bench_servers() -> Iterator[tuple[str, str]]:
     """(database server DSN, NATS URL): external via AUDIT_BENCH_* env, else embedded."""
     db = os.environ.get("AUDIT_BENCH_DATABASE_URL")
     nurl = os.environ.get("AUDIT_BENCH_NATS_URL")
-    from pipeline.embedded import EmbeddedNats, EmbeddedPostgres
+    from auditlog.embedded import EmbeddedNats, EmbeddedPostgres
 
     root = Path(tempfile.mkdtemp(prefix="auditlog-bench-"))
     pg = n = None
@@ -150,7 +150,7 @@ async def running_service(dsn: str, nats_url: str, admin_token: str, tag: str,
 
     import aiohttp
 
-    from pipeline.embedded import free_port
+    from auditlog.embedded import free_port
 
     port = free_port()
     env = dict(os.environ, AUDIT_DATABASE_URL=dsn, AUDIT_NATS_URL=nats_url,
@@ -158,7 +158,7 @@ async def running_service(dsn: str, nats_url: str, admin_token: str, tag: str,
                AUDIT_GRPC_PORT=str(free_port()), AUDIT_LOG_LEVEL="WARNING",
                AUDIT_STREAM=f"BENCH{tag}", AUDIT_SUBJECT=f"bench{tag}.events",
                **extra_env)  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "auditlog.cli", "run"], env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as s:
@@ -180,14 +180,14 @@ def start_pipeline(settings: Settings, workers: int) -> tuple[subprocess.Popen[b
     Returns:
         (the process, the first worker's /readyz URL).
     """
-    from pipeline.embedded import free_port
+    from auditlog.embedded import free_port
 
     port = free_port()
     env = dict(os.environ, AUDIT_LOG_LEVEL="WARNING", AUDIT_METRICS_PORT=str(port))
     for f in ("database_url", "nats_url", "stream", "subject", "dlq_stream", "dlq_subject",
               "commit_subject", "batch_max_events", "batch_max_latency_ms"):  # fmt: skip
         env["AUDIT_" + f.upper()] = str(getattr(settings, f))
-    cmd = [sys.executable, "-m", "pipeline.cli", "pipeline", "--workers", str(workers)]
+    cmd = [sys.executable, "-m", "auditlog.cli", "pipeline", "--workers", str(workers)]
     return subprocess.Popen(cmd, env=env), f"http://127.0.0.1:{port}/readyz"
 
 
@@ -246,9 +246,9 @@ def cpu_seconds_by_component() -> dict[str, float]:
             out["postgresql"] += cpu
         elif comm.startswith("nats-server"):
             out["nats-server"] += cpu
-        elif b"pipeline.cli pipeline" in cmd:
+        elif b"auditlog.cli pipeline" in cmd:
             out["pipeline"] += cpu
-        elif b"pipeline.cli run" in cmd:
+        elif b"auditlog.cli run" in cmd:
             out["service"] += cpu
     return out
 

@@ -51,7 +51,7 @@ def _version(cmd: list[str]) -> str:
 
 def machine() -> dict[str, object]:
     """Facts about this machine, recorded with every result."""
-    from pipeline.embedded import nats_server_binary, postgres_bin_dir
+    from auditlog.embedded import nats_server_binary, postgres_bin_dir
 
     mem = 0
     try:

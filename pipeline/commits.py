@@ -1,5 +1,5 @@
 """Commit notifications: the pipeline announces committed event keys on a core NATS
-subject, and writers waiting for their events (the synchronous write API) are woken.
+subject (the write API's waiters, in ``query_api.waiters``, listen).
 
 Whatever process or machine flushed a batch, every API replica hears of it. The payload
 is compact JSON ``{"ok": [["tenant", "uuid"], ...], "rejected": [["tenant", "uuid",
@@ -10,10 +10,8 @@ stored, which is what a waiter needs to know); ``rejected`` are events PostgreSQ
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterable
-from typing import Any
 
 import msgspec
 
@@ -42,47 +40,3 @@ def decode_keys(data: bytes) -> Notice:
         return _dec.decode(data)
     except msgspec.MsgspecError:
         return Notice()
-
-
-class Waiters:
-    """Futures keyed by (tenant_id, event id), resolved when the key is committed.
-
-    A future's result is None when the event is stored, or PostgreSQL's reason when the
-    event was refused.
-    """
-
-    def __init__(self) -> None:
-        self._waiting: dict[Key, list[asyncio.Future[str | None]]] = {}
-
-    def __len__(self) -> int:
-        return len(self._waiting)
-
-    def expect(self, key: Key) -> asyncio.Future[str | None]:
-        """A future that completes when ``key`` is reported committed."""
-        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(key, []).append(fut)
-        return fut
-
-    def forget(self, key: Key, fut: asyncio.Future[str | None]) -> None:
-        """Stop waiting (timeout or cancellation)."""
-        futs = self._waiting.get(key)
-        if futs and fut in futs:
-            futs.remove(fut)
-            if not futs:
-                del self._waiting[key]
-
-    def committed(self, keys: Iterable[Key], rejected: Iterable[tuple[Key, str]] = ()) -> None:
-        """Resolve every waiter of ``keys`` (None) and of ``rejected`` (the reason)."""
-        if not self._waiting:
-            return
-        outcomes: list[tuple[Key, str | None]] = [(k, None) for k in keys]
-        outcomes.extend(rejected)
-        for key, why in outcomes:
-            for fut in self._waiting.pop(key, ()):
-                if not fut.done():
-                    fut.set_result(why)
-
-    async def on_message(self, msg: Any) -> None:
-        """nats-py subscription callback for the commit subject."""
-        notice = decode_keys(msg.data)
-        self.committed(notice.ok, [((t, i), why) for t, i, why in notice.rejected])

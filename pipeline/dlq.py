@@ -27,8 +27,9 @@ import hashlib
 from datetime import datetime
 from typing import Final
 
-from pipeline.chain import format_ts
-from pipeline.stages import IDEMPOTENCY_HEADER, Dead
+from pipeline.stages import Dead
+from schemas.canonical import format_ts
+from schemas.ids import IDEMPOTENCY_HEADER
 
 ORIGINAL_PREFIX: Final = "Audit-Orig-"
 DLQ_PREFIX: Final = "Audit-Dlq-"

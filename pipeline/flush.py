@@ -27,8 +27,9 @@ from typing import Any
 
 import asyncpg
 
-from pipeline.chain import COLUMNS, GENESIS, Prepared, link
-from pipeline.errors import StorageUnavailable
+from infra.errors import StorageUnavailable
+from pipeline.chain import COLUMNS, Prepared, link
+from schemas.canonical import GENESIS
 from schemas.events import AuditEvent
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
-from pipeline.metrics import Metrics
-from pipeline.settings import Settings
+from infra.metrics import Metrics
+from infra.settings import Settings
 from pipeline.stages import Message
 from schemas.events import MAX_EVENT_BYTES
 

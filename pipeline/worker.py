@@ -25,6 +25,8 @@ import asyncpg
 from nats.aio.client import Client
 from nats.js.errors import NoStreamResponseError
 
+from infra.metrics import Metrics
+from infra.settings import Settings
 from pipeline.agents import Agent, Stream, TakeBuffer
 from pipeline.dlq import dead_letter
 from pipeline.flush import (
@@ -35,8 +37,6 @@ from pipeline.flush import (
     partition_name,
     write_batch,
 )
-from pipeline.metrics import Metrics
-from pipeline.settings import Settings
 from pipeline.source_nats import ensure_dlq_stream
 from pipeline.stages import Dead, Deduplicator, Message, Valid, limits_for, process
 

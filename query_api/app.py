@@ -17,10 +17,10 @@ import asyncpg
 from aiohttp import web
 from nats.aio.client import Client
 
-from pipeline.commits import Waiters
-from pipeline.metrics import Metrics
-from pipeline.migrate import is_current
-from pipeline.settings import Settings
+from infra.metrics import Metrics
+from infra.migrate import is_current
+from infra.settings import Settings
+from query_api.waiters import Waiters
 from pipeline.stages import limits_for
 from query_api.admission import Admission
 from query_api.auth import Authenticator

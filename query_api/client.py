@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from pipeline.stages import msg_id_for, tenant_subject
+from schemas.ids import msg_id_for, tenant_subject
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 

@@ -8,9 +8,9 @@ import asyncpg
 from aiohttp import web
 from nats.aio.client import Client
 
-from pipeline.commits import Waiters
-from pipeline.metrics import Metrics
-from pipeline.settings import Settings
+from infra.metrics import Metrics
+from infra.settings import Settings
+from query_api.waiters import Waiters
 from pipeline.stages import Limits
 from query_api.admission import Admission
 from query_api.auth import Authenticator

@@ -22,20 +22,14 @@ import msgspec
 from aiohttp import web
 
 from pipeline.commits import Key
-from pipeline.stages import (
-    IDEMPOTENCY_HEADER,
-    check_occurred,
-    id_from_key,
-    msg_id_for,
-    new_uuid7,
-    tenant_subject,
-)
+from pipeline.stages import check_occurred
 from query_api.auth import Principal
 from query_api.errors import ApiError, bad_request
 from query_api.handlers import principal
 from query_api.publisher import Ack
 from query_api.state import LIMITS, NATS, POOL, PUBLISHER, SETTINGS, WAITERS
 from schemas.events import MAX_DEPTH, AuditEvent, EventValidationError, decode_event
+from schemas.ids import IDEMPOTENCY_HEADER, id_from_key, msg_id_for, new_uuid7, tenant_subject
 
 MAX_BATCH_EVENTS = 1000
 MAX_BATCH_BYTES = 4 * 1024 * 1024

@@ -19,9 +19,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from pipeline.db import with_database
-from pipeline.migrate import migrate
-from pipeline.settings import Settings
+from infra.db import with_database
+from infra.migrate import migrate
+from infra.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README_EVENT = (ROOT / "tests" / "data" / "readme_event.json").read_bytes()
@@ -42,7 +42,7 @@ def pg_server_url(state_root: Path) -> Iterator[str]:
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from pipeline.embedded import EmbeddedPostgres
+        from auditlog.embedded import EmbeddedPostgres
     pg = EmbeddedPostgres(state_root / "pg-session")
     pg.start()
     try:
@@ -57,7 +57,7 @@ def nats_url(state_root: Path) -> Iterator[str]:
     if external:
         yield external
         return
-    from pipeline.embedded import EmbeddedNats
+    from auditlog.embedded import EmbeddedNats
 
     srv = EmbeddedNats(state_root / "nats-session")
     url = srv.start()

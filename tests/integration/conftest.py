@@ -14,10 +14,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client
 
+from infra.db import create_pool
+from infra.metrics import Metrics
+from infra.settings import Settings
 from pipeline.commits import encode_keys
-from pipeline.db import create_pool
-from pipeline.metrics import Metrics
-from pipeline.settings import Settings
 from pipeline.source_nats import JetStreamSource, connect, ensure_stream, nats_options
 from pipeline.worker import Worker
 from query_api.app import create_app

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from infra.db import create_pool
 from pipeline.chain import verify_tenant
-from pipeline.db import create_pool
 from pipeline.flush import PartitionCache, write_batch
 from tests.integration.test_storage import _event
 

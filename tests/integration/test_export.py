@@ -12,7 +12,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from pipeline.db import create_pool
+from infra.db import create_pool
 from pipeline.flush import PartitionCache, write_batch
 from pipeline.stages import Message, Valid, process
 from tests.conftest import README_EVENT

@@ -25,11 +25,11 @@ import aiohttp
 import asyncpg
 import pytest
 
+from auditlog.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from infra.db import ensure_database
+from infra.migrate import migrate
+from infra.settings import Settings
 from pipeline.chain import verify_tenant
-from pipeline.db import ensure_database
-from pipeline.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from pipeline.migrate import migrate
-from pipeline.settings import Settings
 from pipeline.source_nats import connect, ensure_stream
 from tests.integration.conftest import admin_count, publish_all, wait_count
 from tests.integration.test_pipeline import event
@@ -74,7 +74,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
 
 def spawn(rig: Rig, *args: str, **env: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args],
+    return subprocess.Popen([sys.executable, "-m", "auditlog.cli", *args],
                             env=rig.env(**env), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
 

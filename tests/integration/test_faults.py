@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.db import ensure_database
-from pipeline.embedded import EmbeddedPostgres, free_port
-from pipeline.migrate import migrate
-from pipeline.settings import Settings
+from auditlog.embedded import EmbeddedPostgres, free_port
+from infra.db import ensure_database
+from infra.migrate import migrate
+from infra.settings import Settings
 from tests.integration.conftest import admin_count, publish_all, running_worker, wait_count
 from tests.integration.test_pipeline import event
 
@@ -34,7 +34,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 def spawn_worker(settings: Settings) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "pipeline", "--workers", "1"],
+        [sys.executable, "-m", "auditlog.cli", "pipeline", "--workers", "1"],
         env=worker_env(settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -19,10 +19,10 @@ import nats.js.api as jsapi
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from pipeline.metrics import Metrics
+from infra.metrics import Metrics
 from pipeline.source_nats import EVENT_MAX_MSG_SIZE
-from pipeline.stages import tenant_subject
 from query_api.app import create_app
+from schemas.ids import tenant_subject
 from tests.integration.conftest import admin_count, dead_letters, running_worker, wait_count
 from tests.integration.test_pipeline import event as pipeline_event
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.embedded import free_port
+from auditlog.embedded import free_port
 from pipeline.source_nats import EVENT_MAX_MSG_SIZE, connect, ensure_stream
 from tests.conftest import README_EVENT
 from tests.integration.conftest import admin_count, publish_all
@@ -75,7 +75,7 @@ async def test_worker_rss_stays_bounded_at_the_size_limit(db_url, settings_facto
         )
         for field in fields:  # fmt: skip
             env["AUDIT_" + field.upper()] = str(getattr(settings, field))
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "pipeline"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "auditlog.cli", "pipeline"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         js = nc.jetstream()
         peak = 0.0

@@ -18,8 +18,8 @@ import nats
 import pytest
 from nats.errors import Error as NatsError
 
-from pipeline.embedded import free_port, nats_server_binary
-from pipeline.stages import tenant_subject
+from auditlog.embedded import free_port, nats_server_binary
+from schemas.ids import tenant_subject
 from tests.conftest import README_EVENT
 from tests.integration.conftest import admin_count, dead_letters, running_worker, wait_count
 

@@ -18,8 +18,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from pipeline.db import create_pool
-from pipeline.embedded import free_port
+from auditlog.embedded import free_port
+from infra.db import create_pool
 from query_api.openapi import CHECKED_IN, render
 from tests.conftest import create_database
 from tests.integration.test_query_api import make_event, store
@@ -56,7 +56,7 @@ def live_service(pg_server_url, template_db, nats_url, tmp_path_factory):
                AUDIT_SUBJECT=f"{tag}.events", AUDIT_DLQ_STREAM=f"{tag}_DLQ",
                AUDIT_DLQ_SUBJECT=f"{tag}.dlq", AUDIT_LOG_LEVEL="WARNING",
                AUDIT_COMMIT_SUBJECT=f"{tag}.committed", AUDIT_WRITE_TIMEOUT_S="5")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "auditlog.cli", "run"], env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

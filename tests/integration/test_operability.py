@@ -16,7 +16,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from pipeline.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from auditlog.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from tests.integration.test_runtime import get, start, stop, wait_ready
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def cli(state: Path, port: int, *args: str, check: bool = True) -> subprocess.Co
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
     env.update(AUDIT_STATE_DIR=str(state), AUDIT_HTTP_PORT=str(port), AUDIT_ADMIN_TOKEN=ADMIN,
                COLUMNS="200")  # fmt: skip
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env,
+    r = subprocess.run([sys.executable, "-m", "auditlog.cli", *args], env=env,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     if check:
         assert r.returncode == 0, f"{args}: {r.stdout}\n{r.stderr}"

@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from pipeline.embedded import free_port
+from auditlog.embedded import free_port
 from query_api.rpc import start_grpc
 from schemas.audit.v1 import audit_pb2 as pb
 from schemas.audit.v1 import audit_pb2_grpc

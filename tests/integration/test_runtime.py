@@ -16,7 +16,7 @@ import asyncpg
 import nats
 import pytest
 
-from pipeline.embedded import _listening, free_port
+from auditlog.embedded import _listening, free_port
 from tests.conftest import README_EVENT
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def start(state: Path, port: int, **extra_env: str) -> subprocess.Popen[bytes]:
     env.update(AUDIT_STATE_DIR=str(state), AUDIT_HTTP_PORT=str(port),
                AUDIT_GRPC_PORT=str(free_port()), **extra_env)  # fmt: skip
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run"],
+        [sys.executable, "-m", "auditlog.cli", "run"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -108,7 +108,7 @@ async def test_run_serves_survives_restart_and_stops(tmp_path: Path) -> None:
         wait_ready(port, proc)
         assert await count_rows(state) == 1  # data survived
         verify = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "verify",
+            [sys.executable, "-m", "auditlog.cli", "verify",
              "7e4e4e93-94ec-45bd-87ce-88ce3f689e3c"],
             env=dict(os.environ, AUDIT_STATE_DIR=str(state)),
             capture_output=True, text=True, timeout=60,
@@ -124,12 +124,12 @@ async def test_run_serves_survives_restart_and_stops(tmp_path: Path) -> None:
 
 
 def test_json_logs_one_object_per_line(tmp_path: Path, pg_server_url: str) -> None:
-    from pipeline.db import with_database
+    from infra.db import with_database
 
     dsn = with_database(pg_server_url, f"auditlog_jsonlog_{os.getpid()}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
     env.update(AUDIT_DATABASE_URL=dsn, AUDIT_LOG_FORMAT="json", AUDIT_STATE_DIR=str(tmp_path))
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "migrate"], env=env,
+    r = subprocess.run([sys.executable, "-m", "auditlog.cli", "migrate"], env=env,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
     lines = [json.loads(line) for line in r.stderr.splitlines() if line.strip()]

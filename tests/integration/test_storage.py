@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from pipeline.db import create_pool
+from infra.db import create_pool
+from infra.migrate import applied_versions, load_migrations, migrate
 from pipeline.flush import write_batch
-from pipeline.migrate import applied_versions, load_migrations, migrate
 from pipeline.stages import Limits, Message, process
 from tests.conftest import README_EVENT, create_database
 
@@ -145,7 +145,7 @@ async def test_partitions_appear_on_demand(db_url: str) -> None:
 
 
 async def test_partitions_are_made_ahead(db_url: str) -> None:
-    from pipeline.runtime import partitions_ahead
+    from auditlog.runtime import partitions_ahead
 
     pool = await create_pool(db_url, max_size=1)
     try:

@@ -9,8 +9,9 @@ from typing import Any
 
 import msgspec
 
-from pipeline.chain import COLUMNS, GENESIS, canonical_bytes, link, verify_rows
+from pipeline.chain import COLUMNS, link, verify_rows
 from pipeline.stages import Message, Valid, process
+from schemas.canonical import GENESIS, canonical_bytes
 from tests.conftest import README_EVENT
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, 5, tzinfo=UTC)

@@ -15,7 +15,8 @@ from pipeline.dlq import (
     replay_headers,
     replay_subject,
 )
-from pipeline.stages import IDEMPOTENCY_HEADER, Dead, Message
+from pipeline.stages import Dead, Message
+from schemas.ids import IDEMPOTENCY_HEADER
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
 _HEADER_NAME = st.text(st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-"),

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ConfigError, MigrationError
-from pipeline.migrate import load_migrations
-from pipeline.settings import load_settings
+from infra.errors import ConfigError, MigrationError
+from infra.migrate import load_migrations
+from infra.settings import load_settings
 
 
 def test_settings_from_env_with_secrets_hidden() -> None:

@@ -10,17 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.stages import (
+from pipeline.stages import Dead, Deduplicator, Limits, Message, Valid, process
+from schemas.ids import (
     IDEMPOTENCY_HEADER,
-    Dead,
-    Deduplicator,
-    Limits,
-    Message,
-    Valid,
     id_from_key,
     msg_id_for,
     new_uuid7,
-    process,
     subject_tenant,
     tenant_subject,
     uuid7_from,

@@ -23,7 +23,7 @@ import time
 import warnings
 from pathlib import Path
 
-from pipeline.errors import EmbeddedServerError
+from infra.errors import EmbeddedServerError
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from auditlog.endpoints import api_url, database_url, nats_url
+from infra.errors import AuditLogError
+from infra.migrate import is_current
+from infra.settings import Settings
 from pipeline.dlq import is_truncated, replay_headers, replay_subject
-from pipeline.endpoints import api_url, database_url, nats_url
-from pipeline.errors import AuditLogError
-from pipeline.migrate import is_current
-from pipeline.settings import Settings
 from pipeline.source_nats import nats_options
 from pipeline.synthetic import synthetic_events, tenant_ids
 

@@ -27,12 +27,12 @@ import asyncpg
 import nats.errors
 from aiohttp import web
 
+from infra.db import TimedPool, create_pool, ensure_database
+from infra.errors import ConfigError, MigrationError
+from infra.metrics import Metrics
+from infra.migrate import migrate
+from infra.settings import Settings, redact_url
 from pipeline.commits import encode_keys
-from pipeline.db import TimedPool, create_pool, ensure_database
-from pipeline.errors import ConfigError, MigrationError
-from pipeline.metrics import Metrics
-from pipeline.migrate import migrate
-from pipeline.settings import Settings, redact_url
 from pipeline.source_nats import JetStreamSource, connect, ensure_stream
 from pipeline.worker import Worker
 from query_api.app import create_app
@@ -55,7 +55,7 @@ def servers(settings: Settings) -> Iterator[Endpoints]:
     pg = nats_srv = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        from pipeline.embedded import EmbeddedNats, EmbeddedPostgres
+        from auditlog.embedded import EmbeddedNats, EmbeddedPostgres
     try:
         state = Path(settings.state_dir)
         state.mkdir(parents=True, exist_ok=True)
@@ -364,7 +364,7 @@ def spawn_workers(settings: Settings, ends: Endpoints, n: int) -> int:
     def launch(i: int) -> subprocess.Popen[bytes]:
         child_env = dict(env, AUDIT_METRICS_PORT=str(settings.metrics_port + i))
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "pipeline", "--workers", "1"], env=child_env
+            [sys.executable, "-m", "auditlog.cli", "pipeline", "--workers", "1"], env=child_env
         )
 
     procs = [launch(i) for i in range(n)]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from pipeline.errors import MigrationError
+from infra.errors import MigrationError
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.endpoints import api_token, api_url
-from pipeline.errors import AuditLogError
-from pipeline.settings import Settings
+from auditlog.endpoints import api_token, api_url
+from infra.errors import AuditLogError
+from infra.settings import Settings
 
 CSV_FIELDS = ("id", "occurred_at", "tenant_id", "seq", "action", "category", "severity",
               "actor", "primary_resource", "description")  # fmt: skip

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from pipeline.errors import ConfigError
+from infra.errors import ConfigError
 
 _SECRET_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
 

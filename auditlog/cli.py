@@ -11,9 +11,10 @@ from typing import Any
 
 import click
 
-from pipeline import cli_api, cli_ops, logs
-from pipeline.errors import AuditLogError
-from pipeline.settings import Settings, load_settings
+from auditlog import cli_api, cli_ops
+from infra import logs
+from infra.errors import AuditLogError
+from infra.settings import Settings, load_settings
 
 
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
@@ -47,7 +48,7 @@ def run(ctx: click.Context, http_port: int | None, http_host: str | None) -> Non
     Starts embedded PostgreSQL and NATS under the state dir unless AUDIT_DATABASE_URL /
     AUDIT_NATS_URL are set; applies migrations first.
     """
-    from pipeline.runtime import run_event_loop, serve, servers
+    from auditlog.runtime import run_event_loop, serve, servers
 
     settings = _settings(ctx, http_port=http_port, http_host=http_host)
     try:
@@ -62,13 +63,13 @@ def run(ctx: click.Context, http_port: int | None, http_host: str | None) -> Non
 @click.pass_context
 def pipeline(ctx: click.Context, workers: int | None) -> None:
     """Run pipeline workers only (metrics on AUDIT_METRICS_PORT, +1 per extra worker)."""
-    from pipeline.runtime import run_event_loop, serve, servers, spawn_workers
+    from auditlog.runtime import run_event_loop, serve, servers, spawn_workers
 
     settings = _settings(ctx, workers=workers)
     try:
         with servers(settings) as ends:
             if settings.workers > 1:
-                from pipeline.runtime import prepare_database
+                from auditlog.runtime import prepare_database
 
                 asyncio.run(prepare_database(ends.database_url))
                 sys.exit(spawn_workers(settings, ends, settings.workers))
@@ -81,7 +82,7 @@ def pipeline(ctx: click.Context, workers: int | None) -> None:
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
     """Create the database if needed and apply pending SQL migrations."""
-    from pipeline.runtime import prepare_database, servers
+    from auditlog.runtime import prepare_database, servers
 
     settings: Settings = ctx.obj
     try:
@@ -102,8 +103,8 @@ def verify(ctx: click.Context, tenant_id: str) -> None:
     """Walk TENANT_ID's hash chain and report the first break (exit 1 if broken)."""
     import asyncpg
 
+    from auditlog.runtime import servers
     from pipeline.chain import verify_tenant
-    from pipeline.runtime import servers
 
     settings: Settings = ctx.obj
 

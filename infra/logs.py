@@ -8,7 +8,7 @@ import time
 
 import msgspec
 
-from pipeline.settings import redact_url
+from infra.settings import redact_url
 
 _enc = msgspec.json.Encoder()
 

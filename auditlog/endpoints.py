@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.errors import ConfigError
-from pipeline.settings import Settings
+from infra.errors import ConfigError
+from infra.settings import Settings
 
 
 def _read(path: Path) -> str | None:
