@@ -21,7 +21,7 @@ from schemas.events import AuditEvent, EventValidationError, decode_event
 from schemas.ids import (
     EPOCH,
     IDEMPOTENCY_HEADER,
-    id_from_key,
+    given_event_id,
     new_uuid7,
     subject_tenant,
     uuid7_from,
@@ -164,9 +164,9 @@ def enrich(event: AuditEvent, msg: Message, now: datetime) -> AuditEvent:
     if event_id is None:
         headers = msg.headers
         key = (headers.get(IDEMPOTENCY_HEADER) or headers.get("Nats-Msg-Id")) if headers else None
-        if key:
-            event_id = id_from_key(event.tenant_id, key)
-        elif msg.stream_seq:
+        event_id = given_event_id(event.tenant_id, None, key)
+    if event_id is None:
+        if msg.stream_seq:
             digest = hashlib.blake2b(
                 msg.stream_seq.to_bytes(8, "big") + msg.timestamp_ns.to_bytes(8, "big"),
                 digest_size=10,

@@ -1,4 +1,5 @@
-"""The aiohttp application: health, readiness and metrics (query/write routes join later).
+"""The aiohttp application: health, readiness, metrics, OpenAPI, and (for the API role) the
+REST and Connect routes over one :class:`AuditService`.
 
 ``create_app(settings, ...)`` is the factory; state lives under ``web.AppKey``s.
 """
@@ -14,47 +15,48 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncpg
+import msgspec
 from aiohttp import web
 from nats.aio.client import Client
 
 from infra.metrics import Metrics
 from infra.migrate import is_current
 from infra.settings import Settings
-from query_api.waiters import Waiters
 from pipeline.stages import limits_for
+from query_api import contract
 from query_api.admission import Admission
 from query_api.auth import Authenticator
-from query_api.errors import error_middleware
-from query_api.handlers import add_routes, metrics_middleware
 from query_api.openapi import render as render_openapi
 from query_api.publisher import Publisher
 from query_api.ratelimit import RateLimiter
+from query_api.rest import add_routes, error_middleware, metrics_middleware
 from query_api.rpc import add_connect_routes
+from query_api.service import AuditService
 from query_api.state import (
-    ADMISSION,
-    AUTH,
     CONSUMER_BOUND,
-    LIMITS,
     METRICS,
     NATS,
     PIPELINE_STATUS,
     POOL,
-    PUBLISHER,
+    SERVICE,
     SETTINGS,
     STARTED,
-    TOKEN_SECRET,
-    WAITERS,
 )
-from query_api.writes import add_write_routes
+from query_api.waiters import Waiters
+from query_api.writes import Writes
 
 OPENAPI = render_openapi().encode()
 
 
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=msgspec.json.encode(body), status=status,
+                        content_type="application/json")  # fmt: skip
+
+
 async def healthz(request: web.Request) -> web.Response:
     """The process is alive."""
-    return web.json_response(
-        {"status": "ok", "uptime_seconds": round(time.monotonic() - request.app[STARTED], 3)}
-    )
+    uptime = round(time.monotonic() - request.app[STARTED], 3)
+    return _json(contract.Health("ok", uptime))
 
 
 async def _check_db(pool: asyncpg.Pool) -> str | None:
@@ -91,7 +93,7 @@ async def readyz(request: web.Request) -> web.Response:
     checks["nats"] = "ok" if nats_ok else "nats unreachable: writes answer 503"
     checks["consumer"] = "ok" if app[CONSUMER_BOUND]() else "pipeline consumer not bound"
     checks["pipeline"] = app[PIPELINE_STATUS]()
-    if WAITERS in app:  # the API: reads need PostgreSQL only
+    if SERVICE in app:  # the API: reads need PostgreSQL only
         blocking = [checks["postgresql"]]
     else:  # a pipeline-only worker: ready when it can make progress
         stalled = checks["pipeline"].startswith("degraded: stalled")
@@ -103,7 +105,7 @@ async def readyz(request: web.Request) -> web.Response:
         word, status = "degraded", 200
     else:
         word, status = "ready", 200
-    return web.json_response({"status": word, "checks": checks}, status=status)
+    return _json(contract.Readiness(word, checks), status=status)  # type: ignore[arg-type]
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -150,12 +152,6 @@ def create_app(
     app = web.Application(
         client_max_size=5 * 1024 * 1024, middlewares=[metrics_middleware, error_middleware]
     )
-    limiter = (RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-               if settings.rate_limit_per_s > 0 else None)  # fmt: skip
-    app[AUTH] = Authenticator(pool, settings.admin_token, limiter)
-    app[LIMITS] = limits_for(settings)
-    app[ADMISSION] = Admission(settings.heavy_read_concurrency, settings.heavy_read_per_key)
-    app[TOKEN_SECRET] = token_secret(settings)
     app[SETTINGS] = settings
     app[POOL] = pool
     app[NATS] = nc
@@ -167,23 +163,37 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     if api:
-        app[WAITERS] = Waiters()
+        app[SERVICE] = build_service(settings, pool, nc, metrics)
         app.cleanup_ctx.append(_commit_subscription)
         app.router.add_get("/openapi.json", openapi_handler)
         add_routes(app)
-        add_write_routes(app)
         add_connect_routes(app)
     return app
 
 
+def build_service(settings: Settings, pool: asyncpg.Pool, nc: Client,
+                  metrics: Metrics) -> AuditService:  # fmt: skip
+    """The API's service object over open connections (its publisher starts with the app)."""
+    limiter = (RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+               if settings.rate_limit_per_s > 0 else None)  # fmt: skip
+    writes = Writes(settings=settings, limits=limits_for(settings), pool=pool, nc=nc,
+                    publisher=Publisher(nc), waiters=Waiters())  # fmt: skip
+    return AuditService(
+        settings=settings, pool=pool, metrics=metrics,
+        auth=Authenticator(pool, settings.admin_token, limiter),
+        admission=Admission(settings.heavy_read_concurrency, settings.heavy_read_per_key),
+        token_secret=token_secret(settings), writes=writes,
+    )  # fmt: skip
+
+
 async def _commit_subscription(app: web.Application) -> AsyncIterator[None]:
-    """While the app runs: listen for commit notifications (for synchronous writes) and
-    collect JetStream acks of the write API's publishes."""
-    sub = await app[NATS].subscribe(app[SETTINGS].commit_subject, cb=app[WAITERS].on_message)
-    app[PUBLISHER] = Publisher(app[NATS])
-    await app[PUBLISHER].start()
+    """While the app runs: listen for commit notices (for synchronous writes) and collect
+    JetStream acks of the write API's publishes."""
+    writes = app[SERVICE].writes
+    sub = await app[NATS].subscribe(app[SETTINGS].commit_subject, cb=writes.waiters.on_message)
+    await writes.publisher.start()
     yield
     with contextlib.suppress(Exception):
-        await app[PUBLISHER].stop()
+        await writes.publisher.stop()
     with contextlib.suppress(Exception):
         await sub.unsubscribe()

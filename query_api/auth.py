@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 
 import asyncpg
-from aiohttp import web
 
+from query_api import sql
 from query_api.errors import ApiError
 from query_api.ratelimit import RateLimited, RateLimiter, retry_after_header
 
@@ -108,14 +108,6 @@ class Authenticator:
         """Drop a key from the cache (after revocation)."""
         self._cache.pop(key_id, None)
 
-    async def authenticate(self, request: web.Request) -> Principal:
-        """The caller of ``request``.
-
-        Raises:
-            ApiError: 401 for a missing, malformed, unknown, revoked or forged token.
-        """
-        return await self.authenticate_header(request.headers.get("Authorization", ""))
-
     async def authenticate_header(self, header: str) -> Principal:
         """The caller presenting ``header`` (an ``Authorization`` value, any protocol).
 
@@ -141,11 +133,7 @@ class Authenticator:
                 return self._admit(cached[1])
             raise ApiError(401, "unauthenticated", "invalid token")
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT tenant_id, scopes, token_hash FROM audit.api_keys"
-                " WHERE key_id = $1 AND revoked_at IS NULL",
-                key_id,
-            )
+            row = await sql.active_key(conn, key_id)
         if row is None or not hmac.compare_digest(bytes(row["token_hash"]), digest):
             raise ApiError(401, "unauthenticated", "invalid or revoked token")
         principal = Principal(

@@ -1,15 +1,7 @@
-"""API errors: one JSON shape, ``{"error": {"code", "message", "field"}}``, for every failure."""
+"""API errors, transport-neutral: REST answers them as ``{"error": {"code", "message",
+"field"}}`` with their HTTP status; Connect and gRPC map the status to their codes."""
 
 from __future__ import annotations
-
-import logging
-from collections.abc import Awaitable, Callable
-
-import asyncpg
-import msgspec
-from aiohttp import web
-
-log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -32,19 +24,6 @@ class ApiError(Exception):
         self.field = field
         self.headers = headers or {}
 
-    def response(self) -> web.Response:
-        """The JSON response for this error."""
-        body = {"error": {"code": self.code, "message": self.message, "field": self.field}}
-        headers = dict(self.headers)
-        if self.status == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="auditlog"'
-        return web.Response(
-            body=msgspec.json.encode(body),
-            status=self.status,
-            content_type="application/json",
-            headers=headers,
-        )
-
 
 def bad_request(message: str, field: str = "") -> ApiError:
     """400 invalid_argument."""
@@ -54,33 +33,3 @@ def bad_request(message: str, field: str = "") -> ApiError:
 def not_found(what: str = "event") -> ApiError:
     """404 not_found (also for other tenants' data: existence is not revealed)."""
     return ApiError(404, "not_found", f"{what} not found")
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into the JSON error shape; never leak internals."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return exc.response()
-    except web.HTTPRequestEntityTooLarge:
-        return ApiError(413, "too_large", "request body too large").response()
-    except web.HTTPException as exc:
-        if exc.status == 404:
-            return ApiError(404, "not_found", f"no route for {request.path}").response()
-        if exc.status == 405:
-            return ApiError(405, "method_not_allowed", f"{request.method} not allowed").response()
-        raise
-    except (OSError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-            asyncpg.TooManyConnectionsError) as exc:  # fmt: skip
-        log.warning("storage unavailable: %r", exc)
-        busy = "storage is unavailable or busy; retry later"
-        resp = ApiError(503, "unavailable", busy).response()
-        resp.headers["Retry-After"] = "1"
-        return resp
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return ApiError(500, "internal", "internal error").response()

@@ -16,27 +16,28 @@ from typing import Any
 import msgspec
 from multidict import MultiMapping
 
+from query_api.contract import (
+    DEFAULT_PAGE_SIZE,
+    MAX_LIST_ITEMS,
+    MAX_PAGE_SIZE,
+    MAX_Q_LEN,
+    MAX_VALUE_LEN,
+    ExportParams,
+    FilterParams,
+    ListParams,
+    param_names,
+)
 from query_api.errors import bad_request
 from schemas.events import ACTION_PATTERN, ACTOR_TYPES, CATEGORIES, SEVERITIES, TENANT_ID_PATTERN
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
-MAX_LIST_ITEMS = 20
-MAX_VALUE_LEN = 256
-MAX_Q_LEN = 200
 
 _TENANT_RE = re.compile(TENANT_ID_PATTERN)
 _ACTION_RE = re.compile(ACTION_PATTERN)
 
-LIST_PARAMS = frozenset(
-    {
-        "tenant_id", "start_time", "end_time", "severities", "categories", "actions",
-        "actor_type", "actor_id", "resource_type", "resource_id", "q", "page_size",
-        "page_token", "order",
-    }
-)  # fmt: skip
-STATS_PARAMS = LIST_PARAMS - {"page_size", "page_token", "order"}
-EXPORT_PARAMS = STATS_PARAMS | {"format", "order"}
+TIME_MIN = datetime.min.replace(tzinfo=UTC)
+TIME_MAX = datetime.max.replace(tzinfo=UTC)
+LIST_PARAMS = param_names(ListParams)
+STATS_PARAMS = param_names(FilterParams)
+EXPORT_PARAMS = param_names(ExportParams)
 
 
 class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,8 +97,12 @@ def _one(params: MultiMapping[str] | Mapping[str, str], name: str) -> str | None
     )  # fmt: skip
     if len(raw) > 1:
         raise bad_request(f"{name} may be given once", name)
-    if not raw or raw[0] == "":
+    if not raw:
         return None
+    if raw[0] == "":
+        if name == "page_token":  # an empty token is the first page
+            return None
+        raise bad_request(f"{name} is empty: give a value or leave it out", name)
     value = raw[0]
     if len(value) > MAX_VALUE_LEN:
         raise bad_request(f"{name} is longer than {MAX_VALUE_LEN} characters", name)
@@ -130,7 +135,10 @@ def parse_time(value: str | None, name: str) -> datetime | None:
         raise bad_request(msg, name) from None
     if ts.tzinfo is None:
         raise bad_request(f"{name} needs a timezone (Z or +hh:mm)", name)
-    return ts.astimezone(UTC)
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError:  # within a day of year 1 or 9999: the ends of time
+        return TIME_MIN if ts.year == 1 else TIME_MAX
 
 
 def _actions(params: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -172,8 +180,6 @@ def parse_query(params: Any, allowed: frozenset[str] = LIST_PARAMS) -> EventQuer
         raise bad_request("tenant_id has characters a tenant id cannot have", "tenant_id")
     start = parse_time(_one(params, "start_time"), "start_time")
     end = parse_time(_one(params, "end_time"), "end_time")
-    if start and end and start >= end:
-        raise bad_request("start_time must be before end_time", "start_time")
     actor_type = _one(params, "actor_type")
     if actor_type is not None and actor_type not in ACTOR_TYPES:
         raise bad_request(

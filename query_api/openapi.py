@@ -1,170 +1,106 @@
-"""The OpenAPI 3.1 description of the HTTP API, served at ``/openapi.json``.
+"""The OpenAPI 3.1 description of the HTTP API, served at ``/openapi.json``, generated.
 
-The same document is checked in as ``schemas/openapi.json`` (``python -m
-query_api.openapi`` rewrites it; a test fails when it is stale). Event schemas come from
-the msgspec Structs, so the API and the pipeline describe one event.
+Every schema comes from the types the handlers use: query parameters, request and response
+bodies from ``query_api.contract``, the input event from ``schemas.events``. This module
+adds only what a type cannot say: paths, methods, summaries and which errors each
+operation answers. The same document is checked in as ``schemas/openapi.json``
+(``python -m query_api.openapi`` rewrites it; a test fails when it is stale).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from query_api.filters import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_Q_LEN
-from schemas.events import ACTOR_TYPES, CATEGORIES, SEVERITIES, TENANT_ID_PATTERN, json_schema
+import msgspec
+
+from query_api import contract as c
+from schemas.events import json_schema
 
 CHECKED_IN = Path(__file__).resolve().parent.parent / "schemas" / "openapi.json"
-
-_STR = {"type": "string"}
-_TS = {"type": "string", "format": "date-time"}
-
-
-def _param(name: str, schema: dict[str, Any], desc: str, *, explode: bool = False,
-           required: bool = False) -> dict[str, Any]:  # fmt: skip
-    p: dict[str, Any] = {"name": name, "in": "query", "description": desc, "schema": schema}
-    if required:
-        p["required"] = True
-    if schema.get("type") == "array":
-        p["style"], p["explode"] = "form", explode or True
-    return p
+REF = "#/components/schemas/{name}"
+_ERRORS = {400: "Invalid argument", 401: "Missing or invalid bearer token",
+           403: "Not allowed for this token", 404: "Not found", 413: "Body too large",
+           429: "Too many requests (see Retry-After)",
+           503: "Storage or event log unavailable (see Retry-After)"}  # fmt: skip
 
 
-def _enum_list(values: tuple[str, ...]) -> dict[str, Any]:
-    return {"type": "array", "items": {"type": "string", "enum": list(values)}, "maxItems": 20}
+@dataclass(frozen=True)
+class Op:
+    """One operation: what the contract types cannot say about it."""
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    params: type[msgspec.Struct] | None = None
+    path_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    body: type[msgspec.Struct] | None = None
+    ok: dict[int, tuple[Any, str]] = field(default_factory=dict)
+    errors: tuple[int, ...] = (400, 401, 403, 503)
+    headers: tuple[dict[str, Any], ...] = ()
+    public: bool = False
+    links: dict[str, dict[str, Any]] = field(default_factory=dict)  # on the first ok status
 
 
-TENANT = _param(
-    "tenant_id",
-    {"type": "string", "pattern": TENANT_ID_PATTERN},
-    "Tenant to query; required with the admin token, defaults to a key's tenant.",
-)
-FILTERS = [
-    TENANT,
-    _param("start_time", _TS, "Inclusive lower bound on occurred_at (RFC 3339)."),
-    _param("end_time", _TS, "Exclusive upper bound on occurred_at (RFC 3339)."),
-    _param("severities", _enum_list(SEVERITIES), "Any of these severities."),
-    _param("categories", _enum_list(CATEGORIES), "Any of these categories."),
-    _param("actions", {"type": "array", "maxItems": 20, "items": {
-        "type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*(\.\*)?$",
-        "maxLength": 130}}, "Exact action names, or prefixes written as `user.*`."),
-    _param("actor_type", {"type": "string", "enum": list(ACTOR_TYPES)}, "Actor type."),
-    _param("actor_id", {"type": "string", "minLength": 1, "maxLength": 256}, "Actor id."),
-    _param("resource_type", {"type": "string", "minLength": 1, "maxLength": 256},
-           "Primary or related resource type."),
-    _param("resource_id", {"type": "string", "minLength": 1, "maxLength": 256},
-           "Primary or related resource id."),
-    _param("q", {"type": "string", "minLength": 1, "maxLength": MAX_Q_LEN},
-           "Full-text search over action, description and display names (web search syntax)."),
-]  # fmt: skip
-PAGING = [
-    _param("page_size", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE,
-                         "default": DEFAULT_PAGE_SIZE}, "Events per page."),
-    _param("page_token", {"type": "string", "maxLength": 200},
-           "next_page_token of the previous page; bound to the same tenant and filters."),
-    _param("order", {"type": "string", "enum": ["desc", "asc"], "default": "desc"},
-           "desc: newest first (occurred_at, then id)."),
-]  # fmt: skip
+_UUID = {"type": "string", "format": "uuid"}
+_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header",
+                "description": "Makes retries safe: the same key names the same event.",
+                "schema": {"type": "string", "minLength": 1,
+                           "maxLength": c.MAX_KEY_LEN}}  # fmt: skip
+_STREAM = object()  # marks the export's streamed body
 
-
-EVENT_INPUT = {"$ref": "#/components/schemas/EventInput"}
-WAIT = _param(
-    "wait",
-    {"type": "boolean", "default": True},
-    "true: answer after commit; false: after JetStream's acknowledgement.",
-)
-IDEMPOTENCY = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
-    "description": "Makes retries safe: the same key names the same event.",
-}
-WRITE_OK = {
-    "type": "object",
-    "required": ["event_id"],
-    "properties": {
-        "event_id": {"type": "string", "format": "uuid"},
-        "committed": {"type": "boolean"},
-    },
-}
-BATCH_OK = {
-    "type": "object",
-    "required": ["event_ids", "errors"],
-    "properties": {
-        "event_ids": {"type": "array", "items": {"type": "string", "format": "uuid"}},
-        "uncommitted_event_ids": {"type": "array", "items": {"type": "string"}},
-        "errors": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["index", "code", "message", "field"],
-                "properties": {
-                    "index": {"type": "integer"},
-                    "code": _STR,
-                    "message": _STR,
-                    "field": _STR,
-                },
-            },
-        },
-    },
-}
-
-
-def _error_responses(*codes: int) -> dict[str, Any]:
-    names = {400: "Invalid argument", 401: "Missing or invalid bearer token",
-             403: "Not allowed for this token", 404: "Not found", 413: "Body too large",
-             429: "Rate limit of this key exceeded (see Retry-After)",
-             503: "Storage unavailable"}  # fmt: skip
-    if 401 in codes:  # every authenticated operation is rate limited per tenant key
-        codes = tuple(sorted({*codes, 429}))
-    out: dict[str, Any] = {
-        str(c): {"description": names[c], "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/Error"}}}}
-        for c in codes
-    }  # fmt: skip
-    if 429 in codes:
-        out["429"]["headers"] = {
-            "Retry-After": {
-                "description": "Seconds to wait before retrying",
-                "schema": {"type": "integer"},
-            }
-        }
-    return out
-
-
-def _event_schema() -> dict[str, Any]:
-    ref = {"type": "object", "required": ["type", "id", "display_name"], "properties": {
-        "type": _STR, "id": _STR, "display_name": _STR}}  # fmt: skip
-    return {
-        "type": "object",
-        "required": ["id", "tenant_id", "seq", "action", "category", "severity", "actor",
-                     "occurred_at", "received_at", "hash"],
-        "properties": {
-            "id": {"type": "string", "format": "uuid"},
-            "tenant_id": _STR,
-            "seq": {"type": "integer", "minimum": 1},
-            "action": _STR,
-            "category": {"type": "string", "enum": list(CATEGORIES)},
-            "severity": {"type": "string", "enum": list(SEVERITIES)},
-            "actor": {"type": "object", "required": ["type", "id", "display_name"],
-                      "properties": {"type": {"type": "string", "enum": list(ACTOR_TYPES)},
-                                     "id": _STR, "display_name": _STR}},
-            "primary_resource": {"oneOf": [ref, {"type": "null"}]},
-            "related_resources": {"type": "array", "items": ref},
-            "description": _STR,
-            "metadata": {"type": "object"},
-            "changes": {"oneOf": [{"type": "object"}, {"type": "null"}]},
-            "occurred_at": _TS,
-            "received_at": _TS,
-            "ip": _STR, "user_agent": _STR, "request_id": _STR, "trace_id": _STR,
-            "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$",
-                     "description": "hex SHA-256(previous hash || canonical bytes)"},
-        },
-    }  # fmt: skip
+OPERATIONS = (
+    Op("post", "/v1/audit/events", "WriteEvent",
+       "Write one event; answers after it is committed (wait=true).",
+       params=c.WriteParams, body=c.WriteEventBody, headers=(_IDEMPOTENCY,),
+       ok={200: (c.WriteResult, "Committed"),
+           202: (c.WriteResult, "Durable in JetStream, not yet committed")},
+       errors=(400, 401, 403, 413, 503),
+       links={"GetWrittenEvent": {"operationId": "GetEvent", "parameters": {
+           "id": "$response.body#/event_id",
+           "tenant_id": "$request.body#/event/tenant_id"}}}),
+    Op("get", "/v1/audit/events", "ListEvents", "One page of a tenant's events.",
+       params=c.ListParams, ok={200: (c.EventPage, "OK")}),
+    Op("post", "/v1/audit/events:batch", "WriteEvents",
+       f"Write up to {c.MAX_BATCH_EVENTS:,} events (4 MiB); per-event results.",
+       params=c.WriteParams, body=c.WriteEventsBody,
+       ok={200: (c.BatchResult, "Every accepted event committed"),
+           202: (c.BatchResult, "Some accepted events not yet committed")},
+       errors=(400, 401, 403, 413, 503)),
+    Op("get", "/v1/audit/events/{id}", "GetEvent", "One event by id.",
+       params=c.EventParams, path_params={"id": _UUID}, ok={200: (c.OneEvent, "OK")},
+       errors=(400, 401, 403, 404, 503)),
+    Op("get", "/v1/audit/stats", "EventStats",
+       "Counts by severity and category and a histogram (default: the last 24 h).",
+       params=c.FilterParams, ok={200: (c.Stats, "OK")}),
+    Op("get", "/v1/audit/export", "ExportEvents",
+       "Every matching event, streamed as NDJSON or CSV.",
+       params=c.ExportParams, ok={200: (_STREAM, "The events")}),
+    Op("post", "/v1/admin/keys", "CreateKey", "Create a tenant API key (admin token).",
+       body=c.KeyRequest, ok={201: (c.NewKey, "Created; the token is shown only here")},
+       links={"RevokeCreatedKey": {"operationId": "RevokeKey", "parameters": {
+                  "key_id": "$response.body#/key_id"}},
+              "ListTenantKeys": {"operationId": "ListKeys", "parameters": {
+                  "tenant_id": "$response.body#/tenant_id"}}}),
+    Op("get", "/v1/admin/keys", "ListKeys", "List keys, without tokens (admin token).",
+       params=c.KeyListParams, ok={200: (c.KeyList, "OK")}),
+    Op("delete", "/v1/admin/keys/{key_id}", "RevokeKey",
+       "Revoke a key (idempotent; admin token).",
+       path_params={"key_id": {"type": "string", "minLength": 1, "maxLength": 64}},
+       ok={200: (c.Key, "The key, revoked")}, errors=(401, 403, 404, 503)),
+    Op("get", "/healthz", "Health", "The process is alive.", public=True,
+       ok={200: (c.Health, "Alive")}, errors=()),
+    Op("get", "/readyz", "Ready", "Readiness with every check and its reason.", public=True,
+       ok={200: (c.Readiness, "Ready or degraded"), 503: (c.Readiness, "Not ready")},
+       errors=()),
+)  # fmt: skip
 
 
 def _input_schemas() -> dict[str, Any]:
-    """The input event's JSON Schema from the msgspec Struct, as components ``EventInput``
+    """The input event's JSON Schema from its msgspec Struct, as components ``EventInput``
     and ``In<Name>`` (its nested definitions)."""
     schema = json_schema()
     defs = schema.pop("$defs")
@@ -174,124 +110,96 @@ def _input_schemas() -> dict[str, Any]:
     return {"EventInput": parts["root"], **{f"In{k}": v for k, v in parts["defs"].items()}}
 
 
-def _json_ok(schema: dict[str, Any], desc: str = "OK") -> dict[str, Any]:
-    return {"description": desc, "content": {"application/json": {"schema": schema}}}
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """``T | None`` as a query parameter is just an optional ``T``."""
+    options = [s for s in schema.get("anyOf", ()) if s != {"type": "null"}]
+    return options[0] if len(options) == 1 else schema
+
+
+def _parameters(op: Op, components: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": schema}
+        for name, schema in op.path_params.items()
+    ]
+    if op.params is not None:
+        struct = components[op.params.__name__]
+        for name, prop in struct["properties"].items():
+            schema = _not_null(prop)
+            param: dict[str, Any] = {"name": name, "in": "query", "schema": schema}
+            if "description" in schema:
+                param["description"] = schema.pop("description")
+            if name in struct.get("required", ()):
+                param["required"] = True
+            if schema.get("type") == "array":
+                param["style"], param["explode"] = "form", True
+            out.append(param)
+    out.extend(op.headers)
+    return out
+
+
+def _content(kind: Any) -> dict[str, Any]:
+    if kind is _STREAM:
+        return {"application/x-ndjson": {"schema": {"type": "string"}},
+                "text/csv": {"schema": {"type": "string"}}}  # fmt: skip
+    return {"application/json": {"schema": {"$ref": REF.format(name=kind.__name__)}}}
+
+
+def _responses(op: Op) -> dict[str, Any]:
+    out: dict[str, Any] = {str(status): {"description": desc, "content": _content(kind)}
+                           for status, (kind, desc) in op.ok.items()}  # fmt: skip
+    if op.links:
+        out[str(min(op.ok))]["links"] = op.links
+    codes = set(op.errors)
+    if 401 in codes:  # every authenticated operation may be rate limited
+        codes.add(429)
+    for status in sorted(codes):
+        resp: dict[str, Any] = {"description": _ERRORS[status], "content": _content(c.Error)}
+        if status in (429, 503):
+            resp["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying",
+                                               "schema": {"type": "integer"}}}  # fmt: skip
+        out[str(status)] = resp
+    return out
+
+
+def _operation(op: Op, components: dict[str, Any]) -> dict[str, Any]:
+    doc: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary}
+    params = _parameters(op, components)
+    if params:
+        doc["parameters"] = params
+    if op.body is not None:
+        doc["requestBody"] = {"required": True, "content": _content(op.body)}
+    doc["responses"] = _responses(op)
+    if op.public:
+        doc["security"] = []
+    return doc
+
+
+def _components() -> dict[str, Any]:
+    types: list[Any] = [c.Error]
+    for op in OPERATIONS:
+        types.extend(t for t in (op.params, op.body) if t is not None)
+        types.extend(kind for kind, _ in op.ok.values() if kind is not _STREAM)
+    _, components = msgspec.json.schema_components(dict.fromkeys(types), ref_template=REF)
+    return components
 
 
 def spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document."""
-    ref = {"$ref": "#/components/schemas/AuditEvent"}
-    key = {"type": "object", "required": ["key_id", "tenant_id", "scopes", "created_at"],
-           "properties": {"key_id": _STR, "tenant_id": _STR, "created_at": _TS,
-                          "scopes": {"type": "array", "items": {"enum": ["read", "write"]}},
-                          "revoked_at": {"oneOf": [_TS, {"type": "null"}]}}}  # fmt: skip
+    components = _components()
+    paths: dict[str, Any] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op, components)
+    params = {op.params.__name__ for op in OPERATIONS if op.params is not None}
+    schemas = {k: v for k, v in components.items() if k not in params}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Audit Log Service", "version": "1.0.0",
                  "description": "Tenant-scoped, tamper-evident audit events."},
         "security": [{"bearer": []}],
-        "paths": {
-            "/v1/audit/events": {"post": {
-                "operationId": "WriteEvent",
-                "summary": "Write one event; answers after it is committed (wait=true).",
-                "parameters": [WAIT, IDEMPOTENCY],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["event"], "additionalProperties": False,
-                    "properties": {"event": {"$ref": "#/components/schemas/EventInput"}}}}}},
-                "responses": {
-                    "200": _json_ok(WRITE_OK, "Committed"),
-                    "202": _json_ok(WRITE_OK, "Durable in JetStream, not yet committed"),
-                    **_error_responses(400, 401, 403, 413, 503)}},
-                "get": {
-                "operationId": "ListEvents", "summary": "One page of a tenant's events.",
-                "parameters": FILTERS + PAGING,
-                "responses": {"200": _json_ok({
-                    "type": "object", "required": ["events", "next_page_token"],
-                    "properties": {"events": {"type": "array", "items": ref},
-                                   "next_page_token": {"type": "string"}}}),
-                    **_error_responses(400, 401, 403, 503)}}},
-            "/v1/audit/events:batch": {"post": {
-                "operationId": "WriteEvents",
-                "summary": "Write up to 1,000 events (4 MiB); per-event results.",
-                "parameters": [WAIT],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["events"], "additionalProperties": False,
-                    "properties": {"events": {"type": "array", "maxItems": 1000,
-                                              "items": EVENT_INPUT}}}}}},
-                "responses": {
-                    "200": _json_ok(BATCH_OK, "Every accepted event committed"),
-                    "202": _json_ok(BATCH_OK, "Some accepted events not yet committed"),
-                    **_error_responses(400, 401, 403, 413, 503)}}},
-            "/v1/audit/events/{id}": {"get": {
-                "operationId": "GetEvent", "summary": "One event by id.",
-                "parameters": [{"name": "id", "in": "path", "required": True,
-                                "schema": {"type": "string", "format": "uuid"}}, TENANT],
-                "responses": {"200": _json_ok({"type": "object", "required": ["event"],
-                                               "properties": {"event": ref}}),
-                              **_error_responses(400, 401, 403, 404, 503)}}},
-            "/v1/audit/stats": {"get": {
-                "operationId": "EventStats",
-                "summary": "Counts by severity and category and a histogram (default: 24 h).",
-                "parameters": FILTERS,
-                "responses": {"200": _json_ok({"$ref": "#/components/schemas/Stats"}),
-                              **_error_responses(400, 401, 403, 503)}}},
-            "/v1/audit/export": {"get": {
-                "operationId": "ExportEvents",
-                "summary": "Every matching event, streamed as NDJSON or CSV.",
-                "parameters": [*FILTERS, PAGING[2], _param(
-                    "format", {"type": "string", "enum": ["ndjson", "csv"],
-                               "default": "ndjson"}, "Output format.")],
-                "responses": {"200": {"description": "The events", "content": {
-                    "application/x-ndjson": {"schema": {"type": "string"}},
-                    "text/csv": {"schema": {"type": "string"}}}},
-                    **_error_responses(400, 401, 403, 503)}}},
-            "/v1/admin/keys": {
-                "post": {"operationId": "CreateKey", "summary": "Create a tenant API key.",
-                         "requestBody": {"required": True, "content": {"application/json": {
-                             "schema": {"type": "object", "required": ["tenant_id"],
-                                        "additionalProperties": False, "properties": {
-                                 "tenant_id": {"type": "string", "pattern": TENANT_ID_PATTERN},
-                                 "scopes": {"type": "array", "minItems": 1, "maxItems": 2,
-                                            "items": {"enum": ["read", "write"]}}}}}}},
-                         "responses": {"201": _json_ok({"allOf": [key, {
-                             "type": "object", "required": ["token"],
-                             "properties": {"token": _STR}}]}, "Created; the token is shown once"),
-                             **_error_responses(400, 401, 403, 503)}},
-                "get": {"operationId": "ListKeys", "summary": "List keys (without tokens).",
-                        "parameters": [TENANT],
-                        "responses": {"200": _json_ok({"type": "object", "required": ["keys"],
-                            "properties": {"keys": {"type": "array", "items": key}}}),
-                            **_error_responses(400, 401, 403, 503)}}},
-            "/v1/admin/keys/{key_id}": {"delete": {
-                "operationId": "RevokeKey", "summary": "Revoke a key.",
-                "parameters": [{"name": "key_id", "in": "path", "required": True,
-                                "schema": {"type": "string", "maxLength": 64}}],
-                "responses": {"200": _json_ok(key), **_error_responses(401, 403, 404, 503)}}},
-            "/healthz": {"get": {"operationId": "Health", "security": [],
-                                 "responses": {"200": _json_ok({"type": "object"})}}},
-            "/readyz": {"get": {"operationId": "Ready", "security": [], "responses": {
-                "200": _json_ok({"type": "object"}), "503": _json_ok({"type": "object"},
-                                                                    "Not ready")}}},
-        },
+        "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                **_input_schemas(),
-                "AuditEvent": _event_schema(),
-                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-                    "type": "object", "required": ["code", "message", "field"],
-                    "properties": {"code": _STR, "message": _STR, "field": _STR}}}},
-                "Stats": {"type": "object", "required": ["total", "by_severity", "by_category",
-                                                          "histogram"], "properties": {
-                    "tenant_id": _STR, "start_time": _TS, "end_time": _TS,
-                    "total": {"type": "integer"},
-                    "by_severity": {"type": "object", "additionalProperties": {"type": "integer"}},
-                    "by_category": {"type": "object", "additionalProperties": {"type": "integer"}},
-                    "histogram": {"type": "object", "properties": {
-                        "bucket_seconds": {"type": "integer"},
-                        "points": {"type": "array", "items": {"type": "object", "properties": {
-                            "start": _TS, "count": {"type": "integer"}}}}}}}},
-            },
+            "schemas": {**_input_schemas(), **schemas},
         },
     }  # fmt: skip
 

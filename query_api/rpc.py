@@ -1,7 +1,7 @@
 """``audit.v1.AuditService`` over the Connect protocol (aiohttp, :8080) and gRPC (:50051).
 
-Both call the same protocol-neutral functions as REST (``write_one``, ``write_many``,
-``list_page``, ``get_one``), so semantics, validation messages and auth are identical.
+Both call the same :class:`AuditService` as REST, so semantics, validation messages and
+auth are identical.
 Protobuf messages are converted through proto3 JSON, which is exactly the event JSON
 the rest of the service speaks.
 """
@@ -22,10 +22,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from multidict import MultiDict
 
+from infra.metrics import Metrics
 from query_api.errors import ApiError
-from query_api.handlers import get_one, list_page
-from query_api.state import AUTH, METRICS
-from query_api.writes import write_many, write_one
+from query_api.service import AuditService
+from query_api.state import METRICS
+from query_api.state import SERVICE as SERVICE_KEY
 from schemas.audit.v1 import audit_pb2 as pb
 from schemas.audit.v1 import audit_pb2_grpc
 
@@ -79,8 +80,9 @@ def _list_params(req: pb.ListEventsRequest) -> MultiDict[str]:
 class Rpc:
     """The service's methods over protobuf messages, for any transport."""
 
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
+    def __init__(self, service: AuditService, metrics: Metrics) -> None:
+        self.service = service
+        self.metrics = metrics
 
     async def call(self, method: str, req: Any, authorization: str,
                    idempotency_key: str | None = None) -> Message:  # fmt: skip
@@ -89,23 +91,27 @@ class Rpc:
         Raises:
             ApiError: as REST would answer (map with :func:`connect_code`).
         """
-        app = self.app
-        who = await app[AUTH].authenticate_header(authorization)
+        service = self.service
+        who = await service.authenticate(authorization)
         if method == "WriteEvent":
-            event_id, _ = await write_one(app, who, _event_bytes(req.event), idempotency_key, True)
+            event_id, _ = await service.write_one(who, _event_bytes(req.event), idempotency_key,
+                                                  True)  # fmt: skip
             return pb.WriteEventResponse(event_id=event_id)
         if method == "WriteEvents":
-            answer = await write_many(app, who, [_event_bytes(e) for e in req.events], True)
-            return json_format.ParseDict(
-                {"event_ids": answer["event_ids"], "errors": answer["errors"]},
-                pb.WriteEventsResponse(),
-            )
+            answer = await service.write_many(who, [_event_bytes(e) for e in req.events], True)
+            return pb.WriteEventsResponse(
+                event_ids=[str(i) for i in answer.event_ids],
+                errors=[pb.WriteEventError(index=e.index, code=e.code,
+                                                     message=e.message, field=e.field)
+                        for e in answer.errors],
+            )  # fmt: skip
         if method == "ListEvents":
-            docs, token = await list_page(app, who, _list_params(req))
-            text = '{"events":[' + ",".join(docs) + '],"next_page_token":' + json.dumps(token) + "}"
+            page = await service.list_page(who, _list_params(req))
+            text = ('{"events":[' + ",".join(page.events) + '],"next_page_token":'
+                    + json.dumps(page.next_page_token) + "}")  # fmt: skip
             return json_format.Parse(text, pb.ListEventsResponse(), ignore_unknown_fields=True)
         if method == "GetEvent":
-            doc = await get_one(app, who, req.tenant_id or None, req.id)
+            doc = await service.get_one(who, req.tenant_id or None, req.id)
             return json_format.Parse('{"event":' + doc + "}", pb.GetEventResponse(),
                                      ignore_unknown_fields=True)  # fmt: skip
         raise ApiError(405, "unimplemented", f"{SERVICE}/{method} is not a method")
@@ -158,7 +164,7 @@ RPC = web.AppKey("rpc", Rpc)
 
 def add_connect_routes(app: web.Application) -> None:
     """Register the Connect endpoints."""
-    app[RPC] = Rpc(app)
+    app[RPC] = Rpc(app[SERVICE_KEY], app[METRICS])
     app.router.add_post(f"/{SERVICE}/{{method}}", connect_handler)
 
 
@@ -198,7 +204,7 @@ class Servicer(audit_pb2_grpc.AuditServiceServicer):
         code = "OK"
         if isinstance(request, _Undecodable):
             code = grpc.StatusCode.INVALID_ARGUMENT.name
-            self.rpc.app[METRICS].grpc_seconds.labels(method, code).observe(0.0)
+            self.rpc.metrics.grpc_seconds.labels(method, code).observe(0.0)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"malformed request: {request.error}")  # fmt: skip
         try:
@@ -213,7 +219,7 @@ class Servicer(audit_pb2_grpc.AuditServiceServicer):
             code = "CANCELLED"  # the client went away or its deadline passed
             raise
         finally:
-            self.rpc.app[METRICS].grpc_seconds.labels(method, code).observe(
+            self.rpc.metrics.grpc_seconds.labels(method, code).observe(
                 time.perf_counter() - started
             )
 

@@ -1,4 +1,5 @@
-"""All SQL of the read model, in one place. Every value is a bind parameter.
+"""All SQL of the API (reads, keys, write-claim lookups), in one place. Every value is a
+bind parameter.
 
 Queries run inside :func:`tenant_tx`: a read-only transaction with ``audit.tenant_id``
 set, so PostgreSQL row-level security confines them to that tenant whatever the WHERE
@@ -185,3 +186,59 @@ def export_query(q: EventQuery, tenant_id: str) -> tuple[str, list[Any]]:
         f" ORDER BY occurred_at {direction}, id {direction}"
     )
     return sql, w.params
+
+
+# -- API keys --------------------------------------------------------------------------------
+_KEY_COLUMNS = "key_id, tenant_id, scopes, created_at, revoked_at"
+
+
+async def active_key(conn: asyncpg.Connection, key_id: str) -> asyncpg.Record | None:
+    """The unrevoked key ``key_id``: (tenant_id, scopes, token_hash), or None."""
+    return await conn.fetchrow(
+        "SELECT tenant_id, scopes, token_hash FROM audit.api_keys"
+        " WHERE key_id = $1 AND revoked_at IS NULL",
+        key_id,
+    )
+
+
+async def insert_key(conn: asyncpg.Connection, key_id: str, tenant_id: str, scopes: list[str],
+                     token_hash: bytes) -> dict[str, Any]:  # fmt: skip
+    """Store a new key; returns its public columns."""
+    row = await conn.fetchrow(
+        "INSERT INTO audit.api_keys (key_id, tenant_id, scopes, token_hash)"
+        f" VALUES ($1, $2, $3, $4) RETURNING {_KEY_COLUMNS}",
+        key_id, tenant_id, scopes, token_hash,
+    )  # fmt: skip
+    return dict(row)
+
+
+async def list_keys(conn: asyncpg.Connection, tenant_id: str | None) -> list[dict[str, Any]]:
+    """Keys (public columns), oldest first; of one tenant when ``tenant_id`` is given."""
+    rows = await conn.fetch(
+        f"SELECT {_KEY_COLUMNS} FROM audit.api_keys"
+        " WHERE $1::text IS NULL OR tenant_id = $1 ORDER BY created_at, key_id",
+        tenant_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def revoke_key(conn: asyncpg.Connection, key_id: str) -> dict[str, Any] | None:
+    """Revoke ``key_id`` (idempotent: the first revocation time stays); None when unknown."""
+    row = await conn.fetchrow(
+        "UPDATE audit.api_keys SET revoked_at = coalesce(revoked_at, now())"
+        f" WHERE key_id = $1 RETURNING {_KEY_COLUMNS}",
+        key_id,
+    )
+    return dict(row) if row is not None else None
+
+
+# -- writes ------------------------------------------------------------------------------------
+async def claimed(conn: asyncpg.Connection, keys: list[tuple[str, Any]]) -> set[tuple[str, Any]]:
+    """Which (tenant_id, event id) ``keys`` are already stored (claimed in audit.event_ids)."""
+    rows = await conn.fetch(
+        "SELECT i.tenant_id, i.id FROM audit.event_ids i"
+        " JOIN unnest($1::text[], $2::uuid[]) AS k(tenant_id, id)"
+        " ON i.tenant_id = k.tenant_id AND i.id = k.id",
+        [k[0] for k in keys], [k[1] for k in keys],
+    )  # fmt: skip
+    return {(r["tenant_id"], r["id"]) for r in rows}

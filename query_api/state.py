@@ -10,11 +10,7 @@ from nats.aio.client import Client
 
 from infra.metrics import Metrics
 from infra.settings import Settings
-from query_api.waiters import Waiters
-from pipeline.stages import Limits
-from query_api.admission import Admission
-from query_api.auth import Authenticator
-from query_api.publisher import Publisher
+from query_api.service import AuditService
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -24,9 +20,4 @@ CONSUMER_BOUND: web.AppKey[Callable[[], bool]] = web.AppKey("consumer_bound")
 # "ok", or "degraded: ..." while the pipeline runs but holds messages back.
 PIPELINE_STATUS: web.AppKey[Callable[[], str]] = web.AppKey("pipeline_status")
 STARTED = web.AppKey("started", float)
-AUTH = web.AppKey("auth", Authenticator)
-TOKEN_SECRET = web.AppKey("token_secret", bytes)
-WAITERS = web.AppKey("waiters", Waiters)
-PUBLISHER = web.AppKey("publisher", Publisher)
-ADMISSION = web.AppKey("admission", Admission)
-LIMITS = web.AppKey("limits", Limits)  # what the write APIs accept, as the pipeline does
+SERVICE = web.AppKey("service", AuditService)  # the API only (not pipeline-only workers)

@@ -385,9 +385,49 @@ def convert_event(obj: Any) -> AuditEvent:
     return decode_event(_encoder.encode(obj))
 
 
+_NO_NUL: Final = "^[^\\x00]*$"
+_JSON_VALUE: Final = {"$ref": "#/$defs/JsonValue"}
+
+
+def _no_nul(node: Any) -> None:
+    """Every free-form string of the schema: no NUL (PostgreSQL cannot store it)."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and "pattern" not in node and "enum" not in node \
+                and "format" not in node:  # fmt: skip
+            node["pattern"] = _NO_NUL
+        for value in node.values():
+            _no_nul(value)
+    elif isinstance(node, list):
+        for value in node:
+            _no_nul(value)
+
+
+def _add_rules(schema: dict[str, Any]) -> None:
+    """The rules of :func:`check_limits` a JSON Schema can state, added to the generated one
+    (byte-size limits and nesting depth are stated in descriptions)."""
+    defs = schema["$defs"]
+    actor_type = defs["Actor"]["properties"]["type"]
+    actor_type["enum"] = [t for t in actor_type["enum"] if t != "ACTOR_TYPE_UNSPECIFIED"]
+    _no_nul(schema)
+    free = {"propertyNames": {"pattern": _NO_NUL}, "additionalProperties": _JSON_VALUE}
+    kinds = [{"type": "string", "pattern": _NO_NUL}, {"type": "number"}, {"type": "boolean"},
+             {"type": "null"}, {"type": "array", "items": _JSON_VALUE},
+             {"type": "object", **free}]  # fmt: skip
+    defs["JsonValue"] = {"description": "Any JSON value without NUL in its strings, nested at "
+                         f"most {MAX_DEPTH} levels in the event.", "anyOf": kinds}  # fmt: skip
+    event = defs["AuditEvent"]["properties"]
+    event["metadata"].update(free, description=f"At most {MAX_METADATA_BYTES} bytes encoded.")
+    changes = defs["ChangeSet"]["properties"]
+    for name in ("old_value", "new_value"):
+        changes[name]["anyOf"][0].update(free)
+    limit = f" At most {MAX_CHANGES_BYTES} bytes encoded."
+    defs["ChangeSet"]["description"] = (defs["ChangeSet"].get("description", "") + limit).strip()
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema (2020-12) of :class:`AuditEvent`, as checked in beside this module."""
     schema = msgspec.json.schema(AuditEvent)
+    _add_rules(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "AuditEvent"
     return schema

@@ -72,3 +72,13 @@ def subject_tenant(base: str, subject: str) -> str | None:
     if not subject or subject == base or not subject.startswith(base + "."):
         return None
     return subject[len(base) + 1 :].replace("~", ".")
+
+
+def given_event_id(tenant_id: str, event_id: uuid.UUID | None, key: str | None) -> uuid.UUID | None:
+    """The id an event names itself by: its own ``id``, else its idempotency ``key``'s
+    (:func:`id_from_key`), else None (the caller assigns one: the pipeline from the
+    source position, the write API a fresh UUIDv7). Shared by both, so a write and its
+    replay through NATS name the same event."""
+    if event_id is not None:
+        return event_id
+    return id_from_key(tenant_id, key) if key else None

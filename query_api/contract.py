@@ -1,0 +1,282 @@
+"""The HTTP API's contract as msgspec types: query parameters, request and response bodies.
+
+The handlers decode and encode with these types, and ``openapi`` generates the OpenAPI
+document from them, so the document cannot drift from what the code accepts and answers.
+Constants that bound parameters (page sizes, list lengths) live here too, and the
+parameter parser (``filters``) reads them from here.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from schemas.events import (
+    TENANT_ID_PATTERN,
+    ActorType,
+    Category,
+    Severity,
+)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+MAX_LIST_ITEMS = 20
+MAX_VALUE_LEN = 256
+MAX_Q_LEN = 200
+MAX_BATCH_EVENTS = 1000
+MAX_KEY_LEN = 256
+TENANT_RE = re.compile(TENANT_ID_PATTERN)
+
+Scope = Literal["read", "write"]
+_EVENT_INPUT = {"$ref": "#/components/schemas/EventInput"}
+
+
+def _d(text: str, **kw: Any) -> msgspec.Meta:
+    return msgspec.Meta(description=text, **kw)
+
+
+# -- query parameters (one Struct per operation; field order is the document's) ----------
+TenantId = Annotated[str, _d("The tenant to read. Required with the admin token; a tenant "
+                             "key may leave it out (its own tenant) and may name no other "
+                             "(403).", pattern=TENANT_ID_PATTERN)]  # fmt: skip
+NO_NUL = "^[^\\x00]+$"  # every text parameter: PostgreSQL text cannot hold NUL
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_VALUE_LEN, pattern=NO_NUL)]
+Time = Annotated[datetime, msgspec.Meta(tz=True)]  # RFC 3339 with an offset (or Z)
+
+
+class EventParams(msgspec.Struct, kw_only=True):
+    """``GET /v1/audit/events/{id}``."""
+
+    tenant_id: TenantId
+
+
+class KeyListParams(msgspec.Struct, kw_only=True):
+    """``GET /v1/admin/keys``."""
+
+    tenant_id: Annotated[str, _d("Only this tenant's keys (all when left out).",
+                                 pattern=TENANT_ID_PATTERN)] | None = None  # fmt: skip
+
+
+class FilterParams(msgspec.Struct, kw_only=True):
+    """The filters every event query shares (stats)."""
+
+    tenant_id: TenantId
+    start_time: Annotated[Time, _d("Inclusive lower bound on occurred_at "
+                                       "(RFC 3339).")] | None = None  # fmt: skip
+    end_time: Annotated[Time, _d("Exclusive upper bound on occurred_at (RFC 3339); at or "
+                                 "before start_time nothing matches.")] | None = None  # fmt: skip
+    severities: Annotated[list[Severity], _d("Any of these severities.",
+                                             max_length=MAX_LIST_ITEMS)] | None = None  # fmt: skip
+    categories: Annotated[list[Category], _d("Any of these categories.",
+                                             max_length=MAX_LIST_ITEMS)] | None = None  # fmt: skip
+    actions: Annotated[list[Annotated[str, msgspec.Meta(
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}(\.\*)?$")]],
+        _d("Exact action names, or prefixes written as `user.*`.",
+           max_length=MAX_LIST_ITEMS)] | None = None  # fmt: skip
+    actor_type: Annotated[ActorType, _d("Actor type.")] | None = None
+    actor_id: Annotated[Text, _d("Actor id.")] | None = None
+    resource_type: Annotated[Text, _d("Primary or related resource type.")] | None = None
+    resource_id: Annotated[Text, _d("Primary or related resource id.")] | None = None
+    q: Annotated[str, _d("Full-text search over action, description and display names "
+                         "(web search syntax).", min_length=1, pattern=NO_NUL,
+                         max_length=MAX_Q_LEN)] | None = None  # fmt: skip
+
+
+Order = Annotated[Literal["desc", "asc"], _d("desc: newest first (occurred_at, then id).")]
+
+
+class ListParams(FilterParams, kw_only=True):
+    """``GET /v1/audit/events``."""
+
+    page_size: Annotated[int, _d("Events per page.", ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE
+    page_token: Annotated[str, _d(
+        "next_page_token of the previous page (opaque, signed; bound to the same tenant and "
+        "filters); empty for the first page.", max_length=200,
+        extra_json_schema={"format": "page-token"})] | None = None  # fmt: skip
+    order: Order = "desc"
+
+
+class ExportParams(FilterParams, kw_only=True):
+    """``GET /v1/audit/export``."""
+
+    order: Order = "desc"
+    format: Annotated[Literal["ndjson", "csv"], _d("Output format.")] = "ndjson"
+
+
+class WriteParams(msgspec.Struct, kw_only=True):
+    """``POST /v1/audit/events`` and ``:batch``."""
+
+    wait: Annotated[bool, _d("true: answer after commit; false: after JetStream's "
+                             "acknowledgement.")] = True  # fmt: skip
+
+
+def param_names(params: type[msgspec.Struct]) -> frozenset[str]:
+    """The query parameter names an operation accepts."""
+    return frozenset(params.__struct_fields__)
+
+
+# -- request bodies --------------------------------------------------------------------------
+EventInput = Annotated[msgspec.Raw, msgspec.Meta(extra_json_schema=_EVENT_INPUT)]
+
+
+class WriteEventBody(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/audit/events``."""
+
+    event: EventInput
+
+
+class WriteEventsBody(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/audit/events:batch`` (at most 4 MiB)."""
+
+    events: Annotated[list[EventInput], msgspec.Meta(max_length=MAX_BATCH_EVENTS)]
+
+
+class KeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /v1/admin/keys``."""
+
+    tenant_id: Annotated[str, msgspec.Meta(pattern=TENANT_ID_PATTERN)]
+    scopes: Annotated[list[Scope], msgspec.Meta(min_length=1, max_length=2)] = msgspec.field(
+        default_factory=lambda: ["read"]
+    )
+
+
+# -- responses ---------------------------------------------------------------------------------
+class ErrorDetail(msgspec.Struct):
+    code: str
+    message: str
+    field: str
+
+
+class Error(msgspec.Struct):
+    """Every failure: ``{"error": {"code", "message", "field"}}``."""
+
+    error: ErrorDetail
+
+
+ErrorBody = Error
+
+
+class WriteResult(msgspec.Struct, omit_defaults=True):
+    """One write's answer (``committed`` appears, false, on 202)."""
+
+    event_id: Annotated[str, msgspec.Meta(extra_json_schema={"format": "uuid"})]
+    committed: bool = True
+
+
+class BatchError(msgspec.Struct):
+    index: int
+    code: str
+    message: str
+    field: str
+
+
+class BatchResult(msgspec.Struct, omit_defaults=True):
+    """A batch's per-event answer; ``uncommitted_event_ids`` on 202 (durable, not yet
+    committed)."""
+
+    event_ids: list[uuid.UUID]
+    errors: list[BatchError]
+    uncommitted_event_ids: list[uuid.UUID] = []
+
+
+class Actor(msgspec.Struct):
+    type: ActorType
+    id: str
+    display_name: str
+
+
+class Resource(msgspec.Struct):
+    type: str
+    id: str
+    display_name: str
+
+
+Timestamp = Annotated[Time, _d("RFC 3339 UTC with microseconds.")]
+
+
+class AuditEvent(msgspec.Struct):
+    """A stored event, as every read answers it."""
+
+    id: uuid.UUID
+    tenant_id: str
+    seq: Annotated[int, msgspec.Meta(ge=1)]
+    action: str
+    category: Category
+    severity: Severity
+    actor: Actor
+    primary_resource: Resource | None
+    related_resources: list[Resource]
+    description: str
+    metadata: dict[str, Any]
+    changes: dict[str, Any] | None
+    occurred_at: Timestamp
+    received_at: Timestamp
+    ip: str
+    user_agent: str
+    request_id: str
+    trace_id: str
+    hash: Annotated[str, _d("hex SHA-256(previous hash || canonical bytes)",
+                            pattern="^[0-9a-f]{64}$")]  # fmt: skip
+
+
+class EventPage(msgspec.Struct):
+    events: list[AuditEvent]
+    next_page_token: Annotated[str, _d("Empty on the last page.")]
+
+
+class OneEvent(msgspec.Struct):
+    event: AuditEvent
+
+
+class HistogramPoint(msgspec.Struct):
+    start: Time
+    count: int
+
+
+class Histogram(msgspec.Struct):
+    bucket_seconds: int
+    points: list[HistogramPoint]
+
+
+class Stats(msgspec.Struct):
+    tenant_id: str
+    start_time: Time
+    end_time: Time
+    total: int
+    by_severity: dict[str, int]
+    by_category: dict[str, int]
+    histogram: Histogram
+
+
+class Key(msgspec.Struct):
+    """An API key as listed (never its token)."""
+
+    key_id: str
+    tenant_id: str
+    scopes: list[Scope]
+    created_at: Time
+    revoked_at: Time | None
+
+
+class NewKey(Key):
+    """A created key; the token is shown only in this answer."""
+
+    token: str
+
+
+class KeyList(msgspec.Struct):
+    keys: list[Key]
+
+
+class Health(msgspec.Struct):
+    status: Literal["ok"]
+    uptime_seconds: float
+
+
+class Readiness(msgspec.Struct):
+    status: Literal["ready", "degraded", "unready"]
+    checks: dict[str, str]

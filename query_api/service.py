@@ -1,0 +1,237 @@
+"""The audit service, transport-neutral: every read, write and key operation of the API.
+
+REST (``rest``), Connect and gRPC (``rpc``) are thin adapters over :class:`AuditService`:
+they turn their request into a :class:`Principal` (``authenticate``) plus plain values,
+call one method, and encode the answer or the :class:`ApiError`. Dependencies are
+explicit constructor arguments; nothing here knows aiohttp or grpc (an import-linter
+contract keeps it so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from infra.metrics import Metrics
+from infra.settings import Settings
+from query_api import contract, cursor, sql
+from query_api.admission import Admission
+from query_api.auth import SCOPES, Authenticator, Principal, hash_token, new_token
+from query_api.errors import ApiError, bad_request, not_found
+from query_api.export import ExportSink, Write, run_copy
+from query_api.filters import (
+    EXPORT_PARAMS,
+    LIST_PARAMS,
+    STATS_PARAMS,
+    TIME_MIN,
+    parse_event_id,
+    parse_query,
+    stats_bucket,
+)
+from query_api.writes import Writes
+
+Params = Mapping[str, str]  # query parameters (a MultiDict keeps repeated ones)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of events: their JSON texts, and the token of the next page ("" at the end)."""
+
+    events: list[str]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """An authorised export: the tenant, format and the COPY query with its parameters."""
+
+    tenant_id: str
+    format: str
+    query: str
+    params: list[Any]
+
+
+def only_params(params: Params, allowed: frozenset[str]) -> None:
+    """Refuse any query parameter outside ``allowed`` (400 names it)."""
+    for name in params:
+        if name not in allowed:
+            raise bad_request(f"unknown parameter {name[:64]!r}", name[:64])
+
+
+class AuditService:
+    """Reads, writes and API keys for authenticated principals.
+
+    Args:
+        settings: limits and timeouts (export pacing, write timeout).
+        pool: asyncpg pool (API role; tenant reads run under row-level security).
+        metrics: query counters.
+        auth: checks bearer tokens.
+        admission: bounds heavy reads (stats, exports) globally and per key.
+        token_secret: signs page tokens.
+        writes: the write path (JetStream publish, commit waits).
+    """
+
+    def __init__(self, *, settings: Settings, pool: asyncpg.Pool, metrics: Metrics,
+                 auth: Authenticator, admission: Admission, token_secret: bytes,
+                 writes: Writes) -> None:  # fmt: skip
+        self.settings = settings
+        self.pool = pool
+        self.metrics = metrics
+        self.auth = auth
+        self.admission = admission
+        self.token_secret = token_secret
+        self.writes = writes
+
+    async def authenticate(self, authorization: str) -> Principal:
+        """The caller presenting an ``Authorization`` header value (401/429 as ApiError)."""
+        return await self.auth.authenticate_header(authorization)
+
+    # -- reads -----------------------------------------------------------------------------
+    async def list_page(self, who: Principal, params: Params) -> Page:
+        """One keyset page of ``who``'s tenant, newest first unless ``order=asc``."""
+        who.require("read")
+        q = parse_query(params, LIST_PARAMS)
+        tenant = who.tenant_for(q.tenant_id)
+        fp = cursor.fingerprint(q.fingerprint_parts(tenant))
+        after = None
+        if q.page_token:
+            try:
+                after = cursor.decode(q.page_token, fp, self.token_secret)
+            except cursor.TokenError as exc:
+                raise bad_request(str(exc), "page_token") from exc
+        async with sql.tenant_tx(self.pool, tenant) as conn:
+            rows = await sql.list_events(conn, q, tenant, after)
+        more = len(rows) > q.page_size
+        rows = rows[: q.page_size]
+        token = ""
+        if more:
+            last = rows[-1]
+            us = (last["occurred_at"] - sql.EPOCH) // timedelta(microseconds=1)
+            token = cursor.encode(cursor.Cursor(us, last["id"]), fp, self.token_secret)
+        self.metrics.query_rows.labels("list").inc(len(rows))
+        return Page([r["doc"] for r in rows], token)
+
+    async def get_one(self, who: Principal, tenant_id: str | None, event_id: str) -> str:
+        """One event's JSON text (404 also for another tenant's: existence is not revealed)."""
+        who.require("read")
+        eid = parse_event_id(event_id)
+        tenant = who.tenant_for(tenant_id)
+        async with sql.tenant_tx(self.pool, tenant) as conn:
+            doc = await sql.get_event(conn, tenant, eid)
+        if doc is None:
+            raise not_found()
+        return doc
+
+    async def stats(self, who: Principal, params: Params) -> contract.Stats:
+        """Counts by severity and category and a time histogram over [start, end)."""
+        who.require("read")
+        q = parse_query(params, STATS_PARAMS)
+        tenant = who.tenant_for(q.tenant_id)
+        end = q.end_time or datetime.now(UTC)
+        start = q.start_time or max(end, TIME_MIN + timedelta(hours=24)) - timedelta(hours=24)
+        bucket = stats_bucket(start, end)
+        async with (self.admission.admit(who.key_id, "stats queries"),
+                    sql.tenant_tx(self.pool, tenant) as conn):  # fmt: skip
+            result = await sql.stats(conn, q, tenant, start, end, bucket)
+        hist = result.pop("histogram")
+        points = [contract.HistogramPoint(k, v) for k, v in sorted(hist.items())]
+        histogram = contract.Histogram(int(bucket.total_seconds()), points)
+        return contract.Stats(tenant_id=tenant, start_time=start, end_time=end,
+                              histogram=histogram, **result)  # fmt: skip
+
+    def export_plan(self, who: Principal, params: Params) -> ExportPlan:
+        """Authorise and parse an export (errors before anything is streamed)."""
+        who.require("read")
+        q = parse_query(params, EXPORT_PARAMS)
+        tenant = who.tenant_for(q.tenant_id)
+        query, args = sql.export_query(q, tenant)
+        return ExportPlan(tenant, q.format, query, args)
+
+    @contextlib.asynccontextmanager
+    async def exporting(self, who: Principal, plan: ExportPlan) -> AsyncIterator[Export]:
+        """Admission (429 when full) and a tenant-scoped snapshot for one export.
+
+        Enter before the transport commits to a success status; then ``run`` streams.
+        """
+        async with (self.admission.admit(who.key_id, "exports"),
+                    sql.tenant_tx(self.pool, plan.tenant_id) as conn):  # fmt: skip
+            yield Export(conn, plan, self.settings)
+
+    # -- writes ----------------------------------------------------------------------------
+    async def write_one(self, who: Principal, raw: bytes, idempotency_key: str | None,
+                        wait: bool) -> tuple[str, bool]:  # fmt: skip
+        """Publish one event (JSON bytes); with ``wait``, until committed.
+
+        Returns:
+            (event id, committed). Not committed means durable in JetStream only.
+        """
+        return await self.writes.write_one(who, raw, idempotency_key, wait)
+
+    async def write_many(self, who: Principal, raws: list[bytes],
+                         wait: bool) -> contract.BatchResult:  # fmt: skip
+        """Per-event results for a batch: ``{event_ids, errors[, uncommitted_event_ids]}``."""
+        return await self.writes.write_many(who, raws, wait)
+
+    # -- API keys (admin only) -------------------------------------------------------------
+    @staticmethod
+    def _admin(who: Principal) -> None:
+        if not who.is_admin:
+            raise ApiError(403, "permission_denied", "only the admin token manages keys")
+
+    async def create_key(self, who: Principal, tenant_id: str,
+                         scopes: list[str]) -> contract.NewKey:  # fmt: skip
+        """A new tenant key with its token (shown only in this answer)."""
+        self._admin(who)
+        wanted = sorted(set(scopes))
+        if not set(wanted) <= set(SCOPES):
+            raise bad_request("scopes may be 'read' and 'write'", "scopes")
+        key_id, token = new_token()
+        async with self.pool.acquire() as conn:
+            row = await sql.insert_key(conn, key_id, tenant_id, wanted, hash_token(token))
+        return contract.NewKey(**row, token=token)
+
+    async def list_keys(self, who: Principal, tenant_id: str | None) -> contract.KeyList:
+        """Keys without their tokens, of one tenant or all."""
+        self._admin(who)
+        async with self.pool.acquire() as conn:
+            rows = await sql.list_keys(conn, tenant_id)
+        return contract.KeyList([contract.Key(**r) for r in rows])
+
+    async def revoke_key(self, who: Principal, key_id: str) -> contract.Key:
+        """Revoke a key (idempotent); 404 when unknown. Returns the key as listed."""
+        self._admin(who)
+        async with self.pool.acquire() as conn:
+            row = await sql.revoke_key(conn, key_id[:64])
+        if row is None:
+            raise not_found("key")
+        self.auth.forget(key_id)
+        return contract.Key(**row)
+
+
+class Export:
+    """One admitted export over its snapshot connection."""
+
+    def __init__(self, conn: asyncpg.Connection, plan: ExportPlan, settings: Settings) -> None:
+        self.conn = conn
+        self.plan = plan
+        self.settings = settings
+        self.rows = 0
+
+    async def run(self, write: Write) -> None:
+        """Stream every row through ``write``, paced at AUDIT_EXPORT_ROWS_PER_S.
+
+        Raises:
+            Exception: when PostgreSQL fails or idles past AUDIT_EXPORT_IDLE_TIMEOUT_S, or
+                ``write`` fails; ``rows`` says how many were written.
+        """
+        sink = ExportSink(write, self.settings.export_rows_per_s)
+        try:
+            await run_copy(self.conn, self.plan.query, self.plan.params, self.plan.format, sink,
+                           self.settings.export_idle_timeout_s)  # fmt: skip
+        finally:
+            self.rows = sink.rows
