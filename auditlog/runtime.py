@@ -33,6 +33,8 @@ from infra.metrics import Metrics
 from infra.migrate import migrate
 from infra.settings import Settings, redact_url
 from pipeline.commits import encode_keys
+from pipeline.dlq_nats import NatsDeadLetters
+from pipeline.flush import PgStore
 from pipeline.source_nats import JetStreamSource, connect, ensure_stream
 from pipeline.worker import Worker
 from query_api.app import create_app
@@ -146,8 +148,8 @@ class Pipeline:
         source = JetStreamSource(self.nc, self.settings,
                                  max_inflight=3 * self.settings.batch_max_events,
                                  metrics=self.metrics)  # fmt: skip
-        return Worker(self.settings, self.pool, self.nc, source, self.metrics,
-                      on_commit=self.announce)  # fmt: skip
+        return Worker(self.settings, PgStore(self.pool), NatsDeadLetters(self.nc, self.settings),
+                      source, self.metrics, on_commit=self.announce)  # fmt: skip
 
     async def run(self) -> None:
         """Run workers until :meth:`stop`."""

@@ -3,8 +3,9 @@
 Faust's model, without Kafka: an *agent* is an ``async def`` that iterates a stream and
 yields results; ``Stream.take(max_items, within)`` groups items into micro-batches that
 are released when ``max_items`` are buffered or ``within`` seconds passed since the first
-item of the batch, whichever comes first. Sources deliver items in chunks (one chunk per
-network read) so the hot path pays per chunk, not per item. Acknowledgement is the
+item of the batch, whichever comes first, and grow while their consumer is busy. Sources
+deliver items in chunks (one chunk per network read) so the hot path pays per chunk, not
+per item. Acknowledgement is the
 caller's: a batch is acked only after its consumer has durably handled it.
 """
 
@@ -95,50 +96,40 @@ class Stream(Generic[T]):
     async def take(
         self, max_items: int, within: float, clock: Clock = time.monotonic
     ) -> AsyncIterator[list[T]]:
-        """Yield batches of at most ``max_items``, each at most ``within`` s after its first.
+        """Yield batches of at most ``max_items``, each due ``within`` s after its first item.
 
-        When the source ends, what is buffered is yielded as a last batch.
+        The stream is read ahead by a task of its own, so while the consumer of ``take``
+        is busy (flushing), items keep arriving and the next batch grows up to
+        ``max_items`` (the source bounds what is in flight): batching adapts to load
+        instead of cutting small batches on a timer. When the stream ends, what is
+        buffered is yielded as a last batch; an error of the stream is raised here after
+        the batches before it.
         """
-        batcher: Batcher[T] = Batcher(max_items, within, clock)
-        it = aiter(self._chunks)
-        pending: asyncio.Task[list[T]] | None = None
+        buffer: TakeBuffer[T] = TakeBuffer(max_items, within, clock)
+
+        async def pump() -> None:
+            try:
+                async for chunk in self._chunks:
+                    buffer.put(chunk)
+            finally:
+                buffer.close()
+
+        reader = asyncio.create_task(pump(), name=f"{self.name}-take")
         try:
-            while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(anext(it))
-                timeout = batcher.time_left()
-                done, _ = await asyncio.wait({pending}, timeout=timeout)
-                if pending in done:
-                    try:
-                        chunk = pending.result()
-                    except StopAsyncIteration:
-                        pending = None
-                        break
-                    pending = None
-                    for batch in batcher.add(chunk):
-                        yield batch
-                batch = batcher.due()
-                if batch:
-                    yield batch
-            rest = batcher.drain()
-            if rest:
-                yield rest
+            while batch := await buffer.get():
+                yield batch
+            await reader  # the stream's own error, if it ended with one
         finally:
-            if pending is not None:
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await pending
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
 
 
 class TakeBuffer(Generic[T]):
-    """``take`` for a consumer that is sometimes busy (the flush agent).
-
-    A producer task puts chunks; the consumer awaits :meth:`get`, which returns a batch
-    when ``max_items`` are buffered or the oldest item waited ``within`` seconds. While
-    the consumer is busy flushing, items keep accumulating (up to the source's in-flight
-    bound), so the next batch is as large as the backlog allows: batching adapts to load
-    instead of cutting small batches on a timer the flush cannot keep up with.
-    """
+    """The buffer behind :meth:`Stream.take`: a reader task puts chunks; the consumer awaits
+    :meth:`get`, which returns a batch when ``max_items`` are buffered or the oldest item
+    waited ``within`` seconds."""
 
     def __init__(self, max_items: int, within: float, clock: Clock = time.monotonic) -> None:
         self._batcher: Batcher[T] = Batcher(max_items, within, clock)

@@ -12,7 +12,7 @@ Per batch, in one transaction:
    before the transaction (one hash per event while the heads are locked);
 4. binary-COPY them into their month partitions, and move the chain heads.
 
-The caller acknowledges the source only after :func:`flush_batch` returns.
+The worker acknowledges the source only after :meth:`PgStore.write` returns.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +28,8 @@ import asyncpg
 
 from infra.errors import StorageUnavailable
 from pipeline.chain import COLUMNS, Prepared, link
+from pipeline.sinks import FlushResult, StoreError
+from pipeline.stages import Valid
 from schemas.canonical import GENESIS
 from schemas.events import AuditEvent
 
@@ -101,21 +102,6 @@ def describe(exc: BaseException) -> str:
     state = getattr(exc, "sqlstate", None)
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{state}: {text}" if state else f"{type(exc).__name__}: {text}"
-
-
-@dataclass
-class FlushResult:
-    """What one flush stored.
-
-    Attributes:
-        stored: ids committed by this flush, in batch order.
-        duplicates: ids that were already stored (dropped).
-        records: the COPY records committed (for metrics and tests).
-    """
-
-    stored: list[tuple[str, uuid.UUID]] = field(default_factory=list)
-    duplicates: list[tuple[str, uuid.UUID]] = field(default_factory=list)
-    records: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 class PartitionCache:
@@ -236,3 +222,37 @@ async def write_batch(conn: asyncpg.Connection, items: Sequence[Prepared]) -> Fl
             _MOVE_HEADS, names, [moved[t][0] for t in names], [moved[t][1] for t in names]
         )
     return result
+
+
+class PgStore:
+    """The PostgreSQL :class:`~pipeline.sinks.Store`: partitions made ahead of the batch's
+    transaction, then :func:`write_batch`; errors classified into :class:`StoreError`.
+
+    Args:
+        pool: asyncpg pool connected with the app role.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.partitions = PartitionCache()
+
+    async def write(self, items: Sequence[Valid]) -> tuple[FlushResult, list[tuple[Valid, str]]]:
+        """See :meth:`pipeline.sinks.Store.write`."""
+        try:
+            refused = await self.partitions.ensure(self.pool, [v.event for v in items])
+            keep = list(items)
+            out: list[tuple[Valid, str]] = []
+            if refused:
+                keep = []
+                for v in items:
+                    why = refused.get(partition_name(v.event.occurred_at))  # type: ignore[arg-type]
+                    if why is None:
+                        keep.append(v)
+                    else:
+                        out.append((v, why))
+            if not keep:
+                return FlushResult(), out
+            async with self.pool.acquire() as conn:
+                return await write_batch(conn, [v.prepared for v in keep]), out
+        except Exception as exc:
+            raise StoreError(classify(exc), describe(exc)) from exc  # type: ignore[arg-type]

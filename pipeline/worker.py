@@ -1,12 +1,15 @@
-"""A pipeline worker: source → process (validate+enrich) → take → dedupe+flush → ack.
+"""A pipeline worker: agents over the source stream, storing into a :class:`Store`.
 
-One worker owns one source subscription and one flush loop. The agents are composed as
-Faust composes them: ``process`` is an agent over the source stream; ``take`` groups its
-output into micro-batches; the flush agent stores each batch in one transaction, then
-dead-letters what PostgreSQL refused, acks every message of the batch, and tells
-waiters (the synchronous write API) which ids committed. Fetching and decoding the next
-batch overlaps with flushing the current one (a :class:`TakeBuffer` between them grows
-the next batch while a flush runs, up to ``batch_max_events``).
+    source stream -> process (validate, enrich, prepare) -> take(n, within)
+        -> flush: dedupe, store (one transaction), dead-letter what is refused,
+           then ack every message of the batch, then tell the write API's waiters.
+
+``process`` is an agent over the source's stream; ``take`` groups its output into
+micro-batches, growing the next batch while a flush runs (up to ``batch_max_events``);
+up to ``flush_concurrency`` flushes run at once. The worker knows its source, store and
+dead-letter sink only by their protocols (``pipeline.sinks`` and :class:`Source`), so the
+same agents serve any source, and its guarantees are tested with in-memory fakes
+(``tests/unit/test_worker.py``) as well as against the real servers.
 """
 
 from __future__ import annotations
@@ -21,47 +24,39 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import asyncpg
-from nats.aio.client import Client
-from nats.js.errors import NoStreamResponseError
-
 from infra.metrics import Metrics
 from infra.settings import Settings
-from pipeline.agents import Agent, Stream, TakeBuffer
-from pipeline.dlq import dead_letter
-from pipeline.flush import (
-    FlushResult,
-    PartitionCache,
-    classify,
-    describe,
-    partition_name,
-    write_batch,
-)
-from pipeline.source_nats import ensure_dlq_stream
+from pipeline.agents import Agent, Stream
+from pipeline.sinks import DeadLetters, FlushResult, Store, StoreError
 from pipeline.stages import Dead, Deduplicator, Message, Valid, limits_for, process
 
 log = logging.getLogger(__name__)
 
 # A dead letter is tried this often (0.1, 0.4, 1.6 s apart) before its message is NAKed.
 DLQ_ATTEMPTS = 3
-DLQ_PUBLISH_TIMEOUT_S = 2.0
 # Dead letters in flight at once per batch: a batch of large bad messages must not put
 # tens of MiB on the connection at once (their acks would time out).
 DLQ_CONCURRENCY = 32
 
 Key = tuple[str, uuid.UUID]
 Now = Callable[[], datetime]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class Source(Protocol):
-    """What the worker needs of a source (JetStream today; Kafka fits the same shape)."""
+    """What the worker needs of a source (JetStream today; Kafka fits the same shape).
+
+    ``chunks`` yields lists of messages (one per network read) until ``stop``; ``ack``
+    settles messages for good (only after they are stored or dead-lettered); ``nak`` asks
+    for redelivery after ``delay_s``; neither raises. ``held`` is what was delivered and
+    not yet settled (the source keeps it alive, e.g. with in-progress heartbeats).
+    """
 
     async def start(self) -> None: ...
     def chunks(self) -> AsyncIterator[list[Message]]: ...
     async def ack(self, msgs: list[Message]) -> None: ...
     async def nak(self, msgs: list[Message], delay_s: float) -> None: ...
 
-    # Delivered, not yet settled (ack or nak); the source keeps them alive (heartbeats).
     held: dict[str, Message]
 
     async def stop(self) -> None: ...
@@ -79,43 +74,40 @@ class Worker:
     """Runs the agents for one source until :meth:`stop`.
 
     Args:
-        settings: batch sizes, subjects, timeouts.
-        pool: asyncpg pool connected with the app role.
-        nc: NATS client (dead letters are published with it).
+        settings: batch sizes, stall threshold, stream name for logs.
+        store: where events are stored (``pipeline.flush.PgStore``).
+        dead_letters: where refused messages go (``pipeline.dlq_nats.NatsDeadLetters``).
         source: where messages come from.
         metrics: where counts go.
-        on_commit: called with (stored keys, duplicate keys) after each commit.
+        on_commit: called with (stored keys, duplicate keys, rejected) after each batch.
         now: wall clock for received_at fallbacks and dead-letter times.
+        sleep: waits between retries (injected so that tests need not wait).
     """
 
     def __init__(
         self,
         settings: Settings,
-        pool: asyncpg.Pool,
-        nc: Client,
+        store: Store,
+        dead_letters: DeadLetters,
         source: Source,
         metrics: Metrics,
         on_commit: CommitListener | None = None,
         now: Now = _utcnow,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.settings = settings
-        self.pool = pool
-        self.nc = nc
+        self.store = store
+        self.dead_letters = dead_letters
         self.source = source
         self.metrics = metrics
         self.on_commit = on_commit
         self.now = now
+        self.sleep = sleep
         self.dedup = Deduplicator(settings.dedup_window)
-        self.partitions = PartitionCache()
         self.totals = {"stored": 0, "duplicates": 0, "dead_lettered": 0}
-        self._take: TakeBuffer[Valid | Dead] = TakeBuffer(
-            settings.batch_max_events, settings.batch_max_latency_ms / 1000
-        )
-        self._stopped = asyncio.Event()
         self._limits = limits_for(settings)
         # stream seq -> why its dead letter could not be published (held in the source).
         self._unpublished: dict[int, str] = {}
-        self._dlq_max_bytes: int | None = None
         self.last_progress = time.monotonic()
 
     # -- agents ---------------------------------------------------------------------------
@@ -127,29 +119,29 @@ class Worker:
             received.inc(len(chunk))
             yield [process(m, now, limits) for m in chunk]
 
-    async def _produce(self) -> None:
-        stream = Agent("process", self._process)(Stream(self.source.chunks(), "source"))
-        try:
-            async for chunk in stream:
-                self._take.put(chunk)
-        finally:
-            self._take.close()
+    async def run(self) -> None:
+        """Start the source and run until it is stopped and everything in flight is settled.
 
-    async def _consume(self) -> None:
-        # Up to flush_concurrency transactions at once: small batches are bound by round
-        # trips and fsync, which overlap well; the chain-head row locks keep per-tenant
-        # order whatever interleaves.
+        Up to ``flush_concurrency`` batches are flushed at once: small batches are bound by
+        round trips and fsync, which overlap well; the chain-head row locks keep per-tenant
+        order whatever interleaves.
+        """
+        await self.source.start()
+        processed = Agent("process", self._process)(Stream(self.source.chunks(), "source"))
+        within = self.settings.batch_max_latency_ms / 1000
         slots = asyncio.Semaphore(self.settings.flush_concurrency)
         running: set[asyncio.Task[None]] = set()
-        while batch := await self._take.get():
-            await slots.acquire()
-            for task in [t for t in running if t.done()]:
-                running.discard(task)
-                task.result()  # a flush that failed for good stops the worker
-            task = asyncio.create_task(self._flush_slot(batch, slots), name="flush")
-            running.add(task)
-        if running:
-            await asyncio.gather(*running)
+        try:
+            async for batch in processed.take(self.settings.batch_max_events, within):
+                await slots.acquire()
+                task = asyncio.create_task(self._flush_slot(batch, slots), name="flush")
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if running:  # the source stopped: settle what is in flight
+                await asyncio.gather(*running)
+        finally:  # cancelled: what is unsettled is redelivered (storage stays exactly-once)
+            for task in running:
+                task.cancel()
 
     async def _flush_slot(self, batch: list[Valid | Dead], slots: asyncio.Semaphore) -> None:
         try:
@@ -164,18 +156,6 @@ class Worker:
                 await self.source.nak([x.msg for x in batch], 1.0)
         finally:
             slots.release()
-
-    async def run(self) -> None:
-        """Start the source and run until it is stopped and everything in flight is acked."""
-        await self.source.start()
-        producer = asyncio.create_task(self._produce(), name="agent-process")
-        consumer = asyncio.create_task(self._consume(), name="agent-flush")
-        try:
-            await asyncio.gather(producer, consumer)
-        finally:
-            for t in (producer, consumer):
-                t.cancel()
-            self._stopped.set()
 
     async def stop(self) -> None:
         """Stop fetching; the batch in hand is flushed and acked before :meth:`run` returns."""
@@ -230,7 +210,7 @@ class Worker:
     async def _store(self, items: list[Valid]) -> tuple[FlushResult, list[tuple[Dead, Key]]]:
         """Store ``items``; returns what was stored and the events PostgreSQL refuses for good.
 
-        A transient error (:func:`classify` ``retry``: connection lost, lock or
+        A transient error (:class:`StoreError` ``retry``: connection lost, lock or
         serialization conflicts, disk full) retries the same events with capped
         exponential backoff and jitter, forever (the source keeps them in progress). Any
         other error splits the events in halves, each stored in its own transaction, down
@@ -245,48 +225,31 @@ class Worker:
             group = groups.pop()
             started = time.perf_counter()
             try:
-                group = await self._ensure_partitions(group, rejected)
-                if group:
-                    async with self.pool.acquire() as conn:
-                        part = await write_batch(conn, [v.prepared for v in group])
-                    self.metrics.flush_seconds.observe(time.perf_counter() - started)
-                    total.stored.extend(part.stored)
-                    total.duplicates.extend(part.duplicates)
-                    total.records.extend(part.records)
-                delay = 0.1
-                continue
-            except Exception as exc:
-                kind = classify(exc)
-                self.metrics.flush_retries.labels(kind).inc()
-                if kind == "row":
+                part, refused = await self.store.write(group)
+            except StoreError as exc:
+                self.metrics.flush_retries.labels(exc.kind).inc()
+                if exc.kind == "row":
                     if len(group) == 1:
-                        rejected.append(_refused(group[0], describe(exc)))
+                        rejected.append(_refused(group[0], exc.reason))
                     else:  # halves, first half first (pop() takes from the end)
                         mid = len(group) // 2
                         groups.extend((group[mid:], group[:mid]))
                     continue
-                log.warning("flush failed (retrying in %.1fs): %s", delay, describe(exc))
+                log.warning("flush failed (retrying in %.1fs): %s", delay, exc.reason)
                 groups.append(group)
-            # Capped exponential backoff with jitter (workers retrying together spread out);
-            # the source's heartbeats keep the held messages from being redelivered.
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 5.0)
+                # Capped exponential backoff with jitter (workers retrying together spread
+                # out); the source keeps the held messages from being redelivered meanwhile.
+                await self.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 5.0)
+                continue
+            if part.records:
+                self.metrics.flush_seconds.observe(time.perf_counter() - started)
+            rejected.extend(_refused(v, why) for v, why in refused)
+            total.stored.extend(part.stored)
+            total.duplicates.extend(part.duplicates)
+            total.records.extend(part.records)
+            delay = 0.1
         return total, rejected
-
-    async def _ensure_partitions(self, group: list[Valid],
-                                 rejected: list[tuple[Dead, Key]]) -> list[Valid]:  # fmt: skip
-        """``group`` without the events whose month partition PostgreSQL refuses to make."""
-        refused = await self.partitions.ensure(self.pool, [v.event for v in group])
-        if not refused:
-            return group
-        keep = []
-        for v in group:
-            why = refused.get(partition_name(v.event.occurred_at))  # type: ignore[arg-type]
-            if why is None:
-                keep.append(v)
-            else:
-                rejected.append(_refused(v, why))
-        return keep
 
     async def _dead_letter(self, dead: list[Dead]) -> set[int]:
         """Publish dead letters concurrently, each with bounded retries.
@@ -316,42 +279,20 @@ class Worker:
         return held
 
     async def _publish_dead(self, d: Dead, now: datetime) -> bool:
-        limit = await self._dlq_limit()
-        headers, payload = dead_letter(d, self.settings.stream, now, limit)
-        js = self.nc.jetstream()
         error: Exception | None = None
         for attempt in range(DLQ_ATTEMPTS):
             try:
-                await js.publish(self.settings.dlq_subject, payload, headers=headers,
-                                 timeout=DLQ_PUBLISH_TIMEOUT_S)  # fmt: skip
+                await self.dead_letters.publish(d, now)
                 return True
-            except NoStreamResponseError as exc:  # nobody listens: the stream is missing
-                error = exc
-                with contextlib.suppress(Exception):
-                    await ensure_dlq_stream(self.nc, self.settings)
             except Exception as exc:
                 error = exc
-            await asyncio.sleep(0.1 * 4**attempt)
+            await self.sleep(0.1 * 4**attempt)
         self.metrics.dead_letter_failures.inc()
         self._unpublished[d.msg.stream_seq] = f"{type(error).__name__}: {error}"
         log.error("dead letter for %s:%d not published after %d attempts (left in the "
                   "stream, NAKed with backoff): %r", self.settings.stream, d.msg.stream_seq,
                   DLQ_ATTEMPTS, error)  # fmt: skip
         return False
-
-    async def _dlq_limit(self) -> int:
-        """The largest message the dead-letter stream takes (max_payload, max_msg_size)."""
-        if self._dlq_max_bytes is None:
-            limit = int(getattr(self.nc, "max_payload", 0) or 1024 * 1024)
-            try:
-                info = await self.nc.jetstream().stream_info(self.settings.dlq_stream)
-                size = info.config.max_msg_size or -1
-                if size > 0:
-                    limit = min(limit, size)
-            except Exception:
-                return limit  # ask again next time
-            self._dlq_max_bytes = limit
-        return self._dlq_max_bytes
 
     def stalled_for(self) -> float:
         """Seconds without a settled batch while messages are held (0 when not waiting)."""

@@ -58,7 +58,9 @@ def _decode(data: bytes, decoder: Any, what: str) -> Any:
     try:
         return decoder.decode(data)
     except msgspec.ValidationError as exc:
-        raise bad_request(f"body must be {what}: {exc}") from exc
+        path = str(exc).rpartition("- at `$.")[2].rstrip("`")
+        field = path.split("[", 1)[0] if "- at `$." in str(exc) else ""
+        raise bad_request(f"body must be {what}: {exc}", field) from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise bad_request(f"malformed JSON: {exc}") from exc
     except RecursionError as exc:  # msgspec stops cleanly at Python's recursion limit

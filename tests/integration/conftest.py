@@ -18,6 +18,8 @@ from infra.db import create_pool
 from infra.metrics import Metrics
 from infra.settings import Settings
 from pipeline.commits import encode_keys
+from pipeline.dlq_nats import NatsDeadLetters
+from pipeline.flush import PgStore
 from pipeline.source_nats import JetStreamSource, connect, ensure_stream, nats_options
 from pipeline.worker import Worker
 from query_api.app import create_app
@@ -49,7 +51,8 @@ async def running_worker(settings: Settings, **worker_kw: object) -> AsyncIterat
             await nc.publish(settings.commit_subject, payload)
 
     worker_kw.setdefault("on_commit", announce)
-    worker = Worker(settings, pool, nc, source, metrics, **worker_kw)  # type: ignore[arg-type]
+    worker = Worker(settings, PgStore(pool), NatsDeadLetters(nc, settings), source, metrics,
+                    **worker_kw)  # fmt: skip
     task = asyncio.create_task(worker.run())
     try:
         yield Running(settings, worker, nc, pool, metrics)

@@ -1,0 +1,222 @@
+"""pipeline.worker with in-memory fakes of its source, store and dead-letter sink.
+
+The worker's guarantees, without servers: nothing is acked before its batch is stored
+(or dead-lettered); duplicates are stored once; a refused event is found by bisection and
+dead-lettered while the rest of its batch is stored; an unpublishable dead letter is
+NAKed, never acked. The integration tests check the same against PostgreSQL and NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from infra.metrics import Metrics
+from infra.settings import load_settings
+from pipeline.sinks import FlushResult, StoreError
+from pipeline.stages import Dead, Message, Valid
+from pipeline.worker import DLQ_ATTEMPTS, Worker
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def event(tenant: str, n: int, **extra: object) -> bytes:
+    doc = {"tenant_id": tenant, "action": "user.login", "id": f"00000000-0000-7000-8000-{n:012d}",
+           "actor": {"type": "ACTOR_TYPE_USER", "id": "u1"},
+           "occurred_at": "2026-11-30T11:00:00Z", **extra}  # fmt: skip
+    return json.dumps(doc).encode()
+
+
+def message(seq: int, data: bytes) -> Message:
+    stamp = int(NOW.timestamp()) * 10**9 + seq  # when the source stored it
+    return Message(data=data, stream_seq=seq, timestamp_ns=stamp, ack=f"ack.{seq}")
+
+
+class FakeSource:
+    """Delivers ``chunks`` then ends; records every ack and nak, in order."""
+
+    def __init__(self, chunks: list[list[Message]]) -> None:
+        self._chunks = chunks
+        self.held: dict[str, Message] = {}
+        self.acked: list[int] = []
+        self.naked: list[int] = []
+        self.log: list[tuple[str, int]] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def chunks(self) -> AsyncIterator[list[Message]]:
+        for chunk in self._chunks:
+            for m in chunk:
+                self.held[m.ack] = m
+            yield chunk
+            await asyncio.sleep(0)
+
+    async def ack(self, msgs: list[Message]) -> None:
+        for m in msgs:
+            self.held.pop(m.ack, None)
+            self.acked.append(m.stream_seq)
+            self.log.append(("ack", m.stream_seq))
+
+    async def nak(self, msgs: list[Message], delay_s: float) -> None:
+        for m in msgs:
+            self.held.pop(m.ack, None)
+            self.naked.append(m.stream_seq)
+
+    async def stop(self) -> None:
+        pass
+
+
+class FakeStore:
+    """Keys stored once; per-tenant seq; refuses events whose description is "refuse";
+    fails transiently ``outages`` times first."""
+
+    def __init__(self, log: list[tuple[str, int]], outages: int = 0) -> None:
+        self.rows: dict[tuple[str, object], int] = {}
+        self.heads: dict[str, int] = {}
+        self.calls = 0
+        self.outages = outages
+        self.log = log
+
+    async def write(self, items: Sequence[Valid]) -> tuple[FlushResult, list[tuple[Valid, str]]]:
+        self.calls += 1
+        if self.outages:
+            self.outages -= 1
+            raise StoreError("retry", "08006: connection lost")
+        if any(v.event.description == "refuse" for v in items):
+            raise StoreError("row", "23514: check violation")
+        result = FlushResult()
+        for v in items:
+            key = (v.event.tenant_id, v.event.id)
+            if key in self.rows:
+                result.duplicates.append(key)  # type: ignore[arg-type]
+                continue
+            seq = self.heads.get(v.event.tenant_id, 0) + 1
+            self.heads[v.event.tenant_id] = seq
+            self.rows[key] = seq
+            result.stored.append(key)  # type: ignore[arg-type]
+            result.records.append((v.event.tenant_id, None, None, seq, v.event.received_at))
+            self.log.append(("stored", v.msg.stream_seq))
+        return result, []
+
+
+class FakeDeadLetters:
+    def __init__(self, failures: int = 0) -> None:
+        self.letters: list[Dead] = []
+        self.failures = failures
+
+    async def publish(self, dead: Dead, now: datetime) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise TimeoutError("nats: timeout")
+        self.letters.append(dead)
+
+
+async def _no_wait(_: float) -> None:
+    await asyncio.sleep(0)
+
+
+def worker(source: FakeSource, store: FakeStore, dead: FakeDeadLetters, **env: str) -> Worker:
+    cfg = load_settings({"AUDIT_BATCH_MAX_EVENTS": "8", "AUDIT_BATCH_MAX_LATENCY_MS": "1",
+                         "AUDIT_DEDUP_WINDOW": "1000", **env})  # fmt: skip
+    return Worker(cfg, store, dead, source, Metrics(), now=lambda: NOW, sleep=_no_wait)
+
+
+async def run(chunks: list[list[Message]], store_outages: int = 0, dlq_failures: int = 0):
+    source = FakeSource(chunks)
+    store = FakeStore(source.log, store_outages)
+    dead = FakeDeadLetters(dlq_failures)
+    w = worker(source, store, dead)
+    await asyncio.wait_for(w.run(), 10)
+    return source, store, dead, w
+
+
+async def test_every_message_is_acked_only_after_its_event_is_stored() -> None:
+    msgs = [message(i, event("t1", i)) for i in range(1, 21)]
+    source, store, _, w = await run([msgs[:7], msgs[7:15], msgs[15:]], store_outages=3)
+    assert sorted(source.acked) == list(range(1, 21)) and not source.naked
+    for seq in range(1, 21):  # each ack comes after that message's event was stored
+        assert source.log.index(("stored", seq)) < source.log.index(("ack", seq))
+    assert sorted(store.rows.values()) == list(range(1, 21))  # one gapless chain
+    assert store.calls > 3 and w.totals["stored"] == 20
+
+
+async def test_redelivered_and_repeated_events_are_stored_once() -> None:
+    first = [message(i, event("t1", i)) for i in range(1, 6)]
+    again = [message(10 + i, event("t1", i)) for i in range(1, 6)]  # same ids, new seqs
+    source, store, dead, w = await run([first, again, first[:2]])
+    assert len(store.rows) == 5 and w.totals["stored"] == 5
+    assert w.totals["duplicates"] == 7 and not dead.letters
+    assert sorted(source.acked) == sorted(m.stream_seq for m in [*first, *again, *first[:2]])
+
+
+@settings(max_examples=40, deadline=None)
+@given(refused=st.sets(st.integers(1, 32)), n=st.integers(1, 32))
+def test_refused_events_are_found_and_dead_lettered_while_the_rest_is_stored(
+    refused: set[int], n: int
+) -> None:
+    refused = {i for i in refused if i <= n}
+    msgs = [message(i, event("t1", i, description="refuse" if i in refused else ""))
+            for i in range(1, n + 1)]  # fmt: skip
+
+    source, store, dead, w = asyncio.run(run([msgs]))
+    assert {d.msg.stream_seq for d in dead.letters} == refused
+    assert all(d.reason == "db_rejected" and "23514" in d.message for d in dead.letters)
+    assert {seq for (_, _), seq in store.rows.items()} == set(range(1, n - len(refused) + 1))
+    assert sorted(source.acked) == list(range(1, n + 1)) and not source.naked
+    assert w.totals == {"stored": n - len(refused), "duplicates": 0,
+                        "dead_lettered": len(refused)}  # fmt: skip
+
+
+async def test_invalid_messages_are_dead_lettered_with_their_reason() -> None:
+    msgs = [message(1, b"{not json"), message(2, event("t1", 2)), message(3, b"[]")]
+    source, store, dead, _ = await run([msgs])
+    assert {d.msg.stream_seq: d.reason for d in dead.letters} == {1: "malformed_json",
+                                                                  3: "invalid_field"}  # fmt: skip
+    assert len(store.rows) == 1 and sorted(source.acked) == [1, 2, 3]
+
+
+async def test_a_dead_letter_that_cannot_be_published_is_nacked_never_acked() -> None:
+    msgs = [message(1, b"{not json"), message(2, event("t1", 2))]
+    source, store, dead, w = await run([msgs], dlq_failures=DLQ_ATTEMPTS)
+    assert source.naked == [1] and source.acked == [2] and not dead.letters
+    assert len(store.rows) == 1
+    assert w.status().startswith("degraded: 1 dead letter(s) could not be published")
+
+
+async def test_commit_listener_hears_stored_duplicate_and_rejected_keys() -> None:
+    heard: list[tuple[int, int, int]] = []
+
+    async def listener(stored: list, dupes: list, rejected: list) -> None:
+        heard.append((len(stored), len(dupes), len(rejected)))
+
+    msgs = [message(1, event("t1", 1)), message(2, event("t1", 1)),
+            message(3, event("t1", 3, description="refuse"))]  # fmt: skip
+    source = FakeSource([msgs])
+    w = worker(source, FakeStore(source.log), FakeDeadLetters())
+    w.on_commit = listener
+    await asyncio.wait_for(w.run(), 10)
+    assert [sum(col) for col in zip(*heard, strict=True)] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("outages", [0, 5])
+async def test_a_stalled_store_is_reported_and_nothing_is_acked_meanwhile(outages: int) -> None:
+    msgs = [message(i, event("t1", i)) for i in range(1, 4)]
+    source = FakeSource([msgs])
+    store = FakeStore(source.log, outages=10**9)
+    w = worker(source, store, FakeDeadLetters(), AUDIT_STALL_AFTER_S="0")
+    task = asyncio.create_task(w.run())
+    while store.calls < 3 + outages:
+        await asyncio.sleep(0)
+    assert source.acked == [] and len(source.held) == 3
+    assert w.status().startswith("degraded: stalled")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert source.acked == []  # cancelled mid-outage: nothing acked, all redelivered later
