@@ -1,4 +1,4 @@
-"""CLI commands that talk to the HTTP API: events, stats, keys.
+"""CLI commands that talk to the HTTP API (through the Python client): events, stats, keys.
 
 The API URL is AUDIT_API_URL (default ``http://127.0.0.1:$AUDIT_HTTP_PORT``); the token
 is AUDIT_TOKEN (a tenant key) or AUDIT_ADMIN_TOKEN, or ``--token``.
@@ -10,9 +10,6 @@ import csv
 import json
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,17 +20,17 @@ from rich.table import Table
 from auditlog.endpoints import api_token, api_url
 from infra.errors import AuditLogError
 from infra.settings import Settings
+from query_api.client import ApiUnreachable, AuditApiError, AuditClient
 
 CSV_FIELDS = ("id", "occurred_at", "tenant_id", "seq", "action", "category", "severity",
               "actor", "primary_resource", "description")  # fmt: skip
 
 
 class Api:
-    """A tiny JSON client for the service's HTTP API."""
+    """The CLI's view of :class:`~query_api.client.AuditClient`: API errors as click errors."""
 
     def __init__(self, base: str, token: str) -> None:
-        self.base = base.rstrip("/")
-        self.token = token
+        self.client = AuditClient(base, token, retries=2)
 
     def call(self, method: str, path: str, params: dict[str, Any] | None = None,
              body: Any = None) -> Any:  # fmt: skip
@@ -42,28 +39,10 @@ class Api:
         Raises:
             click.ClickException: with the API's error message, or why it is unreachable.
         """
-        query = urllib.parse.urlencode(
-            {k: v for k, v in (params or {}).items() if v not in (None, "", ())}, doseq=True
-        )
-        url = f"{self.base}{path}" + (f"?{query}" if query else "")
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {self.token}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                err = json.loads(exc.read())["error"]
-                where = f" ({err['field']})" if err.get("field") else ""
-                msg = f"{exc.code} {err['code']}: {err['message']}{where}"
-            except (ValueError, KeyError):
-                msg = f"HTTP {exc.code}"
-            raise click.ClickException(msg) from exc
-        except OSError as exc:
-            raise click.ClickException(f"cannot reach the API at {self.base}: {exc}") from exc
+            return self.client.call(method, path, params, body)
+        except (AuditApiError, ApiUnreachable) as exc:
+            raise click.ClickException(str(exc)) from exc
 
 
 def _api(ctx: click.Context, token: str | None) -> Api:

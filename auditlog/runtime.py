@@ -189,12 +189,103 @@ class Pipeline:
         return self.worker.totals
 
 
+Pools = tuple[asyncpg.Pool, asyncpg.Pool, Any]  # API pool, pipeline pool, NATS client
+
+
+async def _connect(settings: Settings, ends: Endpoints, stop: asyncio.Event,
+                   stack: contextlib.AsyncExitStack) -> Pools:  # fmt: skip
+    """Migrate, then open the API pool, the pipeline pool and NATS (waiting for each);
+    each is closed by ``stack``.
+
+    Raises:
+        asyncio.CancelledError: stopped while waiting.
+        ConfigError: credentials refused (no point in waiting).
+    """
+    dsn, db_var, nats_var = ends.database_url, "AUDIT_DATABASE_URL", "AUDIT_NATS_URL"
+    await until_up("postgresql", lambda: prepare_database(dsn), stop, db_var)
+    pools = []
+    for size in (settings.db_pool_size, settings.pipeline_pool_size):
+
+        def open_pool(size: int = size) -> Awaitable[asyncpg.Pool]:
+            return create_pool(dsn, max_size=size)
+
+        pool = await until_up("postgresql", open_pool, stop, db_var)
+        stack.push_async_callback(pool.close)
+        pools.append(pool)
+    name = f"auditlog-{os.getpid()}"
+    nc = await until_up("nats", lambda: connect(ends.nats_url, name=name, settings=settings),
+                        stop, nats_var)  # fmt: skip
+    stack.push_async_callback(_drain_nats, nc)
+    await until_up("nats", lambda: ensure_stream(nc, settings), stop, nats_var)
+    return pools[0], pools[1], nc
+
+
+async def _drain_nats(nc: Any) -> None:
+    with contextlib.suppress(Exception):
+        await nc.drain()
+
+
+async def _listen(app: web.Application, settings: Settings, http: bool,
+                  stack: contextlib.AsyncExitStack) -> None:  # fmt: skip
+    """Serve ``app`` (the API, or only health and metrics) and, for the API, gRPC; both are
+    stopped by ``stack``.
+
+    Raises:
+        ConfigError: a port cannot be bound.
+    """
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    port = settings.http_port if http else settings.metrics_port
+    try:
+        await web.TCPSite(runner, settings.http_host, port).start()
+    except OSError as exc:
+        var = "AUDIT_HTTP_PORT" if http else "AUDIT_METRICS_PORT"
+        raise ConfigError(
+            var, f"cannot listen on {settings.http_host}:{port}: {exc.strerror}"
+        ) from exc
+    what = "HTTP API (REST + Connect)" if http else "metrics"
+    log.info("%s listening on http://%s:%d", what, settings.http_host, port)
+    if not http:
+        return
+    from query_api.rpc import start_grpc
+
+    try:
+        grpc_server = await start_grpc(app, settings.http_host, settings.grpc_port)
+    except OSError as exc:
+        raise ConfigError("AUDIT_GRPC_PORT", str(exc)) from exc
+    stack.push_async_callback(grpc_server.stop, 5)
+    log.info("gRPC listening on %s:%d", settings.http_host, settings.grpc_port)
+
+
+def _tune_gc() -> None:
+    # Long-lived objects move out of the collector's sight, and young-generation
+    # collections run less often: the ingest path allocates many short-lived objects.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
+async def _drain(pipeline: Pipeline, worker_task: asyncio.Task[None], within_s: float) -> None:
+    """Stop fetching and wait (up to ``within_s``) for what is in flight to be settled."""
+    if worker_task.done():
+        return
+    await pipeline.stop()
+    try:
+        await asyncio.wait_for(worker_task, timeout=within_s)
+    except TimeoutError:
+        log.error("pipeline did not drain in %.0fs; unacked events will be redelivered",
+                  within_s)  # fmt: skip
+
+
 async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> dict[str, int]:
     """Run the HTTP app (if ``http``) and one pipeline worker until SIGINT/SIGTERM.
 
     PostgreSQL and NATS that are down at start are waited for; outages later are ridden
     out (the API answers 503 where it needs what is missing, the pipeline retries). The
     pipeline and the API have separate PostgreSQL pools, so readers never starve flushes.
+    Whatever was opened is closed on every path out (an exit stack), the pipeline drained
+    first.
 
     Returns:
         Totals of the worker (stored, duplicates, dead_lettered) for the shutdown summary.
@@ -202,95 +293,37 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
     started = time.monotonic()
     stop = asyncio.Event()
     _install_signals(stop)
-    dsn, db_var, nats_var = ends.database_url, "AUDIT_DATABASE_URL", "AUDIT_NATS_URL"
-    name = f"auditlog-{os.getpid()}"
-    try:
-        await until_up("postgresql", lambda: prepare_database(dsn), stop, db_var)
-        api_pool = await until_up(
-            "postgresql", lambda: create_pool(dsn, max_size=settings.db_pool_size), stop, db_var
-        )
-        pipe_pool = await until_up(
-            "postgresql", lambda: create_pool(dsn, max_size=settings.pipeline_pool_size), stop,
-            db_var,
-        )  # fmt: skip
-        nc = await until_up(
-            "nats", lambda: connect(ends.nats_url, name=name, settings=settings), stop, nats_var
-        )
-        await until_up("nats", lambda: ensure_stream(nc, settings), stop, nats_var)
-    except asyncio.CancelledError:
-        log.info("stopped while waiting for dependencies")
-        return {"stored": 0, "duplicates": 0, "dead_lettered": 0}
-    metrics = Metrics()
-
-    async def announce(stored: list[Any], duplicates: list[Any], rejected: list[Any]) -> None:
-        if stored or duplicates or rejected:
-            payload = encode_keys([*stored, *duplicates], rejected)
-            await nc.publish(settings.commit_subject, payload)
-
-    pipeline = Pipeline(settings, pipe_pool, nc, metrics, announce)
-    worker_task = asyncio.create_task(pipeline.run(), name="pipeline")
-    app = create_app(
-        settings,
-        cast(asyncpg.Pool, TimedPool(api_pool, settings.db_acquire_timeout_s)),
-        nc,
-        metrics,
-        consumer_bound=lambda: not worker_task.done(),
-        api=http,
-        pipeline_status=pipeline.status,
-    )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = settings.http_port if http else settings.metrics_port
-    try:
-        await web.TCPSite(runner, settings.http_host, port).start()
-    except OSError as exc:
-        await pipeline.stop()
-        await runner.cleanup()
-        var = "AUDIT_HTTP_PORT" if http else "AUDIT_METRICS_PORT"
-        raise ConfigError(
-            var, f"cannot listen on {settings.http_host}:{port}: {exc.strerror}"
-        ) from exc
-    what = "HTTP API (REST + Connect)" if http else "metrics"
-    log.info("%s listening on http://%s:%d", what, settings.http_host, port)
-    grpc_server = None
-    if http:
-        from query_api.rpc import start_grpc
-
+    async with contextlib.AsyncExitStack() as stack:
         try:
-            grpc_server = await start_grpc(app, settings.http_host, settings.grpc_port)
-        except OSError as exc:
-            await pipeline.stop()
-            await runner.cleanup()
-            raise ConfigError("AUDIT_GRPC_PORT", str(exc)) from exc
-        log.info("gRPC listening on %s:%d", settings.http_host, settings.grpc_port)
-    log.info("postgresql: %s | nats: %s", redact_url(ends.database_url), ends.nats_url)
-    # Long-lived objects move out of the collector's sight, and young-generation
-    # collections run less often: the ingest path allocates many short-lived objects.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-    gauges = _update_gauges(metrics, api_pool, pipe_pool, pipeline)
-    ahead = partitions_ahead(pipe_pool, settings.partitions_ahead_months)
-    background = [asyncio.create_task(gauges), asyncio.create_task(ahead)]
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({stopper, worker_task}, return_when=asyncio.FIRST_COMPLETED)
-    log.info("shutting down: draining the pipeline")
-    await pipeline.stop()
-    try:
-        await asyncio.wait_for(worker_task, timeout=settings.shutdown_timeout_s)
-    except TimeoutError:
-        log.error("pipeline did not drain in %.0fs; unacked events will be redelivered",
-                  settings.shutdown_timeout_s)  # fmt: skip
-    stopper.cancel()
-    for task in background:
-        task.cancel()
-    if grpc_server is not None:
-        await grpc_server.stop(grace=5)
-    await runner.cleanup()
-    with contextlib.suppress(Exception):
-        await nc.drain()
-    await api_pool.close()
-    await pipe_pool.close()
+            api_pool, pipe_pool, nc = await _connect(settings, ends, stop, stack)
+        except asyncio.CancelledError:
+            log.info("stopped while waiting for dependencies")
+            return {"stored": 0, "duplicates": 0, "dead_lettered": 0}
+        metrics = Metrics()
+
+        async def announce(stored: list[Any], duplicates: list[Any], rejected: list[Any]) -> None:
+            if stored or duplicates or rejected:
+                payload = encode_keys([*stored, *duplicates], rejected)
+                await nc.publish(settings.commit_subject, payload)
+
+        pipeline = Pipeline(settings, pipe_pool, nc, metrics, announce)
+        worker_task = asyncio.create_task(pipeline.run(), name="pipeline")
+        stack.push_async_callback(_drain, pipeline, worker_task, settings.shutdown_timeout_s)
+        reads = cast(asyncpg.Pool, TimedPool(api_pool, settings.db_acquire_timeout_s))
+        app = create_app(settings, reads, nc, metrics, api=http,
+                         consumer_bound=lambda: not worker_task.done(),
+                         pipeline_status=pipeline.status)  # fmt: skip
+        await _listen(app, settings, http, stack)
+        log.info("postgresql: %s | nats: %s", redact_url(ends.database_url), ends.nats_url)
+        _tune_gc()
+        for job in (_update_gauges(metrics, api_pool, pipe_pool, pipeline),
+                    partitions_ahead(pipe_pool, settings.partitions_ahead_months)):  # fmt: skip
+            stack.callback(asyncio.create_task(job).cancel)
+        stopper = asyncio.create_task(stop.wait())
+        stack.callback(stopper.cancel)
+        await asyncio.wait({stopper, worker_task}, return_when=asyncio.FIRST_COMPLETED)
+        log.info("shutting down: draining the pipeline")
+        await _drain(pipeline, worker_task, settings.shutdown_timeout_s)
     totals = dict(pipeline.totals)
     log.info(
         "stopped: %d stored, %d dead-lettered, %d duplicates, uptime %.1fs",

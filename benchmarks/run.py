@@ -151,6 +151,115 @@ def checks(runs: dict[str, Any]) -> list[Check]:
     return out
 
 
+def _ingest(runs: dict[str, Any]) -> list[str]:
+    """The ingest table: ceiling, naive, drains, with ratios and CPU split."""
+    if not ("drain_1_worker" in runs or "naive" in runs):
+        return []
+    lines: list[str] = []
+    lines += ["", "## Ingest", "",
+              "| scenario | events/s | / ceiling | / naive | peak RSS "
+              "| CPU µs/event: PostgreSQL / NATS / worker |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    ceiling = runs.get("drain_1_worker", {}).get("ceiling_per_s")
+    naive = runs["naive"]["naive"]["events_per_s"] if "naive" in runs else None
+
+    def ratio(x: float, base: float | None) -> str:
+        return f"{x / base:.2f}" if base else ""
+
+    if ceiling:
+        lines.append(
+            f"| ceiling (COPY only) | {ceiling:,.0f} | 1.00 | {ratio(ceiling, naive)} | | |"
+        )
+    if naive:
+        lines.append(f"| naive (fetch + INSERT per event) | {naive:,.0f} | "
+                     f"{ratio(naive, ceiling)} | 1.00 | | |")  # fmt: skip
+    for name in ("drain_1_worker", "drain_2_workers"):
+        if name not in runs:
+            continue
+        d = runs[name]["drain"]
+        what = (f"{name.replace('_', ' ')} ({d['events']:,} msgs, "
+                f"{d['duplicates_in_input']} dup, "
+                f"{d['invalid_in_input']} invalid)")  # fmt: skip
+        rate = d["events_per_s"]
+        cpu = d.get("cpu_us_per_event", {})
+        split = (
+            " / ".join(f"{cpu.get(k, 0):.0f}" for k in ("postgresql", "nats-server", "pipeline"))
+            if cpu
+            else ""
+        )
+        rss = f"{d['peak_rss_mib']:.0f} MiB"
+        lines.append(f"| {what} | {rate:,.0f} | {ratio(rate, ceiling)} | "
+                     f"{ratio(rate, naive)} | {rss} | {split} |")  # fmt: skip
+    return lines
+
+
+def _steady(runs: dict[str, Any]) -> list[str]:
+    """The steady offered-load row."""
+    if "steady" not in runs:
+        return []
+    lines: list[str] = []
+    s = runs["steady"]["steady"]
+    lat = s["latency_ms"]
+    lines += ["", "## Steady offered load (1 worker)", "",
+              "| offered | achieved | end-to-end p50 | p90 | p99 | max | max lag | peak RSS |",
+              "|---|---|---|---|---|---|---|---|",
+              f"| {s['offered_per_s']:,}/s | {s['achieved_per_s']:,.0f}/s | "
+              f"{lat.get('p50', 0):.1f} ms | {lat.get('p90', 0):.1f} ms | "
+              f"{lat.get('p99', 0):.1f} ms | {lat.get('max', 0):.0f} ms | {s['max_lag']:,} | "
+              f"{s['peak_rss_mib']:.0f} MiB |"]  # fmt: skip
+    return lines
+
+
+def _writes(runs: dict[str, Any]) -> list[str]:
+    """The write-API table and batch figures."""
+    if "write" not in runs:
+        return []
+    lines: list[str] = []
+    w = runs["write"]
+    lines += ["", "## Writes over HTTP (`auditlog run`: API + 1 worker in one process)", "",
+              "| writers | writes/s | p50 | p99 | CPU µs/write: service / PostgreSQL / "
+              "NATS / load generator |", "|---|---|---|---|---|"]  # fmt: skip
+    for r in w["sync"]:
+        cpu = r.get("cpu_us_per_write", {})
+        parts = ("service", "postgresql", "nats-server", "load")
+        split = " / ".join(f"{cpu.get(k, 0):.0f}" for k in parts)
+        lines.append(f"| {r['writers']} | {r['per_s']:,.0f} | {r['p50_ms']:.1f} ms | "
+                     f"{r['p99_ms']:.1f} ms | {split if cpu else ''} |")  # fmt: skip
+    b = w["batch"]
+    lines += ["", f"Batch writes: {b['events']:,} events in batches of {b['batch']:,}: "
+              f"{b['events_per_s']:,.0f} events/s answered after commit"]  # fmt: skip
+    if "batch_durable" in w:
+        lines[-1] += (
+            f"; {w['batch_durable']['events_per_s']:,.0f} events/s with "
+            "`wait=false` (answered once durable in JetStream)"
+        )
+    lines[-1] += "."
+    return lines
+
+
+def _query(runs: dict[str, Any]) -> list[str]:
+    """The query table and export rate."""
+    if "query" not in runs:
+        return []
+    lines: list[str] = []
+    q = runs["query"]
+    fp, dp, sp, ex = (q["first_page_ms"], q["deep_paging_ms"], q["search_first_page_ms"],
+                      q["export"])  # fmt: skip
+    lines += ["", f"## Query ({q['events']:,} events; largest tenant "
+              f"{q['largest_tenant_rows']:,} rows)", "",
+              "| measure | p50 | p99 |", "|---|---|---|",
+              f"| first page: tenant + 24 h + severity + category | {fp['p50']:.1f} ms | "
+              f"{fp['p99']:.1f} ms |",
+              f"| page 1 (tenant only) | {dp['page1']['p50']:.1f} ms | "
+              f"{dp['page1']['p99']:.1f} ms |",
+              f"| page 200 by tokens | {dp['page200']['p50']:.1f} ms | "
+              f"{dp['page200']['p99']:.1f} ms |",
+              f"| text search first page | {sp['p50']:.1f} ms | {sp['p99']:.1f} ms |",
+              "", f"Export NDJSON: {ex['rows']:,} rows in {ex['seconds']:.1f} s = "
+              f"{ex['rows_per_s']:,.0f} rows/s."]  # fmt: skip
+    return lines
+
+
 def report(result: dict[str, Any], pngs: dict[str, str]) -> str:
     """The Markdown report of one run."""
     runs = result["runs"]
@@ -162,89 +271,8 @@ def report(result: dict[str, Any], pngs: dict[str, str]) -> str:
              "", f"Command: `{result['command']}`", ""]  # fmt: skip
     lines += ["## Targets", "", "| measure | result | target | verdict |", "|---|---|---|---|"]
     lines += [c.row() for c in checks(runs)]
-    if "drain_1_worker" in runs or "naive" in runs:
-        lines += ["", "## Ingest", "",
-                  "| scenario | events/s | / ceiling | / naive | peak RSS "
-                  "| CPU µs/event: PostgreSQL / NATS / worker |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
-        ceiling = runs.get("drain_1_worker", {}).get("ceiling_per_s")
-        naive = runs["naive"]["naive"]["events_per_s"] if "naive" in runs else None
-
-        def ratio(x: float, base: float | None) -> str:
-            return f"{x / base:.2f}" if base else ""
-
-        if ceiling:
-            lines.append(
-                f"| ceiling (COPY only) | {ceiling:,.0f} | 1.00 | {ratio(ceiling, naive)} | | |"
-            )
-        if naive:
-            lines.append(f"| naive (fetch + INSERT per event) | {naive:,.0f} | "
-                         f"{ratio(naive, ceiling)} | 1.00 | | |")  # fmt: skip
-        for name in ("drain_1_worker", "drain_2_workers"):
-            if name not in runs:
-                continue
-            d = runs[name]["drain"]
-            what = (f"{name.replace('_', ' ')} ({d['events']:,} msgs, "
-                    f"{d['duplicates_in_input']} dup, "
-                    f"{d['invalid_in_input']} invalid)")  # fmt: skip
-            rate = d["events_per_s"]
-            cpu = d.get("cpu_us_per_event", {})
-            split = (
-                " / ".join(
-                    f"{cpu.get(k, 0):.0f}" for k in ("postgresql", "nats-server", "pipeline")
-                )
-                if cpu
-                else ""
-            )
-            rss = f"{d['peak_rss_mib']:.0f} MiB"
-            lines.append(f"| {what} | {rate:,.0f} | {ratio(rate, ceiling)} | "
-                         f"{ratio(rate, naive)} | {rss} | {split} |")  # fmt: skip
-    if "steady" in runs:
-        s = runs["steady"]["steady"]
-        lat = s["latency_ms"]
-        lines += ["", "## Steady offered load (1 worker)", "",
-                  "| offered | achieved | end-to-end p50 | p90 | p99 | max | max lag | peak RSS |",
-                  "|---|---|---|---|---|---|---|---|",
-                  f"| {s['offered_per_s']:,}/s | {s['achieved_per_s']:,.0f}/s | "
-                  f"{lat.get('p50', 0):.1f} ms | {lat.get('p90', 0):.1f} ms | "
-                  f"{lat.get('p99', 0):.1f} ms | {lat.get('max', 0):.0f} ms | {s['max_lag']:,} | "
-                  f"{s['peak_rss_mib']:.0f} MiB |"]  # fmt: skip
-    if "write" in runs:
-        w = runs["write"]
-        lines += ["", "## Writes over HTTP (`auditlog run`: API + 1 worker in one process)", "",
-                  "| writers | writes/s | p50 | p99 | CPU µs/write: service / PostgreSQL / "
-                  "NATS / load generator |", "|---|---|---|---|---|"]  # fmt: skip
-        for r in w["sync"]:
-            cpu = r.get("cpu_us_per_write", {})
-            parts = ("service", "postgresql", "nats-server", "load")
-            split = " / ".join(f"{cpu.get(k, 0):.0f}" for k in parts)
-            lines.append(f"| {r['writers']} | {r['per_s']:,.0f} | {r['p50_ms']:.1f} ms | "
-                         f"{r['p99_ms']:.1f} ms | {split if cpu else ''} |")  # fmt: skip
-        b = w["batch"]
-        lines += ["", f"Batch writes: {b['events']:,} events in batches of {b['batch']:,}: "
-                  f"{b['events_per_s']:,.0f} events/s answered after commit"]  # fmt: skip
-        if "batch_durable" in w:
-            lines[-1] += (
-                f"; {w['batch_durable']['events_per_s']:,.0f} events/s with "
-                "`wait=false` (answered once durable in JetStream)"
-            )
-        lines[-1] += "."
-    if "query" in runs:
-        q = runs["query"]
-        fp, dp, sp, ex = (q["first_page_ms"], q["deep_paging_ms"], q["search_first_page_ms"],
-                          q["export"])  # fmt: skip
-        lines += ["", f"## Query ({q['events']:,} events; largest tenant "
-                  f"{q['largest_tenant_rows']:,} rows)", "",
-                  "| measure | p50 | p99 |", "|---|---|---|",
-                  f"| first page: tenant + 24 h + severity + category | {fp['p50']:.1f} ms | "
-                  f"{fp['p99']:.1f} ms |",
-                  f"| page 1 (tenant only) | {dp['page1']['p50']:.1f} ms | "
-                  f"{dp['page1']['p99']:.1f} ms |",
-                  f"| page 200 by tokens | {dp['page200']['p50']:.1f} ms | "
-                  f"{dp['page200']['p99']:.1f} ms |",
-                  f"| text search first page | {sp['p50']:.1f} ms | {sp['p99']:.1f} ms |",
-                  "", f"Export NDJSON: {ex['rows']:,} rows in {ex['seconds']:.1f} s = "
-                  f"{ex['rows_per_s']:,.0f} rows/s."]  # fmt: skip
+    for section in (_ingest, _steady, _writes, _query):
+        lines += section(runs)
     for title, png in pngs.items():
         lines += ["", f"![{title}]({png})"]
     return "\n".join(lines) + "\n"

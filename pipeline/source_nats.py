@@ -1,7 +1,8 @@
 """JetStream source: a durable pull consumer read through batched pull requests.
 
 nats-py's ``sub.fetch()`` makes a task and a ``wait_for`` per message (~10-17k msg/s
-here). This adapter instead subscribes one reply inbox on the core connection and
+here). This adapter instead subscribes one reply inbox on the core connection (delivered
+through ``pipeline.nats_fast``, the only module touching nats-py internals) and
 publishes pull requests (``{"batch": N, "expires": ...}``) to
 ``$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`` itself, keeping at most ``max_inflight``
 messages delivered-but-unacked in memory (backpressure: no acks, no new pulls). Several
@@ -17,7 +18,7 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import nats.js.api as jsapi
@@ -27,6 +28,7 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from infra.metrics import Metrics
 from infra.settings import Settings
+from pipeline.nats_fast import FastClient, parse_headers, send_commands
 from pipeline.stages import Message
 from schemas.events import MAX_EVENT_BYTES
 
@@ -36,7 +38,6 @@ _ACK = b"+ACK"
 _IN_PROGRESS = b"+WPI"
 
 
-RawSink = Callable[[bytes, bytes, bytes, bytes], Awaitable[None]]
 # Most bytes one pull request asks for, and most asked for at once: the server pushes what
 # a request asks as fast as it can, and disconnects a client that falls behind by more
 # than its max_pending (64 MiB by default) as a slow consumer.
@@ -44,39 +45,6 @@ PULL_MAX_BYTES = 8 * 1024 * 1024
 # Header room a stream allows beyond the largest event (ours plus a producer's own).
 HEADER_ROOM = 16 * 1024
 EVENT_MAX_MSG_SIZE = MAX_EVENT_BYTES + HEADER_ROOM
-
-
-class FastClient(Client):
-    """nats-py's client with a raw delivery path for chosen subscriptions.
-
-    For a registered subscription id, ``MSG``/``HMSG`` frames go straight to a sink as
-    (subject, reply, payload, raw headers), skipping the per-message ``Msg`` object, pending
-    queue, task switch and callback of nats-py's subscription machinery (about half of
-    the client's per-message cost). Everything else is nats-py unchanged.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._raw_sinks: dict[int, RawSink] = {}
-
-    def register_sink(self, sid: int, sink: RawSink) -> None:
-        """Deliver messages of subscription ``sid`` to ``sink``."""
-        self._raw_sinks[sid] = sink
-
-    def unregister_sink(self, sid: int) -> None:
-        """Stop raw delivery for ``sid``."""
-        self._raw_sinks.pop(sid, None)
-
-    async def _process_msg(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
-    ) -> None:
-        sink = self._raw_sinks.get(sid)
-        if sink is None:
-            await super()._process_msg(sid, subject, reply, data, headers)
-            return
-        self.stats["in_msgs"] += 1
-        self.stats["in_bytes"] += len(data)
-        await sink(subject, reply, data, headers)
 
 
 def nats_options(settings: Settings | None) -> dict[str, Any]:
@@ -294,7 +262,7 @@ class JetStreamSource:
             self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
         )
         if isinstance(self.nc, FastClient):
-            self.nc.register_sink(self._sub._id, self._on_raw)
+            self.nc.register_sink(self._sub, self._on_raw)
         self._puller = asyncio.create_task(self._pull_loop(), name="jetstream-pull")
         self._beater = asyncio.create_task(self._heartbeat_loop(), name="jetstream-heartbeat")
 
@@ -339,7 +307,7 @@ class JetStreamSource:
         self._wake.set()
 
     async def _on_raw(self, subject: bytes, reply: bytes, data: bytes, raw_headers: bytes) -> None:
-        headers = await self.nc._process_headers(raw_headers) if raw_headers else None
+        headers = await parse_headers(self.nc, raw_headers)
         if not reply:
             self._on_status(headers)
             return
@@ -430,16 +398,7 @@ class JetStreamSource:
             yield chunk
 
     async def _reply_all(self, msgs: list[Message], payload: bytes) -> None:
-        send = getattr(self.nc, "_send_command", None)
-        if send is None:  # pragma: no cover - nats-py without the internal fast path
-            for m in msgs:
-                await self.nc.publish(m.ack, payload)
-        else:
-            # One protocol write for the whole batch: nats-py's publish() validates and
-            # frames each message in Python (~10 us each), the ack path's main cost.
-            tail = b" %d\r\n%s\r\n" % (len(payload), payload)
-            await send(b"".join(b"PUB " + m.ack.encode() + tail for m in msgs))
-        await self.nc.flush()
+        await send_commands(self.nc, [m.ack for m in msgs], payload)
 
     def _settled(self, msgs: list[Message]) -> None:
         held = self.held
@@ -492,7 +451,7 @@ class JetStreamSource:
                     await task
         if self._sub is not None:
             if isinstance(self.nc, FastClient):
-                self.nc.unregister_sink(self._sub._id)
+                self.nc.unregister_sink(self._sub)
             with contextlib.suppress(Exception):  # the connection may be gone
                 await self._sub.unsubscribe()
 

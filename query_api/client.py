@@ -9,9 +9,12 @@
     for event in client.list_events(tenant_id="acme", severities=["SEVERITY_SECURITY"]):
         ...
 
-Retries (connection errors, 429, 5xx) back off exponentially and are safe: before the
-first attempt every event gets an id (a fresh UUID) unless it has one, so a retried write
-names the same event and is stored once.
+One implementation serves both clients and the ``auditlog`` CLI: every operation is a
+transport-free exchange (:class:`Request` out, :class:`Reply` in, with the retry policy),
+driven by urllib in :class:`AuditClient` and by aiohttp in :class:`AsyncAuditClient`.
+Retries (connection errors, 429, 5xx) back off exponentially, never below Retry-After,
+and are safe: before the first attempt every event gets an id (a fresh UUID) unless it has
+one, so a retried write names the same event and is stored once.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import aiohttp
 
 from schemas.ids import msg_id_for, tenant_subject
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+T = TypeVar("T")
 
 
 class AuditApiError(Exception):
@@ -45,6 +50,34 @@ class AuditApiError(Exception):
         self.status, self.code, self.message, self.field = status, code, message, field
 
 
+class ApiUnreachable(ConnectionError):
+    """The service could not be reached (after the retries)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request of an exchange."""
+
+    method: str
+    path: str
+    params: list[tuple[str, str]]
+    body: Any = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Its answer (``status`` 0: the connection failed, ``error`` says how)."""
+
+    status: int
+    body: bytes = b""
+    retry_after: str | None = None
+    error: str = ""
+
+
+# An exchange yields a Request (and is sent its Reply) or a float (seconds to wait).
+Exchange = Generator[Request | float, Reply | None, T]
+
+
 def _with_id(event: dict[str, Any]) -> dict[str, Any]:
     if event.get("id"):
         return event
@@ -54,10 +87,10 @@ def _with_id(event: dict[str, Any]) -> dict[str, Any]:
 def _params(filters: dict[str, Any]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for k, v in filters.items():
-        if v is None:
+        if v is None or v == "":
             continue
         for item in v if isinstance(v, list | tuple) else [v]:
-            out.append((k, str(item)))
+            out.append((k, str(item).lower() if isinstance(item, bool) else str(item)))
     return out
 
 
@@ -77,6 +110,52 @@ def _error(status: int, body: bytes) -> AuditApiError:
         return AuditApiError(status, "http_error", body[:200].decode(errors="replace"))
 
 
+def call(method: str, path: str, retries: int, params: dict[str, Any] | None = None,
+         body: Any = None) -> Exchange[Any]:  # fmt: skip
+    """The exchange for one API call: its decoded JSON answer, retried as documented.
+
+    Raises:
+        AuditApiError: the service refused it (or kept failing).
+        ApiUnreachable: no connection, after the retries.
+    """
+    request = Request(method, path, _params(params or {}), body)
+    for attempt in range(retries + 1):
+        reply = yield request
+        assert reply is not None
+        last = attempt == retries
+        if reply.status == 0:
+            if last:
+                raise ApiUnreachable(reply.error)
+        elif reply.status < 400:
+            return json.loads(reply.body)
+        elif reply.status not in RETRY_STATUSES or last:
+            raise _error(reply.status, reply.body)
+        yield _backoff(attempt, reply.retry_after)
+    raise AssertionError("unreachable")
+
+
+def _write_event(retries: int, event: dict[str, Any], wait: bool) -> Exchange[str]:
+    answer = yield from call("POST", "/v1/audit/events", retries, {"wait": wait},
+                             {"event": _with_id(event)})  # fmt: skip
+    return str(answer["event_id"])
+
+
+def _write_events(retries: int, events: list[dict[str, Any]], wait: bool) -> Exchange[Any]:
+    return (yield from call("POST", "/v1/audit/events:batch", retries, {"wait": wait},
+                            {"events": [_with_id(e) for e in events]}))  # fmt: skip
+
+
+def _get_event(retries: int, event_id: str, tenant_id: str | None) -> Exchange[Any]:
+    answer = yield from call("GET", f"/v1/audit/events/{event_id}", retries,
+                             {"tenant_id": tenant_id})  # fmt: skip
+    return answer["event"]
+
+
+def _page(retries: int, filters: dict[str, Any], token: str) -> Exchange[Any]:
+    return (yield from call("GET", "/v1/audit/events", retries,
+                            {**filters, "page_token": token}))  # fmt: skip
+
+
 class AuditClient:
     """Synchronous client (standard library HTTP).
 
@@ -94,55 +173,66 @@ class AuditClient:
         self.retries = retries
         self.timeout = timeout
 
-    def _request(self, method: str, path: str, params: list[tuple[str, str]] | None = None,
-                 body: Any = None) -> Any:  # fmt: skip
-        url = self.base_url + path + ("?" + urllib.parse.urlencode(params) if params else "")
-        data = json.dumps(body).encode() if body is not None else None
-        for attempt in range(self.retries + 1):
-            req = urllib.request.Request(url, data=data, method=method)
-            req.add_header("Authorization", f"Bearer {self.token}")
-            req.add_header("Content-Type", "application/json")
-            retry_after = None
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as exc:
-                err = _error(exc.code, exc.read())
-                if exc.code not in RETRY_STATUSES or attempt == self.retries:
-                    raise err from None
-                retry_after = exc.headers.get("Retry-After")
-            except OSError:
-                if attempt == self.retries:
-                    raise
-            time.sleep(_backoff(attempt, retry_after))
-        raise AssertionError("unreachable")
+    def _send(self, req: Request) -> Reply:
+        query = "?" + urllib.parse.urlencode(req.params) if req.params else ""
+        data = json.dumps(req.body).encode() if req.body is not None else None
+        http = urllib.request.Request(self.base_url + req.path + query, data=data,
+                                      method=req.method)  # fmt: skip
+        http.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            http.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(http, timeout=self.timeout) as resp:
+                return Reply(resp.status, resp.read())
+        except urllib.error.HTTPError as exc:
+            return Reply(exc.code, exc.read(), exc.headers.get("Retry-After"))
+        except OSError as exc:
+            return Reply(0, error=f"cannot reach {self.base_url}: {exc}")
+
+    def run(self, exchange: Exchange[T]) -> T:
+        """Drive an exchange over HTTP."""
+        try:
+            step = next(exchange)
+            while True:
+                if isinstance(step, Request):
+                    step = exchange.send(self._send(step))
+                else:
+                    time.sleep(step)
+                    step = next(exchange)
+        except StopIteration as done:
+            return done.value
+
+    def call(self, method: str, path: str, params: dict[str, Any] | None = None,
+             body: Any = None) -> Any:  # fmt: skip
+        """Any API call: its decoded JSON answer."""
+        return self.run(call(method, path, self.retries, params, body))
 
     def write_event(self, event: dict[str, Any], *, wait: bool = True) -> str:
         """Write one event; returns its id once committed (``wait=False``: once durable)."""
-        params = [("wait", str(wait).lower())]
-        answer = self._request("POST", "/v1/audit/events", params, {"event": _with_id(event)})
-        return str(answer["event_id"])
+        return self.run(_write_event(self.retries, event, wait))
 
     def write_events(self, events: list[dict[str, Any]], *, wait: bool = True) -> dict[str, Any]:
         """Write a batch (≤ 1,000); returns ``{"event_ids": [...], "errors": [...]}``."""
-        return self._request("POST", "/v1/audit/events:batch", [("wait", str(wait).lower())],
-                             {"events": [_with_id(e) for e in events]})  # fmt: skip
+        return self.run(_write_events(self.retries, events, wait))
 
     def get_event(self, event_id: str, tenant_id: str | None = None) -> dict[str, Any]:
         """One event."""
-        params = [("tenant_id", tenant_id)] if tenant_id else None
-        return self._request("GET", f"/v1/audit/events/{event_id}", params)["event"]
+        return self.run(_get_event(self.retries, event_id, tenant_id))
 
-    def list_events(self, **filters: Any) -> Iterator[dict[str, Any]]:
-        """Every matching event, following ``next_page_token`` (filters as the query API)."""
+    def pages(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every page of matching events (``{"events": [...], "next_page_token": ...}``)."""
         token = ""
         while True:
-            params = _params({**filters, "page_token": token or None})
-            page = self._request("GET", "/v1/audit/events", params)
-            yield from page["events"]
+            page = self.run(_page(self.retries, filters, token))
+            yield page
             token = page["next_page_token"]
             if not token:
                 return
+
+    def list_events(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every matching event, following ``next_page_token`` (filters as the query API)."""
+        for page in self.pages(**filters):
+            yield from page["events"]
 
 
 class AsyncAuditClient:
@@ -167,50 +257,50 @@ class AsyncAuditClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _request(self, method: str, path: str, params: list[tuple[str, str]] | None = None,
-                       body: Any = None) -> Any:  # fmt: skip
-        for attempt in range(self.retries + 1):
-            retry_after = None
-            try:
-                async with self._session.request(method, self.base_url + path, params=params,
-                                                 json=body) as resp:  # fmt: skip
-                    data = await resp.read()
-                    if resp.status < 400:
-                        return json.loads(data)
-                    if resp.status not in RETRY_STATUSES or attempt == self.retries:
-                        raise _error(resp.status, data)
-                    retry_after = resp.headers.get("Retry-After")
-            except aiohttp.ClientConnectionError:
-                if attempt == self.retries:
-                    raise
-            await asyncio.sleep(_backoff(attempt, retry_after))
-        raise AssertionError("unreachable")
+    async def _send(self, req: Request) -> Reply:
+        try:
+            async with self._session.request(req.method, self.base_url + req.path,
+                                             params=req.params, json=req.body) as resp:  # fmt: skip
+                return Reply(resp.status, await resp.read(), resp.headers.get("Retry-After"))
+        except aiohttp.ClientConnectionError as exc:
+            return Reply(0, error=f"cannot reach {self.base_url}: {exc}")
+
+    async def run(self, exchange: Exchange[T]) -> T:
+        """Drive an exchange over HTTP."""
+        try:
+            step = next(exchange)
+            while True:
+                if isinstance(step, Request):
+                    step = exchange.send(await self._send(step))
+                else:
+                    await asyncio.sleep(step)
+                    step = next(exchange)
+        except StopIteration as done:
+            return done.value
+
+    async def call(self, method: str, path: str, params: dict[str, Any] | None = None,
+                   body: Any = None) -> Any:  # fmt: skip
+        """Any API call: its decoded JSON answer."""
+        return await self.run(call(method, path, self.retries, params, body))
 
     async def write_event(self, event: dict[str, Any], *, wait: bool = True) -> str:
         """Write one event; returns its id once committed (``wait=False``: once durable)."""
-        answer = await self._request("POST", "/v1/audit/events", [("wait", str(wait).lower())],
-                                     {"event": _with_id(event)})  # fmt: skip
-        return str(answer["event_id"])
+        return await self.run(_write_event(self.retries, event, wait))
 
     async def write_events(self, events: list[dict[str, Any]], *,
                            wait: bool = True) -> dict[str, Any]:  # fmt: skip
         """Write a batch (≤ 1,000); returns ``{"event_ids": [...], "errors": [...]}``."""
-        return await self._request("POST", "/v1/audit/events:batch",
-                                   [("wait", str(wait).lower())],
-                                   {"events": [_with_id(e) for e in events]})  # fmt: skip
+        return await self.run(_write_events(self.retries, events, wait))
 
     async def get_event(self, event_id: str, tenant_id: str | None = None) -> dict[str, Any]:
         """One event."""
-        params = [("tenant_id", tenant_id)] if tenant_id else None
-        answer = await self._request("GET", f"/v1/audit/events/{event_id}", params)
-        return answer["event"]
+        return await self.run(_get_event(self.retries, event_id, tenant_id))
 
     async def list_events(self, **filters: Any) -> AsyncIterator[dict[str, Any]]:
         """Every matching event, following ``next_page_token``."""
         token = ""
         while True:
-            params = _params({**filters, "page_token": token or None})
-            page = await self._request("GET", "/v1/audit/events", params)
+            page = await self.run(_page(self.retries, filters, token))
             for event in page["events"]:
                 yield event
             token = page["next_page_token"]

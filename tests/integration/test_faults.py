@@ -77,23 +77,34 @@ async def test_kill_9_mid_stream_then_restart(db_url, settings_factory) -> None:
 
 
 async def test_sigterm_drains_and_exits_zero(db_url, settings_factory) -> None:
-    settings = settings_factory(db_url, batch_max_events=1000, batch_max_latency_ms=2000)
+    """SIGTERM while a batch is held (delivered, not yet due: its window is 60 s): the batch
+    is flushed and acked before the process exits 0."""
+    settings = settings_factory(db_url, batch_max_events=1000, batch_max_latency_ms=60_000)
     from pipeline.source_nats import connect, ensure_stream
 
     nc = await connect(settings.nats_url, "publisher")
     await ensure_stream(nc, settings)
     proc = spawn_worker(settings)
     try:
-        await asyncio.sleep(2.0)  # let it bind
         await publish_all(nc, settings.subject, [event("t-term", i) for i in range(300)])
-        await asyncio.sleep(0.3)  # in the worker's window (2 s), not flushed yet
+        js = nc.jetstream()
+        for _ in range(600):  # until the worker holds all 300, none of them stored
+            try:
+                info = await js.consumer_info(settings.stream, settings.consumer)
+                if info.num_ack_pending == 300:
+                    break
+            except Exception:  # the worker has not made its consumer yet
+                pass
+            await asyncio.sleep(0.05)
+        assert info.num_ack_pending == 300 and info.num_pending == 0
+        assert await admin_count(db_url) == 0  # a batch is pending in the worker
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 30)
         err = proc.stderr.read().decode() if proc.stderr else ""
         assert code == 0, err[-2000:]
         assert "stopped:" in err  # the one-line shutdown summary
         assert await admin_count(db_url) == 300
-        info = await nc.jetstream().consumer_info(settings.stream, settings.consumer)
+        info = await js.consumer_info(settings.stream, settings.consumer)
         assert info.num_ack_pending == 0 and info.num_pending == 0
     finally:
         if proc.poll() is None:

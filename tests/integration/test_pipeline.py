@@ -84,11 +84,21 @@ async def test_same_event_three_times_and_after_restart(db_url, settings_factory
         # Same Nats-Msg-Id: NATS's duplicate window drops repeats; we store once anyway.
         await publish_all(run.nc, settings.subject, [keyed] * 3, [key] * 3)
         assert await wait_count(db_url, 2) == 2
-    # A restarted pipeline and a republish after NATS's duplicate window is bypassed
-    # (a different Nats-Msg-Id header value cannot be used, so publish directly again).
+    # A restarted pipeline, and the same two events republished so that NATS accepts them
+    # (fresh Nats-Msg-Ids, as after its duplicate window): the one with an id names it
+    # itself, the keyed one carries its key as Audit-Idempotency-Key. Only storage can
+    # drop them now, and it must.
     async with running_worker(settings) as run:
-        await publish_all(run.nc, settings.subject, [with_id, keyed], [None, key])
-        await asyncio.sleep(1.0)
+        js = run.nc.jetstream()
+        acks = [await js.publish(settings.subject, with_id, headers={"Nats-Msg-Id": "again-1"}),
+                await js.publish(settings.subject, keyed, headers={
+                    "Nats-Msg-Id": "again-2", "Audit-Idempotency-Key": key["Nats-Msg-Id"]})]  # fmt: skip
+        assert not any(a.duplicate for a in acks)  # NATS took both: storage is the guard
+        for _ in range(200):
+            if run.worker.totals["duplicates"] >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert run.worker.totals == {"stored": 0, "duplicates": 2, "dead_lettered": 0}
     assert await admin_count(db_url) == 2
 
 

@@ -11,7 +11,7 @@ import msgspec
 
 from pipeline.chain import COLUMNS, link, verify_rows
 from pipeline.stages import Message, Valid, process
-from schemas.canonical import GENESIS, canonical_bytes
+from schemas.canonical import GENESIS, canonical_bytes, chain_hash
 from tests.conftest import README_EVENT
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, 5, tzinfo=UTC)
@@ -91,13 +91,17 @@ def test_deleted_last_row_is_detected_by_the_head() -> None:
 
 
 def test_inserted_row_is_detected() -> None:
+    """A row inserted at seq 2 with a correctly chained hash (the forger re-hashes it over
+    row 1), later rows renumbered and the head moved: the old row 2, now at seq 3, was
+    chained to row 1, not to the forgery, so the break is there."""
     rows = chain(4)
     forged = dict(rows[1], description="forged", seq=2)
-    rows.insert(1, forged)
-    for i, r in enumerate(rows[2:], start=3):
-        rows[i - 1] = dict(r, seq=i)
+    forged["hash"] = chain_hash(rows[0]["hash"], canonical_bytes(forged))
+    rows = [rows[0], forged, *(dict(r, seq=r["seq"] + 1) for r in rows[1:])]
+    assert verify_rows("t", rows[:2], (2, forged["hash"])).ok  # the forgery alone verifies
     report = verify_rows("t", rows, (5, rows[-1]["hash"]))
-    assert report.first_break is not None and report.first_break.seq == 2
+    assert report.first_break is not None
+    assert (report.first_break.seq, report.first_break.problem) == (3, "hash_mismatch")
 
 
 def test_reordered_rows_are_detected() -> None:

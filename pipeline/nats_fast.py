@@ -1,0 +1,117 @@
+"""The one place that uses nats-py internals: a raw delivery path and batched protocol
+writes for the JetStream source's hot loop.
+
+nats-py's public path costs a ``Msg`` object, a pending-queue entry, a task switch and a
+callback per delivered message, and per-message framing on ``publish()``; on the ack and
+delivery paths that is about half of the client's CPU per event. This module reaches
+into four internals instead, checked against the nats-py releases in
+:data:`CHECKED_VERSIONS` (``pyproject.toml`` pins the same range):
+
+- ``Client._process_msg(sid, subject, reply, data, headers)``: the parser's per-message
+  call, overridden by :class:`FastClient` to hand chosen subscriptions' frames to a sink;
+- ``Client._process_headers(raw)``: parses a raw ``NATS/1.0`` header block;
+- ``Client._send_command(bytes)``: queues protocol bytes for the next flush;
+- ``Subscription._id``: a subscription's sid.
+
+:func:`internals_problems` says what changed when an upgrade moves any of them, and
+``tests/unit/test_nats_fast.py`` fails loudly on it (without these the source still works:
+:func:`send_commands` falls back to public ``publish``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from importlib.metadata import version
+from typing import Any, Final
+
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+
+# nats-py releases whose internals were read and found as used here (2.13.0 - 2.16.0).
+CHECKED_VERSIONS: Final = ((2, 13), (2, 16))
+RawSink = Callable[[bytes, bytes, bytes, bytes], Awaitable[None]]
+
+
+class FastClient(Client):
+    """nats-py's client with a raw delivery path for chosen subscriptions.
+
+    For a registered subscription id, ``MSG``/``HMSG`` frames go straight to a sink as
+    (subject, reply, payload, raw headers); everything else is nats-py unchanged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._raw_sinks: dict[int, RawSink] = {}
+
+    def register_sink(self, sub: Subscription, sink: RawSink) -> None:
+        """Deliver messages of ``sub`` to ``sink``."""
+        self._raw_sinks[sub._id] = sink
+
+    def unregister_sink(self, sub: Subscription) -> None:
+        """Stop raw delivery for ``sub``."""
+        self._raw_sinks.pop(sub._id, None)
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        sink = self._raw_sinks.get(sid)
+        if sink is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        await sink(subject, reply, data, headers)
+
+
+async def parse_headers(nc: Client, raw: bytes) -> dict[str, str] | None:
+    """A raw header block (``NATS/1.0 ...``) as nats-py would parse it (None when empty)."""
+    return await nc._process_headers(raw) if raw else None
+
+
+async def send_commands(nc: Client, subjects: list[str], payload: bytes) -> None:
+    """Publish ``payload`` to each subject in one protocol write (acks, NAKs), then flush.
+
+    nats-py's ``publish()`` validates and frames each message in Python (~10 us each), the
+    ack path's main cost; this frames them all at once.
+    """
+    send = getattr(nc, "_send_command", None)
+    if send is None:  # pragma: no cover - a nats-py without the internal: public path
+        for subject in subjects:
+            await nc.publish(subject, payload)
+    else:
+        tail = b" %d\r\n%s\r\n" % (len(payload), payload)
+        await send(b"".join(b"PUB " + s.encode() + tail for s in subjects))
+    await nc.flush()
+
+
+def _params(fn: Any) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def internals_problems() -> list[str]:
+    """What differs from the internals this module was checked against (empty: none)."""
+    problems = []
+    installed = tuple(int(p) for p in version("nats-py").split(".")[:2])
+    low, high = CHECKED_VERSIONS
+    if not low <= installed <= high:
+        problems.append(f"nats-py {version('nats-py')} is outside the checked "
+                        f"{low[0]}.{low[1]}-{high[0]}.{high[1]}")  # fmt: skip
+    expected = {
+        "_process_msg": ["self", "sid", "subject", "reply", "data", "headers"],
+        "_process_headers": ["self", "headers"],
+        "_send_command": ["self", "cmd", "priority"],
+    }
+    for name, params in expected.items():
+        fn = getattr(Client, name, None)
+        if fn is None:
+            problems.append(f"Client.{name} is gone")
+        elif not inspect.iscoroutinefunction(fn):
+            problems.append(f"Client.{name} is no longer a coroutine function")
+        elif _params(fn) != params:
+            problems.append(f"Client.{name}{tuple(_params(fn))} was {tuple(params)}")
+    if "id" not in _params(Subscription.__init__) or "self._id = id" not in inspect.getsource(
+        Subscription.__init__
+    ):
+        problems.append("Subscription no longer keeps its sid in _id")
+    return problems
