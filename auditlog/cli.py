@@ -103,7 +103,7 @@ def verify(ctx: click.Context, tenant_id: str) -> None:
     """Walk TENANT_ID's hash chain and report the first break (exit 1 if broken)."""
     import asyncpg
 
-    from auditlog.runtime import servers
+    from auditlog.endpoints import database_url
     from pipeline.chain import verify_tenant
 
     settings: Settings = ctx.obj
@@ -115,8 +115,10 @@ def verify(ctx: click.Context, tenant_id: str) -> None:
         finally:
             await conn.close()
 
-    with servers(settings.replace(nats_url=settings.nats_url or "unused")) as ends:
-        report = asyncio.run(go(ends.database_url))
+    try:  # inspection: a running server (AUDIT_DATABASE_URL or embedded), never a new one
+        report = asyncio.run(go(database_url(settings)))
+    except (AuditLogError, OSError, asyncpg.PostgresError) as exc:
+        raise click.ClickException(f"cannot verify: {exc}") from exc
     if report.ok:
         click.echo(f"ok: {report.events} events, chain intact up to seq {report.head_seq}")
         return

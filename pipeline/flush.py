@@ -5,7 +5,9 @@ Per batch, in one transaction:
 1. claim ``(tenant_id, id)`` in ``audit.event_ids``: an optimistic binary COPY (in a
    savepoint; duplicates are rare), else ``INSERT .. ON CONFLICT DO NOTHING RETURNING``.
    Keys that already exist are duplicates (redeliveries, replays, other workers) and are
-   dropped. Keys are claimed in sorted order so concurrent workers cannot deadlock;
+   dropped. Keys are claimed in batch order, not sorted: they collide between workers only
+   on redeliveries, and the rare deadlock that allows (40P01) is retried like any
+   transient error;
 2. lock the chain heads of the batch's tenants (``INSERT .. ON CONFLICT DO UPDATE ..
    RETURNING``, tenants in sorted order);
 3. chain the new events: per-tenant ``seq`` and SHA-256 over canonical bytes prepared

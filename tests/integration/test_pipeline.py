@@ -90,9 +90,9 @@ async def test_same_event_three_times_and_after_restart(db_url, settings_factory
     # drop them now, and it must.
     async with running_worker(settings) as run:
         js = run.nc.jetstream()
+        keyed_again = {"Nats-Msg-Id": "again-2", "Audit-Idempotency-Key": key["Nats-Msg-Id"]}
         acks = [await js.publish(settings.subject, with_id, headers={"Nats-Msg-Id": "again-1"}),
-                await js.publish(settings.subject, keyed, headers={
-                    "Nats-Msg-Id": "again-2", "Audit-Idempotency-Key": key["Nats-Msg-Id"]})]  # fmt: skip
+                await js.publish(settings.subject, keyed, headers=keyed_again)]  # fmt: skip
         assert not any(a.duplicate for a in acks)  # NATS took both: storage is the guard
         for _ in range(200):
             if run.worker.totals["duplicates"] >= 2:
