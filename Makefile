@@ -21,7 +21,7 @@ install: $(STAMP) ## Create .venv and install the service with dev tools
 run: $(STAMP) ## Start the service (embedded PostgreSQL + NATS unless AUDIT_*_URL are set)
 	$(BIN)/auditlog run
 
-dev-setup: $(STAMP) ## Install and apply migrations (as in the seed's local development steps)
+dev-setup: $(STAMP) ## Install and apply migrations (local development set-up)
 	$(BIN)/auditlog migrate
 
 migrate: $(STAMP) ## Apply SQL migrations

@@ -16,7 +16,7 @@ TENANT = readme()["tenant_id"]
 
 async def test_sync_client(stack) -> None:  # noqa: F811
     client = AuditClient(str(stack.make_url("")), ADMIN, retries=1)
-    # The seed's writeEvent example, translated.
+    # The product page's writeEvent example, translated.
     event = {"tenant_id": TENANT, "action": "security.password_reset",
              "severity": "SEVERITY_SECURITY", "actor": {"id": "u-1", "type": "ACTOR_TYPE_USER"},
              "primary_resource": {"id": "u-1", "type": "user"}}  # fmt: skip

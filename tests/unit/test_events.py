@@ -54,7 +54,7 @@ def test_readme_changeset_and_write_example() -> None:
     ev = decode_event(with_(action="user.updated", changes=changes))
     assert ev.changes is not None and ev.changes.changed_fields == ["role"]
     assert ev.changes.new_value == {"role": "admin", "active": True}
-    # The seed's writeEvent call, as proto3 JSON (lowerCamelCase names).
+    # The product page's writeEvent call, as proto3 JSON (lowerCamelCase names).
     write = {
         "tenantId": "acme",
         "action": "security.password_reset",
