@@ -98,36 +98,32 @@ def migrate(ctx: click.Context) -> None:
 
 @cli.command()
 @click.argument("tenant_id")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    metavar="VERIFIER_KEY",
+    help="also trust this verifier key (name+hash+key; repeatable)",
+)
+@click.option(
+    "--no-witness",
+    is_flag=True,
+    help="do not compare with the witness stream's copy of the checkpoints",
+)
 @click.pass_context
-def verify(ctx: click.Context, tenant_id: str) -> None:
-    """Walk TENANT_ID's hash chain and report the first break (exit 1 if broken)."""
-    import asyncpg
+def verify(ctx: click.Context, tenant_id: str, as_json: bool, public_keys: tuple[str, ...],
+           no_witness: bool) -> None:  # fmt: skip
+    """Verify TENANT_ID's log: hash chain, signed checkpoints, witness copy.
 
-    from auditlog.endpoints import database_url
-    from pipeline.chain import verify_tenant
+    Exit 0 intact, 1 tampered (the first bad seq and the kind of break are named), 3 cannot
+    check (why is printed), 2 usage error.
+    """
+    from auditlog.verify_cmd import run_verify
 
     settings: Settings = ctx.obj
-
-    async def go(dsn: str) -> Any:
-        conn = await asyncpg.connect(dsn, server_settings={"role": "auditlog_app"})
-        try:
-            return await verify_tenant(conn, tenant_id)
-        finally:
-            await conn.close()
-
-    try:  # inspection: a running server (AUDIT_DATABASE_URL or embedded), never a new one
-        report = asyncio.run(go(database_url(settings)))
-    except (AuditLogError, OSError, asyncpg.PostgresError) as exc:
-        raise click.ClickException(f"cannot verify: {exc}") from exc
-    if report.ok:
-        click.echo(f"ok: {report.events} events, chain intact up to seq {report.head_seq}")
-        return
-    brk = report.first_break
-    click.echo(
-        f"BROKEN at seq {brk.seq} ({brk.problem}): id={brk.id} "
-        f"expected={brk.expected_hash} found={brk.found_hash}"
-    )
-    sys.exit(1)
+    code = run_verify(settings, tenant_id, as_json, list(public_keys), no_witness)
+    sys.exit(code)
 
 
 cli.add_command(cli_api.events)

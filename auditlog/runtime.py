@@ -32,6 +32,8 @@ from infra.errors import ConfigError, MigrationError
 from infra.metrics import Metrics
 from infra.migrate import migrate
 from infra.settings import Settings, redact_url
+from infra.signing import load_signer
+from pipeline.checkpoints import Checkpointer
 from pipeline.commits import encode_keys
 from pipeline.dlq_nats import NatsDeadLetters
 from pipeline.flush import PgStore
@@ -258,6 +260,30 @@ async def _listen(app: web.Application, settings: Settings, http: bool,
     log.info("gRPC listening on %s:%d", settings.http_host, settings.grpc_port)
 
 
+async def _start_checkpointer(settings: Settings, pool: asyncpg.Pool, nc: Any,
+                              stack: contextlib.AsyncExitStack) -> Checkpointer:  # fmt: skip
+    """Run the checkpointer until the stack closes, then let it sign once more.
+
+    Raises:
+        ConfigError: the signing key cannot be read.
+    """
+    checkpointer = Checkpointer(settings, pool, nc, load_signer(settings))
+    stop = asyncio.Event()
+    task = asyncio.create_task(checkpointer.run(stop), name="checkpointer")
+
+    async def finish() -> None:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, timeout=settings.shutdown_timeout_s)
+        except TimeoutError:
+            log.error("the last checkpoint did not finish in %.0fs", settings.shutdown_timeout_s)
+
+    stack.push_async_callback(finish)
+    log.info("checkpoints every %gs, signed by %s", settings.checkpoint_interval_s,
+             checkpointer.signer.verifier_key)  # fmt: skip
+    return checkpointer
+
+
 def _tune_gc() -> None:
     # Long-lived objects move out of the collector's sight, and young-generation
     # collections run less often: the ingest path allocates many short-lived objects.
@@ -307,6 +333,10 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
                 await nc.publish(settings.commit_subject, payload)
 
         pipeline = Pipeline(settings, pipe_pool, nc, metrics, announce)
+        if settings.checkpoint_interval_s > 0:
+            # Registered before the drain: on the way out the pipeline drains first, then
+            # the checkpointer signs what it stored.
+            await _start_checkpointer(settings, pipe_pool, nc, stack)
         worker_task = asyncio.create_task(pipeline.run(), name="pipeline")
         stack.push_async_callback(_drain, pipeline, worker_task, settings.shutdown_timeout_s)
         reads = cast(asyncpg.Pool, TimedPool(api_pool, settings.db_acquire_timeout_s))

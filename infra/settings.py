@@ -86,6 +86,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_tls_ca: str = ""  # AUDIT_NATS_TLS_CA (CA bundle file; enables TLS)
     nats_tls_cert: str = ""  # AUDIT_NATS_TLS_CERT (client certificate file, mutual TLS)
     nats_tls_key: str = ""  # AUDIT_NATS_TLS_KEY
+    # Signed checkpoints (C2SP signed notes of tlog-checkpoints over each tenant's log).
+    checkpoint_interval_s: float = 60.0  # AUDIT_CHECKPOINT_INTERVAL_S (0: never)
+    signing_key_file: str = ""  # AUDIT_SIGNING_KEY_FILE (default: <state dir>/signing-key)
+    log_origin: str = "auditlog.local"  # AUDIT_LOG_ORIGIN (key name; origin <it>/<tenant>)
+    checkpoint_stream: str = "AUDIT_CHECKPOINTS"  # AUDIT_CHECKPOINT_STREAM (the witness copy)
+    checkpoint_subject: str = "audit.checkpoints"  # AUDIT_CHECKPOINT_SUBJECT (.<tenant token>)
+    checkpoint_file: str = ""  # AUDIT_CHECKPOINT_FILE (also append every signed note here)
     # API rate limit per tenant key (every protocol); 0 disables. The admin token is exempt.
     rate_limit_per_s: float = 1000.0  # AUDIT_RATE_LIMIT_PER_S
     rate_limit_burst: int = 2000  # AUDIT_RATE_LIMIT_BURST
@@ -154,6 +161,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("AUDIT_MAX_EVENT_AGE_DAYS", "must be between 1 and 36500")
     if settings.max_inflight_bytes < MIN_INFLIGHT_BYTES:
         raise ConfigError("AUDIT_MAX_INFLIGHT_BYTES", f"must be at least {MIN_INFLIGHT_BYTES}")
+    if settings.checkpoint_interval_s < 0:
+        raise ConfigError("AUDIT_CHECKPOINT_INTERVAL_S", "must be 0 (off) or positive")
+    if not settings.log_origin or any(c in settings.log_origin for c in " +\n"):
+        raise ConfigError("AUDIT_LOG_ORIGIN", "must be non-empty, without spaces or '+'")
     if settings.nats_password and not settings.nats_user:
         raise ConfigError("AUDIT_NATS_USER", "AUDIT_NATS_PASSWORD needs a user")
     if bool(settings.nats_tls_cert) != bool(settings.nats_tls_key):

@@ -185,7 +185,7 @@ def verify_rows(
     return verifier.finish(head)
 
 
-async def _stream_rows(
+async def stream_rows(
     conn: asyncpg.Connection, tenant_id: str
 ) -> AsyncGenerator[dict[str, Any], None]:
     cols = ", ".join(
@@ -213,7 +213,7 @@ async def verify_tenant(conn: asyncpg.Connection, tenant_id: str) -> ChainReport
     head = (head_rec["last_seq"], bytes(head_rec["last_hash"])) if head_rec else None
     verifier = ChainVerifier(tenant_id)
     # aclosing: stopping at the first break must end the cursor's transaction now.
-    async with contextlib.aclosing(_stream_rows(conn, tenant_id)) as rows:
+    async with contextlib.aclosing(stream_rows(conn, tenant_id)) as rows:
         async for row in rows:
             if not verifier.feed(row):
                 break

@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from infra.metrics import Metrics
 from infra.migrate import is_current
 from infra.settings import Settings
+from infra.signing import load_signer, trusted_verifiers
 from pipeline.stages import limits_for
 from query_api import contract
 from query_api.admission import Admission
@@ -178,11 +179,13 @@ def build_service(settings: Settings, pool: asyncpg.Pool, nc: Client,
                if settings.rate_limit_per_s > 0 else None)  # fmt: skip
     writes = Writes(settings=settings, limits=limits_for(settings), pool=pool, nc=nc,
                     publisher=Publisher(nc), waiters=Waiters())  # fmt: skip
+    signer = load_signer(settings)
     return AuditService(
         settings=settings, pool=pool, metrics=metrics,
         auth=Authenticator(pool, settings.admin_token, limiter),
         admission=Admission(settings.heavy_read_concurrency, settings.heavy_read_per_key),
         token_secret=token_secret(settings), writes=writes,
+        verifier_key=signer.verifier_key, verifiers=trusted_verifiers(settings),
     )  # fmt: skip
 
 

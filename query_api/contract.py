@@ -54,6 +54,12 @@ class EventParams(msgspec.Struct, kw_only=True):
     tenant_id: TenantId
 
 
+class VerifyParams(msgspec.Struct, kw_only=True):
+    """``GET /v1/audit/verify``."""
+
+    tenant_id: TenantId
+
+
 class KeyListParams(msgspec.Struct, kw_only=True):
     """``GET /v1/admin/keys``."""
 
@@ -280,3 +286,20 @@ class Health(msgspec.Struct):
 class Readiness(msgspec.Struct):
     status: Literal["ready", "degraded", "unready"]
     checks: dict[str, str]
+
+
+class SigningKey(msgspec.Struct):
+    """A key that has signed checkpoints (retired ones stay valid for what they signed)."""
+
+    key_id: str
+    name: str
+    verifier_key: Annotated[str, _d("C2SP signed-note verifier key: <name>+<hash>+<base64>")]
+    created_at: Time
+    retired_at: Time | None
+
+
+class PublicKeys(msgspec.Struct):
+    """The checkpoint signing key in use, and every key that has signed."""
+
+    verifier_key: str
+    keys: list[SigningKey]

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from pipeline.verify import LogReport
 from query_api import contract as c
 from schemas.events import json_schema
 
@@ -79,6 +80,13 @@ OPERATIONS = (
     Op("get", "/v1/audit/export", "ExportEvents",
        "Every matching event, streamed as NDJSON or CSV.",
        params=c.ExportParams, ok={200: (_STREAM, "The events")}),
+    Op("get", "/v1/audit/verify", "VerifyLog",
+       "The tenant's log verified: hash chain, signed checkpoints, witness copy.",
+       params=c.VerifyParams, ok={200: (LogReport, "The report (status intact, tampered "
+                                                  "or unverifiable)")}),
+    Op("get", "/v1/audit/public-key", "PublicKey",
+       "The checkpoint signing key (C2SP verifier key) and every key that has signed.",
+       public=True, ok={200: (c.PublicKeys, "The keys")}, errors=(400, 503)),
     Op("post", "/v1/admin/keys", "CreateKey", "Create a tenant API key (admin token).",
        body=c.KeyRequest, ok={201: (c.NewKey, "Created; the token is shown only here")},
        links={"RevokeCreatedKey": {"operationId": "RevokeKey", "parameters": {

@@ -144,6 +144,19 @@ async def export(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def verify(request: web.Request) -> web.Response:
+    """GET /v1/audit/verify?tenant_id=: the tenant's log verified (as `auditlog verify`)."""
+    who = await principal(request)
+    report = await _service(request).verify(who, _tenant_param(request, contract.VerifyParams))
+    return _json(report)
+
+
+async def public_key(request: web.Request) -> web.Response:
+    """GET /v1/audit/public-key: the checkpoint signing key (no authentication)."""
+    only_params(request.query, frozenset())
+    return _json(await _service(request).public_keys())
+
+
 # -- writes ----------------------------------------------------------------------------------
 _one = msgspec.json.Decoder(contract.WriteEventBody)
 _many = msgspec.json.Decoder(contract.WriteEventsBody)
@@ -259,6 +272,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/audit/events/{id}", get_event)
     r.add_get("/v1/audit/stats", stats)
     r.add_get("/v1/audit/export", export)
+    r.add_get("/v1/audit/verify", verify)
+    r.add_get("/v1/audit/public-key", public_key)
     r.add_post("/v1/admin/keys", create_key)
     r.add_get("/v1/admin/keys", list_keys)
     r.add_delete("/v1/admin/keys/{key_id}", revoke_key)

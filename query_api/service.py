@@ -10,7 +10,7 @@ contract keeps it so).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +19,7 @@ import asyncpg
 
 from infra.metrics import Metrics
 from infra.settings import Settings
+from pipeline.verify import LogReport, read_witness, verify_log
 from query_api import contract, cursor, sql
 from query_api.admission import Admission
 from query_api.auth import SCOPES, Authenticator, Principal, hash_token, new_token
@@ -34,6 +35,7 @@ from query_api.filters import (
     stats_bucket,
 )
 from query_api.writes import Writes
+from schemas import tlog
 
 Params = Mapping[str, str]  # query parameters (a MultiDict keeps repeated ones)
 
@@ -74,11 +76,14 @@ class AuditService:
         admission: bounds heavy reads (stats, exports) globally and per key.
         token_secret: signs page tokens.
         writes: the write path (JetStream publish, commit waits).
+        verifier_key: the checkpoint signing key's verifier key (published).
+        verifiers: the keys checkpoints are verified with.
     """
 
     def __init__(self, *, settings: Settings, pool: asyncpg.Pool, metrics: Metrics,
                  auth: Authenticator, admission: Admission, token_secret: bytes,
-                 writes: Writes) -> None:  # fmt: skip
+                 writes: Writes, verifier_key: str = "",
+                 verifiers: Sequence[tlog.Verifier] = ()) -> None:  # fmt: skip
         self.settings = settings
         self.pool = pool
         self.metrics = metrics
@@ -86,6 +91,8 @@ class AuditService:
         self.admission = admission
         self.token_secret = token_secret
         self.writes = writes
+        self.verifier_key = verifier_key
+        self.verifiers = list(verifiers)
 
     async def authenticate(self, authorization: str) -> Principal:
         """The caller presenting an ``Authorization`` header value (401/429 as ApiError)."""
@@ -161,6 +168,26 @@ class AuditService:
         async with (self.admission.admit(who.key_id, "exports"),
                     sql.tenant_tx(self.pool, plan.tenant_id) as conn):  # fmt: skip
             yield Export(conn, plan, self.settings)
+
+    # -- verification --------------------------------------------------------------------
+    async def public_keys(self) -> contract.PublicKeys:
+        """The signing key in use and every key that has signed checkpoints (no auth)."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT key_id, name, verifier_key, created_at, retired_at"
+                " FROM audit.signing_keys ORDER BY created_at, key_id"
+            )
+        return contract.PublicKeys(self.verifier_key,
+                                   [contract.SigningKey(**r) for r in rows])  # fmt: skip
+
+    async def verify(self, who: Principal, tenant_id: str | None) -> LogReport:
+        """The tenant's log verified: chain, signed checkpoints, witness copy."""
+        who.require("read")
+        tenant = who.tenant_for(tenant_id)
+        witness = await read_witness(self.writes.nc, self.settings, tenant)
+        async with (self.admission.admit(who.key_id, "verifications"),
+                    self.pool.acquire() as conn):  # fmt: skip
+            return await verify_log(conn, self.settings, tenant, self.verifiers, witness)
 
     # -- writes ----------------------------------------------------------------------------
     async def write_one(self, who: Principal, raw: bytes, idempotency_key: str | None,

@@ -107,12 +107,13 @@ async def db_url(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def settings_factory(nats_url: str):
-    """Settings with stream/subject/consumer names unique to the test."""
+def settings_factory(nats_url: str, tmp_path_factory):
+    """Settings with stream/subject/consumer names and a state dir unique to the test."""
 
     def make(db: str, **kw: object) -> Settings:
         n = f"{os.getpid()}_{next(_counter)}"
         base = {
+            "state_dir": str(tmp_path_factory.mktemp("state")),
             "database_url": db,
             "nats_url": nats_url,
             "stream": f"AUDIT_T{n}",
@@ -120,6 +121,9 @@ def settings_factory(nats_url: str):
             "dlq_stream": f"AUDIT_DLQ_T{n}",
             "dlq_subject": f"test.{n}.audit.dlq",
             "commit_subject": f"test.{n}.audit.committed",
+            "checkpoint_stream": f"AUDIT_CP_T{n}",
+            "checkpoint_subject": f"test.{n}.audit.checkpoints",
+            "checkpoint_interval_s": 1.0,
             "consumer": "pipeline",
             "batch_max_latency_ms": 20,
             # JetStream reserves a stream's max_bytes up front: many small test streams.

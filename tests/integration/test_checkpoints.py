@@ -1,0 +1,290 @@
+"""Signed checkpoints and verification against real PostgreSQL and NATS.
+
+Each tampering is done as the database superuser with triggers disabled
+(``session_replication_role = replica``), the way an insider with the owner's or the
+superuser's credentials would, and each must be named by verification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+import os
+import subprocess
+import sys
+from typing import Any
+
+import asyncpg
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from infra.db import create_pool
+from infra.settings import Settings
+from infra.signing import Signer, load_signer, trusted_verifiers
+from pipeline.chain import COLUMNS
+from pipeline.checkpoints import Checkpointer, origin
+from pipeline.source_nats import connect
+from pipeline.verify import LogReport, read_witness, verify_log
+from schemas import tlog
+from schemas.canonical import canonical_bytes, chain_hash
+from tests.integration.test_query_api import make_event, store
+
+pytestmark = pytest.mark.integration
+N = 8
+
+
+class Rig:
+    """A tenant with N events, checkpointed and witnessed; tamper and verify."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, nc: Any, tenant: str) -> None:
+        self.settings, self.pool, self.nc, self.tenant = settings, pool, nc, tenant
+        self.signer = load_signer(settings)
+        self.checkpointer = Checkpointer(settings, pool, nc, self.signer)
+
+    async def setup(self, n: int = N) -> None:
+        await self.checkpointer.start()
+        await store(self.pool, [make_event(self.tenant, i) for i in range(n)])
+        made = await self.checkpointer.cycle()
+        assert [(m.tenant_id, m.size) for m in made] == [(self.tenant, n)]
+
+    async def verify(self, verifiers: list[tlog.Verifier] | None = None) -> LogReport:
+        witness = await read_witness(self.nc, self.settings, self.tenant)
+        keys = trusted_verifiers(self.settings) if verifiers is None else verifiers
+        async with self.pool.acquire() as conn:
+            return await verify_log(conn, self.settings, self.tenant, keys, witness)
+
+    async def superuser(self, *statements: tuple[str, ...]) -> None:
+        conn = await asyncpg.connect(self.settings.database_url)
+        try:
+            await conn.execute("SET session_replication_role = replica")  # triggers off
+            for sql, *args in statements:
+                await conn.execute(sql, *args)
+        finally:
+            await conn.close()
+
+    async def rows(self) -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(self.settings.database_url)
+        try:
+            cols = ", ".join(f"{c}::text" if c in ("metadata", "changes", "related_resources")
+                             else c for c in COLUMNS)  # fmt: skip
+            recs = await conn.fetch(f"SELECT {cols} FROM audit.events WHERE tenant_id = $1"
+                                    " ORDER BY seq", self.tenant)  # fmt: skip
+            return [dict(r) for r in recs]
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def rig(db_url, settings_factory, request):
+    settings = settings_factory(db_url)
+    pool = await create_pool(db_url, max_size=2)
+    nc = await connect(settings.nats_url, "checkpoints-test", settings)
+    name = "".join(ch if ch.isalnum() else "-" for ch in request.node.name)
+    r = Rig(settings, pool, nc, f"cp-{name[:60]}")
+    await r.setup()
+    try:
+        yield r
+    finally:
+        await nc.close()
+        await pool.close()
+
+
+async def test_an_untouched_log_verifies_with_its_checkpoint_and_witness(rig: Rig) -> None:
+    report = await rig.verify()
+    assert report.status == "intact" and report.exit_code == 0, report
+    assert (report.events, report.checkpoints, report.latest_checkpoint) == (N, 1, N)
+    assert report.witnessed_size == N
+    # The stored note is a C2SP checkpoint of this tenant's origin, signed by our key.
+    async with rig.pool.acquire() as conn:
+        note = await conn.fetchval("SELECT note FROM audit.checkpoints WHERE tenant_id = $1",
+                                   rig.tenant)  # fmt: skip
+    opened = tlog.open_note(note, [tlog.Verifier.parse(rig.signer.verifier_key)])
+    cp = tlog.Checkpoint.parse(opened.text)
+    assert cp.origin == origin(rig.settings, rig.tenant) and cp.size == N
+
+
+async def test_new_events_extend_the_tree_and_old_checkpoints_stay_consistent(rig: Rig) -> None:
+    await store(rig.pool, [make_event(rig.tenant, 100 + i) for i in range(300)])
+    made = await rig.checkpointer.cycle()
+    assert [m.size for m in made] == [N + 300]
+    assert await rig.checkpointer.cycle() == []  # nothing new, nothing signed
+    report = await rig.verify()
+    assert report.status == "intact" and report.checkpoints == 2, report
+
+
+@pytest.mark.parametrize("kind", ["edited", "deleted_middle", "reordered"])
+async def test_row_tampering_is_named_at_its_seq(rig: Rig, kind: str) -> None:
+    t = rig.tenant
+    if kind == "edited":
+        await rig.superuser(("UPDATE audit.events SET description = 'nothing happened'"
+                             " WHERE tenant_id = $1 AND seq = 3", t))  # fmt: skip
+        want = (3, "hash_mismatch")
+    elif kind == "deleted_middle":
+        await rig.superuser(("DELETE FROM audit.events WHERE tenant_id = $1 AND seq = 3", t))
+        want = (3, "seq_gap")
+    else:
+        await rig.superuser(
+            ("UPDATE audit.events SET seq = 100 WHERE tenant_id = $1 AND seq = 3", t),
+            ("UPDATE audit.events SET seq = 3 WHERE tenant_id = $1 AND seq = 4", t),
+            ("UPDATE audit.events SET seq = 4 WHERE tenant_id = $1 AND seq = 100", t),
+        )  # fmt: skip
+        want = (3, "hash_mismatch")
+    report = await rig.verify()
+    assert report.status == "tampered" and report.exit_code == 1
+    assert report.first_break is not None
+    assert (report.first_break.seq, report.first_break.kind) == want, report
+
+
+async def test_an_inserted_row_with_a_recomputed_hash_is_found(rig: Rig) -> None:
+    rows = await rig.rows()
+    forged = dict(rows[2], description="forged", seq=3, id=uuid.uuid4())
+    forged["hash"] = chain_hash(rows[1]["hash"], canonical_bytes(forged))
+    await rig.superuser(
+        ("UPDATE audit.events SET seq = seq + 1 WHERE tenant_id = $1 AND seq >= 3", rig.tenant),
+        (f"INSERT INTO audit.events ({', '.join(COLUMNS)}) VALUES "
+         f"({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))})",
+         *[forged[c] for c in COLUMNS]),
+        ("UPDATE audit.chain_heads SET last_seq = last_seq + 1 WHERE tenant_id = $1",
+         rig.tenant),
+    )  # fmt: skip
+    report = await rig.verify()
+    assert report.first_break is not None, report
+    assert (report.first_break.seq, report.first_break.kind) == (4, "hash_mismatch")
+
+
+async def test_a_cut_tail_with_the_head_moved_back_is_truncation(rig: Rig) -> None:
+    rows = await rig.rows()
+    await rig.superuser(
+        ("DELETE FROM audit.events WHERE tenant_id = $1 AND seq > 6", rig.tenant),
+        ("UPDATE audit.chain_heads SET last_seq = 6, last_hash = $2 WHERE tenant_id = $1",
+         rig.tenant, rows[5]["hash"]),
+    )  # fmt: skip
+    report = await rig.verify()
+    assert report.first_break is not None, report
+    assert (report.first_break.seq, report.first_break.kind) == (7, "truncated")
+
+
+async def test_a_rewrite_that_recomputes_every_later_hash_and_the_head_is_found(
+    rig: Rig,
+) -> None:
+    rows = await rig.rows()
+    rows[2]["description"] = "rewritten"
+    statements: list[tuple] = []
+    prev = rows[1]["hash"]
+    for row in rows[2:]:
+        row["hash"] = chain_hash(prev, canonical_bytes(row))
+        prev = row["hash"]
+        statements.append(("UPDATE audit.events SET description = $3, hash = $4"
+                           " WHERE tenant_id = $1 AND seq = $2", rig.tenant, row["seq"],
+                           row["description"], row["hash"]))  # fmt: skip
+    statements.append(("UPDATE audit.chain_heads SET last_hash = $2 WHERE tenant_id = $1",
+                       rig.tenant, prev))  # fmt: skip
+    await rig.superuser(*statements)
+    async with rig.pool.acquire() as conn:  # the chain alone no longer tells
+        from pipeline.chain import verify_tenant
+
+        assert (await verify_tenant(conn, rig.tenant)).ok
+    report = await rig.verify()
+    assert report.first_break is not None, report
+    assert (report.first_break.seq, report.first_break.kind) == (N, "checkpoint_mismatch")
+
+
+async def test_a_tenant_deleted_with_its_head_and_checkpoints_is_missing(rig: Rig) -> None:
+    t = rig.tenant
+    await rig.superuser(*[(f"DELETE FROM audit.{table} WHERE tenant_id = $1", t) for table in
+                          ("events", "event_ids", "chain_heads", "checkpoints",
+                           "merkle_state", "merkle_tiles")])  # fmt: skip
+    report = await rig.verify()
+    assert report.status == "tampered" and report.events == 0 and report.witnessed_size == N
+    assert report.first_break is not None
+    assert (report.first_break.seq, report.first_break.kind) == (1, "truncated")
+
+
+@pytest.mark.parametrize("how", ["own_key", "edited_root"])
+async def test_a_forged_checkpoint_is_named(rig: Rig, how: str) -> None:
+    t = rig.tenant
+    if how == "own_key":  # the insider signs a checkpoint of his own
+        mallory = Signer(rig.signer.name, Ed25519PrivateKey.generate())
+        note = mallory.sign(tlog.Checkpoint(origin(rig.settings, t), N + 1, bytes(32)).text())
+        await rig.superuser(("INSERT INTO audit.checkpoints VALUES ($1, $2, $3, $4, now(), $5)",
+                             t, N + 1, bytes(32), mallory.key_id, note))  # fmt: skip
+        want = N + 1
+    else:  # a stored checkpoint's root changed (its signature still over the old one)
+        await rig.superuser(("UPDATE audit.checkpoints SET root = $2 WHERE tenant_id = $1",
+                             t, bytes(32)))  # fmt: skip
+        want = N
+    report = await rig.verify()
+    assert report.first_break is not None, report
+    assert (report.first_break.seq, report.first_break.kind) == (want, "forged_checkpoint")
+
+
+async def test_without_a_trusted_key_it_says_it_cannot_check(rig: Rig) -> None:
+    report = await rig.verify(verifiers=[])
+    assert report.status == "unverifiable" and report.exit_code == 3
+    assert "no trusted public key" in report.cannot_check[0]
+
+
+async def test_the_checkpointer_signs_on_its_interval_and_once_more_at_stop(
+    db_url, settings_factory
+) -> None:
+    settings = settings_factory(db_url, checkpoint_interval_s=0.2)
+    pool = await create_pool(db_url, max_size=2)
+    try:
+        checkpointer = Checkpointer(settings, pool, None, load_signer(settings))
+        stop = asyncio.Event()
+        task = asyncio.create_task(checkpointer.run(stop))
+        await store(pool, [make_event("cp-interval", i) for i in range(5)])
+        for _ in range(100):
+            if checkpointer.made:
+                break
+            await asyncio.sleep(0.05)
+        assert checkpointer.made == 1
+        await store(pool, [make_event("cp-interval", 10 + i) for i in range(3)])
+        stop.set()  # the last events are signed before run() returns
+        await asyncio.wait_for(task, 10)
+        async with pool.acquire() as conn:
+            sizes = await conn.fetch("SELECT size FROM audit.checkpoints WHERE tenant_id ="
+                                     " 'cp-interval' ORDER BY size")  # fmt: skip
+        assert [r["size"] for r in sizes][-1] == 8
+    finally:
+        await pool.close()
+
+
+def _cli(rig: Rig, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    s = rig.settings
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
+    base.update(AUDIT_DATABASE_URL=s.database_url, AUDIT_NATS_URL=s.nats_url,
+                AUDIT_STATE_DIR=s.state_dir, AUDIT_CHECKPOINT_STREAM=s.checkpoint_stream,
+                AUDIT_CHECKPOINT_SUBJECT=s.checkpoint_subject)  # fmt: skip
+    base.update(env)
+    return subprocess.run([sys.executable, "-m", "auditlog.cli", "verify", *args], env=base,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+async def test_the_cli_exit_codes(rig: Rig, tmp_path) -> None:
+    ok = await asyncio.to_thread(_cli, rig, rig.tenant)
+    assert ok.returncode == 0 and ok.stdout.startswith(f"ok: {N} events"), ok
+    as_json = json.loads((await asyncio.to_thread(_cli, rig, rig.tenant, "--json")).stdout)
+    assert as_json["status"] == "intact" and as_json["witnessed_size"] == N
+    away = await asyncio.to_thread(_cli, rig, rig.tenant, AUDIT_NATS_URL="nats://127.0.0.1:1")
+    assert away.returncode == 3 and "witness stream unavailable" in away.stdout, away
+    skip = await asyncio.to_thread(_cli, rig, rig.tenant, "--no-witness",
+                                   AUDIT_NATS_URL="nats://127.0.0.1:1")  # fmt: skip
+    assert skip.returncode == 0, skip
+    bad_key = await asyncio.to_thread(_cli, rig, rig.tenant, "--public-key", "nonsense")
+    assert bad_key.returncode == 2 and "--public-key" in bad_key.stderr
+    nowhere = "postgresql://u:p@127.0.0.1:1/x"
+    no_db = await asyncio.to_thread(_cli, rig, rig.tenant, AUDIT_DATABASE_URL=nowhere)
+    assert no_db.returncode == 3 and "CANNOT CHECK" in no_db.stderr
+    other_state = await asyncio.to_thread(_cli, rig, rig.tenant,
+                                          AUDIT_STATE_DIR=str(tmp_path))  # fmt: skip
+    assert other_state.returncode == 3  # no trusted key here...
+    key = rig.signer.verifier_key
+    trusted = await asyncio.to_thread(_cli, rig, rig.tenant, "--public-key", key,
+                                      AUDIT_STATE_DIR=str(tmp_path))  # fmt: skip
+    assert trusted.returncode == 0, trusted  # ...unless one is given
+    await rig.superuser(("UPDATE audit.events SET action = 'user.logout'"
+                         " WHERE tenant_id = $1 AND seq = 5", rig.tenant))  # fmt: skip
+    bad = await asyncio.to_thread(_cli, rig, rig.tenant)
+    assert bad.returncode == 1 and bad.stdout.startswith("TAMPERED at seq 5 (hash_mismatch)")
