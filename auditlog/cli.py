@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -124,6 +125,57 @@ def verify(ctx: click.Context, tenant_id: str, as_json: bool, public_keys: tuple
     settings: Settings = ctx.obj
     code = run_verify(settings, tenant_id, as_json, list(public_keys), no_witness)
     sys.exit(code)
+
+
+@cli.command("export-bundle")
+@click.argument("tenant_id")
+@click.option(
+    "--from", "from_seq", type=click.IntRange(1), default=1, show_default=True, help="first seq"
+)
+@click.option(
+    "--to",
+    "to_seq",
+    type=click.IntRange(1),
+    default=None,
+    help="last seq (default: the latest signed checkpoint)",
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.pass_context
+def export_bundle(ctx: click.Context, tenant_id: str, from_seq: int, to_seq: int | None,
+                  output: Path) -> None:  # fmt: skip
+    """Write TENANT_ID's events (canonical form), checkpoints and public keys to one file."""
+    from auditlog.bundle_cmd import export_bundle as run
+
+    run(ctx.obj, tenant_id, from_seq, to_seq, output)
+
+
+@cli.command("verify-bundle")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    metavar="VERIFIER_KEY",
+    help="trust only these verifier keys (default: the keys the bundle names)",
+)
+@click.option("--json", "as_json", is_flag=True)
+def verify_bundle(file: Path, public_keys: tuple[str, ...], as_json: bool) -> None:
+    """Check an auditor bundle offline. Exit 0 intact, 1 tampered, 3 cannot check."""
+    from auditlog.bundle_cmd import verify_bundle as run
+
+    sys.exit(run(file, list(public_keys), as_json))
+
+
+@cli.command("signing-key")
+@click.pass_context
+def signing_key(ctx: click.Context) -> None:
+    """Print the checkpoint signing key's verifier key (what auditors trust)."""
+    from infra.signing import load_signer
+
+    try:
+        click.echo(load_signer(ctx.obj, create=False).verifier_key)
+    except AuditLogError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 cli.add_command(cli_api.events)

@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ import asyncpg
 import nats.errors
 from aiohttp import web
 
-from infra.db import TimedPool, create_pool, ensure_database
+from infra.db import TimedPool, create_pool, ensure_database, ensure_runtime_role
 from infra.errors import ConfigError, MigrationError
 from infra.metrics import Metrics
 from infra.migrate import migrate
@@ -81,6 +82,20 @@ def servers(settings: Settings) -> Iterator[Endpoints]:
         if pg is not None and pg.owned:
             pg.stop()
             log.info("embedded postgresql stopped")
+
+
+def runtime_password(settings: Settings) -> str:
+    """AUDIT_RUNTIME_PASSWORD, else one generated once and kept in the state dir (0600)."""
+    if settings.runtime_password:
+        return settings.runtime_password
+    path = Path(settings.state_dir) / "runtime-password"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 async def prepare_database(database_url: str) -> list[int]:
@@ -205,6 +220,12 @@ async def _connect(settings: Settings, ends: Endpoints, stop: asyncio.Event,
     """
     dsn, db_var, nats_var = ends.database_url, "AUDIT_DATABASE_URL", "AUDIT_NATS_URL"
     await until_up("postgresql", lambda: prepare_database(dsn), stop, db_var)
+    password = runtime_password(settings)
+    owner = dsn
+    # Migrations ran with the owner's credentials; everything else logs in as the runtime
+    # role (least privilege: it cannot alter or drop tables, or disable triggers).
+    dsn = await until_up("postgresql", lambda: ensure_runtime_role(owner, password), stop,
+                         db_var)  # fmt: skip
     pools = []
     for size in (settings.db_pool_size, settings.pipeline_pool_size):
 

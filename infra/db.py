@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -68,3 +68,46 @@ async def ensure_database(dsn: str) -> None:
         pass
     finally:
         await admin.close()
+
+
+def runtime_role(dsn: str) -> str:
+    """The login role the service runs as on ``dsn``'s database: ``<database>_runtime``.
+
+    One per database, so databases sharing a server (tests, staging beside production)
+    never share its password.
+    """
+    name = urlsplit(dsn).path.lstrip("/") or "postgres"
+    safe = "".join(c if c.isalnum() or c == "_" else "_" for c in name.lower())
+    return f"{safe[:50]}_runtime"
+
+
+async def ensure_runtime_role(owner_dsn: str, password: str) -> str:
+    """Make (or update) the runtime login role and return the DSN to log in with.
+
+    The role may log in and is a member of ``auditlog_app`` only: it can insert and read
+    as the app, never alter or drop tables, disable triggers, or touch what the app role
+    cannot. Run with the migration (owner) credentials, which need CREATEROLE.
+    """
+    role = runtime_role(owner_dsn)
+    conn = await asyncpg.connect(owner_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+        verb = "ALTER" if exists else "CREATE"
+        stmt = await conn.fetchval(
+            f"SELECT format('{verb} ROLE %I WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"
+            " NOREPLICATION NOBYPASSRLS INHERIT PASSWORD %L', $1::text, $2::text)",
+            role, password,
+        )  # fmt: skip
+        try:
+            await conn.execute(stmt)
+        except asyncpg.DuplicateObjectError:  # made meanwhile by another process
+            await conn.execute(stmt.replace("CREATE ROLE", "ALTER ROLE", 1))
+        await conn.execute(f'GRANT {APP_ROLE} TO "{role}"')
+    finally:
+        await conn.close()
+    parts = urlsplit(owner_dsn)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{role}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

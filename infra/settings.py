@@ -86,6 +86,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_tls_ca: str = ""  # AUDIT_NATS_TLS_CA (CA bundle file; enables TLS)
     nats_tls_cert: str = ""  # AUDIT_NATS_TLS_CERT (client certificate file, mutual TLS)
     nats_tls_key: str = ""  # AUDIT_NATS_TLS_KEY
+    # The service logs in as <database>_runtime (a member of auditlog_app only) with this
+    # password, set by the migration credentials at start; default: kept in the state dir.
+    # Replicas on several hosts must share it.
+    runtime_password: str = ""  # AUDIT_RUNTIME_PASSWORD
     # Signed checkpoints (C2SP signed notes of tlog-checkpoints over each tenant's log).
     checkpoint_interval_s: float = 60.0  # AUDIT_CHECKPOINT_INTERVAL_S (0: never)
     signing_key_file: str = ""  # AUDIT_SIGNING_KEY_FILE (default: <state dir>/signing-key)
@@ -105,6 +109,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         shown["token_secret"] = "***" if self.token_secret else ""
         shown["nats_password"] = "***" if self.nats_password else ""
         shown["nats_token"] = "***" if self.nats_token else ""
+        shown["runtime_password"] = "***" if self.runtime_password else ""
         inner = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         return f"Settings({inner})"
 

@@ -60,6 +60,14 @@ class VerifyParams(msgspec.Struct, kw_only=True):
     tenant_id: TenantId
 
 
+class ConsistencyParams(msgspec.Struct, kw_only=True):
+    """``GET /v1/audit/consistency``: two checkpoint sizes of the tenant's log."""
+
+    tenant_id: TenantId
+    from_: Annotated[int, _d("The older checkpoint's size.", ge=1)] = msgspec.field(name="from")
+    to: Annotated[int, _d("The newer checkpoint's size (>= from).", ge=1)]
+
+
 class KeyListParams(msgspec.Struct, kw_only=True):
     """``GET /v1/admin/keys``."""
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from pipeline import proofs
 from pipeline.verify import LogReport
 from query_api import contract as c
 from schemas.events import json_schema
@@ -84,6 +85,14 @@ OPERATIONS = (
        "The tenant's log verified: hash chain, signed checkpoints, witness copy.",
        params=c.VerifyParams, ok={200: (LogReport, "The report (status intact, tampered "
                                                   "or unverifiable)")}),
+    Op("get", "/v1/audit/events/{id}/proof", "EventProof",
+       "The event's canonical bytes and RFC 6962 inclusion proof under a signed checkpoint.",
+       params=c.EventParams, path_params={"id": _UUID},
+       ok={200: (proofs.InclusionProof, "The proof")}, errors=(400, 401, 403, 404, 503)),
+    Op("get", "/v1/audit/consistency", "ConsistencyProof",
+       "An RFC 6962 consistency proof between two of the tenant's signed checkpoints.",
+       params=c.ConsistencyParams, ok={200: (proofs.ConsistencyProof, "The proof")},
+       errors=(400, 401, 403, 404, 503)),
     Op("get", "/v1/audit/public-key", "PublicKey",
        "The checkpoint signing key (C2SP verifier key) and every key that has signed.",
        public=True, ok={200: (c.PublicKeys, "The keys")}, errors=(400, 503)),

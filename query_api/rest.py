@@ -151,6 +151,19 @@ async def verify(request: web.Request) -> web.Response:
     return _json(report)
 
 
+async def event_proof(request: web.Request) -> web.Response:
+    """GET /v1/audit/events/{id}/proof: the event's inclusion proof under a checkpoint."""
+    who = await principal(request)
+    tenant = _tenant_param(request, contract.EventParams)
+    return _json(await _service(request).proof(who, tenant, request.match_info["id"]))
+
+
+async def consistency(request: web.Request) -> web.Response:
+    """GET /v1/audit/consistency?tenant_id=&from=&to=: two checkpoints, the log only grew."""
+    who = await principal(request)
+    return _json(await _service(request).consistency(who, request.query))
+
+
 async def public_key(request: web.Request) -> web.Response:
     """GET /v1/audit/public-key: the checkpoint signing key (no authentication)."""
     only_params(request.query, frozenset())
@@ -273,6 +286,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/audit/stats", stats)
     r.add_get("/v1/audit/export", export)
     r.add_get("/v1/audit/verify", verify)
+    r.add_get("/v1/audit/events/{id}/proof", event_proof)
+    r.add_get("/v1/audit/consistency", consistency)
     r.add_get("/v1/audit/public-key", public_key)
     r.add_post("/v1/admin/keys", create_key)
     r.add_get("/v1/admin/keys", list_keys)

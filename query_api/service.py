@@ -19,6 +19,7 @@ import asyncpg
 
 from infra.metrics import Metrics
 from infra.settings import Settings
+from pipeline import proofs
 from pipeline.verify import LogReport, read_witness, verify_log
 from query_api import contract, cursor, sql
 from query_api.admission import Admission
@@ -56,6 +57,13 @@ class ExportPlan:
     format: str
     query: str
     params: list[Any]
+
+
+def _size(params: Params, name: str) -> int:
+    value = params.get(name, "")
+    if not value.isdigit() or not 0 < int(value) < 2**63:
+        raise bad_request(f"{name} must be a checkpoint size (a positive whole number)", name)
+    return int(value)
 
 
 def only_params(params: Params, allowed: frozenset[str]) -> None:
@@ -188,6 +196,42 @@ class AuditService:
         async with (self.admission.admit(who.key_id, "verifications"),
                     self.pool.acquire() as conn):  # fmt: skip
             return await verify_log(conn, self.settings, tenant, self.verifiers, witness)
+
+    async def proof(self, who: Principal, tenant_id: str | None,
+                    event_id: str) -> proofs.InclusionProof:  # fmt: skip
+        """An event's inclusion proof under the latest signed checkpoint that covers it.
+
+        Raises:
+            ApiError: 404 when the event is unknown or not yet covered by a checkpoint.
+        """
+        who.require("read")
+        eid = parse_event_id(event_id)
+        tenant = who.tenant_for(tenant_id)
+        async with sql.tenant_tx(self.pool, tenant) as conn:
+            found = await proofs.inclusion(conn, tenant, eid)
+        if found == "not_signed":
+            why = (
+                "the event is not covered by a signed checkpoint yet (checkpoints follow "
+                "within AUDIT_CHECKPOINT_INTERVAL_S)"
+            )
+            raise ApiError(404, "not_found", why)
+        if isinstance(found, str):
+            raise not_found()
+        return found
+
+    async def consistency(self, who: Principal, params: Params) -> proofs.ConsistencyProof:
+        """The consistency proof between two of the tenant's checkpoint sizes."""
+        who.require("read")
+        only_params(params, contract.param_names(contract.ConsistencyParams) | {"from"})
+        tenant = who.tenant_for(params.get("tenant_id"))
+        old, new = _size(params, "from"), _size(params, "to")
+        if old > new:
+            raise bad_request("from must not be after to", "from")
+        async with sql.tenant_tx(self.pool, tenant) as conn:
+            found = await proofs.consistency(conn, tenant, old, new)
+        if isinstance(found, str):
+            raise ApiError(404, "not_found", "no signed checkpoint at one of those sizes")
+        return found
 
     # -- writes ----------------------------------------------------------------------------
     async def write_one(self, who: Principal, raw: bytes, idempotency_key: str | None,

@@ -8,14 +8,16 @@ superuser's credentials would, and each must be named by verification.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
-import uuid
 import os
 import subprocess
 import sys
+import uuid
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -288,3 +290,92 @@ async def test_the_cli_exit_codes(rig: Rig, tmp_path) -> None:
                          " WHERE tenant_id = $1 AND seq = 5", rig.tenant))  # fmt: skip
     bad = await asyncio.to_thread(_cli, rig, rig.tenant)
     assert bad.returncode == 1 and bad.stdout.startswith("TAMPERED at seq 5 (hash_mismatch)")
+
+
+async def test_inclusion_and_consistency_proofs_check_out_for_a_third_party(rig: Rig) -> None:
+    from pipeline import proofs
+    from query_api.sql import tenant_tx
+
+    await store(rig.pool, [make_event(rig.tenant, 100 + i) for i in range(600)])
+    await rig.checkpointer.cycle()  # a second checkpoint at N + 600, tiles past one level
+    keys = [tlog.Verifier.parse(rig.signer.verifier_key)]
+    log_origin = origin(rig.settings, rig.tenant)
+    rows = await rig.rows()
+    async with tenant_tx(rig.pool, rig.tenant) as conn:
+        for row in (rows[0], rows[7], rows[300], rows[-1]):
+            p = await proofs.inclusion(conn, rig.tenant, row["id"])
+            assert isinstance(p, proofs.InclusionProof) and p.seq == row["seq"]
+            assert p.checkpoint.size == N + 600 and len(p.proof) <= 10  # logarithmic
+            assert proofs.check_inclusion(p, keys, log_origin) == ""
+            forged = msgspec.structs.replace(p, canonical=p.canonical.replace("event", "evnt"))
+            assert proofs.check_inclusion(forged, keys, log_origin) != ""
+            assert proofs.check_inclusion(p, [], log_origin) != ""  # untrusted key
+        c = await proofs.consistency(conn, rig.tenant, N, N + 600)
+        assert isinstance(c, proofs.ConsistencyProof)
+        old = tlog.Checkpoint.parse(tlog.open_note(c.old.note, keys).text)
+        new = tlog.Checkpoint.parse(tlog.open_note(c.new.note, keys).text)
+        path = [base64.b64decode(h) for h in c.proof]
+        assert tlog.verify_consistency(old.size, new.size, old.root, new.root, path)
+        assert await proofs.consistency(conn, rig.tenant, N, N + 1) == "not_found"
+        await store(rig.pool, [make_event(rig.tenant, 5000)])
+        late = (await rig.rows())[-1]
+        assert await proofs.inclusion(conn, rig.tenant, late["id"]) == "not_signed"
+
+
+async def test_a_bundle_verifies_offline_and_any_change_to_it_does_not(rig: Rig, tmp_path) -> None:
+    from auditlog.bundle_cmd import export_bundle
+    from schemas import bundle
+
+    await store(rig.pool, [make_event(rig.tenant, 100 + i) for i in range(300)])
+    await rig.checkpointer.cycle()
+    whole, part = tmp_path / "whole.json", tmp_path / "part.json"
+    await asyncio.to_thread(export_bundle, rig.settings, rig.tenant, 1, None, whole)
+    await asyncio.to_thread(export_bundle, rig.settings, rig.tenant, 5, N + 300, part)
+    key = [rig.signer.verifier_key]
+    for path, events in ((whole, N + 300), (part, N + 296)):
+        report = bundle.verify(path.read_bytes(), key)
+        assert report.status == "intact" and report.events == events, report
+        assert report.signed_up_to == N + 300
+    doc = json.loads(part.read_bytes())
+    changes = {
+        "event": lambda d: d["events"][3].__setitem__(2, d["events"][3][2].replace("e", "E", 1)),
+        "dropped event": lambda d: d["events"].pop(10),
+        "prev_hash": lambda d: d.__setitem__("prev_hash", "00" * 32),
+        "frontier": lambda d: d["frontier"].__setitem__(0, base64.b64encode(bytes(32)).decode()),
+        "checkpoint": lambda d: d["checkpoints"].__setitem__(-1, d["checkpoints"][-1].replace(
+            f"\n{N + 300}\n", f"\n{N + 299}\n")),
+    }  # fmt: skip
+    for what, change in changes.items():
+        d = json.loads(json.dumps(doc))
+        change(d)
+        report = bundle.verify(json.dumps(d).encode(), key)
+        assert report.status == "tampered", (what, report)
+    stranger = Signer("someone", Ed25519PrivateKey.generate()).verifier_key
+    assert bundle.verify(part.read_bytes(), [stranger]).status == "unverifiable"
+    offline = {"PATH": os.environ["PATH"]}  # no database, no NATS: the file and a key
+    cli = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "auditlog.cli",
+                                  "verify-bundle", str(part), "--public-key", key[0]],
+                                  capture_output=True, text=True, env=offline)  # fmt: skip
+    assert cli.returncode == 0 and cli.stdout.startswith(f"ok: {N + 296} events"), cli
+
+
+async def test_a_restore_from_an_older_backup_reports_truncation(rig: Rig) -> None:
+    """A restore from a backup taken at N, when the witness has seen N + 50: verify says
+    exactly what is missing (README "Restores")."""
+    rows_before = await rig.rows()
+    await store(rig.pool, [make_event(rig.tenant, 100 + i) for i in range(50)])
+    await rig.checkpointer.cycle()
+    t = rig.tenant
+    # What the backup holds: the log as it was at N (events, head, tree, checkpoints).
+    await rig.superuser(
+        ("DELETE FROM audit.events WHERE tenant_id = $1 AND seq > $2", t, N),
+        ("DELETE FROM audit.checkpoints WHERE tenant_id = $1 AND size > $2", t, N),
+        ("UPDATE audit.chain_heads SET last_seq = $2, last_hash = $3 WHERE tenant_id = $1",
+         t, N, rows_before[-1]["hash"]),
+        ("DELETE FROM audit.merkle_state WHERE tenant_id = $1", t),
+    )  # fmt: skip
+    report = await rig.verify()
+    assert report.status == "tampered" and report.witnessed_size == N + 50
+    assert report.first_break is not None
+    assert (report.first_break.seq, report.first_break.kind) == (N + 1, "truncated")
+    assert f"cover {N + 50} events; the database holds {N}" in report.first_break.detail

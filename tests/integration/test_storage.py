@@ -165,3 +165,38 @@ async def test_partitions_are_made_ahead(db_url: str) -> None:
     finally:
         await pool.close()
     assert expected <= names
+
+
+async def test_the_runtime_login_cannot_alter_drop_or_disable_triggers(db_url) -> None:
+    """Least privilege: what the service logs in as (``<db>_runtime``, a member of
+    auditlog_app only) cannot undo immutability, whatever role it sets or resets."""
+    from infra.db import ensure_runtime_role, runtime_role
+
+    runtime = await ensure_runtime_role(db_url, "a-test-password-0123456789")
+    assert runtime_role(db_url) in runtime and "a-test-password" in runtime
+    await ensure_runtime_role(db_url, "a-test-password-0123456789")  # idempotent
+    conn = await asyncpg.connect(runtime)
+    try:
+        await conn.execute("SET ROLE auditlog_app")  # what its pools do: allowed
+        await conn.execute("RESET ROLE")
+        part = await conn.fetchval("SELECT min(name) FROM audit.partitions")
+        refused = [
+            "ALTER TABLE audit.events DISABLE TRIGGER ALL",
+            f"ALTER TABLE audit.{part} DISABLE TRIGGER ALL",
+            f"DROP TABLE audit.{part}",
+            "DROP TABLE audit.checkpoints",
+            "ALTER TABLE audit.events DETACH PARTITION audit." + part,
+            "SET session_replication_role = replica",
+            "SET ROLE auditlog_owner",
+            "TRUNCATE audit.events",
+            "DELETE FROM audit.signing_keys",
+            "UPDATE audit.checkpoints SET note = ''",
+        ]
+        for sql in refused:
+            with pytest.raises(asyncpg.PostgresError) as info:
+                await conn.execute(sql)
+            assert isinstance(
+                info.value, asyncpg.InsufficientPrivilegeError | asyncpg.RaiseError
+            ), (sql, info.value)
+    finally:
+        await conn.close()
