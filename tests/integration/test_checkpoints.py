@@ -379,3 +379,65 @@ async def test_a_restore_from_an_older_backup_reports_truncation(rig: Rig) -> No
     assert report.first_break is not None
     assert (report.first_break.seq, report.first_break.kind) == (N + 1, "truncated")
     assert f"cover {N + 50} events; the database holds {N}" in report.first_break.detail
+
+
+async def test_the_api_serves_the_key_the_report_and_proofs(rig: Rig) -> None:
+    from pipeline import proofs
+    from tests.integration.conftest import serving_app
+
+    settings = rig.settings.replace(admin_token="checkpoint-admin-token-0123456789")
+    auth = {"Authorization": f"Bearer {settings.admin_token}"}
+    async with serving_app(settings) as api:
+        r = await api.get("/v1/audit/public-key")  # no token needed
+        body = await r.json()
+        assert r.status == 200 and body["verifier_key"] == rig.signer.verifier_key
+        assert [k["key_id"] for k in body["keys"] if k["retired_at"] is None] == [rig.signer.key_id]
+        r = await api.get("/v1/audit/verify", params={"tenant_id": rig.tenant}, headers=auth)
+        report = await r.json()
+        assert r.status == 200 and report["status"] == "intact" and report["events"] == N
+        assert (await api.get("/v1/audit/verify", params={"tenant_id": rig.tenant})).status == 401
+        event_id = str((await rig.rows())[2]["id"])
+        r = await api.get(f"/v1/audit/events/{event_id}/proof",
+                          params={"tenant_id": rig.tenant}, headers=auth)  # fmt: skip
+        proof = msgspec.convert(await r.json(), proofs.InclusionProof)
+        keys = [tlog.Verifier.parse(rig.signer.verifier_key)]
+        assert proofs.check_inclusion(proof, keys, origin(settings, rig.tenant)) == ""
+        await rig.superuser(("UPDATE audit.events SET description = 'x' WHERE tenant_id = $1"
+                             " AND seq = 2", rig.tenant))  # fmt: skip
+        r = await api.get("/v1/audit/verify", params={"tenant_id": rig.tenant}, headers=auth)
+        report = await r.json()
+        assert report["status"] == "tampered" and report["first_break"]["seq"] == 2
+
+
+async def test_a_rotated_key_keeps_old_checkpoints_checkable_and_the_file_copy(
+    db_url, settings_factory, tmp_path
+) -> None:
+    copy = tmp_path / "checkpoints.txt"
+    settings = settings_factory(db_url, checkpoint_file=str(copy))
+    pool = await create_pool(db_url, max_size=2)
+    nc = await connect(settings.nats_url, "rotation-test", settings)
+    try:
+        rig = Rig(settings, pool, nc, "cp-rotation")
+        await rig.setup()
+        old_key = rig.signer.verifier_key
+        new_key = tlog.signer_key("auditlog.local", Ed25519PrivateKey.generate())
+        (tmp_path / "new-key").write_text(new_key)
+        rotated = settings.replace(signing_key_file=str(tmp_path / "new-key"))
+        rig2 = Rig(rotated, pool, nc, "cp-rotation")
+        await rig2.checkpointer.start()
+        await store(pool, [make_event("cp-rotation", 100 + i) for i in range(5)])
+        await rig2.checkpointer.cycle()
+        report = await rig2.verify()  # both keys are remembered in the state dir
+        assert report.status == "intact" and report.checkpoints == 2, report
+        async with pool.acquire() as conn:
+            keys = {r["verifier_key"]: r["retired_at"] for r in await conn.fetch(
+                "SELECT verifier_key, retired_at FROM audit.signing_keys")}  # fmt: skip
+        assert keys[old_key] is not None and keys[rig2.signer.verifier_key] is None
+        only_new = [tlog.Verifier.parse(rig2.signer.verifier_key)]
+        report = await rig2.verify(verifiers=only_new)  # old checkpoint: not trusted now
+        assert report.first_break is not None and report.first_break.kind == "forged_checkpoint"
+        text = copy.read_text()  # each signed note, then an empty line
+        assert text.count("\n\u2014 auditlog.local ") == 2 and text.endswith("\n\n")
+    finally:
+        await nc.close()
+        await pool.close()
