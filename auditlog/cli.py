@@ -181,6 +181,7 @@ def signing_key(ctx: click.Context) -> None:
 cli.add_command(cli_api.events)
 cli.add_command(cli_api.stats)
 cli.add_command(cli_api.keys)
+cli.add_command(cli_api.tenants)
 cli.add_command(cli_ops.dlq)
 cli.add_command(cli_ops.partitions)
 cli.add_command(cli_ops.publish)

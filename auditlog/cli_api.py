@@ -212,13 +212,16 @@ def keys() -> None:
 @click.argument("tenant_id")
 @click.option("--scope", "scopes", multiple=True, type=click.Choice(["read", "write"]),
               default=("read",), show_default=True)  # fmt: skip
+@click.option("--expires-at", help="RFC 3339 time the key stops working (default: never)")
 @click.option("--token")
 @click.pass_context
 def keys_create(ctx: click.Context, tenant_id: str, scopes: tuple[str, ...],
-                token: str | None) -> None:  # fmt: skip
+                expires_at: str | None, token: str | None) -> None:  # fmt: skip
     """Create a key for TENANT_ID; prints the token once."""
-    body = _api(ctx, token).call("POST", "/v1/admin/keys",
-                                 body={"tenant_id": tenant_id, "scopes": list(scopes)})  # fmt: skip
+    request: dict[str, Any] = {"tenant_id": tenant_id, "scopes": list(scopes)}
+    if expires_at:
+        request["expires_at"] = expires_at
+    body = _api(ctx, token).call("POST", "/v1/admin/keys", body=request)
     click.echo(json.dumps(body, indent=2))
 
 
@@ -229,10 +232,12 @@ def keys_create(ctx: click.Context, tenant_id: str, scopes: tuple[str, ...],
 def keys_list(ctx: click.Context, tenant_id: str | None, token: str | None) -> None:
     """List keys (never their tokens)."""
     body = _api(ctx, token).call("GET", "/v1/admin/keys", {"tenant_id": tenant_id})
-    table = Table("key_id", "tenant", "scopes", "created_at", "revoked_at")
+    table = Table("key_id", "tenant", "scopes", "created_at", "expires_at", "revoked_at",
+                  "last_used_at")  # fmt: skip
     for k in body["keys"]:
         table.add_row(k["key_id"], k["tenant_id"], ",".join(k["scopes"]), k["created_at"],
-                      k["revoked_at"] or "")  # fmt: skip
+                      k["expires_at"] or "", k["revoked_at"] or "",
+                      k["last_used_at"] or "")  # fmt: skip
     Console().print(table)
 
 
@@ -244,3 +249,55 @@ def keys_revoke(ctx: click.Context, key_id: str, token: str | None) -> None:
     """Revoke KEY_ID."""
     body = _api(ctx, token).call("DELETE", f"/v1/admin/keys/{key_id}")
     click.echo(f"revoked {body['key_id']} at {body['revoked_at']}")
+
+
+@click.group()
+def tenants() -> None:
+    """A tenant's retention and legal hold (admin token)."""
+
+
+def _policy_out(body: dict[str, Any]) -> None:
+    click.echo(json.dumps(body, indent=2))
+
+
+@tenants.command("policy")
+@click.argument("tenant_id")
+@click.option("--token")
+@click.pass_context
+def tenants_policy(ctx: click.Context, tenant_id: str, token: str | None) -> None:
+    """Show TENANT_ID's retention and legal hold as they apply now."""
+    _policy_out(_api(ctx, token).call("GET", f"/v1/admin/tenants/{tenant_id}/retention"))
+
+
+@tenants.command("retention")
+@click.argument("tenant_id")
+@click.argument("days")
+@click.option("--token")
+@click.pass_context
+def tenants_retention(ctx: click.Context, tenant_id: str, days: str, token: str | None) -> None:
+    """Set TENANT_ID's retention to DAYS, or 'default' for AUDIT_RETENTION_DAYS."""
+    if days != "default" and not days.isdigit():
+        raise click.BadParameter("a whole number of days, or 'default'", param_hint="DAYS")
+    value = None if days == "default" else int(days)
+    _policy_out(_api(ctx, token).call("PUT", f"/v1/admin/tenants/{tenant_id}/retention",
+                                      body={"retention_days": value}))  # fmt: skip
+
+
+@tenants.command("hold")
+@click.argument("tenant_id")
+@click.option("--reason", required=True, help="why (a case number, a request)")
+@click.option("--token")
+@click.pass_context
+def tenants_hold(ctx: click.Context, tenant_id: str, reason: str, token: str | None) -> None:
+    """Place a legal hold on TENANT_ID: nothing of it is hidden or dropped."""
+    _policy_out(_api(ctx, token).call("PUT", f"/v1/admin/tenants/{tenant_id}/legal-hold",
+                                      body={"reason": reason}))  # fmt: skip
+
+
+@tenants.command("release")
+@click.argument("tenant_id")
+@click.option("--token")
+@click.pass_context
+def tenants_release(ctx: click.Context, tenant_id: str, token: str | None) -> None:
+    """Release TENANT_ID's legal hold."""
+    _policy_out(_api(ctx, token).call("DELETE", f"/v1/admin/tenants/{tenant_id}/legal-hold"))

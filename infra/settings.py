@@ -86,6 +86,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_tls_ca: str = ""  # AUDIT_NATS_TLS_CA (CA bundle file; enables TLS)
     nats_tls_cert: str = ""  # AUDIT_NATS_TLS_CERT (client certificate file, mutual TLS)
     nats_tls_key: str = ""  # AUDIT_NATS_TLS_KEY
+    # Retention: how long events stay readable (per-tenant overrides and legal holds in
+    # audit.tenant_policies). Default 7 years.
+    retention_days: int = 2557  # AUDIT_RETENTION_DAYS
     # The service logs in as <database>_runtime (a member of auditlog_app only) with this
     # password, set by the migration credentials at start; default: kept in the state dir.
     # Replicas on several hosts must share it.
@@ -166,6 +169,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("AUDIT_MAX_EVENT_AGE_DAYS", "must be between 1 and 36500")
     if settings.max_inflight_bytes < MIN_INFLIGHT_BYTES:
         raise ConfigError("AUDIT_MAX_INFLIGHT_BYTES", f"must be at least {MIN_INFLIGHT_BYTES}")
+    if not 1 <= settings.retention_days <= 36500:
+        raise ConfigError("AUDIT_RETENTION_DAYS", "must be between 1 and 36500")
     if settings.checkpoint_interval_s < 0:
         raise ConfigError("AUDIT_CHECKPOINT_INTERVAL_S", "must be 0 (off) or positive")
     if not settings.log_origin or any(c in settings.log_origin for c in " +\n"):

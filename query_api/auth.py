@@ -8,12 +8,15 @@ stored; comparisons are constant-time. A verified key is cached for a few second
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import re
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -22,6 +25,7 @@ from query_api.errors import ApiError
 from query_api.ratelimit import RateLimited, RateLimiter, retry_after_header
 
 CACHE_SECONDS = 5.0
+TOUCH_SECONDS = 60.0  # last_used_at is written at most this often per key
 _TOKEN_RE = re.compile(r"^alk_([0-9a-f]{16})_[A-Za-z0-9_-]{20,100}$")
 SCOPES = ("read", "write")
 
@@ -88,6 +92,8 @@ class Authenticator:
         self._admin = admin_token.encode()
         self._cache: dict[str, tuple[float, Principal, bytes]] = {}
         self._limiter = limiter
+        self._touched: dict[str, float] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
 
     def _admit(self, principal: Principal) -> Principal:
         """Charge ``principal``'s rate limit (tenant keys only).
@@ -103,6 +109,20 @@ class Authenticator:
                 raise ApiError(429, "rate_limited", f"too many requests for this key; {exc}",
                                headers=wait) from None  # fmt: skip
         return principal
+
+    def _touch(self, key_id: str, now: float) -> None:
+        """Record the key's use, at most once a minute per key, off the request's path."""
+        if now - self._touched.get(key_id, -TOUCH_SECONDS) < TOUCH_SECONDS:
+            return
+        self._touched[key_id] = now
+        task = asyncio.ensure_future(self._write_touch(key_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write_touch(self, key_id: str) -> None:
+        with contextlib.suppress(Exception):  # best effort: never fails a request
+            async with self.pool.acquire() as conn:
+                await sql.touch_key(conn, key_id)
 
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache (after revocation)."""
@@ -130,14 +150,19 @@ class Authenticator:
         now = time.monotonic()
         if cached and cached[0] > now:
             if hmac.compare_digest(cached[2], digest):
+                self._touch(key_id, now)
                 return self._admit(cached[1])
             raise ApiError(401, "unauthenticated", "invalid token")
         async with self.pool.acquire() as conn:
             row = await sql.active_key(conn, key_id)
         if row is None or not hmac.compare_digest(bytes(row["token_hash"]), digest):
-            raise ApiError(401, "unauthenticated", "invalid or revoked token")
+            raise ApiError(401, "unauthenticated", "invalid, revoked or expired token")
+        self._touch(key_id, now)
         principal = Principal(
             tenant_id=row["tenant_id"], scopes=frozenset(row["scopes"]), key_id=key_id
         )
-        self._cache[key_id] = (now + CACHE_SECONDS, principal, digest)
+        until = now + CACHE_SECONDS
+        if row["expires_at"] is not None:  # never cached past its expiry
+            until = min(until, now + (row["expires_at"] - datetime.now(UTC)).total_seconds())
+        self._cache[key_id] = (until, principal, digest)
         return self._admit(principal)

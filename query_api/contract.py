@@ -156,6 +156,24 @@ class KeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     scopes: Annotated[list[Scope], msgspec.Meta(min_length=1, max_length=2)] = msgspec.field(
         default_factory=lambda: ["read"]
     )
+    expires_at: Annotated[datetime, _d("When the key stops working (RFC 3339, in the "
+                                       "future); none: until revoked.",
+                                       extra_json_schema={"format": "future-date-time"})
+                          ] | None = None  # fmt: skip
+
+
+class RetentionBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``PUT /v1/admin/tenants/{tenant_id}/retention``."""
+
+    retention_days: Annotated[int, _d("Days the tenant's events stay readable; null: the "
+                                      "global AUDIT_RETENTION_DAYS.", ge=1,
+                                      le=36500)] | None  # fmt: skip
+
+
+class HoldBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``PUT /v1/admin/tenants/{tenant_id}/legal-hold``."""
+
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000, pattern=NO_NUL)]
 
 
 # -- responses ---------------------------------------------------------------------------------
@@ -274,6 +292,8 @@ class Key(msgspec.Struct):
     scopes: list[Scope]
     created_at: Time
     revoked_at: Time | None
+    expires_at: Time | None
+    last_used_at: Annotated[Time, _d("Within a minute.")] | None
 
 
 class NewKey(Key):
@@ -311,3 +331,20 @@ class PublicKeys(msgspec.Struct):
 
     verifier_key: str
     keys: list[SigningKey]
+
+
+class LegalHold(msgspec.Struct):
+    reason: str
+    set_by: str
+    set_at: Time
+
+
+class TenantPolicy(msgspec.Struct, kw_only=True):
+    """A tenant's retention and legal hold, as they apply now."""
+
+    tenant_id: str
+    retention_days: Annotated[int, _d("The tenant's override; null: the global one.")] | None
+    effective_retention_days: int
+    visible_from: Annotated[Time, _d("Reads show events that occurred from here on; null "
+                                     "under a legal hold.")] | None  # fmt: skip
+    legal_hold: LegalHold | None

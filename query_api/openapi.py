@@ -53,6 +53,7 @@ _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header",
                 "schema": {"type": "string", "minLength": 1,
                            "maxLength": c.MAX_KEY_LEN}}  # fmt: skip
 _STREAM = object()  # marks the export's streamed body
+_TENANT = {"type": "string", "pattern": c.TENANT_ID_PATTERN}
 
 OPERATIONS = (
     Op("post", "/v1/audit/events", "WriteEvent",
@@ -108,6 +109,20 @@ OPERATIONS = (
        "Revoke a key (idempotent; admin token).",
        path_params={"key_id": {"type": "string", "minLength": 1, "maxLength": 64}},
        ok={200: (c.Key, "The key, revoked")}, errors=(401, 403, 404, 503)),
+    Op("get", "/v1/admin/tenants/{tenant_id}/retention", "GetTenantPolicy",
+       "A tenant's retention and legal hold as they apply now (admin token).",
+       path_params={"tenant_id": _TENANT}, ok={200: (c.TenantPolicy, "The policy")}),
+    Op("put", "/v1/admin/tenants/{tenant_id}/retention", "SetTenantRetention",
+       "Override a tenant's retention; null returns it to the global one (admin token).",
+       path_params={"tenant_id": _TENANT}, body=c.RetentionBody,
+       ok={200: (c.TenantPolicy, "The policy")}),
+    Op("put", "/v1/admin/tenants/{tenant_id}/legal-hold", "PlaceLegalHold",
+       "Place a legal hold: nothing of the tenant is hidden or dropped (admin token).",
+       path_params={"tenant_id": _TENANT}, body=c.HoldBody,
+       ok={200: (c.TenantPolicy, "The policy")}),
+    Op("delete", "/v1/admin/tenants/{tenant_id}/legal-hold", "ReleaseLegalHold",
+       "Release a tenant's legal hold (admin token).",
+       path_params={"tenant_id": _TENANT}, ok={200: (c.TenantPolicy, "The policy")}),
     Op("get", "/healthz", "Health", "The process is alive.", public=True,
        ok={200: (c.Health, "Alive")}, errors=()),
     Op("get", "/readyz", "Ready", "Readiness with every check and its reason.", public=True,

@@ -209,7 +209,8 @@ async def create_key(request: web.Request) -> web.Response:
     who = await principal(request)
     only_params(request.query, frozenset())
     body = _decode(await request.read(), _key_dec, '{"tenant_id": ..., "scopes": [...]}')
-    created = await _service(request).create_key(who, body.tenant_id, body.scopes)
+    created = await _service(request).create_key(who, body.tenant_id, body.scopes,
+                                                 body.expires_at)  # fmt: skip
     return _json(created, status=201)
 
 
@@ -226,6 +227,58 @@ async def revoke_key(request: web.Request) -> web.Response:
     who = await principal(request)
     only_params(request.query, frozenset())
     return _json(await _service(request).revoke_key(who, request.match_info["key_id"]))
+
+
+# -- tenant policies -------------------------------------------------------------------------
+class _WholeNumbers:
+    """A decoder for bodies with integers that takes 400.0 as 400, as JSON Schema does."""
+
+    def __init__(self, kind: type[msgspec.Struct]) -> None:
+        self.kind = kind
+
+    def decode(self, data: bytes) -> Any:
+        raw = msgspec.json.decode(data)
+        if isinstance(raw, dict):
+            raw = {k: int(v) if isinstance(v, float) and v.is_integer() else v
+                   for k, v in raw.items()}  # fmt: skip
+        return msgspec.convert(raw, self.kind)
+
+
+_retention_body = _WholeNumbers(contract.RetentionBody)
+_hold_dec = msgspec.json.Decoder(contract.HoldBody)
+
+
+async def get_retention(request: web.Request) -> web.Response:
+    """GET /v1/admin/tenants/{tenant_id}/retention: retention and legal hold as they apply."""
+    who = await principal(request)
+    only_params(request.query, frozenset())
+    return _json(await _service(request).policy(who, request.match_info["tenant_id"]))
+
+
+async def put_retention(request: web.Request) -> web.Response:
+    """PUT /v1/admin/tenants/{tenant_id}/retention: ``{"retention_days": N | null}``."""
+    who = await principal(request)
+    only_params(request.query, frozenset())
+    body = _decode(await request.read(), _retention_body, '{"retention_days": N or null}')
+    policy = await _service(request).set_retention(who, request.match_info["tenant_id"],
+                                                   body.retention_days)  # fmt: skip
+    return _json(policy)
+
+
+async def put_hold(request: web.Request) -> web.Response:
+    """PUT /v1/admin/tenants/{tenant_id}/legal-hold: ``{"reason": "..."}``."""
+    who = await principal(request)
+    only_params(request.query, frozenset())
+    body = _decode(await request.read(), _hold_dec, '{"reason": "..."}')
+    return _json(await _service(request).set_hold(who, request.match_info["tenant_id"],
+                                                  body.reason))  # fmt: skip
+
+
+async def delete_hold(request: web.Request) -> web.Response:
+    """DELETE /v1/admin/tenants/{tenant_id}/legal-hold: release it (explicitly)."""
+    who = await principal(request)
+    only_params(request.query, frozenset())
+    return _json(await _service(request).set_hold(who, request.match_info["tenant_id"], None))
 
 
 # -- middlewares -----------------------------------------------------------------------------
@@ -292,3 +345,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/admin/keys", create_key)
     r.add_get("/v1/admin/keys", list_keys)
     r.add_delete("/v1/admin/keys/{key_id}", revoke_key)
+    r.add_get("/v1/admin/tenants/{tenant_id}/retention", get_retention)
+    r.add_put("/v1/admin/tenants/{tenant_id}/retention", put_retention)
+    r.add_put("/v1/admin/tenants/{tenant_id}/legal-hold", put_hold)
+    r.add_delete("/v1/admin/tenants/{tenant_id}/legal-hold", delete_hold)

@@ -35,6 +35,7 @@ from query_api.filters import (
     parse_query,
     stats_bucket,
 )
+from query_api.policies import Policies
 from query_api.writes import Writes
 from schemas import tlog
 
@@ -57,6 +58,12 @@ class ExportPlan:
     format: str
     query: str
     params: list[Any]
+
+
+def _tenant(tenant_id: str) -> str:
+    if not contract.TENANT_RE.match(tenant_id):
+        raise bad_request("tenant_id must match " + contract.TENANT_ID_PATTERN, "tenant_id")
+    return tenant_id
 
 
 def _size(params: Params, name: str) -> int:
@@ -101,6 +108,14 @@ class AuditService:
         self.writes = writes
         self.verifier_key = verifier_key
         self.verifiers = list(verifiers)
+        self.policies = Policies(pool, settings.retention_days)
+
+    @contextlib.asynccontextmanager
+    async def _read(self, tenant_id: str) -> AsyncIterator[asyncpg.Connection]:
+        """A read transaction of ``tenant_id`` that shows only what its retention allows."""
+        visible = await self.policies.visible_from(tenant_id)
+        async with sql.tenant_tx(self.pool, tenant_id, visible) as conn:
+            yield conn
 
     async def authenticate(self, authorization: str) -> Principal:
         """The caller presenting an ``Authorization`` header value (401/429 as ApiError)."""
@@ -119,7 +134,7 @@ class AuditService:
                 after = cursor.decode(q.page_token, fp, self.token_secret)
             except cursor.TokenError as exc:
                 raise bad_request(str(exc), "page_token") from exc
-        async with sql.tenant_tx(self.pool, tenant) as conn:
+        async with self._read(tenant) as conn:
             rows = await sql.list_events(conn, q, tenant, after)
         more = len(rows) > q.page_size
         rows = rows[: q.page_size]
@@ -136,7 +151,7 @@ class AuditService:
         who.require("read")
         eid = parse_event_id(event_id)
         tenant = who.tenant_for(tenant_id)
-        async with sql.tenant_tx(self.pool, tenant) as conn:
+        async with self._read(tenant) as conn:
             doc = await sql.get_event(conn, tenant, eid)
         if doc is None:
             raise not_found()
@@ -151,7 +166,7 @@ class AuditService:
         start = q.start_time or max(end, TIME_MIN + timedelta(hours=24)) - timedelta(hours=24)
         bucket = stats_bucket(start, end)
         async with (self.admission.admit(who.key_id, "stats queries"),
-                    sql.tenant_tx(self.pool, tenant) as conn):  # fmt: skip
+                    self._read(tenant) as conn):  # fmt: skip
             result = await sql.stats(conn, q, tenant, start, end, bucket)
         hist = result.pop("histogram")
         points = [contract.HistogramPoint(k, v) for k, v in sorted(hist.items())]
@@ -174,7 +189,7 @@ class AuditService:
         Enter before the transport commits to a success status; then ``run`` streams.
         """
         async with (self.admission.admit(who.key_id, "exports"),
-                    sql.tenant_tx(self.pool, plan.tenant_id) as conn):  # fmt: skip
+                    self._read(plan.tenant_id) as conn):  # fmt: skip
             yield Export(conn, plan, self.settings)
 
     # -- verification --------------------------------------------------------------------
@@ -207,7 +222,7 @@ class AuditService:
         who.require("read")
         eid = parse_event_id(event_id)
         tenant = who.tenant_for(tenant_id)
-        async with sql.tenant_tx(self.pool, tenant) as conn:
+        async with self._read(tenant) as conn:
             found = await proofs.inclusion(conn, tenant, eid)
         if found == "not_signed":
             why = (
@@ -225,9 +240,10 @@ class AuditService:
         only_params(params, contract.param_names(contract.ConsistencyParams) | {"from"})
         tenant = who.tenant_for(params.get("tenant_id"))
         old, new = _size(params, "from"), _size(params, "to")
-        if old > new:
-            raise bad_request("from must not be after to", "from")
-        async with sql.tenant_tx(self.pool, tenant) as conn:
+        if old > new:  # valid sizes each (the schema's view), but no proof goes backwards
+            raise ApiError(404, "not_found", "no consistency proof from a larger tree to a "
+                           "smaller one: from must not be after to", "from")  # fmt: skip
+        async with self._read(tenant) as conn:
             found = await proofs.consistency(conn, tenant, old, new)
         if isinstance(found, str):
             raise ApiError(404, "not_found", "no signed checkpoint at one of those sizes")
@@ -250,21 +266,45 @@ class AuditService:
 
     # -- API keys (admin only) -------------------------------------------------------------
     @staticmethod
-    def _admin(who: Principal) -> None:
+    def _admin(who: Principal, what: str = "keys") -> None:
         if not who.is_admin:
-            raise ApiError(403, "permission_denied", "only the admin token manages keys")
+            raise ApiError(403, "permission_denied", f"only the admin token manages {what}")
 
-    async def create_key(self, who: Principal, tenant_id: str,
-                         scopes: list[str]) -> contract.NewKey:  # fmt: skip
+    async def create_key(self, who: Principal, tenant_id: str, scopes: list[str],
+                         expires_at: datetime | None = None) -> contract.NewKey:  # fmt: skip
         """A new tenant key with its token (shown only in this answer)."""
         self._admin(who)
         wanted = sorted(set(scopes))
         if not set(wanted) <= set(SCOPES):
             raise bad_request("scopes may be 'read' and 'write'", "scopes")
+        if expires_at is not None and (expires_at.tzinfo is None
+                                       or expires_at <= datetime.now(UTC)):  # fmt: skip
+            raise bad_request("expires_at must be a future time with an offset (or Z)",
+                              "expires_at")  # fmt: skip
         key_id, token = new_token()
         async with self.pool.acquire() as conn:
-            row = await sql.insert_key(conn, key_id, tenant_id, wanted, hash_token(token))
+            row = await sql.insert_key(conn, key_id, tenant_id, wanted, hash_token(token),
+                                       expires_at)  # fmt: skip
         return contract.NewKey(**row, token=token)
+
+    # -- tenant policies (admin only) ------------------------------------------------------
+    async def policy(self, who: Principal, tenant_id: str) -> contract.TenantPolicy:
+        """A tenant's retention and legal hold."""
+        self._admin(who, "tenant policies")
+        return await self.policies.get(_tenant(tenant_id))
+
+    async def set_retention(self, who: Principal, tenant_id: str,
+                            days: int | None) -> contract.TenantPolicy:  # fmt: skip
+        """Override a tenant's retention (None: the global one)."""
+        self._admin(who, "tenant policies")
+        return await self.policies.set_retention(_tenant(tenant_id), days)
+
+    async def set_hold(self, who: Principal, tenant_id: str,
+                       reason: str | None) -> contract.TenantPolicy:  # fmt: skip
+        """Place (``reason``) or release (None) a tenant's legal hold."""
+        self._admin(who, "tenant policies")
+        return await self.policies.set_hold(_tenant(tenant_id), reason,
+                                            who.key_id if reason else None)  # fmt: skip
 
     async def list_keys(self, who: Principal, tenant_id: str | None) -> contract.KeyList:
         """Keys without their tokens, of one tenant or all."""

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+from asyncpg import Connection
 
 from query_api.cursor import Cursor
 from query_api.filters import EventQuery
@@ -31,10 +32,16 @@ CSV_COLUMNS = (
 
 
 @contextlib.asynccontextmanager
-async def tenant_tx(pool: asyncpg.Pool, tenant_id: str) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection in a read-only transaction scoped to ``tenant_id`` by RLS."""
+async def tenant_tx(pool: asyncpg.Pool, tenant_id: str,
+                    visible_from: datetime | None = None) -> AsyncIterator[Connection]:  # fmt: skip
+    """A pooled connection in a read-only transaction scoped to ``tenant_id`` by RLS, which
+    also hides the tenant's events that occurred before ``visible_from`` (retention)."""
     async with pool.acquire() as conn, conn.transaction(readonly=True):
-        await conn.execute("SELECT set_config('audit.tenant_id', $1, true)", tenant_id)
+        await conn.execute(
+            "SELECT set_config('audit.tenant_id', $1, true),"
+            " set_config('audit.visible_from', $2, true)",
+            tenant_id, visible_from.isoformat() if visible_from else "",
+        )  # fmt: skip
         yield conn
 
 
@@ -189,25 +196,26 @@ def export_query(q: EventQuery, tenant_id: str) -> tuple[str, list[Any]]:
 
 
 # -- API keys --------------------------------------------------------------------------------
-_KEY_COLUMNS = "key_id, tenant_id, scopes, created_at, revoked_at"
+_KEY_COLUMNS = "key_id, tenant_id, scopes, created_at, revoked_at, expires_at, last_used_at"
 
 
 async def active_key(conn: asyncpg.Connection, key_id: str) -> asyncpg.Record | None:
-    """The unrevoked key ``key_id``: (tenant_id, scopes, token_hash), or None."""
+    """The unrevoked, unexpired key ``key_id``: (tenant_id, scopes, token_hash,
+    expires_at), or None."""
     return await conn.fetchrow(
-        "SELECT tenant_id, scopes, token_hash FROM audit.api_keys"
-        " WHERE key_id = $1 AND revoked_at IS NULL",
+        "SELECT tenant_id, scopes, token_hash, expires_at FROM audit.api_keys"
+        " WHERE key_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
         key_id,
     )
 
 
 async def insert_key(conn: asyncpg.Connection, key_id: str, tenant_id: str, scopes: list[str],
-                     token_hash: bytes) -> dict[str, Any]:  # fmt: skip
+                     token_hash: bytes, expires_at: datetime | None) -> dict[str, Any]:  # fmt: skip
     """Store a new key; returns its public columns."""
     row = await conn.fetchrow(
-        "INSERT INTO audit.api_keys (key_id, tenant_id, scopes, token_hash)"
-        f" VALUES ($1, $2, $3, $4) RETURNING {_KEY_COLUMNS}",
-        key_id, tenant_id, scopes, token_hash,
+        "INSERT INTO audit.api_keys (key_id, tenant_id, scopes, token_hash, expires_at)"
+        f" VALUES ($1, $2, $3, $4, $5) RETURNING {_KEY_COLUMNS}",
+        key_id, tenant_id, scopes, token_hash, expires_at,
     )  # fmt: skip
     return dict(row)
 
@@ -242,3 +250,44 @@ async def claimed(conn: asyncpg.Connection, keys: list[tuple[str, Any]]) -> set[
         [k[0] for k in keys], [k[1] for k in keys],
     )  # fmt: skip
     return {(r["tenant_id"], r["id"]) for r in rows}
+
+
+# -- tenant policies ---------------------------------------------------------------------------
+_POLICY = "tenant_id, retention_days, hold_reason, hold_set_by, hold_set_at"
+
+
+async def get_policy(conn: asyncpg.Connection, tenant_id: str) -> dict[str, Any] | None:
+    """The tenant's policy row, or None (global retention, no hold)."""
+    row = await conn.fetchrow(f"SELECT {_POLICY} FROM audit.tenant_policies"
+                              " WHERE tenant_id = $1", tenant_id)  # fmt: skip
+    return dict(row) if row else None
+
+
+async def set_retention(conn: asyncpg.Connection, tenant_id: str,
+                        days: int | None) -> dict[str, Any]:  # fmt: skip
+    """Set (or with None clear) a tenant's retention override."""
+    row = await conn.fetchrow(
+        "INSERT INTO audit.tenant_policies (tenant_id, retention_days) VALUES ($1, $2)"
+        " ON CONFLICT (tenant_id) DO UPDATE SET retention_days = $2, updated_at = now()"
+        f" RETURNING {_POLICY}", tenant_id, days,
+    )  # fmt: skip
+    return dict(row)
+
+
+async def set_hold(conn: asyncpg.Connection, tenant_id: str, reason: str | None,
+                   by: str | None) -> dict[str, Any]:  # fmt: skip
+    """Place (``reason``) or release (None) a tenant's legal hold."""
+    row = await conn.fetchrow(
+        "INSERT INTO audit.tenant_policies (tenant_id, hold_reason, hold_set_by, hold_set_at)"
+        " VALUES ($1, $2, $3, CASE WHEN $2::text IS NULL THEN NULL ELSE now() END)"
+        " ON CONFLICT (tenant_id) DO UPDATE SET hold_reason = $2, hold_set_by = $3,"
+        " hold_set_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END, updated_at = now()"
+        f" RETURNING {_POLICY}", tenant_id, reason, by,
+    )  # fmt: skip
+    return dict(row)
+
+
+async def touch_key(conn: asyncpg.Connection, key_id: str) -> None:
+    """Record that a key was just used."""
+    await conn.execute("UPDATE audit.api_keys SET last_used_at = now() WHERE key_id = $1",
+                       key_id)  # fmt: skip

@@ -90,6 +90,9 @@ def _recent_times() -> st.SearchStrategy[str]:
 # Page tokens are opaque and signed: the only value a client can make is "" (first page);
 # real ones reach ListEvents through the stateful phase.
 schemathesis.openapi.format("page-token", st.just(""))
+# An expiry must lie ahead (a rule of time, like occurred_at's window).
+schemathesis.openapi.format("future-date-time", st.integers(1, 10**8).map(
+    lambda s: (datetime.now(UTC) + timedelta(seconds=s)).isoformat()))  # fmt: skip
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 load_all_checks()
 ALL_CHECKS = CHECKS.get_all()

@@ -202,3 +202,20 @@ def test_readyz_follows_nats_and_postgres(service) -> None:
     assert "postgresql" in get(f"http://127.0.0.1:{port}/readyz")[1]["checks"]["postgresql"]
     pg.start()
     wait_for(lambda: status() == 200, timeout=60)
+
+
+def test_cli_manages_retention_and_legal_holds(service) -> None:
+    state, port = service
+    tenant = "ops-policy"
+    set_30 = json.loads(cli(state, port, "tenants", "retention", tenant, "30").stdout)
+    assert set_30["retention_days"] == 30 and set_30["effective_retention_days"] == 30
+    held = json.loads(cli(state, port, "tenants", "hold", tenant, "--reason", "audit 7").stdout)
+    assert held["legal_hold"]["reason"] == "audit 7" and held["visible_from"] is None
+    released = json.loads(cli(state, port, "tenants", "release", tenant).stdout)
+    assert released["legal_hold"] is None
+    back = json.loads(cli(state, port, "tenants", "retention", tenant, "default").stdout)
+    assert back["retention_days"] is None
+    shown = json.loads(cli(state, port, "tenants", "policy", tenant).stdout)
+    assert shown == {**back, "visible_from": shown["visible_from"]}
+    bad = cli(state, port, "tenants", "retention", tenant, "soon", check=False)
+    assert bad.returncode == 2 and "DAYS" in bad.stderr
