@@ -39,6 +39,8 @@ SCENARIOS: dict[str, tuple[str, list[str], list[str]]] = {
               ["--seconds", "2", "--batch-events", "10000"]),
     "query": ("query", ["--events", "5000000", "--reps", "200"],
               ["--events", "200000", "--reps", "50"]),
+    "verify_bundle": ("verify_bundle", ["--events", "1000000"],
+                      ["--events", "100000", "--rounds", "1"]),
 }  # fmt: skip
 
 
@@ -135,6 +137,10 @@ def checks(runs: dict[str, Any]) -> list[Check]:
         out.append(Check(f"sync write p99, {n} writers", top["p99_ms"], 30, False, "ms", "{:.1f}"))
         out.append(Check("batch writes over HTTP", w["batch"]["events_per_s"], 20_000, True,
                          "events/s"))  # fmt: skip
+    if "verify_bundle" in runs:
+        v = runs["verify_bundle"]["verify_bundle"]
+        out.append(Check("offline bundle verification", v["median_events_per_s"], 200_000,
+                         True, "events/s"))  # fmt: skip
     if "query" in runs:
         q = runs["query"]
         out += [

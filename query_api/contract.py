@@ -29,6 +29,7 @@ MAX_VALUE_LEN = 256
 MAX_Q_LEN = 200
 MAX_BATCH_EVENTS = 1000
 MAX_KEY_LEN = 256
+MAX_SIZE = 2**63 - 1  # a tree size (PostgreSQL bigint)
 TENANT_RE = re.compile(TENANT_ID_PATTERN)
 
 Scope = Literal["read", "write"]
@@ -64,8 +65,10 @@ class ConsistencyParams(msgspec.Struct, kw_only=True):
     """``GET /v1/audit/consistency``: two checkpoint sizes of the tenant's log."""
 
     tenant_id: TenantId
-    from_: Annotated[int, _d("The older checkpoint's size.", ge=1)] = msgspec.field(name="from")
-    to: Annotated[int, _d("The newer checkpoint's size (>= from).", ge=1)]
+    from_: Annotated[int, _d("The older checkpoint's size.", ge=1, le=MAX_SIZE)] = msgspec.field(
+        name="from"
+    )
+    to: Annotated[int, _d("The newer checkpoint's size (>= from).", ge=1, le=MAX_SIZE)]
 
 
 class KeyListParams(msgspec.Struct, kw_only=True):

@@ -68,7 +68,7 @@ def _tenant(tenant_id: str) -> str:
 
 def _size(params: Params, name: str) -> int:
     value = params.get(name, "")
-    if not value.isdigit() or not 0 < int(value) < 2**63:
+    if not value.isdigit() or not 0 < int(value) <= contract.MAX_SIZE:
         raise bad_request(f"{name} must be a checkpoint size (a positive whole number)", name)
     return int(value)
 
