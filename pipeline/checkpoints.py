@@ -212,7 +212,7 @@ class Checkpointer:
                 " WHERE h.last_seq > coalesce(m.size, 0) ORDER BY h.tenant_id LIMIT $1",
                 TENANTS_PER_CYCLE,
             )  # fmt: skip
-            now = datetime.now(UTC)
+            now = datetime.now(UTC).replace(microsecond=0)
             return [await self._extend(conn, r, now) for r in due]
 
     async def _extend(self, conn: asyncpg.Connection, row: asyncpg.Record,
@@ -246,8 +246,11 @@ class Checkpointer:
             tenant, frontier.size, frontier.hashes,
         )  # fmt: skip
         root = frontier.root()
+        # The signing time is signed too (an extension line): it is the cryptographic
+        # timestamp of every event up to this size.
+        stamp = (f"time {now.strftime('%Y-%m-%dT%H:%M:%SZ')}",)
         note = self.signer.sign(tlog.Checkpoint(origin(self.settings, tenant), frontier.size,
-                                                root).text())  # fmt: skip
+                                                root, stamp).text())  # fmt: skip
         await conn.execute(
             "INSERT INTO audit.checkpoints (tenant_id, size, root, key_id, signed_at, note)"
             " VALUES ($1, $2, $3, $4, $5, $6)",

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -104,6 +105,9 @@ async def test_an_untouched_log_verifies_with_its_checkpoint_and_witness(rig: Ri
     opened = tlog.open_note(note, [tlog.Verifier.parse(rig.signer.verifier_key)])
     cp = tlog.Checkpoint.parse(opened.text)
     assert cp.origin == origin(rig.settings, rig.tenant) and cp.size == N
+    (stamp,) = cp.extensions  # the signing time is signed
+    signed_at = datetime.fromisoformat(stamp.removeprefix("time ").replace("Z", "+00:00"))
+    assert abs((datetime.now(UTC) - signed_at).total_seconds()) < 60
 
 
 async def test_new_events_extend_the_tree_and_old_checkpoints_stay_consistent(rig: Rig) -> None:
