@@ -178,6 +178,29 @@ def signing_key(ctx: click.Context) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@cli.group("retention")
+def retention_group() -> None:
+    """Drop months whose retention has passed for every tenant in them (owner credentials)."""
+
+
+@retention_group.command("plan")
+@click.pass_context
+def retention_plan(ctx: click.Context) -> None:
+    """Show every partition, whether it is due, and what holds it back."""
+    from auditlog.retention_cmd import run
+
+    run(ctx.obj, apply=False)
+
+
+@retention_group.command("apply")
+@click.pass_context
+def retention_apply(ctx: click.Context) -> None:
+    """Drop the due partitions: signed gap records first, then claims, then the month."""
+    from auditlog.retention_cmd import run
+
+    run(ctx.obj, apply=True)
+
+
 cli.add_command(cli_api.events)
 cli.add_command(cli_api.stats)
 cli.add_command(cli_api.keys)

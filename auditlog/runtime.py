@@ -305,6 +305,20 @@ async def _start_checkpointer(settings: Settings, pool: asyncpg.Pool, nc: Any,
     return checkpointer
 
 
+async def _retention_loop(owner_dsn: str, settings: Settings, metrics: Metrics) -> None:
+    """Drop what retention allows, every AUDIT_RETENTION_INTERVAL_S (first a minute after
+    start), with the owner's credentials; errors are logged and retried next time."""
+    from pipeline.retention import run_job
+
+    await asyncio.sleep(60)
+    while True:
+        try:
+            await run_job(owner_dsn, settings, load_signer(settings), metrics)
+        except Exception as exc:
+            log.warning("retention round failed (retrying next interval): %r", exc)
+        await asyncio.sleep(settings.retention_interval_s)
+
+
 def _tune_gc() -> None:
     # Long-lived objects move out of the collector's sight, and young-generation
     # collections run less often: the ingest path allocates many short-lived objects.
@@ -358,6 +372,9 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
             # Registered before the drain: on the way out the pipeline drains first, then
             # the checkpointer signs what it stored.
             await _start_checkpointer(settings, pipe_pool, nc, stack)
+            if settings.retention_interval_s > 0:
+                job = _retention_loop(ends.database_url, settings, metrics)
+                stack.callback(asyncio.create_task(job, name="retention").cancel)
         worker_task = asyncio.create_task(pipeline.run(), name="pipeline")
         stack.push_async_callback(_drain, pipeline, worker_task, settings.shutdown_timeout_s)
         reads = cast(asyncpg.Pool, TimedPool(api_pool, settings.db_acquire_timeout_s))

@@ -109,6 +109,17 @@ class Metrics:
             ["pool"],
             registry=r,
         )
+        self.retention_dropped = Counter(
+            "auditlog_retention_partitions_dropped", "Monthly partitions dropped by retention",
+            registry=r,
+        )  # fmt: skip
+        self.retention_freed = Counter(
+            "auditlog_retention_freed_bytes", "Bytes freed by retention drops", registry=r
+        )
+        self.retention_next = Gauge(
+            "auditlog_retention_next_drop_timestamp_seconds",
+            "When the next partition becomes due to drop (0: none known)", registry=r,
+        )  # fmt: skip
         self.http_seconds = Histogram(
             "auditlog_http_request_duration_seconds",
             "HTTP request duration",

@@ -89,6 +89,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Retention: how long events stay readable (per-tenant overrides and legal holds in
     # audit.tenant_policies). Default 7 years.
     retention_days: int = 2557  # AUDIT_RETENTION_DAYS
+    # How often `auditlog run` drops what retention allows (owner credentials); 0: never
+    # (then run `auditlog retention apply` from cron).
+    retention_interval_s: float = 86400.0  # AUDIT_RETENTION_INTERVAL_S
     # The service logs in as <database>_runtime (a member of auditlog_app only) with this
     # password, set by the migration credentials at start; default: kept in the state dir.
     # Replicas on several hosts must share it.
@@ -169,6 +172,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("AUDIT_MAX_EVENT_AGE_DAYS", "must be between 1 and 36500")
     if settings.max_inflight_bytes < MIN_INFLIGHT_BYTES:
         raise ConfigError("AUDIT_MAX_INFLIGHT_BYTES", f"must be at least {MIN_INFLIGHT_BYTES}")
+    if settings.retention_interval_s < 0:
+        raise ConfigError("AUDIT_RETENTION_INTERVAL_S", "must be 0 (off) or positive")
     if not 1 <= settings.retention_days <= 36500:
         raise ConfigError("AUDIT_RETENTION_DAYS", "must be between 1 and 36500")
     if settings.checkpoint_interval_s < 0:

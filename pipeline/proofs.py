@@ -24,6 +24,7 @@ from pipeline.checkpoints import Tiles
 from schemas import bundle, tlog
 from schemas.canonical import GENESIS, canonical_bytes
 
+_GAP_END = "SELECT last_hash FROM audit.retention_gaps WHERE tenant_id = $1 AND last_seq = $2"
 _COLS = ", ".join(
     f"{c}::text" if c in ("metadata", "changes", "related_resources") else c for c in COLUMNS
 )
@@ -91,6 +92,8 @@ async def inclusion(conn: asyncpg.Connection, tenant_id: str,
         await conn.execute("SELECT set_config('audit.visible_from', '', true)")
         prev = await conn.fetchval("SELECT hash FROM audit.events WHERE tenant_id = $1"
                                    " AND seq = $2", tenant_id, seq - 1)  # fmt: skip
+        if prev is None:  # dropped by retention: its gap record holds the hash
+            prev = await conn.fetchval(_GAP_END, tenant_id, seq - 1)
     proof = await Tiles(conn, tenant_id).run(
         lambda get: tlog.inclusion_proof(get, seq - 1, cp.size)
     )

@@ -29,7 +29,7 @@ import msgspec
 
 from infra.settings import Settings
 from pipeline.chain import ChainVerifier, stream_rows
-from pipeline.checkpoints import origin
+from pipeline.checkpoints import Tiles, origin
 from schemas import tlog
 
 Status = Literal["intact", "tampered", "unverifiable"]
@@ -55,6 +55,7 @@ class LogReport(msgspec.Struct, kw_only=True):
     checkpoints: int
     latest_checkpoint: int
     witnessed_size: int | None
+    dropped: int = 0  # seqs removed by retention (signed gap records)
     first_break: Break | None = None
     cannot_check: list[str] = []
 
@@ -124,6 +125,10 @@ async def verify_log(conn: asyncpg.Connection, settings: Settings, tenant_id: st
                                    detail=f"checkpoint at {cp['size']}: {why}")  # fmt: skip
         else:
             expected.setdefault(checked.size, (checked.root, f"checkpoint at {checked.size}"))
+    gaps = await _trusted_gaps(conn, settings, tenant_id, verifiers, cannot)
+    if isinstance(gaps, Break):
+        first = first or gaps
+        gaps = []
     witnessed: tlog.Checkpoint | None = None
     if witness.unavailable:
         cannot.append(f"witness stream unavailable: {witness.unavailable}")
@@ -136,28 +141,68 @@ async def verify_log(conn: asyncpg.Connection, settings: Settings, tenant_id: st
     chain = ChainVerifier(tenant_id)
     tree = tlog.Frontier()
     last_good = 0
+    dropped = 0
+    pending = list(gaps)
+
+    def grow(leaf: bytes) -> Break | None:
+        nonlocal last_good
+        tree.append(leaf)
+        want = expected.get(tree.size)
+        if want is None:
+            return None
+        if tree.root() != want[0]:
+            kind = "witness_mismatch" if want[1].startswith("the witness") else \
+                "checkpoint_mismatch"  # fmt: skip
+            return Break(seq=tree.size, kind=kind, detail=(
+                f"the tree at {tree.size} is not the one signed in {want[1]}: rewritten at "
+                f"or before seq {tree.size}, after seq {last_good}"))  # fmt: skip
+        last_good = tree.size
+        return None
+
+    async def cross_gaps() -> Break | None:
+        nonlocal dropped
+        while pending and pending[0].first_seq == chain.count + 1:
+            gap = pending.pop(0)
+            if chain.prev != gap.prev_hash:
+                return Break(seq=gap.first_seq, kind="gap_mismatch", detail=(
+                    "the hash before a dropped range differs from the chain's"))  # fmt: skip
+            span = range(gap.first_seq - 1, gap.last_seq)
+
+            def read(get: tlog.NodeGetter, span: range = span) -> list[bytes]:
+                return [get(0, i) for i in span]
+
+            leaves = await Tiles(conn, tenant_id).run(read)
+            if leaves[-1] != tlog.leaf_hash(gap.last_hash):
+                return Break(seq=gap.last_seq, kind="gap_mismatch", detail=(
+                    "a dropped range's last hash is not the tree's leaf"))  # fmt: skip
+            for leaf in leaves:
+                if (found := grow(leaf)) is not None:
+                    return found
+            chain.prev, chain.count = gap.last_hash, gap.last_seq
+            dropped += gap.last_seq - gap.first_seq + 1
+        return None
+
     async with contextlib.aclosing(stream_rows(conn, tenant_id)) as rows:
         async for row in rows:
+            crossed = await cross_gaps()
+            if crossed is not None:
+                first = first or crossed
+                break
             if not chain.feed(row):
                 break
-            tree.append(tlog.leaf_hash(bytes(row["hash"])))
-            want = expected.get(tree.size)
-            if want is None:
-                continue
-            if tree.root() != want[0]:
-                kind = "witness_mismatch" if want[1].startswith("the witness") else \
-                    "checkpoint_mismatch"  # fmt: skip
-                first = first or Break(seq=tree.size, kind=kind, detail=(
-                    f"the tree at {tree.size} is not the one signed in {want[1]}: rewritten at "
-                    f"or before seq {tree.size}, after seq {last_good}"))  # fmt: skip
+            found = grow(tlog.leaf_hash(bytes(row["hash"])))
+            if found is not None:
+                first = first or found
                 break
-            last_good = tree.size
+        else:
+            crossed = await cross_gaps()
+            first = first or crossed
     report_chain = chain.finish(head)
     if report_chain.first_break is not None:
         b = report_chain.first_break
         chain_break = Break(seq=b.seq, kind=b.problem, id=b.id, detail=(
             f"expected hash {b.expected_hash or '-'}, found {b.found_hash or '-'}"))  # fmt: skip
-        if first is None or chain_break.seq <= first.seq:
+        if first is None or chain_break.seq < first.seq:  # a named cause wins a tie
             first = chain_break
     covered = max(expected, default=0)
     if first is None and covered > chain.count:
@@ -165,12 +210,49 @@ async def verify_log(conn: asyncpg.Connection, settings: Settings, tenant_id: st
         first = Break(seq=chain.count + 1, kind="truncated", detail=why)
     status: Status = "tampered" if first else ("unverifiable" if cannot else "intact")
     return LogReport(
-        tenant_id=tenant_id, status=status, events=chain.count,
+        tenant_id=tenant_id, status=status, events=chain.count - dropped, dropped=dropped,
         head_seq=head[0] if head else 0, checkpoints=len(stored),
         latest_checkpoint=stored[-1]["size"] if stored else 0,
         witnessed_size=witnessed.size if witnessed else None, first_break=first,
         cannot_check=cannot,
     )  # fmt: skip
+
+
+class Gap(msgspec.Struct, frozen=True):
+    first_seq: int
+    last_seq: int
+    prev_hash: bytes
+    last_hash: bytes
+
+
+async def _trusted_gaps(conn: asyncpg.Connection, settings: Settings, tenant_id: str,
+                        verifiers: Sequence[tlog.Verifier],
+                        cannot: list[str]) -> list[Gap] | Break:  # fmt: skip
+    """The tenant's retention gaps whose signed records hold (else the first that does
+    not, as a break)."""
+    from pipeline.retention import gap_text
+
+    rows = await conn.fetch(
+        "SELECT first_seq, last_seq, prev_hash, last_hash, dropped_at, note"
+        " FROM audit.retention_gaps WHERE tenant_id = $1 ORDER BY first_seq", tenant_id,
+    )  # fmt: skip
+    if rows and not verifiers:
+        cannot.append("no trusted public key to check the retention gaps with")
+        return []
+    gaps = []
+    for r in rows:
+        gap = Gap(r["first_seq"], r["last_seq"], bytes(r["prev_hash"]), bytes(r["last_hash"]))
+        want = gap_text(settings, tenant_id, gap.first_seq, gap.last_seq, gap.prev_hash,
+                        gap.last_hash, r["dropped_at"])  # fmt: skip
+        try:
+            note = tlog.open_note(r["note"], verifiers)
+        except ValueError as exc:
+            return Break(seq=gap.first_seq, kind="forged_gap", detail=str(exc))
+        if not note.signed_by or note.text != want:
+            return Break(seq=gap.first_seq, kind="forged_gap", detail=(
+                "a retention gap record is not signed by a trusted key as stored"))  # fmt: skip
+        gaps.append(gap)
+    return gaps
 
 
 async def read_witness(nc: object, settings: Settings, tenant_id: str) -> Witness:

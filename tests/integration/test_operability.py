@@ -219,3 +219,9 @@ def test_cli_manages_retention_and_legal_holds(service) -> None:
     assert shown == {**back, "visible_from": shown["visible_from"]}
     bad = cli(state, port, "tenants", "retention", tenant, "soon", check=False)
     assert bad.returncode == 2 and "DAYS" in bad.stderr
+
+
+def test_cli_retention_plan_says_what_is_due(service) -> None:
+    state, port = service
+    out = cli(state, port, "retention", "plan").stdout
+    assert "partition" in out and "partition(s) due" in out

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 
+from pipeline.checkpoints import origin
 from tests.integration.test_query_api import ADMIN, api, auth, make_event, store  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -116,3 +118,145 @@ async def test_keys_expire_and_show_their_last_use(api) -> None:  # noqa: F811
     r = await api.post("/v1/admin/keys", headers=auth(ADMIN),
                        json={"tenant_id": "ret-k", "expires_at": past})  # fmt: skip
     assert r.status == 400 and (await r.json())["error"]["field"] == "expires_at"
+
+
+# -- dropping expired months ---------------------------------------------------------------
+class Log:
+    """A database with one tenant's log, checkpointed; drop what retention says."""
+
+    def __init__(self, settings, pool, tenant: str) -> None:
+        from infra.signing import load_signer
+        from pipeline.checkpoints import Checkpointer
+
+        self.settings, self.pool, self.tenant = settings, pool, tenant
+        self.signer = load_signer(settings)
+        self.checkpointer = Checkpointer(settings, pool, None, self.signer)
+
+    async def add(self, minutes_ago: list[int]) -> None:
+        for m in minutes_ago:  # one batch each: seq follows this order
+            await store(self.pool, [make_event(self.tenant, m)])
+        await self.checkpointer.register_key()
+        await self.checkpointer.cycle()
+
+    async def superuser(self, sql: str, *args: object) -> None:
+        conn = await asyncpg.connect(self.settings.database_url)
+        try:
+            await conn.execute("SET session_replication_role = replica")
+            await conn.execute(sql, *args)
+        finally:
+            await conn.close()
+
+    async def plan(self):
+        from pipeline import retention
+
+        conn = await asyncpg.connect(self.settings.database_url)
+        try:
+            return await retention.plan(conn, self.settings)
+        finally:
+            await conn.close()
+
+    async def apply(self) -> list[str]:
+        from pipeline import retention
+
+        due = [m for m in await self.plan() if m.due]
+        for m in due:
+            await retention.drop(self.settings.database_url, self.settings, self.signer, m)
+        return [m.name for m in due]
+
+    async def verify(self):
+        from infra.signing import trusted_verifiers
+        from pipeline.verify import Witness, verify_log
+
+        async with self.pool.acquire() as conn:
+            return await verify_log(conn, self.settings, self.tenant,
+                                    trusted_verifiers(self.settings), Witness(None))  # fmt: skip
+
+    async def count(self, table: str) -> int:
+        conn = await asyncpg.connect(self.settings.database_url)
+        try:
+            return await conn.fetchval(f"SELECT count(*) FROM audit.{table} WHERE tenant_id = $1",
+                                       self.tenant)  # fmt: skip
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def log(db_url, settings_factory):
+    from infra.db import create_pool
+
+    pool = await create_pool(db_url, max_size=2)
+    yield Log(settings_factory(db_url), pool, "ret-drop")
+    await pool.close()
+
+
+OLD = 100 * DAY  # a month that ended long before a 30-day retention
+
+
+async def test_dropping_a_prefix_keeps_the_log_verifiable(log: Log) -> None:
+    await log.add([OLD + 5, OLD + 4, OLD + 3, OLD + 2, OLD + 1, 50, 40, 30, 20, 10])
+    await log.superuser("INSERT INTO audit.tenant_policies (tenant_id, retention_days)"
+                        " VALUES ($1, 30)", log.tenant)  # fmt: skip
+    assert len(await log.apply()) == 1
+    assert await log.count("events") == 5 and await log.count("event_ids") == 5  # claims too
+    report = await log.verify()
+    assert report.status == "intact" and (report.events, report.dropped) == (5, 5), report
+    # Proofs for what is left still check out (seq 6's predecessor is in the gap record).
+    from pipeline import proofs
+    from query_api.sql import tenant_tx
+    from schemas import tlog
+
+    async with tenant_tx(log.pool, log.tenant) as conn:
+        first_left = await conn.fetchval("SELECT id FROM audit.events WHERE seq = 6")
+        p = await proofs.inclusion(conn, log.tenant, first_left)
+    assert isinstance(p, proofs.InclusionProof) and p.seq == 6
+    keys = [tlog.Verifier.parse(log.signer.verifier_key)]
+    assert proofs.check_inclusion(p, keys, origin(log.settings, log.tenant)) == ""
+    # Tampering after the drop is still found.
+    await log.superuser("UPDATE audit.events SET description = 'x' WHERE seq = 8")
+    report = await log.verify()
+    assert report.first_break is not None
+    assert (report.first_break.seq, report.first_break.kind) == (8, "hash_mismatch")
+
+
+async def test_dropping_a_mid_chain_month_leaves_a_signed_gap(log: Log) -> None:
+    await log.add([30, 20, 10, OLD + 3, OLD + 2, OLD + 1, 9, 8, 7])  # backdated 4..6
+    await log.superuser("INSERT INTO audit.tenant_policies (tenant_id, retention_days)"
+                        " VALUES ($1, 30)", log.tenant)  # fmt: skip
+    assert len(await log.apply()) == 1
+    report = await log.verify()
+    assert report.status == "intact" and (report.events, report.dropped) == (6, 3), report
+    # A gap record rewritten by an insider no longer verifies.
+    await log.superuser("UPDATE audit.retention_gaps SET last_seq = 5")
+    report = await log.verify()
+    assert report.first_break is not None and report.first_break.kind == "forged_gap"
+
+
+async def test_a_legal_hold_or_a_longer_retention_keeps_the_month(log: Log) -> None:
+    await log.add([OLD, 10])
+    months = {m.name: m for m in await log.plan() if m.tenants}
+    old = next(m for m in months.values() if m.end < datetime.now(UTC) - timedelta(days=60))
+    assert not old.due and "retention (2557 days)" in old.why_not  # the default: 7 years
+    await log.superuser("INSERT INTO audit.tenant_policies (tenant_id, retention_days,"
+                        " hold_reason, hold_set_by, hold_set_at) VALUES ($1, 30, 'case 9',"
+                        " 'admin', now())", log.tenant)  # fmt: skip
+    months = {m.name: m for m in await log.plan()}
+    assert not months[old.name].due and "legal hold" in months[old.name].why_not
+    assert await log.apply() == []
+    assert await log.count("events") == 2
+
+
+async def test_the_retention_job_drops_and_reports_in_metrics(log: Log) -> None:
+    from infra.metrics import Metrics
+    from pipeline.retention import run_job
+
+    await log.add([OLD + 1, OLD, 5])
+    await log.superuser("INSERT INTO audit.tenant_policies (tenant_id, retention_days)"
+                        " VALUES ($1, 30)", log.tenant)  # fmt: skip
+    metrics = Metrics()
+    assert await run_job(log.settings.database_url, log.settings, log.signer, metrics) == 1
+    assert metrics.retention_dropped._value.get() == 1
+    assert metrics.retention_freed._value.get() > 0
+    # The recent month becomes due 30 days after it ends.
+    assert metrics.retention_next._value.get() > datetime.now(UTC).timestamp()
+    assert await run_job(log.settings.database_url, log.settings, log.signer, metrics) == 0
+    assert (await log.verify()).status == "intact"

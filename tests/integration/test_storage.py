@@ -191,6 +191,7 @@ async def test_the_runtime_login_cannot_alter_drop_or_disable_triggers(db_url) -
             "TRUNCATE audit.events",
             "DELETE FROM audit.signing_keys",
             "UPDATE audit.checkpoints SET note = ''",
+            "DELETE FROM audit.retention_gaps",
         ]
         for sql in refused:
             with pytest.raises(asyncpg.PostgresError) as info:
@@ -198,5 +199,10 @@ async def test_the_runtime_login_cannot_alter_drop_or_disable_triggers(db_url) -
             assert isinstance(
                 info.value, asyncpg.InsufficientPrivilegeError | asyncpg.RaiseError
             ), (sql, info.value)
+        # The retention job's switch does not open claims to the runtime role.
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('audit.retention_drop', 'on', true)")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("DELETE FROM audit.event_ids")
     finally:
         await conn.close()

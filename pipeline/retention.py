@@ -1,0 +1,209 @@
+"""Dropping expired months (run with the owner's credentials, never the runtime role's).
+
+A monthly partition is due when, for every tenant with events in it, the month ended more
+than that tenant's retention ago and no legal hold covers the tenant, and every event in
+it is covered by a signed checkpoint (its leaves are in the stored tree). Dropping one:
+
+1. for each tenant in it, the runs of consecutive seqs it holds are recorded as signed
+   gaps (``audit.retention_gaps``: the hash before the run and the run's last hash), so
+   verification and proofs continue across them;
+2. the month's claims (``audit.event_ids``) are deleted, in batches (row locks only);
+3. the partition is detached ``CONCURRENTLY`` (no lock that blocks ingestion) and dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from infra.settings import Settings
+from infra.signing import Signer
+from pipeline.checkpoints import origin
+from schemas.canonical import GENESIS
+
+log = logging.getLogger(__name__)
+CLAIM_BATCH = 10_000
+
+
+@dataclass
+class Month:
+    """One partition and what the plan says of it."""
+
+    name: str
+    start: datetime
+    end: datetime
+    events: int
+    bytes: int
+    tenants: dict[str, int] = field(default_factory=dict)  # tenant -> events in it
+    due: bool = False
+    why_not: str = ""
+    due_at: datetime | None = None  # when it becomes due (None: held, or unknown)
+
+
+def _bounds(bounds: str) -> tuple[datetime, datetime]:
+    # "FOR VALUES FROM ('2026-09-01 00:00:00+00') TO ('2026-10-01 00:00:00+00')"
+    parts = bounds.split("'")
+    return (datetime.fromisoformat(parts[1]).astimezone(UTC),
+            datetime.fromisoformat(parts[3]).astimezone(UTC))  # fmt: skip
+
+
+async def plan(conn: asyncpg.Connection, settings: Settings,
+               now: datetime | None = None) -> list[Month]:  # fmt: skip
+    """Every partition, oldest first, with whether it is due and, if not, why."""
+    now = now or datetime.now(UTC)
+    policies = {r["tenant_id"]: r for r in await conn.fetch(
+        "SELECT tenant_id, retention_days, hold_reason FROM audit.tenant_policies")}  # fmt: skip
+    signed = {r["tenant_id"]: r["size"] for r in await conn.fetch(
+        "SELECT tenant_id, size FROM audit.merkle_state")}  # fmt: skip
+    months = []
+    for p in await conn.fetch("SELECT name, bounds, bytes FROM audit.partitions ORDER BY name"):
+        start, end = _bounds(p["bounds"])
+        rows = await conn.fetch(f"SELECT tenant_id, count(*) AS n, max(seq) AS top"
+                                f" FROM audit.{p['name']} GROUP BY tenant_id")  # fmt: skip
+        m = Month(p["name"], start, end, sum(r["n"] for r in rows), p["bytes"],
+                  {r["tenant_id"]: r["n"] for r in rows})  # fmt: skip
+        m.why_not = _blocker(m, rows, policies, signed, settings.retention_days, now)
+        m.due = not m.why_not
+        m.due_at = _due_at(m, rows, policies, settings.retention_days)
+        months.append(m)
+    return months
+
+
+def _blocker(m: Month, rows: list[asyncpg.Record], policies: dict[str, asyncpg.Record],
+             signed: dict[str, int], default_days: int, now: datetime) -> str:  # fmt: skip
+    if m.end > now - timedelta(days=1):
+        return "the month has not ended a day ago"
+    if not rows and m.end > now - timedelta(days=default_days):
+        return f"retention ({default_days} days) has not passed"
+    for r in rows:
+        p = policies.get(r["tenant_id"])
+        if p is not None and p["hold_reason"] is not None:
+            return f"legal hold on {r['tenant_id']}: {p['hold_reason']}"
+        days = (p["retention_days"] if p is not None else None) or default_days
+        if m.end > now - timedelta(days=days):
+            return f"{r['tenant_id']}'s retention ({days} days) has not passed"
+        if signed.get(r["tenant_id"], 0) < r["top"]:
+            return f"{r['tenant_id']}'s events there are not all under a signed checkpoint yet"
+    return ""
+
+
+def _due_at(m: Month, rows: list[asyncpg.Record], policies: dict[str, asyncpg.Record],
+            default_days: int) -> datetime | None:  # fmt: skip
+    days = [default_days] if not rows else []
+    for r in rows:
+        p = policies.get(r["tenant_id"])
+        if p is not None and p["hold_reason"] is not None:
+            return None
+        days.append((p["retention_days"] if p is not None else None) or default_days)
+    return m.end + timedelta(days=max(days))
+
+
+def next_due(months: list[Month]) -> datetime | None:
+    """When the next month that is not due yet becomes due."""
+    waits = [m.due_at for m in months if not m.due and m.due_at is not None]
+    return min(waits, default=None)
+
+
+async def run_job(owner_dsn: str, settings: Settings, signer: Signer, metrics: Any) -> int:
+    """One round of the retention job: plan, drop what is due, update the metrics."""
+    conn = await asyncpg.connect(owner_dsn)
+    try:
+        months = await plan(conn, settings)
+    finally:
+        await conn.close()
+    dropped = 0
+    for m in months:
+        if m.due:
+            await drop(owner_dsn, settings, signer, m)
+            metrics.retention_dropped.inc()
+            metrics.retention_freed.inc(m.bytes)
+            dropped += 1
+    upcoming = next_due(months)
+    metrics.retention_next.set(upcoming.timestamp() if upcoming else 0)
+    if not dropped:
+        log.info("retention: nothing due (next %s)", upcoming.date() if upcoming else "none")
+    return dropped
+
+
+def _runs(seqs: list[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for s in seqs:
+        if runs and runs[-1][1] == s - 1:
+            runs[-1] = (runs[-1][0], s)
+        else:
+            runs.append((s, s))
+    return runs
+
+
+async def _prev_hash(conn: asyncpg.Connection, tenant: str, seq: int) -> bytes:
+    if seq == 1:
+        return GENESIS
+    found = await conn.fetchval("SELECT hash FROM audit.events WHERE tenant_id = $1 AND"
+                                " seq = $2", tenant, seq - 1)  # fmt: skip
+    if found is None:  # dropped before: the gap that ends there knows it
+        found = await conn.fetchval(
+            "SELECT last_hash FROM audit.retention_gaps WHERE tenant_id = $1 AND last_seq = $2",
+            tenant, seq - 1,
+        )  # fmt: skip
+    if found is None:
+        raise RuntimeError(f"{tenant}: the hash before seq {seq} is nowhere")
+    return bytes(found)
+
+
+def gap_text(settings: Settings, tenant: str, first: int, last: int, prev: bytes,
+             last_hash: bytes, at: datetime) -> str:  # fmt: skip
+    """The signed line of a gap record (a note text)."""
+    b64 = base64.b64encode
+    return (
+        f"gap {origin(settings, tenant)} {first} {last} {b64(prev).decode()} "
+        f"{b64(last_hash).decode()} {at.strftime('%Y-%m-%dT%H:%M:%SZ')}\n"
+    )
+
+
+async def drop(owner_dsn: str, settings: Settings, signer: Signer, month: Month) -> int:
+    """Drop one due month (see the module docstring); returns the events removed."""
+    conn = await asyncpg.connect(owner_dsn)
+    try:
+        at = datetime.now(UTC).replace(microsecond=0)
+        async with conn.transaction():
+            for tenant in month.tenants:
+                rows = await conn.fetch(f"SELECT seq, hash FROM audit.{month.name} WHERE"
+                                        " tenant_id = $1 ORDER BY seq", tenant)  # fmt: skip
+                hashes = {r["seq"]: bytes(r["hash"]) for r in rows}
+                for first, last in _runs(sorted(hashes)):
+                    prev = await _prev_hash(conn, tenant, first)
+                    text = gap_text(settings, tenant, first, last, prev, hashes[last], at)
+                    await conn.execute(
+                        "INSERT INTO audit.retention_gaps (tenant_id, first_seq, last_seq,"
+                        " prev_hash, last_hash, partition, dropped_at, note)"
+                        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        tenant, first, last, prev, hashes[last], month.name, at,
+                        signer.sign(text),
+                    )  # fmt: skip
+        while True:  # claims go with their events, a batch per transaction
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('audit.retention_drop', 'on', true)")
+                gone = await conn.execute(
+                    "DELETE FROM audit.event_ids WHERE ctid IN (SELECT ctid FROM audit.event_ids"
+                    " WHERE occurred_at >= $1 AND occurred_at < $2 LIMIT $3)",
+                    month.start, month.end, CLAIM_BATCH,
+                )  # fmt: skip
+            if gone == "DELETE 0":
+                break
+        await conn.execute(f"ALTER TABLE audit.events DETACH PARTITION audit.{month.name}"
+                           " CONCURRENTLY")  # fmt: skip
+        await conn.execute(f"DROP TABLE audit.{month.name}")
+        await conn.execute(
+            "INSERT INTO audit.dropped_partitions (name, events, bytes) VALUES ($1, $2, $3)",
+            month.name, month.events, month.bytes,
+        )  # fmt: skip
+        log.info("retention: dropped %s (%d events of %d tenants, %d bytes)", month.name,
+                 month.events, len(month.tenants), month.bytes)  # fmt: skip
+        return month.events
+    finally:
+        await conn.close()
