@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def _remember(settings: Settings, verifier_key: str) -> None:
                 f.write(verifier_key + "\n")
 
 
-def trusted_verifiers(settings: Settings, extra: list[str] = ()) -> list[tlog.Verifier]:  # type: ignore[assignment]
+def trusted_verifiers(settings: Settings, extra: Sequence[str] = ()) -> list[tlog.Verifier]:
     """The keys to check checkpoints with: every key this service signed with (kept in the
     state dir beside the signing key) and ``extra`` verifier keys (``--public-key``).
 

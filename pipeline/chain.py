@@ -185,16 +185,19 @@ def verify_rows(
     return verifier.finish(head)
 
 
+# A stored row as canonical_bytes reads it (JSON columns as their text).
+ROW_SELECT: Final = ", ".join(
+    f"{c}::text" if c in ("metadata", "changes", "related_resources") else c for c in COLUMNS
+)
+
+
 async def stream_rows(
     conn: asyncpg.Connection, tenant_id: str
 ) -> AsyncGenerator[dict[str, Any], None]:
-    cols = ", ".join(
-        f"{c}::text" if c in ("metadata", "changes", "related_resources") else c for c in COLUMNS
-    )
     async with conn.transaction(readonly=True):
         await conn.execute("SELECT set_config('audit.tenant_id', $1, true)", tenant_id)
         async for rec in conn.cursor(
-            f"SELECT {cols} FROM audit.events WHERE tenant_id = $1 ORDER BY seq",
+            f"SELECT {ROW_SELECT} FROM audit.events WHERE tenant_id = $1 ORDER BY seq",
             tenant_id,
             prefetch=2000,
         ):

@@ -14,20 +14,15 @@ import hashlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import msgspec
 
-from pipeline.chain import COLUMNS
+from pipeline.chain import ROW_SELECT
 from pipeline.checkpoints import Tiles
+from pipeline.retention import hash_before
 from schemas import bundle, tlog
-from schemas.canonical import GENESIS, canonical_bytes
-
-_GAP_END = "SELECT last_hash FROM audit.retention_gaps WHERE tenant_id = $1 AND last_seq = $2"
-_COLS = ", ".join(
-    f"{c}::text" if c in ("metadata", "changes", "related_resources") else c for c in COLUMNS
-)
+from schemas.canonical import canonical_bytes
 
 
 class SignedCheckpoint(msgspec.Struct):
@@ -79,7 +74,7 @@ async def inclusion(conn: asyncpg.Connection, tenant_id: str,
 
     ``conn`` runs in a transaction scoped to ``tenant_id`` (row-level security).
     """
-    row = await conn.fetchrow(f"SELECT {_COLS} FROM audit.events WHERE tenant_id = $1"
+    row = await conn.fetchrow(f"SELECT {ROW_SELECT} FROM audit.events WHERE tenant_id = $1"
                               " AND id = $2", tenant_id, event_id)  # fmt: skip
     if row is None:
         return "not_found"
@@ -87,19 +82,15 @@ async def inclusion(conn: asyncpg.Connection, tenant_id: str,
     cp = await _checkpoint(conn, tenant_id, seq)
     if cp is None:
         return "not_signed"
-    prev: Any = GENESIS
-    if seq > 1:  # the previous event may be past the retention the reader sees
-        await conn.execute("SELECT set_config('audit.visible_from', '', true)")
-        prev = await conn.fetchval("SELECT hash FROM audit.events WHERE tenant_id = $1"
-                                   " AND seq = $2", tenant_id, seq - 1)  # fmt: skip
-        if prev is None:  # dropped by retention: its gap record holds the hash
-            prev = await conn.fetchval(_GAP_END, tenant_id, seq - 1)
+    # The previous event may be past the retention the reader sees, or dropped.
+    await conn.execute("SELECT set_config('audit.visible_from', '', true)")
+    prev = await hash_before(conn, tenant_id, seq)
     proof = await Tiles(conn, tenant_id).run(
         lambda get: tlog.inclusion_proof(get, seq - 1, cp.size)
     )
     return InclusionProof(
         tenant_id=tenant_id, event_id=str(event_id), seq=seq,
-        canonical=canonical_bytes(dict(row)).decode(), prev_hash=bytes(prev or GENESIS).hex(),
+        canonical=canonical_bytes(dict(row)).decode(), prev_hash=prev.hex(),
         leaf_index=seq - 1, checkpoint=cp, proof=_b64(proof),
     )  # fmt: skip
 
@@ -152,16 +143,14 @@ async def build_bundle(conn: asyncpg.Connection, tenant_id: str, log_origin: str
     to_seq = to_seq or latest
     if not 1 <= from_seq <= to_seq <= latest:
         raise ValueError(f"the range must lie within 1..{latest} (the latest checkpoint)")
-    prev: Any = GENESIS
+    prev = await hash_before(conn, tenant_id, from_seq)
     frontier: list[bytes] = []
     if from_seq > 1:
-        prev = await conn.fetchval("SELECT hash FROM audit.events WHERE tenant_id = $1"
-                                   " AND seq = $2", tenant_id, from_seq - 1)  # fmt: skip
         frontier = await Tiles(conn, tenant_id).run(
             lambda get: bundle.frontier_at(get, from_seq - 1)
         )
     events: list[bundle.BundleEvent] = []
-    async for row in conn.cursor(f"SELECT {_COLS} FROM audit.events WHERE tenant_id = $1"
+    async for row in conn.cursor(f"SELECT {ROW_SELECT} FROM audit.events WHERE tenant_id = $1"
                                  " AND seq BETWEEN $2 AND $3 ORDER BY seq", tenant_id,
                                  from_seq, to_seq, prefetch=5000):  # fmt: skip
         events.append(bundle.BundleEvent(row["seq"], bytes(row["hash"]).hex(),
@@ -179,6 +168,6 @@ async def build_bundle(conn: asyncpg.Connection, tenant_id: str, log_origin: str
     )  # fmt: skip
     return bundle.Bundle(
         format=bundle.FORMAT, manifest=manifest, public_keys=[k["verifier_key"] for k in keys],
-        prev_hash=bytes(prev or GENESIS).hex(), frontier=_b64(frontier),
+        prev_hash=prev.hex(), frontier=_b64(frontier),
         checkpoints=[n["note"] for n in notes], events=events,
     )  # fmt: skip

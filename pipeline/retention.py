@@ -140,7 +140,13 @@ def _runs(seqs: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-async def _prev_hash(conn: asyncpg.Connection, tenant: str, seq: int) -> bytes:
+async def hash_before(conn: asyncpg.Connection, tenant: str, seq: int) -> bytes:
+    """The chain hash of ``seq - 1``: GENESIS, the stored row's, or (dropped by retention)
+    the one its gap record keeps.
+
+    Raises:
+        RuntimeError: it is nowhere.
+    """
     if seq == 1:
         return GENESIS
     found = await conn.fetchval("SELECT hash FROM audit.events WHERE tenant_id = $1 AND"
@@ -176,7 +182,7 @@ async def drop(owner_dsn: str, settings: Settings, signer: Signer, month: Month)
                                         " tenant_id = $1 ORDER BY seq", tenant)  # fmt: skip
                 hashes = {r["seq"]: bytes(r["hash"]) for r in rows}
                 for first, last in _runs(sorted(hashes)):
-                    prev = await _prev_hash(conn, tenant, first)
+                    prev = await hash_before(conn, tenant, first)
                     text = gap_text(settings, tenant, first, last, prev, hashes[last], at)
                     await conn.execute(
                         "INSERT INTO audit.retention_gaps (tenant_id, first_seq, last_seq,"

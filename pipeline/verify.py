@@ -26,10 +26,11 @@ from typing import Literal
 
 import asyncpg
 import msgspec
+from nats.js.errors import NotFoundError
 
 from infra.settings import Settings
 from pipeline.chain import ChainVerifier, stream_rows
-from pipeline.checkpoints import Tiles, origin
+from pipeline.checkpoints import Tiles, origin, witness_subject
 from schemas import tlog
 
 Status = Literal["intact", "tampered", "unverifiable"]
@@ -143,6 +144,7 @@ async def verify_log(conn: asyncpg.Connection, settings: Settings, tenant_id: st
     last_good = 0
     dropped = 0
     pending = list(gaps)
+    tiles = Tiles(conn, tenant_id)  # one cache of tiles for every gap crossed
 
     def grow(leaf: bytes) -> Break | None:
         nonlocal last_good
@@ -171,7 +173,7 @@ async def verify_log(conn: asyncpg.Connection, settings: Settings, tenant_id: st
             def read(get: tlog.NodeGetter, span: range = span) -> list[bytes]:
                 return [get(0, i) for i in span]
 
-            leaves = await Tiles(conn, tenant_id).run(read)
+            leaves = await tiles.run(read)
             if leaves[-1] != tlog.leaf_hash(gap.last_hash):
                 return Break(seq=gap.last_seq, kind="gap_mismatch", detail=(
                     "a dropped range's last hash is not the tree's leaf"))  # fmt: skip
@@ -257,10 +259,6 @@ async def _trusted_gaps(conn: asyncpg.Connection, settings: Settings, tenant_id:
 
 async def read_witness(nc: object, settings: Settings, tenant_id: str) -> Witness:
     """The latest checkpoint of ``tenant_id`` in the witness stream."""
-    from nats.js.errors import NotFoundError
-
-    from pipeline.checkpoints import witness_subject
-
     try:
         msg = await nc.jetstream().get_last_msg(  # type: ignore[attr-defined]
             settings.checkpoint_stream, witness_subject(settings, tenant_id)

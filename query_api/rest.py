@@ -18,7 +18,7 @@ from query_api import contract
 from query_api.auth import Principal
 from query_api.errors import ApiError, bad_request
 from query_api.export import error_line
-from query_api.service import AuditService, only_params
+from query_api.service import AuditService, check_tenant, only_params
 from query_api.state import METRICS, SERVICE
 from query_api.writes import MAX_BATCH_BYTES
 from schemas.events import MAX_DEPTH
@@ -80,9 +80,7 @@ def _tenant_param(request: web.Request, params: type[msgspec.Struct]) -> str | N
     """``tenant_id`` when given; an empty or malformed value is an error, not "none"."""
     only_params(request.query, contract.param_names(params))
     tenant = request.query.get("tenant_id")
-    if tenant is not None and not contract.TENANT_RE.match(tenant):
-        raise bad_request("tenant_id must match " + contract.TENANT_ID_PATTERN, "tenant_id")
-    return tenant
+    return check_tenant(tenant) if tenant is not None else None
 
 
 # -- reads -----------------------------------------------------------------------------------

@@ -60,7 +60,8 @@ class ExportPlan:
     params: list[Any]
 
 
-def _tenant(tenant_id: str) -> str:
+def check_tenant(tenant_id: str) -> str:
+    """``tenant_id`` when it is one (400 naming it otherwise)."""
     if not contract.TENANT_RE.match(tenant_id):
         raise bad_request("tenant_id must match " + contract.TENANT_ID_PATTERN, "tenant_id")
     return tenant_id
@@ -291,19 +292,19 @@ class AuditService:
     async def policy(self, who: Principal, tenant_id: str) -> contract.TenantPolicy:
         """A tenant's retention and legal hold."""
         self._admin(who, "tenant policies")
-        return await self.policies.get(_tenant(tenant_id))
+        return await self.policies.get(check_tenant(tenant_id))
 
     async def set_retention(self, who: Principal, tenant_id: str,
                             days: int | None) -> contract.TenantPolicy:  # fmt: skip
         """Override a tenant's retention (None: the global one)."""
         self._admin(who, "tenant policies")
-        return await self.policies.set_retention(_tenant(tenant_id), days)
+        return await self.policies.set_retention(check_tenant(tenant_id), days)
 
     async def set_hold(self, who: Principal, tenant_id: str,
                        reason: str | None) -> contract.TenantPolicy:  # fmt: skip
         """Place (``reason``) or release (None) a tenant's legal hold."""
         self._admin(who, "tenant policies")
-        return await self.policies.set_hold(_tenant(tenant_id), reason,
+        return await self.policies.set_hold(check_tenant(tenant_id), reason,
                                             who.key_id if reason else None)  # fmt: skip
 
     async def list_keys(self, who: Principal, tenant_id: str | None) -> contract.KeyList:

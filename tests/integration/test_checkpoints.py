@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from infra.db import create_pool
 from infra.settings import Settings
 from infra.signing import Signer, load_signer, trusted_verifiers
-from pipeline.chain import COLUMNS
+from pipeline.chain import COLUMNS, ROW_SELECT
 from pipeline.checkpoints import Checkpointer, origin
 from pipeline.source_nats import connect
 from pipeline.verify import LogReport, read_witness, verify_log
@@ -69,9 +69,7 @@ class Rig:
     async def rows(self) -> list[dict[str, Any]]:
         conn = await asyncpg.connect(self.settings.database_url)
         try:
-            cols = ", ".join(f"{c}::text" if c in ("metadata", "changes", "related_resources")
-                             else c for c in COLUMNS)  # fmt: skip
-            recs = await conn.fetch(f"SELECT {cols} FROM audit.events WHERE tenant_id = $1"
+            recs = await conn.fetch(f"SELECT {ROW_SELECT} FROM audit.events WHERE tenant_id = $1"
                                     " ORDER BY seq", self.tenant)  # fmt: skip
             return [dict(r) for r in recs]
         finally:
