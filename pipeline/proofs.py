@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -143,6 +144,22 @@ async def build_bundle(conn: asyncpg.Connection, tenant_id: str, log_origin: str
     to_seq = to_seq or latest
     if not 1 <= from_seq <= to_seq <= latest:
         raise ValueError(f"the range must lie within 1..{latest} (the latest checkpoint)")
+    gaps = await conn.fetch(
+        "SELECT first_seq, last_seq, prev_hash, last_hash, dropped_at, note"
+        " FROM audit.retention_gaps WHERE tenant_id = $1 AND last_seq >= $2 AND first_seq <= $3"
+        " ORDER BY first_seq", tenant_id, from_seq, to_seq,
+    )  # fmt: skip
+    for g in gaps:
+        if g["first_seq"] < from_seq or g["last_seq"] > to_seq:
+            raise ValueError(
+                f"seqs {g['first_seq']}-{g['last_seq']} were dropped by retention: the range"
+                " must not start or end inside them"
+            )
+    notes = await conn.fetch(
+        "SELECT size, note FROM audit.checkpoints WHERE tenant_id = $1 AND size BETWEEN $2"
+        " AND $3 ORDER BY size", tenant_id, from_seq, to_seq,
+    )  # fmt: skip
+    bundle_gaps = await _bundle_gaps(Tiles(conn, tenant_id), gaps, [n["size"] for n in notes])
     prev = await hash_before(conn, tenant_id, from_seq)
     frontier: list[bytes] = []
     if from_seq > 1:
@@ -157,10 +174,6 @@ async def build_bundle(conn: asyncpg.Connection, tenant_id: str, log_origin: str
                                          canonical_bytes(dict(row)).decode()))  # fmt: skip
         if progress is not None and len(events) % 100_000 == 0:
             progress(len(events))
-    notes = await conn.fetch(
-        "SELECT note FROM audit.checkpoints WHERE tenant_id = $1 AND size BETWEEN $2 AND $3"
-        " ORDER BY size", tenant_id, from_seq, to_seq,
-    )  # fmt: skip
     keys = await conn.fetch("SELECT verifier_key FROM audit.signing_keys ORDER BY created_at")
     manifest = bundle.Manifest(
         tenant_id=tenant_id, origin=log_origin, from_seq=from_seq, to_seq=to_seq,
@@ -169,5 +182,31 @@ async def build_bundle(conn: asyncpg.Connection, tenant_id: str, log_origin: str
     return bundle.Bundle(
         format=bundle.FORMAT, manifest=manifest, public_keys=[k["verifier_key"] for k in keys],
         prev_hash=prev.hex(), frontier=_b64(frontier),
-        checkpoints=[n["note"] for n in notes], events=events,
+        checkpoints=[n["note"] for n in notes], events=events, gaps=bundle_gaps,
     )  # fmt: skip
+
+
+async def _bundle_gaps(tiles: Tiles, gaps: list[asyncpg.Record],
+                       sizes: list[int]) -> list[bundle.BundleGap]:  # fmt: skip
+    """Each dropped range as its signed record and the fewest tree nodes that stand for
+    its leaves but the last, cut at every checkpoint size inside it (so that the bundle's
+    verifier can compare the root there)."""
+    out = []
+    for g in gaps:
+        start, end = g["first_seq"] - 1, g["last_seq"] - 1  # leaf indexes [start, end)
+        cuts = [start, *(s for s in sizes if start < s < end), end]
+        spans = [ls for a, b in itertools.pairwise(cuts)
+                 for ls in tlog.aligned_subtrees(a, b)]  # fmt: skip
+
+        def read(get: tlog.NodeGetter, spans: list[tuple[int, int]] = spans) -> list[bytes]:
+            return [get(lv, i) for lv, i in spans]
+
+        nodes = await tiles.run(read)
+        out.append(bundle.BundleGap(
+            first_seq=g["first_seq"], last_seq=g["last_seq"],
+            prev_hash=bytes(g["prev_hash"]).hex(), last_hash=bytes(g["last_hash"]).hex(),
+            dropped_at=g["dropped_at"].strftime("%Y-%m-%dT%H:%M:%SZ"), note=g["note"],
+            nodes=[(lv, base64.b64encode(n).decode()) for (lv, _), n in zip(spans, nodes,
+                                                                           strict=True)],
+        ))  # fmt: skip
+    return out

@@ -13,7 +13,6 @@ it is covered by a signed checkpoint (its leaves are in the stored tree). Droppi
 
 from __future__ import annotations
 
-import base64
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ import asyncpg
 from infra.settings import Settings
 from infra.signing import Signer
 from pipeline.checkpoints import origin
+from schemas import tlog
 from schemas.canonical import GENESIS
 
 log = logging.getLogger(__name__)
@@ -163,12 +163,9 @@ async def hash_before(conn: asyncpg.Connection, tenant: str, seq: int) -> bytes:
 
 def gap_text(settings: Settings, tenant: str, first: int, last: int, prev: bytes,
              last_hash: bytes, at: datetime) -> str:  # fmt: skip
-    """The signed line of a gap record (a note text)."""
-    b64 = base64.b64encode
-    return (
-        f"gap {origin(settings, tenant)} {first} {last} {b64(prev).decode()} "
-        f"{b64(last_hash).decode()} {at.strftime('%Y-%m-%dT%H:%M:%SZ')}\n"
-    )
+    """The signed line of a gap record (``schemas.tlog.gap_text`` for this tenant's log)."""
+    return tlog.gap_text(origin(settings, tenant), first, last, prev, last_hash,
+                         at.strftime("%Y-%m-%dT%H:%M:%SZ"))  # fmt: skip
 
 
 async def drop(owner_dsn: str, settings: Settings, signer: Signer, month: Month) -> int:

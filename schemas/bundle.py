@@ -33,6 +33,20 @@ class BundleEvent(msgspec.Struct, array_like=True, gc=False):
     canonical: str
 
 
+class BundleGap(msgspec.Struct, kw_only=True):
+    """Seqs ``first_seq``..``last_seq`` dropped by retention: the signed gap record and
+    the tree nodes that stand for the dropped leaves (but the last, which the verifier
+    computes from ``last_hash``), as ``[level, base64 hash]`` complete aligned subtrees."""
+
+    first_seq: int
+    last_seq: int
+    prev_hash: str  # hex chain hash of first_seq - 1
+    last_hash: str  # hex chain hash of last_seq
+    dropped_at: str
+    note: str  # the signed note of schemas.tlog.gap_text(...)
+    nodes: list[tuple[int, str]]
+
+
 class Manifest(msgspec.Struct, kw_only=True):
     tenant_id: str
     origin: str
@@ -50,6 +64,7 @@ class Bundle(msgspec.Struct, kw_only=True):
     frontier: list[str]  # base64 compact range of the tree at from_seq - 1
     checkpoints: list[str]  # signed notes with sizes within [from_seq, to_seq]
     events: list[BundleEvent]
+    gaps: list[BundleGap] = []  # ranges dropped by retention, in seq order
 
 
 class BundleReport(msgspec.Struct, kw_only=True):
@@ -58,6 +73,7 @@ class BundleReport(msgspec.Struct, kw_only=True):
     status: Literal["intact", "tampered", "unverifiable"]
     tenant_id: str = ""
     events: int = 0
+    dropped: int = 0  # seqs crossed as dropped by retention (signed gap records)
     signed_up_to: int = 0  # the largest checkpoint size verified
     checkpoints: int = 0
     first_break: str = ""
@@ -126,31 +142,86 @@ def verify(data: bytes, trusted: Sequence[str] = (),
     if not signed:
         report.status, report.cannot_check = "unverifiable", "no checkpoint in the bundle"
         return report
-    sha256, leaf_hash, append = hashlib.sha256, tlog.leaf_hash, tree.append
-    expect = m.from_seq
+    gaps = {g.first_seq: g for g in b.gaps}
+    state = _Walk(prev, tree, m.from_seq, signed, report)
     for ev in b.events:
-        if ev.seq != expect:
-            return _tampered(report, f"seq {expect} missing (found {ev.seq})")
-        h = sha256(prev + ev.canonical.encode()).digest()
-        if h.hex() != ev.hash:
-            return _tampered(report, f"seq {ev.seq}: hash does not match its canonical bytes")
-        append(leaf_hash(h))
-        prev = h
-        if expect in signed:
-            if tree.root() != signed[expect]:
-                return _tampered(report, f"the tree at {expect} is not the one signed")
-            report.signed_up_to = expect
-            report.checkpoints += 1
-        report.events += 1
-        expect += 1
+        while ev.seq != state.expect and state.expect in gaps:
+            if (why := state.cross(gaps.pop(state.expect), m.origin, verifiers)) is not None:
+                return _tampered(report, why)
+        if ev.seq != state.expect:
+            return _tampered(report, f"seq {state.expect} missing (found {ev.seq})")
+        if (why := state.event(ev)) is not None:
+            return _tampered(report, why)
         if progress is not None and report.events % 100_000 == 0:
             progress(report.events)
-    if expect - 1 != m.to_seq or report.events != m.events:
+    while state.expect in gaps:
+        if (why := state.cross(gaps.pop(state.expect), m.origin, verifiers)) is not None:
+            return _tampered(report, why)
+    if gaps:
+        return _tampered(report, f"gap records at seqs {sorted(gaps)} do not fit the events")
+    if state.expect - 1 != m.to_seq or report.events != m.events:
         return _tampered(report, f"the manifest says {m.events} events to seq {m.to_seq}")
     beyond = [s for s in signed if s > m.to_seq or s < m.from_seq]
     if beyond:
         return _tampered(report, f"checkpoint sizes {beyond} lie outside the bundle")
     return report
+
+
+class _Walk:
+    """The chain and the tree as the bundle is read, seq by seq and gap by gap."""
+
+    def __init__(self, prev: bytes, tree: tlog.Frontier, expect: int, signed: dict[int, bytes],
+                 report: BundleReport) -> None:  # fmt: skip
+        self.prev, self.tree, self.expect = prev, tree, expect
+        self.signed, self.report = signed, report
+
+    def _check(self) -> str | None:
+        size = self.tree.size
+        if size in self.signed:
+            if self.tree.root() != self.signed[size]:
+                return f"the tree at {size} is not the one signed"
+            self.report.signed_up_to = size
+            self.report.checkpoints += 1
+        return None
+
+    def event(self, ev: BundleEvent) -> str | None:
+        h = hashlib.sha256(self.prev + ev.canonical.encode()).digest()
+        if h.hex() != ev.hash:
+            return f"seq {ev.seq}: hash does not match its canonical bytes"
+        self.tree.append(tlog.leaf_hash(h))
+        self.prev = h
+        self.expect += 1
+        self.report.events += 1
+        return self._check()
+
+    def cross(self, gap: BundleGap, log_origin: str,
+              verifiers: Sequence[tlog.Verifier]) -> str | None:  # fmt: skip
+        """Skip a dropped range: its record must be signed, fit the chain, and its nodes
+        (with the last leaf, from ``last_hash``) must give the signed roots after it."""
+        try:
+            prev, last = bytes.fromhex(gap.prev_hash), bytes.fromhex(gap.last_hash)
+            note = tlog.open_note(gap.note, verifiers)
+        except ValueError as exc:
+            return f"the gap record at seq {gap.first_seq} does not verify: {exc}"
+        want = tlog.gap_text(log_origin, gap.first_seq, gap.last_seq, prev, last,
+                             gap.dropped_at)  # fmt: skip
+        if not note.signed_by or note.text != want or gap.last_seq < gap.first_seq:
+            return f"the gap record at seq {gap.first_seq} is not signed by a trusted key"
+        if prev != self.prev:
+            return f"the hash before the dropped seqs {gap.first_seq}-{gap.last_seq} differs"
+        try:
+            for level, node in gap.nodes:
+                self.tree.append_subtree(level, base64.b64decode(node, validate=True))
+                if (why := self._check()) is not None:
+                    return why
+        except ValueError as exc:
+            return f"the gap at seq {gap.first_seq}: {exc}"
+        if self.tree.size != gap.last_seq - 1:
+            return f"the gap at seq {gap.first_seq}: its nodes do not cover the dropped seqs"
+        self.tree.append(tlog.leaf_hash(last))
+        self.prev, self.expect = last, gap.last_seq + 1
+        self.report.dropped += gap.last_seq - gap.first_seq + 1
+        return self._check()
 
 
 def _tampered(report: BundleReport, why: str) -> BundleReport:

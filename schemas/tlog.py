@@ -86,6 +86,22 @@ class Frontier:
         self.hashes.append(node)
         return done
 
+    def append_subtree(self, level: int, node: bytes) -> None:
+        """Add the complete subtree of ``2**level`` leaves whose root is ``node``.
+
+        Raises:
+            ValueError: the tree's size is not a multiple of ``2**level`` (the subtree
+                would not be aligned, so it is not a node of the tree).
+        """
+        if level < 0 or self.size % (1 << level):
+            raise ValueError(f"a subtree of 2**{level} leaves cannot start at {self.size}")
+        blocks = self.size >> level
+        while blocks & 1:
+            node = node_hash(self.hashes.pop(), node)
+            blocks >>= 1
+        self.hashes.append(node)
+        self.size += 1 << level
+
     def root(self) -> bytes:
         """The tree's root."""
         if not self.hashes:
@@ -94,6 +110,19 @@ class Frontier:
         for left in reversed(self.hashes[:-1]):
             node = node_hash(left, node)
         return node
+
+
+def aligned_subtrees(start: int, end: int) -> list[tuple[int, int]]:
+    """Leaves [start, end) as the fewest complete aligned subtrees, left to right, as
+    (level, index) — what ``Frontier.append_subtree`` takes to skip over them."""
+    out = []
+    while start < end:
+        level = 0
+        while start % (2 << level) == 0 and start + (2 << level) <= end:
+            level += 1
+        out.append((level, start >> level))
+        start += 1 << level
+    return out
 
 
 # A node getter: the hash of the complete subtree of 2**level leaves starting at leaf
@@ -323,6 +352,19 @@ def open_note(note: str, verifiers: Sequence[Verifier]) -> Note:
                     raise ValueError(f"signature by {name} does not verify")
                 signed.append(name)
     return Note(text, tuple(signed))
+
+
+# -- Retention gaps --------------------------------------------------------------------------
+def gap_text(log_origin: str, first: int, last: int, prev: bytes, last_hash: bytes,
+             dropped_at: str) -> str:  # fmt: skip
+    """The signed text of a retention gap: seqs ``first``..``last`` of the log were dropped
+    by policy at ``dropped_at`` (``YYYY-MM-DDTHH:MM:SSZ``); ``prev`` is the chain hash of
+    ``first - 1``, ``last_hash`` that of ``last``."""
+    b64 = base64.b64encode
+    return (
+        f"gap {log_origin} {first} {last} {b64(prev).decode()} {b64(last_hash).decode()} "
+        f"{dropped_at}\n"
+    )
 
 
 # -- C2SP tlog-checkpoint -----------------------------------------------------------------------

@@ -171,6 +171,14 @@ class Log:
             return await verify_log(conn, self.settings, self.tenant,
                                     trusted_verifiers(self.settings), Witness(None))  # fmt: skip
 
+    async def bundle(self, from_seq: int, to_seq: int | None):
+        from pipeline.proofs import build_bundle
+        from query_api.sql import tenant_tx
+
+        async with tenant_tx(self.pool, self.tenant) as conn:
+            return await build_bundle(conn, self.tenant, origin(self.settings, self.tenant),
+                                      from_seq, to_seq)  # fmt: skip
+
     async def count(self, table: str) -> int:
         conn = await asyncpg.connect(self.settings.database_url)
         try:
@@ -187,6 +195,29 @@ async def log(db_url, settings_factory):
     pool = await create_pool(db_url, max_size=2)
     yield Log(settings_factory(db_url), pool, "ret-drop")
     await pool.close()
+
+
+def _gap_forgeries(b):
+    """The ways an insider could try to pass off a bundle with a gap that is not the one
+    retention recorded: each must come out tampered."""
+    import copy
+
+    from schemas import bundle
+
+    def edit(change):
+        c = copy.deepcopy(b)
+        change(c)
+        return c
+
+    g0 = b.gaps[0]
+    other = bundle.BundleEvent(4, b.events[3].hash, b.events[3].canonical)
+    yield edit(lambda c: setattr(c.gaps[0], "last_seq", g0.last_seq + 1))  # hides seq 7
+    yield edit(lambda c: setattr(c.gaps[0], "nodes", [(0, c.gaps[0].nodes[0][1])]))
+    yield edit(lambda c: setattr(c.gaps[0], "nodes", [(lv, "A" * 43 + "=")
+                                                      for lv, _ in g0.nodes]))  # fmt: skip
+    yield edit(lambda c: setattr(c.gaps[0], "prev_hash", "00" * 32))
+    yield edit(lambda c: c.gaps.clear())  # the gap denied: seqs missing
+    yield edit(lambda c: c.events.insert(3, other))  # an event slipped into the gap
 
 
 OLD = 100 * DAY  # a month that ended long before a 30-day retention
@@ -219,12 +250,28 @@ async def test_dropping_a_prefix_keeps_the_log_verifiable(log: Log) -> None:
 
 
 async def test_dropping_a_mid_chain_month_leaves_a_signed_gap(log: Log) -> None:
-    await log.add([30, 20, 10, OLD + 3, OLD + 2, OLD + 1, 9, 8, 7])  # backdated 4..6
+    for part in ([30, 20, 10], [OLD + 3, OLD + 2], [OLD + 1, 9, 8, 7]):  # backdated 4..6
+        await log.add(part)  # checkpoints at 3, 5 (inside the dropped range) and 9
     await log.superuser("INSERT INTO audit.tenant_policies (tenant_id, retention_days)"
                         " VALUES ($1, 30)", log.tenant)  # fmt: skip
     assert len(await log.apply()) == 1
     report = await log.verify()
     assert report.status == "intact" and (report.events, report.dropped) == (6, 3), report
+    # An auditor bundle spans the gap: the signed record and the tree nodes stand for the
+    # dropped events, and every checkpoint (5 included) is checked.
+    from schemas import bundle
+
+    whole = await log.bundle(1, None)
+    assert [(g.first_seq, g.last_seq) for g in whole.gaps] == [(4, 6)]
+    report = bundle.verify(bundle.encode(whole))
+    assert report.status == "intact", report
+    assert (report.events, report.dropped, report.checkpoints) == (6, 3, 3)
+    tail = bundle.verify(bundle.encode(await log.bundle(4, None)))  # starts with the gap
+    assert (tail.status, tail.events, tail.dropped) == ("intact", 3, 3), tail
+    with pytest.raises(ValueError, match="dropped by retention"):
+        await log.bundle(5, None)
+    for forge in _gap_forgeries(whole):
+        assert bundle.verify(bundle.encode(forge)).status == "tampered"
     # A gap record rewritten by an insider no longer verifies.
     await log.superuser("UPDATE audit.retention_gaps SET last_seq = 5")
     report = await log.verify()

@@ -156,3 +156,30 @@ ZERO_ROOT = base64.b64encode(bytes(32)).decode()
 def test_malformed_checkpoints_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         tlog.Checkpoint.parse(text)
+
+
+@given(n=st.integers(0, 300), data=st.data())
+def test_skipping_leaves_by_aligned_subtrees_gives_the_same_tree(n: int, data) -> None:
+    """What a bundle does across a dropped range: the fewest aligned subtrees between any
+    two sizes, appended as nodes, leave the tree exactly as appending every leaf would."""
+    start = data.draw(st.integers(0, n))
+    end = data.draw(st.integers(start, n))
+    hashes, get = leaves(n), getter(leaves(n))
+    spans = tlog.aligned_subtrees(start, end)
+    assert sum(1 << lv for lv, _ in spans) == end - start
+    assert len(spans) <= 2 * max(1, (end - start).bit_length())
+    tree = tlog.Frontier()
+    for h in hashes[:start]:
+        tree.append(h)
+    for level, index in spans:
+        tree.append_subtree(level, get(level, index))
+    for h in hashes[end:]:
+        tree.append(h)
+    assert tree.size == n and tree.root() == tlog.root_of(hashes)
+
+
+def test_a_subtree_that_is_not_aligned_is_refused() -> None:
+    tree = tlog.Frontier()
+    tree.append(leaves(1)[0])
+    with pytest.raises(ValueError, match="cannot start at 1"):
+        tree.append_subtree(1, bytes(32))
