@@ -4,9 +4,11 @@ the database; check one with nothing but the file (and the keys you trust)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import asyncpg
@@ -62,10 +64,13 @@ def export_bundle(settings: Settings, tenant_id: str, from_seq: int, to_seq: int
 
 
 def verify_bundle(path: Path, keys: list[str], as_json: bool) -> int:
-    """Check a bundle file; returns the exit code (0 intact, 1 tampered, 3 cannot check)."""
+    """Check a bundle file (plain or gzipped); returns the exit code (0 intact, 1 tampered,
+    3 cannot check)."""
     try:
         data = path.read_bytes()
-    except OSError as exc:
+        if data[:2] == b"\x1f\x8b":  # gzipped (retention archives are)
+            data = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
         click.echo(f"CANNOT CHECK: {exc}", err=True)
         return 3
     try:

@@ -272,15 +272,20 @@ def tenants_policy(ctx: click.Context, tenant_id: str, token: str | None) -> Non
 @tenants.command("retention")
 @click.argument("tenant_id")
 @click.argument("days")
+@click.option("--archive", type=click.Choice(["yes", "no", "default"]),
+              help="archive its months before they are dropped (default: unchanged)")  # fmt: skip
 @click.option("--token")
 @click.pass_context
-def tenants_retention(ctx: click.Context, tenant_id: str, days: str, token: str | None) -> None:
+def tenants_retention(ctx: click.Context, tenant_id: str, days: str, archive: str | None,
+                      token: str | None) -> None:  # fmt: skip
     """Set TENANT_ID's retention to DAYS, or 'default' for AUDIT_RETENTION_DAYS."""
     if days != "default" and not days.isdigit():
         raise click.BadParameter("a whole number of days, or 'default'", param_hint="DAYS")
     value = None if days == "default" else int(days)
-    _policy_out(_api(ctx, token).call("PUT", f"/v1/admin/tenants/{tenant_id}/retention",
-                                      body={"retention_days": value}))  # fmt: skip
+    api, path = _api(ctx, token), f"/v1/admin/tenants/{tenant_id}/retention"
+    keep = {"yes": True, "no": False, "default": None}
+    flag = keep[archive] if archive else api.call("GET", path)["archive"]
+    _policy_out(api.call("PUT", path, body={"retention_days": value, "archive": flag}))
 
 
 @tenants.command("hold")

@@ -26,9 +26,10 @@ async def _plan(dsn: str, settings: Settings) -> list[retention.Month]:
 
 
 def _show(months: list[retention.Month]) -> None:
-    table = Table("partition", "events", "tenants", "bytes", "due", "why not")
+    table = Table("partition", "events", "tenants", "bytes", "archived first", "due", "why not")
     for m in months:
         table.add_row(m.name, f"{m.events:,}", str(len(m.tenants)), f"{m.bytes:,}",
+                      f"{len(m.archive)} tenant(s)" if m.archive else "-",
                       "yes" if m.due else "no", m.why_not)  # fmt: skip
     Console().print(table)
 
@@ -46,8 +47,12 @@ def run(settings: Settings, apply: bool) -> None:
         signer = load_signer(settings, create=False) if due else None
         for m in due:
             assert signer is not None
-            removed = asyncio.run(retention.drop(dsn, settings, signer, m))
+            if m.archive:
+                click.echo(f"archiving {m.name} ({len(m.archive)} tenant(s)) to "
+                           f"{settings.retention_archive} ...")  # fmt: skip
+            shown = lambda where: click.echo(f"  verified {where}")  # noqa: E731
+            removed = asyncio.run(retention.drop(dsn, settings, signer, m, shown))
             click.echo(f"dropped {m.name}: {removed:,} events")
         click.echo(f"{len(due)} partition(s) dropped")
-    except (AuditLogError, OSError, asyncpg.PostgresError, RuntimeError) as exc:
+    except (AuditLogError, OSError, asyncpg.PostgresError, RuntimeError) as exc:  # ArchiveError too
         raise click.ClickException(str(exc)) from exc

@@ -48,3 +48,7 @@ class MigrationError(AuditLogError):
 
 class StorageUnavailable(AuditLogError):
     """PostgreSQL cannot be reached or refused the connection; retrying may help."""
+
+
+class ArchiveError(AuditLogError):
+    """A retention archive could not be written, read back or verified: nothing is dropped."""

@@ -116,6 +116,18 @@ class Metrics:
         self.retention_freed = Counter(
             "auditlog_retention_freed_bytes", "Bytes freed by retention drops", registry=r
         )
+        self.access_log_events = Counter(
+            "auditlog_access_log_events", "Access-log events published into tenants' logs",
+            registry=r,
+        )  # fmt: skip
+        self.access_log_dropped = Counter(
+            "auditlog_access_log_dropped", "Access-log events dropped (the event log was"
+            " unavailable for longer than the backlog holds)", registry=r,
+        )  # fmt: skip
+        self.retention_archive_failures = Counter(
+            "auditlog_retention_archive_failures", "Months not dropped because their archive"
+            " could not be written or did not verify", registry=r,
+        )  # fmt: skip
         self.retention_next = Gauge(
             "auditlog_retention_next_drop_timestamp_seconds",
             "When the next partition becomes due to drop (0: none known)", registry=r,

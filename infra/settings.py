@@ -92,6 +92,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # How often `auditlog run` drops what retention allows (owner credentials); 0: never
     # (then run `auditlog retention apply` from cron).
     retention_interval_s: float = 86400.0  # AUDIT_RETENTION_INTERVAL_S
+    # Before a month is dropped, each tenant's events in it are written as a gzipped
+    # auditor bundle here and read back and verified: a directory, or s3://bucket/prefix
+    # (credentials and region as boto3 finds them: AWS_* variables, ~/.aws, instance role).
+    retention_archive: str = ""  # AUDIT_RETENTION_ARCHIVE ("": no archive unless a tenant asks)
+    archive_s3_endpoint: str = ""  # AUDIT_ARCHIVE_S3_ENDPOINT (an S3-compatible server's URL)
     # The service logs in as <database>_runtime (a member of auditlog_app only) with this
     # password, set by the migration credentials at start; default: kept in the state dir.
     # Replicas on several hosts must share it.
@@ -103,6 +108,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     checkpoint_stream: str = "AUDIT_CHECKPOINTS"  # AUDIT_CHECKPOINT_STREAM (the witness copy)
     checkpoint_subject: str = "audit.checkpoints"  # AUDIT_CHECKPOINT_SUBJECT (.<tenant token>)
     checkpoint_file: str = ""  # AUDIT_CHECKPOINT_FILE (also append every signed note here)
+    # Reads, exports and key/policy changes logged into the tenant's own log; reads are
+    # summarised per key and filter over this window (query_api/access_log.py).
+    access_log: bool = True  # AUDIT_ACCESS_LOG
+    access_log_window_s: float = 60.0  # AUDIT_ACCESS_LOG_WINDOW_S
     # API rate limit per tenant key (every protocol); 0 disables. The admin token is exempt.
     rate_limit_per_s: float = 1000.0  # AUDIT_RATE_LIMIT_PER_S
     rate_limit_burst: int = 2000  # AUDIT_RATE_LIMIT_BURST
@@ -176,6 +185,12 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("AUDIT_RETENTION_INTERVAL_S", "must be 0 (off) or positive")
     if not 1 <= settings.retention_days <= 36500:
         raise ConfigError("AUDIT_RETENTION_DAYS", "must be between 1 and 36500")
+    if settings.retention_archive.startswith("s3:") and not re.match(
+        r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/|$)", settings.retention_archive
+    ):
+        raise ConfigError("AUDIT_RETENTION_ARCHIVE", "s3://<bucket>[/<prefix>], a valid bucket")
+    if not 0.1 <= settings.access_log_window_s <= 3600:
+        raise ConfigError("AUDIT_ACCESS_LOG_WINDOW_S", "must be between 0.1 and 3600 seconds")
     if settings.checkpoint_interval_s < 0:
         raise ConfigError("AUDIT_CHECKPOINT_INTERVAL_S", "must be 0 (off) or positive")
     if not settings.log_origin or any(c in settings.log_origin for c in " +\n"):

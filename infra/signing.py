@@ -95,16 +95,21 @@ def _remember(settings: Settings, verifier_key: str) -> None:
                 f.write(verifier_key + "\n")
 
 
-def trusted_verifiers(settings: Settings, extra: Sequence[str] = ()) -> list[tlog.Verifier]:
-    """The keys to check checkpoints with: every key this service signed with (kept in the
-    state dir beside the signing key) and ``extra`` verifier keys (``--public-key``).
-
-    Raises:
-        ValueError: a malformed key in ``extra``.
-    """
+def trusted_keys(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
+    """The verifier keys to check checkpoints with: every key this service signed with
+    (kept in the state dir beside the signing key) and ``extra`` (``--public-key``)."""
     keys = list(extra)
     with contextlib.suppress(OSError):
         keys += _known_path(settings).read_text().split()
     with contextlib.suppress(ConfigError):
         keys.append(load_signer(settings, create=False).verifier_key)
-    return [tlog.Verifier.parse(k) for k in dict.fromkeys(keys)]
+    return list(dict.fromkeys(keys))
+
+
+def trusted_verifiers(settings: Settings, extra: Sequence[str] = ()) -> list[tlog.Verifier]:
+    """:func:`trusted_keys`, parsed.
+
+    Raises:
+        ValueError: a malformed key in ``extra``.
+    """
+    return [tlog.Verifier.parse(k) for k in trusted_keys(settings, extra)]

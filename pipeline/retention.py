@@ -14,14 +14,16 @@ it is covered by a signed checkpoint (its leaves are in the stored tree). Droppi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from infra.errors import ArchiveError
 from infra.settings import Settings
-from infra.signing import Signer
+from infra.signing import Signer, trusted_keys
 from pipeline.checkpoints import origin
 from schemas import tlog
 from schemas.canonical import GENESIS
@@ -43,6 +45,7 @@ class Month:
     due: bool = False
     why_not: str = ""
     due_at: datetime | None = None  # when it becomes due (None: held, or unknown)
+    archive: list[str] = field(default_factory=list)  # tenants archived before the drop
 
 
 def _bounds(bounds: str) -> tuple[datetime, datetime]:
@@ -57,7 +60,8 @@ async def plan(conn: asyncpg.Connection, settings: Settings,
     """Every partition, oldest first, with whether it is due and, if not, why."""
     now = now or datetime.now(UTC)
     policies = {r["tenant_id"]: r for r in await conn.fetch(
-        "SELECT tenant_id, retention_days, hold_reason FROM audit.tenant_policies")}  # fmt: skip
+        "SELECT tenant_id, retention_days, hold_reason, archive"
+        " FROM audit.tenant_policies")}  # fmt: skip
     signed = {r["tenant_id"]: r["size"] for r in await conn.fetch(
         "SELECT tenant_id, size FROM audit.merkle_state")}  # fmt: skip
     months = []
@@ -67,11 +71,22 @@ async def plan(conn: asyncpg.Connection, settings: Settings,
                                 f" FROM audit.{p['name']} GROUP BY tenant_id")  # fmt: skip
         m = Month(p["name"], start, end, sum(r["n"] for r in rows), p["bytes"],
                   {r["tenant_id"]: r["n"] for r in rows})  # fmt: skip
+        m.archive = [r["tenant_id"] for r in rows
+                     if _archived(policies.get(r["tenant_id"]), settings)]  # fmt: skip
         m.why_not = _blocker(m, rows, policies, signed, settings.retention_days, now)
+        if not m.why_not and m.archive and not settings.retention_archive:
+            m.why_not = (f"{m.archive[0]} asks for an archive before the drop and"
+                         " AUDIT_RETENTION_ARCHIVE names no destination")  # fmt: skip
         m.due = not m.why_not
         m.due_at = _due_at(m, rows, policies, settings.retention_days)
         months.append(m)
     return months
+
+
+def _archived(policy: asyncpg.Record | None, settings: Settings) -> bool:
+    if policy is not None and policy["archive"] is not None:
+        return bool(policy["archive"])
+    return bool(settings.retention_archive)
 
 
 def _blocker(m: Month, rows: list[asyncpg.Record], policies: dict[str, asyncpg.Record],
@@ -110,7 +125,12 @@ def next_due(months: list[Month]) -> datetime | None:
 
 
 async def run_job(owner_dsn: str, settings: Settings, signer: Signer, metrics: Any) -> int:
-    """One round of the retention job: plan, drop what is due, update the metrics."""
+    """One round of the retention job: plan, drop what is due (archived first where the
+    policy says so), update the metrics.
+
+    A month whose archive cannot be written or verified stays (logged, counted in
+    ``auditlog_retention_archive_failures_total``) and is tried again next round.
+    """
     conn = await asyncpg.connect(owner_dsn)
     try:
         months = await plan(conn, settings)
@@ -119,7 +139,12 @@ async def run_job(owner_dsn: str, settings: Settings, signer: Signer, metrics: A
     dropped = 0
     for m in months:
         if m.due:
-            await drop(owner_dsn, settings, signer, m)
+            try:
+                await drop(owner_dsn, settings, signer, m)
+            except ArchiveError as exc:
+                metrics.retention_archive_failures.inc()
+                log.error("retention: %s stays (not dropped): %s", m.name, exc)
+                continue
             metrics.retention_dropped.inc()
             metrics.retention_freed.inc(m.bytes)
             dropped += 1
@@ -168,10 +193,28 @@ def gap_text(settings: Settings, tenant: str, first: int, last: int, prev: bytes
                          at.strftime("%Y-%m-%dT%H:%M:%SZ"))  # fmt: skip
 
 
-async def drop(owner_dsn: str, settings: Settings, signer: Signer, month: Month) -> int:
-    """Drop one due month (see the module docstring); returns the events removed."""
+async def drop(owner_dsn: str, settings: Settings, signer: Signer, month: Month,
+               on_archived: Callable[[str], None] | None = None) -> int:  # fmt: skip
+    """Drop one due month (see the module docstring), after archiving ``month.archive``'s
+    events and verifying the archives (``pipeline.archive``); returns the events removed.
+
+    Raises:
+        ArchiveError: an archive could not be written or did not verify: nothing dropped.
+    """
+    from pipeline.archive import archive_month, destination
+
     conn = await asyncpg.connect(owner_dsn)
     try:
+        if month.archive:
+            dest = destination(settings)
+            if dest is None:
+                raise ArchiveError(f"{month.name}: an archive is required and "
+                                   "AUDIT_RETENTION_ARCHIVE names no destination")  # fmt: skip
+            keys = [signer.verifier_key, *trusted_keys(settings)]
+            for where in await archive_month(conn, settings, month.name, month.archive, dest,
+                                             keys):  # fmt: skip
+                if on_archived is not None:
+                    on_archived(where)
         at = datetime.now(UTC).replace(microsecond=0)
         async with conn.transaction():
             for tenant in month.tenants:

@@ -25,6 +25,7 @@ from infra.settings import Settings
 from infra.signing import load_signer, trusted_verifiers
 from pipeline.stages import limits_for
 from query_api import contract
+from query_api.access_log import AccessLog
 from query_api.admission import Admission
 from query_api.auth import Authenticator
 from query_api.openapi import render as render_openapi
@@ -180,22 +181,27 @@ def build_service(settings: Settings, pool: asyncpg.Pool, nc: Client,
     writes = Writes(settings=settings, limits=limits_for(settings), pool=pool, nc=nc,
                     publisher=Publisher(nc), waiters=Waiters())  # fmt: skip
     signer = load_signer(settings)
+    access = AccessLog(writes.publish_own, window_s=settings.access_log_window_s,
+                       enabled=settings.access_log, metrics=metrics)  # fmt: skip
     return AuditService(
         settings=settings, pool=pool, metrics=metrics,
         auth=Authenticator(pool, settings.admin_token, limiter),
         admission=Admission(settings.heavy_read_concurrency, settings.heavy_read_per_key),
         token_secret=token_secret(settings), writes=writes,
-        verifier_key=signer.verifier_key, verifiers=trusted_verifiers(settings),
+        verifier_key=signer.verifier_key, verifiers=trusted_verifiers(settings), access=access,
     )  # fmt: skip
 
 
 async def _commit_subscription(app: web.Application) -> AsyncIterator[None]:
     """While the app runs: listen for commit notices (for synchronous writes) and collect
     JetStream acks of the write API's publishes."""
-    writes = app[SERVICE].writes
+    writes, access = app[SERVICE].writes, app[SERVICE].access
     sub = await app[NATS].subscribe(app[SETTINGS].commit_subject, cb=writes.waiters.on_message)
     await writes.publisher.start()
+    access.start()
     yield
+    with contextlib.suppress(Exception):
+        await access.stop()  # publishes what it holds, open read windows included
     with contextlib.suppress(Exception):
         await writes.publisher.stop()
     with contextlib.suppress(Exception):

@@ -171,6 +171,10 @@ class RetentionBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retention_days: Annotated[int, _d("Days the tenant's events stay readable; null: the "
                                       "global AUDIT_RETENTION_DAYS.", ge=1,
                                       le=36500)] | None  # fmt: skip
+    archive: Annotated[bool, _d("Archive the tenant's months before retention drops them: "
+                                "true: always (no drop without a verified archive); false: "
+                                "never; null or absent: when AUDIT_RETENTION_ARCHIVE is "
+                                "set.")] | None = None  # fmt: skip
 
 
 class HoldBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -351,3 +355,6 @@ class TenantPolicy(msgspec.Struct, kw_only=True):
     visible_from: Annotated[Time, _d("Reads show events that occurred from here on; null "
                                      "under a legal hold.")] | None  # fmt: skip
     legal_hold: LegalHold | None
+    archive: Annotated[bool, _d("The tenant's archive override; null: the global one.")] | None
+    archive_before_drop: Annotated[bool, _d("Whether a month of this tenant is archived (and "
+                                            "verified) before it is dropped.")]  # fmt: skip

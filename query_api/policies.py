@@ -27,11 +27,13 @@ class Policies:
     Args:
         pool: app-role pool.
         default_days: ``AUDIT_RETENTION_DAYS``.
+        archiving: whether ``AUDIT_RETENTION_ARCHIVE`` names a destination.
     """
 
-    def __init__(self, pool: asyncpg.Pool, default_days: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, default_days: int, archiving: bool = False) -> None:
         self.pool = pool
         self.default_days = default_days
+        self.archiving = archiving  # AUDIT_RETENTION_ARCHIVE names a destination
         self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
 
     async def _row(self, tenant_id: str) -> dict[str, Any] | None:
@@ -54,9 +56,12 @@ class Policies:
             hold = contract.LegalHold(row["hold_reason"], row["hold_set_by"] or "",
                                       row["hold_set_at"])  # fmt: skip
         visible = None if hold else datetime.now(UTC) - timedelta(days=days)
+        archive = row["archive"] if row else None
         return contract.TenantPolicy(tenant_id=tenant_id, retention_days=override,
                                      effective_retention_days=days, visible_from=visible,
-                                     legal_hold=hold)  # fmt: skip
+                                     legal_hold=hold, archive=archive,
+                                     archive_before_drop=self.archiving if archive is None
+                                     else archive)  # fmt: skip
 
     async def get(self, tenant_id: str) -> contract.TenantPolicy:
         """The tenant's policy as it applies now."""
@@ -66,10 +71,11 @@ class Policies:
         """The oldest ``occurred_at`` reads may show (None: all, under a legal hold)."""
         return (await self.get(tenant_id)).visible_from
 
-    async def set_retention(self, tenant_id: str, days: int | None) -> contract.TenantPolicy:
-        """Override the tenant's retention (None: back to the global one)."""
+    async def set_retention(self, tenant_id: str, days: int | None,
+                            archive: bool | None = None) -> contract.TenantPolicy:  # fmt: skip
+        """Override the tenant's retention and archiving (None: back to the global ones)."""
         async with self.pool.acquire() as conn:
-            row = await sql.set_retention(conn, tenant_id, days)
+            row = await sql.set_retention(conn, tenant_id, days, archive)
         self._cache.pop(tenant_id, None)
         return self._view(tenant_id, row)
 

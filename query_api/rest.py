@@ -254,12 +254,14 @@ async def get_retention(request: web.Request) -> web.Response:
 
 
 async def put_retention(request: web.Request) -> web.Response:
-    """PUT /v1/admin/tenants/{tenant_id}/retention: ``{"retention_days": N | null}``."""
+    """PUT /v1/admin/tenants/{tenant_id}/retention: ``{"retention_days": N | null,
+    "archive": bool | null}``."""
     who = await principal(request)
     only_params(request.query, frozenset())
-    body = _decode(await request.read(), _retention_body, '{"retention_days": N or null}')
+    body = _decode(await request.read(), _retention_body,
+                   '{"retention_days": N or null, "archive": true, false or null}')  # fmt: skip
     policy = await _service(request).set_retention(who, request.match_info["tenant_id"],
-                                                   body.retention_days)  # fmt: skip
+                                                   body.retention_days, body.archive)  # fmt: skip
     return _json(policy)
 
 

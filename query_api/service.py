@@ -22,6 +22,7 @@ from infra.settings import Settings
 from pipeline import proofs
 from pipeline.verify import LogReport, read_witness, verify_log
 from query_api import contract, cursor, sql
+from query_api.access_log import AccessLog, filters_of
 from query_api.admission import Admission
 from query_api.auth import SCOPES, Authenticator, Principal, hash_token, new_token
 from query_api.errors import ApiError, bad_request, not_found
@@ -58,6 +59,7 @@ class ExportPlan:
     format: str
     query: str
     params: list[Any]
+    filters: dict[str, str]  # as the access log records them
 
 
 def check_tenant(tenant_id: str) -> str:
@@ -94,12 +96,14 @@ class AuditService:
         writes: the write path (JetStream publish, commit waits).
         verifier_key: the checkpoint signing key's verifier key (published).
         verifiers: the keys checkpoints are verified with.
+        access: where reads and admin changes are logged (default: nowhere).
     """
 
     def __init__(self, *, settings: Settings, pool: asyncpg.Pool, metrics: Metrics,
                  auth: Authenticator, admission: Admission, token_secret: bytes,
                  writes: Writes, verifier_key: str = "",
-                 verifiers: Sequence[tlog.Verifier] = ()) -> None:  # fmt: skip
+                 verifiers: Sequence[tlog.Verifier] = (),
+                 access: AccessLog | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.pool = pool
         self.metrics = metrics
@@ -109,7 +113,9 @@ class AuditService:
         self.writes = writes
         self.verifier_key = verifier_key
         self.verifiers = list(verifiers)
-        self.policies = Policies(pool, settings.retention_days)
+        self.access = access or AccessLog(writes.publish_own, enabled=False)
+        self.policies = Policies(pool, settings.retention_days,
+                                 bool(settings.retention_archive))  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def _read(self, tenant_id: str) -> AsyncIterator[asyncpg.Connection]:
@@ -145,6 +151,7 @@ class AuditService:
             us = (last["occurred_at"] - sql.EPOCH) // timedelta(microseconds=1)
             token = cursor.encode(cursor.Cursor(us, last["id"]), fp, self.token_secret)
         self.metrics.query_rows.labels("list").inc(len(rows))
+        self.access.read(who, tenant, "list", params, len(rows))
         return Page([r["doc"] for r in rows], token)
 
     async def get_one(self, who: Principal, tenant_id: str | None, event_id: str) -> str:
@@ -154,6 +161,7 @@ class AuditService:
         tenant = who.tenant_for(tenant_id)
         async with self._read(tenant) as conn:
             doc = await sql.get_event(conn, tenant, eid)
+        self.access.read(who, tenant, "get", {"id": str(eid)}, int(doc is not None))
         if doc is None:
             raise not_found()
         return doc
@@ -169,6 +177,7 @@ class AuditService:
         async with (self.admission.admit(who.key_id, "stats queries"),
                     self._read(tenant) as conn):  # fmt: skip
             result = await sql.stats(conn, q, tenant, start, end, bucket)
+        self.access.read(who, tenant, "stats", params, result["total"])
         hist = result.pop("histogram")
         points = [contract.HistogramPoint(k, v) for k, v in sorted(hist.items())]
         histogram = contract.Histogram(int(bucket.total_seconds()), points)
@@ -181,7 +190,7 @@ class AuditService:
         q = parse_query(params, EXPORT_PARAMS)
         tenant = who.tenant_for(q.tenant_id)
         query, args = sql.export_query(q, tenant)
-        return ExportPlan(tenant, q.format, query, args)
+        return ExportPlan(tenant, q.format, query, args, filters_of(params))
 
     @contextlib.asynccontextmanager
     async def exporting(self, who: Principal, plan: ExportPlan) -> AsyncIterator[Export]:
@@ -191,7 +200,14 @@ class AuditService:
         """
         async with (self.admission.admit(who.key_id, "exports"),
                     self._read(plan.tenant_id) as conn):  # fmt: skip
-            yield Export(conn, plan, self.settings)
+            export = Export(conn, plan, self.settings)
+            try:
+                yield export
+            finally:  # logged one by one, finished or not
+                done = {"filters": plan.filters, "format": plan.format, "rows": export.rows,
+                        "completed": export.completed}  # fmt: skip
+                self.access.record(who, plan.tenant_id, "audit_log.export",
+                                   ("audit_log", plan.tenant_id), done)  # fmt: skip
 
     # -- verification --------------------------------------------------------------------
     async def public_keys(self) -> contract.PublicKeys:
@@ -211,7 +227,9 @@ class AuditService:
         witness = await read_witness(self.writes.nc, self.settings, tenant)
         async with (self.admission.admit(who.key_id, "verifications"),
                     self.pool.acquire() as conn):  # fmt: skip
-            return await verify_log(conn, self.settings, tenant, self.verifiers, witness)
+            report = await verify_log(conn, self.settings, tenant, self.verifiers, witness)
+        self.access.read(who, tenant, "verify", {}, report.events)
+        return report
 
     async def proof(self, who: Principal, tenant_id: str | None,
                     event_id: str) -> proofs.InclusionProof:  # fmt: skip
@@ -225,6 +243,7 @@ class AuditService:
         tenant = who.tenant_for(tenant_id)
         async with self._read(tenant) as conn:
             found = await proofs.inclusion(conn, tenant, eid)
+        self.access.read(who, tenant, "proof", {"id": str(eid)}, int(not isinstance(found, str)))
         if found == "not_signed":
             why = (
                 "the event is not covered by a signed checkpoint yet (checkpoints follow "
@@ -246,6 +265,7 @@ class AuditService:
                            "smaller one: from must not be after to", "from")  # fmt: skip
         async with self._read(tenant) as conn:
             found = await proofs.consistency(conn, tenant, old, new)
+        self.access.read(who, tenant, "consistency", {"from": str(old), "to": str(new)}, 0)
         if isinstance(found, str):
             raise ApiError(404, "not_found", "no signed checkpoint at one of those sizes")
         return found
@@ -286,6 +306,9 @@ class AuditService:
         async with self.pool.acquire() as conn:
             row = await sql.insert_key(conn, key_id, tenant_id, wanted, hash_token(token),
                                        expires_at)  # fmt: skip
+        expiry = expires_at.isoformat() if expires_at else None
+        self.access.record(who, tenant_id, "api_key.create", ("api_key", key_id),
+                           {"scopes": wanted, "expires_at": expiry})  # fmt: skip
         return contract.NewKey(**row, token=token)
 
     # -- tenant policies (admin only) ------------------------------------------------------
@@ -294,18 +317,25 @@ class AuditService:
         self._admin(who, "tenant policies")
         return await self.policies.get(check_tenant(tenant_id))
 
-    async def set_retention(self, who: Principal, tenant_id: str,
-                            days: int | None) -> contract.TenantPolicy:  # fmt: skip
-        """Override a tenant's retention (None: the global one)."""
+    async def set_retention(self, who: Principal, tenant_id: str, days: int | None,
+                            archive: bool | None = None) -> contract.TenantPolicy:  # fmt: skip
+        """Override a tenant's retention and archiving (None: the global ones)."""
         self._admin(who, "tenant policies")
-        return await self.policies.set_retention(check_tenant(tenant_id), days)
+        policy = await self.policies.set_retention(check_tenant(tenant_id), days, archive)
+        self.access.record(who, tenant_id, "audit_log.retention.update",
+                           ("audit_log", tenant_id), {"retention_days": days,
+                                                      "archive": archive})  # fmt: skip
+        return policy
 
     async def set_hold(self, who: Principal, tenant_id: str,
                        reason: str | None) -> contract.TenantPolicy:  # fmt: skip
         """Place (``reason``) or release (None) a tenant's legal hold."""
         self._admin(who, "tenant policies")
-        return await self.policies.set_hold(check_tenant(tenant_id), reason,
-                                            who.key_id if reason else None)  # fmt: skip
+        policy = await self.policies.set_hold(check_tenant(tenant_id), reason,
+                                              who.key_id if reason else None)  # fmt: skip
+        action = "audit_log.legal_hold.set" if reason else "audit_log.legal_hold.release"
+        self.access.record(who, tenant_id, action, ("audit_log", tenant_id), {"reason": reason})
+        return policy
 
     async def list_keys(self, who: Principal, tenant_id: str | None) -> contract.KeyList:
         """Keys without their tokens, of one tenant or all."""
@@ -322,6 +352,8 @@ class AuditService:
         if row is None:
             raise not_found("key")
         self.auth.forget(key_id)
+        self.access.record(who, row["tenant_id"], "api_key.revoke", ("api_key", row["key_id"]),
+                           {})  # fmt: skip
         return contract.Key(**row)
 
 
@@ -333,6 +365,7 @@ class Export:
         self.plan = plan
         self.settings = settings
         self.rows = 0
+        self.completed = False
 
     async def run(self, write: Write) -> None:
         """Stream every row through ``write``, paced at AUDIT_EXPORT_ROWS_PER_S.
@@ -345,5 +378,6 @@ class Export:
         try:
             await run_copy(self.conn, self.plan.query, self.plan.params, self.plan.format, sink,
                            self.settings.export_idle_timeout_s)  # fmt: skip
+            self.completed = True
         finally:
             self.rows = sink.rows

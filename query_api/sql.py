@@ -253,7 +253,7 @@ async def claimed(conn: asyncpg.Connection, keys: list[tuple[str, Any]]) -> set[
 
 
 # -- tenant policies ---------------------------------------------------------------------------
-_POLICY = "tenant_id, retention_days, hold_reason, hold_set_by, hold_set_at"
+_POLICY = "tenant_id, retention_days, hold_reason, hold_set_by, hold_set_at, archive"
 
 
 async def get_policy(conn: asyncpg.Connection, tenant_id: str) -> dict[str, Any] | None:
@@ -263,13 +263,13 @@ async def get_policy(conn: asyncpg.Connection, tenant_id: str) -> dict[str, Any]
     return dict(row) if row else None
 
 
-async def set_retention(conn: asyncpg.Connection, tenant_id: str,
-                        days: int | None) -> dict[str, Any]:  # fmt: skip
-    """Set (or with None clear) a tenant's retention override."""
+async def set_retention(conn: asyncpg.Connection, tenant_id: str, days: int | None,
+                        archive: bool | None) -> dict[str, Any]:  # fmt: skip
+    """Set (or with None clear) a tenant's retention and archive overrides."""
     row = await conn.fetchrow(
-        "INSERT INTO audit.tenant_policies (tenant_id, retention_days) VALUES ($1, $2)"
-        " ON CONFLICT (tenant_id) DO UPDATE SET retention_days = $2, updated_at = now()"
-        f" RETURNING {_POLICY}", tenant_id, days,
+        "INSERT INTO audit.tenant_policies (tenant_id, retention_days, archive)"
+        " VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO UPDATE SET retention_days = $2,"
+        f" archive = $3, updated_at = now() RETURNING {_POLICY}", tenant_id, days, archive,
     )  # fmt: skip
     return dict(row)
 

@@ -13,6 +13,7 @@ second row, also after NATS's duplicate window.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +34,7 @@ from schemas.events import AuditEvent, EventValidationError, decode_event
 from schemas.ids import IDEMPOTENCY_HEADER, given_event_id, msg_id_for, new_uuid7, tenant_subject
 
 MAX_BATCH_BYTES = 4 * 1024 * 1024
+log = logging.getLogger(__name__)
 
 Outcome = bool | ApiError  # True: committed; False: durable in JetStream only
 
@@ -208,6 +210,25 @@ class Writes:
                 why = str(ack) if published is not None else type(ack).__name__
                 out.append(ApiError(503, "unavailable", f"event log unavailable: {why}"))
         return out
+
+    async def publish_own(self, raws: list[bytes]) -> list[bool]:
+        """Publish the service's own events (the access log) without waiting for commits;
+        per event, whether JetStream has it. An invalid one is a bug: logged, not retried."""
+        sent: list[int] = []
+        items: list[tuple[bytes, Key]] = []
+        for i, raw in enumerate(raws):
+            try:
+                event = self.validate(raw, "event")
+            except ApiError as exc:
+                log.error("the service made an invalid event (dropped): %s", exc.message)
+                continue
+            sent.append(i)
+            items.append((raw, (event.tenant_id, _event_id(event, None))))
+        accepted = [True] * len(raws)
+        for i, outcome in zip(sent, await self._deliver(items, False, self._deadline()),
+                              strict=True):  # fmt: skip
+            accepted[i] = not isinstance(outcome, ApiError)
+        return accepted
 
     async def write_one(self, who: Principal, raw: bytes, key_header: str | None,
                         wait: bool) -> tuple[str, bool]:  # fmt: skip

@@ -124,6 +124,10 @@ def settings_factory(nats_url: str, tmp_path_factory):
             "checkpoint_stream": f"AUDIT_CP_T{n}",
             "checkpoint_subject": f"test.{n}.audit.checkpoints",
             "checkpoint_interval_s": 1.0,
+            # Reads log access events into the tenant's own log (on by default); tests
+            # that count a tenant's events would count those too: off unless a test asks
+            # (tests/integration/test_access_log.py; `auditlog run` tests keep the default).
+            "access_log": False,
             "consumer": "pipeline",
             "batch_max_latency_ms": 20,
             # JetStream reserves a stream's max_bytes up front: many small test streams.

@@ -56,6 +56,15 @@ async def test_a_shorter_retention_hides_older_events_from_every_read_path(api) 
     r = await api.put(f"/v1/admin/tenants/{t}/retention", json={"retention_days": None},
                       headers=auth(ADMIN))  # fmt: skip
     assert (await r.json())["effective_retention_days"] == 2557
+    # Archiving before drops: the tenant's override, else AUDIT_RETENTION_ARCHIVE (unset here).
+    assert (await r.json())["archive"] is None
+    assert (await r.json())["archive_before_drop"] is False
+    r = await api.put(f"/v1/admin/tenants/{t}/retention", headers=auth(ADMIN),
+                      json={"retention_days": None, "archive": True})  # fmt: skip
+    assert (await r.json())["archive"] is True and (await r.json())["archive_before_drop"]
+    r = await api.put(f"/v1/admin/tenants/{t}/retention", headers=auth(ADMIN),
+                      json={"retention_days": None, "archive": "yes"})  # fmt: skip
+    assert r.status == 400
     assert len((await _ids(api, "/v1/audit/events", t))[1]) == 2
 
 
@@ -307,3 +316,105 @@ async def test_the_retention_job_drops_and_reports_in_metrics(log: Log) -> None:
     assert metrics.retention_next._value.get() > datetime.now(UTC).timestamp()
     assert await run_job(log.settings.database_url, log.settings, log.signer, metrics) == 0
     assert (await log.verify()).status == "intact"
+
+
+# -- archive before drop -------------------------------------------------------------------
+async def _archived_log(log: Log, dest: str, **kw: object) -> Log:
+    log.settings = log.settings.replace(retention_archive=dest, **kw)
+    await log.add([OLD + 2, OLD + 1, 10])
+    await log.superuser("INSERT INTO audit.tenant_policies (tenant_id, retention_days)"
+                        " VALUES ($1, 30)", log.tenant)  # fmt: skip
+    return log
+
+
+def _check_archive(data: bytes, log: Log, events: int) -> None:
+    import gzip
+
+    from schemas import bundle
+
+    report = bundle.verify(gzip.decompress(data), [log.signer.verifier_key])
+    assert (report.status, report.tenant_id, report.events) == ("intact", log.tenant, events)
+
+
+async def test_a_month_is_archived_and_verified_before_it_is_dropped(log: Log, tmp_path) -> None:
+    await _archived_log(log, str(tmp_path / "archive"))
+    (month,) = [m for m in await log.plan() if m.due]
+    assert month.archive == [log.tenant]
+    assert await log.apply() == [month.name]
+    files = list((tmp_path / "archive").rglob("*.bundle.json.gz"))
+    # seqs 1-2 are the month's; the bundle runs to the checkpoint that signs them (3).
+    assert [f.name for f in files] == [f"{month.name}-1-3.bundle.json.gz"], files
+    _check_archive(files[0].read_bytes(), log, 3)
+    assert await log.count("events") == 1 and (await log.verify()).status == "intact"
+
+
+async def test_no_drop_without_a_verified_archive(log: Log, tmp_path, monkeypatch) -> None:
+    from infra.errors import ArchiveError
+    from pipeline import archive, retention
+
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the archive directory should be")
+    await _archived_log(log, str(blocked))
+    (month,) = [m for m in await log.plan() if m.due]
+    with pytest.raises(ArchiveError):
+        await retention.drop(log.settings.database_url, log.settings, log.signer, month)
+    assert await log.count("events") == 3 and await log.count("event_ids") == 3
+
+    # Storage that hands back other bytes than it was given (bit rot, a wrong object).
+    class Rotten(archive.DirDestination):
+        def get(self, name: str) -> bytes:
+            import gzip
+
+            data = bytearray(gzip.decompress(super().get(name)))
+            data[data.index(b'"events":[[1,"') + 20] ^= 1  # inside seq 1's hash
+            return gzip.compress(bytes(data))
+
+    monkeypatch.setattr(archive, "destination", lambda s: Rotten(str(tmp_path / "rot")))
+    with pytest.raises(ArchiveError, match="does not verify"):
+        await retention.drop(log.settings.database_url, log.settings, log.signer, month)
+    assert await log.count("events") == 3
+    # The job keeps the month, counts the failure, and goes on.
+    from infra.metrics import Metrics
+
+    metrics = Metrics()
+    assert await retention.run_job(log.settings.database_url, log.settings, log.signer,
+                                   metrics) == 0  # fmt: skip
+    assert metrics.retention_archive_failures._value.get() == 1
+    assert await log.count("events") == 3
+
+
+async def test_a_tenant_that_asks_for_an_archive_is_never_dropped_without_one(log: Log) -> None:
+    await _archived_log(log, "")  # no destination configured
+    await log.superuser("UPDATE audit.tenant_policies SET archive = true")
+    months = [m for m in await log.plan() if m.tenants]
+    old = next(m for m in months if m.archive)
+    assert not old.due and "AUDIT_RETENTION_ARCHIVE" in old.why_not
+    await log.superuser("UPDATE audit.tenant_policies SET archive = false")
+    log.settings = log.settings.replace(retention_archive="/nonexistent/never/written")
+    (due,) = [m for m in await log.plan() if m.due]
+    assert due.archive == []  # this tenant opted out: dropped without an archive
+    assert len(await log.apply()) == 1
+
+
+async def test_archives_go_to_an_s3_compatible_bucket(log: Log, monkeypatch) -> None:
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is a dev extra")
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for var, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                           ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
+            monkeypatch.setenv(var, value)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="audit-archive")
+        await _archived_log(log, "s3://audit-archive/retention", archive_s3_endpoint=endpoint)
+        (name,) = await log.apply()
+        listed = s3.list_objects_v2(Bucket="audit-archive")["Contents"]
+        key = f"retention/{log.tenant}/{name}-1-3.bundle.json.gz"
+        assert [o["Key"] for o in listed] == [key]
+        _check_archive(s3.get_object(Bucket="audit-archive", Key=key)["Body"].read(), log, 3)
+    finally:
+        server.stop()
