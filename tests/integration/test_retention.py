@@ -418,3 +418,77 @@ async def test_archives_go_to_an_s3_compatible_bucket(log: Log, monkeypatch) -> 
         _check_archive(s3.get_object(Bucket="audit-archive", Key=key)["Body"].read(), log, 3)
     finally:
         server.stop()
+
+
+# -- dropping while the pipeline ingests -----------------------------------------------------
+STALL_BOUND_S = 2.0  # README "Retention": ingestion never pauses longer than this for a drop
+
+
+async def test_ingestion_goes_on_while_a_month_is_dropped(log: Log) -> None:
+    """A month of 20,000 events of 200 tenants is dropped while a worker ingests a steady
+    stream: commits keep coming (no gap above STALL_BOUND_S), nothing is lost."""
+    import itertools
+    import json
+    import time
+
+    from pipeline import retention
+    from schemas.ids import tenant_subject
+    from tests.integration.conftest import admin_count, running_worker
+    from tests.integration.test_query_api import README_EVENT
+
+    old = [make_event(f"ret-bulk-{i % 200}", OLD + i // 200) for i in range(20_000)]
+    await store(log.pool, old)
+    await log.checkpointer.register_key()
+    await log.checkpointer.cycle()
+    log.settings = log.settings.replace(retention_days=30)
+    due = [m for m in await log.plan() if m.due]
+    assert due and sum(m.events for m in due) == 20_000
+
+    commits: list[float] = []
+
+    async def on_commit(stored: list, duplicates: list, rejected: list) -> None:
+        if stored:
+            commits.append(time.monotonic())
+
+    published = 0
+    async with running_worker(log.settings, on_commit=on_commit) as w:
+        js = w.nc.jetstream()
+        subject = tenant_subject(log.settings.subject, "ret-live")
+        stop = asyncio.Event()
+
+        async def produce() -> None:
+            nonlocal published
+            doc = json.loads(README_EVENT)
+            doc.pop("occurred_at", None)
+            doc["tenant_id"] = "ret-live"
+            while not stop.is_set():
+                for _ in range(5):
+                    await js.publish(subject, json.dumps(doc).encode())
+                    published += 1
+                await asyncio.sleep(0.01)
+
+        producer = asyncio.create_task(produce())
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        for m in due:
+            await retention.drop(log.settings.database_url, log.settings, log.signer, m)
+        ended = time.monotonic()
+        await asyncio.sleep(0.5)
+        stop.set()
+        await producer
+        for _ in range(200):
+            live = await admin_count(log.settings.database_url, "SELECT count(*) FROM"
+                                     " audit.events WHERE tenant_id = 'ret-live'")  # fmt: skip
+            if live == published:
+                break
+            await asyncio.sleep(0.05)
+    assert live == published
+    during = [t for t in commits if started - 0.2 <= t <= ended + 0.2]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
+    print(
+        f"drop took {ended - started:.2f} s; {len(during)} commits meanwhile; "
+        f"longest pause {max(gaps, default=0):.3f} s"
+    )  # shown with -s
+    assert len(during) >= 3 and max(gaps) < STALL_BOUND_S, (ended - started, max(gaps))
+    assert await admin_count(log.settings.database_url, "SELECT count(*) FROM audit.events"
+                             " WHERE tenant_id LIKE 'ret-bulk-%'") == 0  # fmt: skip

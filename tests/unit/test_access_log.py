@@ -5,6 +5,7 @@ valid input event; publishing failures lose nothing (up to the backlog bound).""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -68,7 +69,7 @@ def test_every_read_is_counted_once_per_key_and_filter_and_window(reads, fail_fi
         spans.setdefault(group, []).append((e.metadata["first_at"], e.metadata["last_at"]))
     for windows in spans.values():  # one event per window: windows of a group never overlap
         windows.sort()
-        assert all(a[1] <= b[0] for a, b in zip(windows, windows[1:], strict=False))
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(windows))
 
 
 def test_paging_is_one_filter_and_repeated_parameters_are_kept() -> None:
