@@ -1,7 +1,8 @@
-"""Retention as reads see it, legal holds, and keys that expire (real PostgreSQL).
-
-Dropping expired partitions, gap records across dropped months, the claim table and
-read-access logging are not built yet (see README "Retention").
+"""Retention against real PostgreSQL (and NATS where the pipeline runs): what reads see,
+legal holds, keys that expire, dropping expired months with signed gaps (verify, proofs
+and bundles cross them), claims going with their month, archives written and verified
+before a drop (a directory, and a local S3-compatible server), and a drop while the
+pipeline ingests. The access trail is in ``test_access_log.py``.
 """
 
 from __future__ import annotations
