@@ -221,3 +221,24 @@ async def verify_tenant(conn: asyncpg.Connection, tenant_id: str) -> ChainReport
             if not verifier.feed(row):
                 break
     return verifier.finish(head)
+
+
+async def hash_before(conn: asyncpg.Connection, tenant: str, seq: int) -> bytes:
+    """The chain hash of ``seq - 1``: GENESIS, the stored row's, or (dropped by retention)
+    the one its gap record keeps.
+
+    Raises:
+        RuntimeError: it is nowhere.
+    """
+    if seq == 1:
+        return GENESIS
+    found = await conn.fetchval("SELECT hash FROM audit.events WHERE tenant_id = $1 AND"
+                                " seq = $2", tenant, seq - 1)  # fmt: skip
+    if found is None:  # dropped before: the gap that ends there knows it
+        found = await conn.fetchval(
+            "SELECT last_hash FROM audit.retention_gaps WHERE tenant_id = $1 AND last_seq = $2",
+            tenant, seq - 1,
+        )  # fmt: skip
+    if found is None:
+        raise RuntimeError(f"{tenant}: the hash before seq {seq} is nowhere")
+    return bytes(found)

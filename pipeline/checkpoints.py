@@ -248,7 +248,7 @@ class Checkpointer:
         root = frontier.root()
         # The signing time is signed too (an extension line): it is the cryptographic
         # timestamp of every event up to this size.
-        stamp = (f"time {now.strftime('%Y-%m-%dT%H:%M:%SZ')}",)
+        stamp = (f"time {tlog.utc_stamp(now)}",)
         note = self.signer.sign(tlog.Checkpoint(origin(self.settings, tenant), frontier.size,
                                                 root, stamp).text())  # fmt: skip
         await conn.execute(

@@ -19,9 +19,8 @@ from datetime import UTC, datetime
 import asyncpg
 import msgspec
 
-from pipeline.chain import ROW_SELECT
+from pipeline.chain import ROW_SELECT, hash_before
 from pipeline.checkpoints import Tiles
-from pipeline.retention import hash_before
 from schemas import bundle, tlog
 from schemas.canonical import canonical_bytes
 
@@ -205,7 +204,7 @@ async def _bundle_gaps(tiles: Tiles, gaps: list[asyncpg.Record],
         out.append(bundle.BundleGap(
             first_seq=g["first_seq"], last_seq=g["last_seq"],
             prev_hash=bytes(g["prev_hash"]).hex(), last_hash=bytes(g["last_hash"]).hex(),
-            dropped_at=g["dropped_at"].strftime("%Y-%m-%dT%H:%M:%SZ"), note=g["note"],
+            dropped_at=tlog.utc_stamp(g["dropped_at"]), note=g["note"],
             nodes=[(lv, base64.b64encode(n).decode()) for (lv, _), n in zip(spans, nodes,
                                                                            strict=True)],
         ))  # fmt: skip

@@ -24,9 +24,10 @@ import asyncpg
 from infra.errors import ArchiveError
 from infra.settings import Settings
 from infra.signing import Signer, trusted_keys
+from pipeline import archive
+from pipeline.chain import hash_before
 from pipeline.checkpoints import origin
 from schemas import tlog
-from schemas.canonical import GENESIS
 
 log = logging.getLogger(__name__)
 CLAIM_BATCH = 10_000
@@ -165,32 +166,11 @@ def _runs(seqs: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-async def hash_before(conn: asyncpg.Connection, tenant: str, seq: int) -> bytes:
-    """The chain hash of ``seq - 1``: GENESIS, the stored row's, or (dropped by retention)
-    the one its gap record keeps.
-
-    Raises:
-        RuntimeError: it is nowhere.
-    """
-    if seq == 1:
-        return GENESIS
-    found = await conn.fetchval("SELECT hash FROM audit.events WHERE tenant_id = $1 AND"
-                                " seq = $2", tenant, seq - 1)  # fmt: skip
-    if found is None:  # dropped before: the gap that ends there knows it
-        found = await conn.fetchval(
-            "SELECT last_hash FROM audit.retention_gaps WHERE tenant_id = $1 AND last_seq = $2",
-            tenant, seq - 1,
-        )  # fmt: skip
-    if found is None:
-        raise RuntimeError(f"{tenant}: the hash before seq {seq} is nowhere")
-    return bytes(found)
-
-
 def gap_text(settings: Settings, tenant: str, first: int, last: int, prev: bytes,
              last_hash: bytes, at: datetime) -> str:  # fmt: skip
     """The signed line of a gap record (``schemas.tlog.gap_text`` for this tenant's log)."""
     return tlog.gap_text(origin(settings, tenant), first, last, prev, last_hash,
-                         at.strftime("%Y-%m-%dT%H:%M:%SZ"))  # fmt: skip
+                         tlog.utc_stamp(at))  # fmt: skip
 
 
 async def drop(owner_dsn: str, settings: Settings, signer: Signer, month: Month,
@@ -201,18 +181,17 @@ async def drop(owner_dsn: str, settings: Settings, signer: Signer, month: Month,
     Raises:
         ArchiveError: an archive could not be written or did not verify: nothing dropped.
     """
-    from pipeline.archive import archive_month, destination
-
     conn = await asyncpg.connect(owner_dsn)
     try:
         if month.archive:
-            dest = destination(settings)
+            dest = archive.destination(settings)
             if dest is None:
                 raise ArchiveError(f"{month.name}: an archive is required and "
                                    "AUDIT_RETENTION_ARCHIVE names no destination")  # fmt: skip
-            keys = [signer.verifier_key, *trusted_keys(settings)]
-            for where in await archive_month(conn, settings, month.name, month.archive, dest,
-                                             keys):  # fmt: skip
+            keys = trusted_keys(settings, [signer.verifier_key])
+            written = await archive.archive_month(conn, settings, month.name, month.archive,
+                                                  dest, keys)  # fmt: skip
+            for where in written:
                 if on_archived is not None:
                     on_archived(where)
         at = datetime.now(UTC).replace(microsecond=0)

@@ -31,6 +31,7 @@ from nats.js.errors import NotFoundError
 from infra.settings import Settings
 from pipeline.chain import ChainVerifier, stream_rows
 from pipeline.checkpoints import Tiles, origin, witness_subject
+from pipeline.retention import gap_text
 from schemas import tlog
 
 Status = Literal["intact", "tampered", "unverifiable"]
@@ -232,8 +233,6 @@ async def _trusted_gaps(conn: asyncpg.Connection, settings: Settings, tenant_id:
                         cannot: list[str]) -> list[Gap] | Break:  # fmt: skip
     """The tenant's retention gaps whose signed records hold (else the first that does
     not, as a break)."""
-    from pipeline.retention import gap_text
-
     rows = await conn.fetch(
         "SELECT first_seq, last_seq, prev_hash, last_hash, dropped_at, note"
         " FROM audit.retention_gaps WHERE tenant_id = $1 ORDER BY first_seq", tenant_id,

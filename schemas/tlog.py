@@ -23,6 +23,7 @@ import base64
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -352,6 +353,12 @@ def open_note(note: str, verifiers: Sequence[Verifier]) -> Note:
                     raise ValueError(f"signature by {name} does not verify")
                 signed.append(name)
     return Note(text, tuple(signed))
+
+
+def utc_stamp(at: datetime) -> str:
+    """A time as signed texts write it (checkpoints' ``time`` line, gap records):
+    ``YYYY-MM-DDTHH:MM:SSZ`` in UTC."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- Retention gaps --------------------------------------------------------------------------
