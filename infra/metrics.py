@@ -23,18 +23,19 @@ class Metrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.received = Counter(
-            "auditlog_events_received", "Events read from the source", ["agent"], registry=r
+            "auditlog_events_received", "Events read from the source", ["agent", "source"],
+            registry=r,
         )
         self.stored = Counter(
-            "auditlog_events_stored", "Events committed to PostgreSQL", registry=r
+            "auditlog_events_stored", "Events committed to PostgreSQL", ["source"], registry=r
         )
         self.duplicates = Counter(
-            "auditlog_events_duplicate", "Events dropped as already stored", registry=r
+            "auditlog_events_duplicate", "Events dropped as already stored", ["source"], registry=r
         )
         self.dead_lettered = Counter(
             "auditlog_events_dead_lettered",
-            "Events sent to the dead-letter stream",
-            ["reason", "stage"],
+            "Events sent to the dead-letter stream (NATS) or topic (Kafka)",
+            ["reason", "stage", "source"],
             registry=r,
         )
         self.internal_errors = Counter(
@@ -46,27 +47,33 @@ class Metrics:
         )
         self.dead_letter_failures = Counter(
             "auditlog_dead_letter_publish_failures",
-            "Dead letters JetStream did not take after bounded retries (message NAKed)",
+            "Dead letters the dead-letter stream/topic did not take after bounded retries (the"
+            " message is held: NAKed on NATS, its partition paused on Kafka)",
+            ["source"],
             registry=r,
         )
         self.dead_letters_unpublished = Gauge(
             "auditlog_dead_letters_unpublished",
-            "Messages held in the event stream because their dead letter could not be published",
+            "Messages held in the source because their dead letter could not be published",
+            ["source"],
             registry=r,
         )
         self.redeliveries = Counter(
             "auditlog_redeliveries",
-            "Messages JetStream delivered again (not acked in time, NAKed, or after a restart)",
+            "Messages delivered again (not acked in time, NAKed, or after a restart/rebalance)",
+            ["source"],
             registry=r,
         )
         self.oldest_unacked = Gauge(
             "auditlog_oldest_unacked_age_seconds",
-            "Age (since JetStream stored it) of the oldest message a worker holds unacked",
+            "Age (since the source stored it) of the oldest message a worker holds unacked",
+            ["source"],
             registry=r,
         )
         self.last_commit_age = Gauge(
             "auditlog_pipeline_last_progress_age_seconds",
             "Seconds since the worker last settled a batch (0 when it holds nothing)",
+            ["source"],
             registry=r,
         )
         self.batch_size = Histogram(
@@ -89,7 +96,8 @@ class Metrics:
         )
         self.lag = Histogram(
             "auditlog_ingest_lag_seconds",
-            "Received (JetStream timestamp) to committed",
+            "Received (the source's timestamp) to committed",
+            ["source"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -101,6 +109,23 @@ class Metrics:
         self.consumer_ack_pending = Gauge(
             "auditlog_consumer_ack_pending_messages",
             "JetStream messages delivered, not acked",
+            registry=r,
+        )
+        self.kafka_lag = Gauge(
+            "auditlog_kafka_consumer_lag_messages",
+            "Kafka records not yet committed by the consumer group, per assigned partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.kafka_paused = Gauge(
+            "auditlog_kafka_paused_partitions",
+            "Kafka partitions paused because a record's dead letter could not be published",
+            registry=r,
+        )
+        self.source_up = Gauge(
+            "auditlog_source_up",
+            "1 when the worker's source (broker) is reachable, else 0",
+            ["source"],
             registry=r,
         )
         self.pool_in_use = Gauge(

@@ -112,6 +112,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # summarised per key and filter over this window (query_api/access_log.py).
     access_log: bool = True  # AUDIT_ACCESS_LOG
     access_log_window_s: float = 60.0  # AUDIT_ACCESS_LOG_WINDOW_S
+    # Kafka source (pipeline/source_kafka.py): consumed beside NATS when a bootstrap is set.
+    kafka_bootstrap: str = ""  # AUDIT_KAFKA_BOOTSTRAP (host:port[,host:port...]; empty: off)
+    kafka_topic: str = "audit.events"  # AUDIT_KAFKA_TOPIC
+    kafka_group: str = "auditlog"  # AUDIT_KAFKA_GROUP (consumer group of every worker)
+    kafka_dlq_topic: str = "audit.dlq"  # AUDIT_KAFKA_DLQ_TOPIC
+    kafka_max_message_bytes: int = 1_048_576  # AUDIT_KAFKA_MAX_MESSAGE_BYTES (dead letters fit)
+    kafka_session_timeout_s: float = 10.0  # AUDIT_KAFKA_SESSION_TIMEOUT_S
+    nats_ingest: bool = True  # AUDIT_NATS_INGEST (false: consume audit.events from Kafka only)
     # API rate limit per tenant key (every protocol); 0 disables. The admin token is exempt.
     rate_limit_per_s: float = 1000.0  # AUDIT_RATE_LIMIT_PER_S
     rate_limit_burst: int = 2000  # AUDIT_RATE_LIMIT_BURST
@@ -191,6 +199,22 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("AUDIT_RETENTION_ARCHIVE", "s3://<bucket>[/<prefix>], a valid bucket")
     if not 0.1 <= settings.access_log_window_s <= 3600:
         raise ConfigError("AUDIT_ACCESS_LOG_WINDOW_S", "must be between 0.1 and 3600 seconds")
+    if settings.kafka_bootstrap and not re.fullmatch(
+        r"[^\s,:]+:\d{1,5}(,[^\s,:]+:\d{1,5})*", settings.kafka_bootstrap
+    ):
+        raise ConfigError("AUDIT_KAFKA_BOOTSTRAP", "host:port[,host:port...]")
+    for var, topic in (("AUDIT_KAFKA_TOPIC", settings.kafka_topic),
+                       ("AUDIT_KAFKA_DLQ_TOPIC", settings.kafka_dlq_topic)):  # fmt: skip
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
+            raise ConfigError(var, "a Kafka topic name: 1-249 of [A-Za-z0-9._-]")
+    if settings.kafka_topic == settings.kafka_dlq_topic:
+        raise ConfigError("AUDIT_KAFKA_DLQ_TOPIC", "must differ from AUDIT_KAFKA_TOPIC")
+    if not 1024 <= settings.kafka_max_message_bytes <= 100 * 1024 * 1024:
+        raise ConfigError("AUDIT_KAFKA_MAX_MESSAGE_BYTES", "must be between 1024 and 104857600")
+    if not 1 <= settings.kafka_session_timeout_s <= 300:
+        raise ConfigError("AUDIT_KAFKA_SESSION_TIMEOUT_S", "must be between 1 and 300 seconds")
+    if not settings.nats_ingest and not settings.kafka_bootstrap:
+        raise ConfigError("AUDIT_NATS_INGEST", "false needs AUDIT_KAFKA_BOOTSTRAP (no source)")
     if settings.checkpoint_interval_s < 0:
         raise ConfigError("AUDIT_CHECKPOINT_INTERVAL_S", "must be 0 (off) or positive")
     if not settings.log_origin or any(c in settings.log_origin for c in " +\n"):

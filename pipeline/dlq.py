@@ -13,12 +13,14 @@ The producer's headers never travel as live headers (a ``Nats-Expected-Stream`` 
 - ``Audit-Dlq-Field``: dotted path of the offending field, when known
 - ``Audit-Dlq-Stage``: ``validate``, ``process`` or ``flush``
 - ``Audit-Dlq-Time``: RFC 3339 UTC time it was dead-lettered
-- ``Audit-Dlq-Source``: ``<stream>:<stream sequence>`` of the original message
+- ``Audit-Dlq-Source``: ``<stream>:<stream sequence>`` of the original message (Kafka:
+  ``<topic>/<partition>:<offset>``)
 - ``Audit-Dlq-Subject``: the subject it was published on
 - ``Audit-Dlq-Original-Size`` / ``Audit-Dlq-Original-Sha256`` / ``Audit-Dlq-Truncated``:
   only when the payload was trimmed to fit
 - ``Audit-Dlq-Headers-Dropped``: how many producer headers did not fit (rare)
 - ``Nats-Msg-Id``: ``dlq:<stream>:<sequence>`` so a redelivered bad message is stored once
+  (NATS only; a Kafka dead letter carries ``dlq:<topic>/<partition>:<offset>`` as its key)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import hashlib
 from datetime import datetime
 from typing import Final
 
-from pipeline.stages import Dead
+from pipeline.stages import Dead, position
 from schemas.canonical import format_ts
 from schemas.ids import IDEMPOTENCY_HEADER
 
@@ -68,11 +70,11 @@ def dead_letter(dead: Dead, stream: str, now: datetime,
         "Audit-Dlq-Field": dead.field,
         "Audit-Dlq-Stage": dead.stage,
         "Audit-Dlq-Time": format_ts(now),
-        "Audit-Dlq-Source": f"{stream}:{msg.stream_seq}",
+        "Audit-Dlq-Source": position(msg, stream),
     }
     if msg.subject:
         headers["Audit-Dlq-Subject"] = msg.subject
-    if msg.stream_seq:
+    if msg.stream_seq and not msg.origin:
         headers["Nats-Msg-Id"] = f"dlq:{stream}:{msg.stream_seq}"
     dropped = 0
     budget = MAX_ORIGINAL_HEADER_BYTES

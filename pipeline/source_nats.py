@@ -228,8 +228,11 @@ class JetStreamSource:
     requests never exceed ``settings.max_inflight_bytes`` (payload and headers counted).
     """
 
+    kind = "nats"
+
     def __init__(self, nc: Client, settings: Settings, max_inflight: int,
                  metrics: Metrics | None = None) -> None:  # fmt: skip
+        self.where = f"stream {settings.stream}"
         self.nc = nc
         self.metrics = metrics
         # Delivered and not yet settled, by ack subject: heartbeats go to all of them.
@@ -302,7 +305,7 @@ class JetStreamSource:
                       subject=subject, delivered=delivered, size=size)  # fmt: skip
         self.held[ack] = msg
         if delivered > 1 and self.metrics is not None:
-            self.metrics.redeliveries.inc()
+            self.metrics.redeliveries.labels("nats").inc()
         self._buffer.append(msg)
         self._wake.set()
 

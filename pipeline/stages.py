@@ -34,8 +34,14 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     Attributes:
         data: the original bytes.
         headers: message headers (``Nats-Msg-Id`` among them), or None.
-        stream_seq: the source's position (JetStream stream sequence), 0 if none.
-        timestamp_ns: when the source stored the message (0 if unknown).
+        stream_seq: the source's position (JetStream stream sequence, or the Kafka offset
+            within ``origin``); 0 with no ``origin`` means none.
+        timestamp_ns: when the source stored the message (0 if unknown or untrusted: a
+            Kafka producer's own CreateTime is not a receipt time).
+        origin: where ``stream_seq`` counts from, for sources with many sequences (Kafka:
+            ``<topic>/<partition>``); empty for JetStream (one stream, one sequence).
+        created_ns: the record's own timestamp when the source has one that stays the same
+            across redeliveries (Kafka), used with the position to derive stable ids.
         ack: opaque token the source uses to acknowledge (the JetStream reply subject).
         subject: the subject it was published on (tenant-bound subjects name a tenant).
         delivered: how many times the source has delivered it (1 the first time).
@@ -50,6 +56,14 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     subject: str = ""
     delivered: int = 1
     size: int = 0
+    origin: str = ""
+    created_ns: int = 0
+
+
+def position(msg: Message, stream: str) -> str:
+    """The message's place in its source for logs and dead letters: ``AUDIT:42`` (stream
+    and sequence) or ``audit.events/3:42`` (Kafka topic/partition and offset)."""
+    return f"{msg.origin or stream}:{msg.stream_seq}"
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,8 +163,9 @@ def enrich(event: AuditEvent, msg: Message, now: datetime) -> AuditEvent:
     """Fill the server-side fields and normalise.
 
     - ``id``: the event's own id, else ``Audit-Idempotency-Key`` or ``Nats-Msg-Id``
-      (:func:`id_from_key`), else a UUIDv7 derived from the
-      source position (so redeliveries of one message get one id), else a random UUIDv7.
+      (:func:`id_from_key`), else a UUIDv7 derived from the source position (so
+      redeliveries of one message get one id: JetStream sequence and timestamp; Kafka
+      topic, partition, offset and record timestamp), else a random UUIDv7.
     - ``received_at``: when the source stored the message (else ``now``); producers
       cannot set it.
     - ``occurred_at``: as given (UTC), else ``received_at``.
@@ -166,7 +181,14 @@ def enrich(event: AuditEvent, msg: Message, now: datetime) -> AuditEvent:
         key = (headers.get(IDEMPOTENCY_HEADER) or headers.get("Nats-Msg-Id")) if headers else None
         event_id = given_event_id(event.tenant_id, None, key)
     if event_id is None:
-        if msg.stream_seq:
+        if msg.origin:
+            digest = hashlib.blake2b(
+                msg.origin.encode() + b"\0" + msg.stream_seq.to_bytes(8, "big")
+                + msg.created_ns.to_bytes(8, "big", signed=True),
+                digest_size=10,
+            ).digest()  # fmt: skip
+            event_id = uuid7_from(max(0, msg.created_ns) // 1_000_000, digest)
+        elif msg.stream_seq:
             digest = hashlib.blake2b(
                 msg.stream_seq.to_bytes(8, "big") + msg.timestamp_ns.to_bytes(8, "big"),
                 digest_size=10,

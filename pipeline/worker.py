@@ -28,7 +28,7 @@ from infra.metrics import Metrics
 from infra.settings import Settings
 from pipeline.agents import Agent, Stream
 from pipeline.sinks import DeadLetters, FlushResult, Store, StoreError
-from pipeline.stages import Dead, Deduplicator, Message, Valid, limits_for, process
+from pipeline.stages import Dead, Deduplicator, Message, Valid, limits_for, position, process
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,19 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class Source(Protocol):
-    """What the worker needs of a source (JetStream today; Kafka fits the same shape).
+    """What the worker needs of a source (``pipeline.source_nats``, ``pipeline.source_kafka``).
 
     ``chunks`` yields lists of messages (one per network read) until ``stop``; ``ack``
     settles messages for good (only after they are stored or dead-lettered); ``nak`` asks
-    for redelivery after ``delay_s``; neither raises. ``held`` is what was delivered and
-    not yet settled (the source keeps it alive, e.g. with in-progress heartbeats).
+    for redelivery after ``delay_s`` (JetStream redelivers; Kafka, which cannot skip a
+    record, pauses its partition and delivers it again itself); neither raises. ``held`` is
+    what was delivered and not yet settled (the source keeps it alive, e.g. with
+    in-progress heartbeats). ``kind`` labels metrics (``nats``, ``kafka``); ``where`` names
+    it in messages (``stream AUDIT``).
     """
+
+    kind: str
+    where: str
 
     async def start(self) -> None: ...
     def chunks(self) -> AsyncIterator[list[Message]]: ...
@@ -106,13 +112,21 @@ class Worker:
         self.dedup = Deduplicator(settings.dedup_window)
         self.totals = {"stored": 0, "duplicates": 0, "dead_lettered": 0}
         self._limits = limits_for(settings)
-        # stream seq -> why its dead letter could not be published (held in the source).
-        self._unpublished: dict[int, str] = {}
+        # ack token -> (position, why its dead letter could not be published): held.
+        self._unpublished: dict[str, tuple[str, str]] = {}
+        kind = getattr(source, "kind", "nats")
+        self._received = metrics.received.labels("process", kind)
+        self._stored = metrics.stored.labels(kind)
+        self._duplicates = metrics.duplicates.labels(kind)
+        self._lag = metrics.lag.labels(kind)
+        self._dead_letter_failures = metrics.dead_letter_failures.labels(kind)
+        self._unpublished_gauge = metrics.dead_letters_unpublished.labels(kind)
+        self._kind = kind
         self.last_progress = time.monotonic()
 
     # -- agents ---------------------------------------------------------------------------
     async def _process(self, stream: Stream[Any]) -> AsyncIterator[list[Any]]:
-        received = self.metrics.received.labels("process")
+        received = self._received
         limits = self._limits
         async for chunk in stream:
             now = self.now()
@@ -194,8 +208,8 @@ class Worker:
 
     def _account(self, result: FlushResult, dupe_keys: list[Key], n_dead: int) -> None:
         m = self.metrics
-        m.stored.inc(len(result.stored))
-        m.duplicates.inc(len(dupe_keys))
+        self._stored.inc(len(result.stored))
+        self._duplicates.inc(len(dupe_keys))
         self.totals["stored"] += len(result.stored)
         self.totals["duplicates"] += len(dupe_keys)
         self.totals["dead_lettered"] += n_dead
@@ -205,7 +219,7 @@ class Worker:
             received_idx = 4  # COLUMNS.index("received_at")
             # One observation per batch of its oldest event keeps this cheap.
             oldest = min(r[received_idx] for r in result.records)
-            m.lag.observe(max(0.0, now - oldest.timestamp()))
+            self._lag.observe(max(0.0, now - oldest.timestamp()))
 
     async def _store(self, items: list[Valid]) -> tuple[FlushResult, list[tuple[Dead, Key]]]:
         """Store ``items``; returns what was stored and the events PostgreSQL refuses for good.
@@ -269,13 +283,13 @@ class Worker:
         held = {id(d.msg) for d, ok in zip(dead, outcomes, strict=True) if not ok}
         for d, ok in zip(dead, outcomes, strict=True):
             if ok:
-                self.metrics.dead_lettered.labels(d.reason, d.stage).inc()
-                self._unpublished.pop(d.msg.stream_seq, None)
+                self.metrics.dead_lettered.labels(d.reason, d.stage, self._kind).inc()
+                self._unpublished.pop(d.msg.ack, None)
             if d.reason == "internal_error":
                 self.metrics.internal_errors.labels(d.stage).inc()
-                log.error("internal error on %s:%d (dead-lettered): %s", self.settings.stream,
-                          d.msg.stream_seq, d.message)  # fmt: skip
-        self.metrics.dead_letters_unpublished.set(len(self._unpublished))
+                log.error("internal error on %s (dead-lettered): %s",
+                          position(d.msg, self.settings.stream), d.message)  # fmt: skip
+        self._unpublished_gauge.set(len(self._unpublished))
         return held
 
     async def _publish_dead(self, d: Dead, now: datetime) -> bool:
@@ -287,11 +301,11 @@ class Worker:
             except Exception as exc:
                 error = exc
             await self.sleep(0.1 * 4**attempt)
-        self.metrics.dead_letter_failures.inc()
-        self._unpublished[d.msg.stream_seq] = f"{type(error).__name__}: {error}"
-        log.error("dead letter for %s:%d not published after %d attempts (left in the "
-                  "stream, NAKed with backoff): %r", self.settings.stream, d.msg.stream_seq,
-                  DLQ_ATTEMPTS, error)  # fmt: skip
+        self._dead_letter_failures.inc()
+        where = position(d.msg, self.settings.stream)
+        self._unpublished[d.msg.ack] = (where, f"{type(error).__name__}: {error}")
+        log.error("dead letter for %s not published after %d attempts (held in the source, "
+                  "retried with backoff): %r", where, DLQ_ATTEMPTS, error)  # fmt: skip
         return False
 
     def stalled_for(self) -> float:
@@ -306,13 +320,16 @@ class Worker:
         stalled = self.stalled_for()
         if stalled > self.settings.stall_after_s:
             return (f"degraded: stalled: nothing committed for {stalled:.0f} s while "
-                    f"{len(self.source.held)} message(s) wait (PostgreSQL or NATS slow or "
-                    f"away?)")  # fmt: skip
+                    f"{len(self.source.held)} message(s) wait in {self._where()} (PostgreSQL "
+                    f"or the broker slow or away?)")  # fmt: skip
         if not self._unpublished:
             return "ok"
-        seq, why = next(iter(self._unpublished.items()))
+        where, why = next(iter(self._unpublished.values()))
         return (f"degraded: {len(self._unpublished)} dead letter(s) could not be published "
-                f"and wait in {self.settings.stream} (e.g. seq {seq}: {why[:200]})")  # fmt: skip
+                f"and wait in {self._where()} (e.g. {where}: {why[:200]})")  # fmt: skip
+
+    def _where(self) -> str:
+        return getattr(self.source, "where", f"stream {self.settings.stream}")
 
 
 def _refused(item: Valid, why: str) -> tuple[Dead, Key]:

@@ -20,6 +20,8 @@ from infra.settings import Settings
 from pipeline.commits import encode_keys
 from pipeline.dlq_nats import NatsDeadLetters
 from pipeline.flush import PgStore
+from pipeline.dlq_kafka import KafkaDeadLetters
+from pipeline.source_kafka import KafkaSource
 from pipeline.source_nats import JetStreamSource, connect, ensure_stream, nats_options
 from pipeline.worker import Worker
 from query_api.app import create_app
@@ -60,6 +62,25 @@ async def running_worker(settings: Settings, **worker_kw: object) -> AsyncIterat
         await worker.stop()
         await asyncio.wait_for(task, 30)
         await nc.close()
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def running_kafka_worker(settings: Settings, **worker_kw: object) -> AsyncIterator[Running]:
+    """A Worker over the Kafka source (a faust App in this event loop) until the block
+    ends (then drained, offsets committed, the app stopped). ``nc`` is None."""
+    pool = await create_pool(settings.database_url, max_size=4)
+    metrics = Metrics()
+    source = KafkaSource(settings, max_inflight=3 * settings.batch_max_events, metrics=metrics)
+    worker = Worker(settings, PgStore(pool), KafkaDeadLetters(source.app, settings), source,
+                    metrics, **worker_kw)  # type: ignore[arg-type]  # fmt: skip
+    task = asyncio.create_task(worker.run())
+    try:
+        yield Running(settings, worker, None, pool, metrics)  # type: ignore[arg-type]
+    finally:
+        await worker.stop()
+        await asyncio.wait_for(task, 30)
+        await source.close()
         await pool.close()
 
 

@@ -71,7 +71,7 @@ async def test_valid_and_invalid_interleaved(db_url, settings_factory, nats_url)
     missing = got[next(d for d, r in INVALID.items() if r == "missing_field")]
     assert missing["Audit-Dlq-Field"] == "tenant_id"
     assert await admin_count(db_url) == len(valid)
-    assert run.metrics.stored._value.get() == len(valid)
+    assert run.metrics.stored.labels("nats")._value.get() == len(valid)
 
 
 async def test_same_event_three_times_and_after_restart(db_url, settings_factory) -> None:
