@@ -36,8 +36,10 @@ from infra.settings import Settings, redact_url
 from infra.signing import load_signer
 from pipeline.checkpoints import Checkpointer
 from pipeline.commits import encode_keys
+from pipeline.dlq_kafka import KafkaDeadLetters
 from pipeline.dlq_nats import NatsDeadLetters
 from pipeline.flush import PgStore
+from pipeline.source_kafka import KafkaSource
 from pipeline.source_nats import JetStreamSource, connect, ensure_stream
 from pipeline.worker import Worker
 from query_api.app import create_app
@@ -147,26 +149,39 @@ async def until_up(what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio
 
 
 class Pipeline:
-    """One pipeline worker in this process, restarted with backoff if it ever fails.
+    """One pipeline worker in this process for one source (``nats`` or ``kafka``),
+    restarted with backoff if it ever fails.
 
     Dependency outages do not end a worker (it waits them out); this catches the rest
     (a bug), logs why, and starts a fresh worker on the same connections.
     """
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, nc: Any, metrics: Metrics,
-                 announce: Any) -> None:  # fmt: skip
+                 announce: Any, kind: str = "nats") -> None:  # fmt: skip
         self.settings, self.pool, self.nc, self.metrics = settings, pool, nc, metrics
         self.announce = announce
+        self.kind = kind
         self.worker = self._new()
         self.restarts = 0
         self._stopping = False
 
     def _new(self) -> Worker:
-        source = JetStreamSource(self.nc, self.settings,
-                                 max_inflight=3 * self.settings.batch_max_events,
+        inflight = 3 * self.settings.batch_max_events
+        if self.kind == "kafka":
+            kafka = KafkaSource(self.settings, max_inflight=inflight, metrics=self.metrics)
+            return Worker(self.settings, PgStore(self.pool),
+                          KafkaDeadLetters(kafka.app, self.settings), kafka, self.metrics,
+                          on_commit=self.announce)  # fmt: skip
+        source = JetStreamSource(self.nc, self.settings, max_inflight=inflight,
                                  metrics=self.metrics)  # fmt: skip
         return Worker(self.settings, PgStore(self.pool), NatsDeadLetters(self.nc, self.settings),
                       source, self.metrics, on_commit=self.announce)  # fmt: skip
+
+    async def _close_source(self) -> None:
+        close = getattr(self.worker.source, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
 
     async def run(self) -> None:
         """Run workers until :meth:`stop`."""
@@ -176,19 +191,23 @@ class Pipeline:
                 await self.worker.run()
             except Exception as exc:
                 if self._stopping:
+                    await self._close_source()
                     raise
                 self.restarts += 1
                 self.metrics.internal_errors.labels("worker").inc()
-                log.exception("pipeline worker failed (%r); restarting in %.0fs", exc, delay)
+                log.exception("%s pipeline worker failed (%r); restarting in %.0fs", self.kind,
+                              exc, delay)  # fmt: skip
                 with contextlib.suppress(Exception):
                     await self.worker.stop()
+                await self._close_source()
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 60.0)
                 self.worker = self._new()
                 continue
+            await self._close_source()
             if self._stopping:
                 return
-            log.error("pipeline worker ended unasked; restarting")
+            log.error("%s pipeline worker ended unasked; restarting", self.kind)
             self.worker = self._new()
 
     async def stop(self) -> None:
@@ -197,8 +216,18 @@ class Pipeline:
         await self.worker.stop()
 
     def status(self) -> str:
-        """The current worker's status (for /readyz)."""
-        return self.worker.status()
+        """The current worker's status (for /readyz); a Kafka worker also says when the
+        broker is unreachable or partitions are paused."""
+        status = self.worker.status()
+        source = self.worker.source
+        if isinstance(source, KafkaSource):
+            if source.broker_error:
+                return f"degraded: kafka broker unreachable ({source.broker_error[:200]})"
+            paused = source.paused()
+            if paused and status == "ok":
+                return (f"degraded: kafka partition(s) {', '.join(paused[:10])} paused: a "
+                        f"record's dead letter could not be published (retried)")  # fmt: skip
+        return status
 
     @property
     def totals(self) -> dict[str, int]:
@@ -327,16 +356,30 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-async def _drain(pipeline: Pipeline, worker_task: asyncio.Task[None], within_s: float) -> None:
+async def _drain(pipelines: list[Pipeline], tasks: list[asyncio.Task[None]],
+                 within_s: float) -> None:  # fmt: skip
     """Stop fetching and wait (up to ``within_s``) for what is in flight to be settled."""
-    if worker_task.done():
+    running = [(p, t) for p, t in zip(pipelines, tasks, strict=True) if not t.done()]
+    if not running:
         return
-    await pipeline.stop()
+    for pipeline, _ in running:
+        await pipeline.stop()
     try:
-        await asyncio.wait_for(worker_task, timeout=within_s)
+        await asyncio.wait_for(asyncio.gather(*(t for _, t in running)), timeout=within_s)
     except TimeoutError:
         log.error("pipeline did not drain in %.0fs; unacked events will be redelivered",
                   within_s)  # fmt: skip
+
+
+def _status(pipelines: list[Pipeline]) -> str:
+    """``ok``, or every pipeline's reason (``nats: ...; kafka: ...``)."""
+    bad = [(p.kind, p.status()) for p in pipelines]
+    bad = [(k, v) for k, v in bad if v != "ok"]
+    if not bad:
+        return "ok"
+    if len(pipelines) == 1:
+        return bad[0][1]
+    return "; ".join(f"{k}: {v}" for k, v in bad)
 
 
 async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> dict[str, int]:
@@ -367,7 +410,12 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
                 payload = encode_keys([*stored, *duplicates], rejected)
                 await nc.publish(settings.commit_subject, payload)
 
-        pipeline = Pipeline(settings, pipe_pool, nc, metrics, announce)
+        kinds = (["nats"] if settings.nats_ingest else []) + (
+            ["kafka"] if settings.kafka_bootstrap else [])  # fmt: skip
+        pipelines = [Pipeline(settings, pipe_pool, nc, metrics, announce, k) for k in kinds]
+        if http and not settings.nats_ingest:
+            log.warning("AUDIT_NATS_INGEST=false in a process serving the write API: its "
+                        "writes wait in JetStream until a worker with it on consumes them")
         if settings.checkpoint_interval_s > 0:
             # Registered before the drain: on the way out the pipeline drains first, then
             # the checkpointer signs what it stored.
@@ -375,24 +423,27 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
             if settings.retention_interval_s > 0:
                 job = _retention_loop(ends.database_url, settings, metrics)
                 stack.callback(asyncio.create_task(job, name="retention").cancel)
-        worker_task = asyncio.create_task(pipeline.run(), name="pipeline")
-        stack.push_async_callback(_drain, pipeline, worker_task, settings.shutdown_timeout_s)
+        tasks = [asyncio.create_task(p.run(), name=f"pipeline-{p.kind}") for p in pipelines]
+        stack.push_async_callback(_drain, pipelines, tasks, settings.shutdown_timeout_s)
         reads = cast(asyncpg.Pool, TimedPool(api_pool, settings.db_acquire_timeout_s))
         app = create_app(settings, reads, nc, metrics, api=http,
-                         consumer_bound=lambda: not worker_task.done(),
-                         pipeline_status=pipeline.status)  # fmt: skip
+                         consumer_bound=lambda: not any(t.done() for t in tasks),
+                         pipeline_status=lambda: _status(pipelines))  # fmt: skip
         await _listen(app, settings, http, stack)
-        log.info("postgresql: %s | nats: %s", redact_url(ends.database_url), ends.nats_url)
+        log.info("postgresql: %s | nats: %s%s", redact_url(ends.database_url), ends.nats_url,
+                 f" | kafka: {settings.kafka_bootstrap} topic {settings.kafka_topic}"
+                 if settings.kafka_bootstrap else "")  # fmt: skip
         _tune_gc()
-        for job in (_update_gauges(metrics, api_pool, pipe_pool, pipeline),
+        for job in (_update_gauges(metrics, api_pool, pipe_pool, pipelines),
                     partitions_ahead(pipe_pool, settings.partitions_ahead_months)):  # fmt: skip
             stack.callback(asyncio.create_task(job).cancel)
         stopper = asyncio.create_task(stop.wait())
         stack.callback(stopper.cancel)
-        await asyncio.wait({stopper, worker_task}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         log.info("shutting down: draining the pipeline")
-        await _drain(pipeline, worker_task, settings.shutdown_timeout_s)
-    totals = dict(pipeline.totals)
+        await _drain(pipelines, tasks, settings.shutdown_timeout_s)
+    totals = {k: sum(p.totals[k] for p in pipelines) for k in
+              ("stored", "duplicates", "dead_lettered")}  # fmt: skip
     log.info(
         "stopped: %d stored, %d dead-lettered, %d duplicates, uptime %.1fs",
         totals["stored"], totals["dead_lettered"], totals["duplicates"],
@@ -423,25 +474,36 @@ async def partitions_ahead(pool: asyncpg.Pool, months: int, every: float = 3600.
 
 
 async def _update_gauges(metrics: Metrics, api_pool: asyncpg.Pool, pipe_pool: asyncpg.Pool,
-                         pipeline: Pipeline, every: float = 5.0) -> None:  # fmt: skip
-    """Refresh the consumer, pool and progress gauges (they are states, not events)."""
+                         pipelines: list[Pipeline], every: float = 5.0) -> None:  # fmt: skip
+    """Refresh the consumer, pool and progress gauges (they are states, not events); for
+    Kafka also lag per partition and whether the broker answers (for /readyz)."""
     while True:
         metrics.pool_in_use.labels("api").set(api_pool.get_size() - api_pool.get_idle_size())
         metrics.pool_in_use.labels("pipeline").set(
             pipe_pool.get_size() - pipe_pool.get_idle_size())  # fmt: skip
-        worker = pipeline.worker
-        source = worker.source
-        if isinstance(source, JetStreamSource):
-            metrics.oldest_unacked.set(source.oldest_held_age_s(time.time_ns()))
-        metrics.last_commit_age.set(worker.stalled_for())
-        try:
-            if isinstance(source, JetStreamSource):
-                pending, ack_pending = await asyncio.wait_for(source.consumer_state(), 2)
-                metrics.consumer_pending.set(pending)
-                metrics.consumer_ack_pending.set(ack_pending)
-        except Exception as exc:  # NATS away: keep the last values, say why once per tick
-            log.debug("consumer state unavailable: %r", exc)
+        for pipeline in pipelines:
+            await _source_gauges(metrics, pipeline.worker)
         await asyncio.sleep(every)
+
+
+async def _source_gauges(metrics: Metrics, worker: Worker) -> None:
+    source = worker.source
+    kind = getattr(source, "kind", "nats")
+    metrics.last_commit_age.labels(kind).set(worker.stalled_for())
+    if isinstance(source, JetStreamSource | KafkaSource):
+        metrics.oldest_unacked.labels(kind).set(source.oldest_held_age_s(time.time_ns()))
+    try:
+        if isinstance(source, JetStreamSource):
+            pending, ack_pending = await asyncio.wait_for(source.consumer_state(), 2)
+            metrics.consumer_pending.set(pending)
+            metrics.consumer_ack_pending.set(ack_pending)
+        elif isinstance(source, KafkaSource):
+            await source.probe()
+            metrics.kafka_lag.clear()
+            for (topic, partition), lag in (await source.lag()).items():
+                metrics.kafka_lag.labels(topic, str(partition)).set(lag)
+    except Exception as exc:  # the broker away: keep the last values, say why once per tick
+        log.debug("%s consumer state unavailable: %r", kind, exc)
 
 
 def run_event_loop(coro: object) -> object:

@@ -7,11 +7,16 @@
 Guarantees:
 
 - **Commit after store.** The agent reads a ``noack`` stream: a record is acked to faust
-  only when the worker settles it (stored, a duplicate, or dead-lettered), i.e. after the
-  batch's PostgreSQL transaction committed. Faust commits, per partition, the offset
-  after the longest run of acked records (never past an unsettled one), every
-  ``COMMIT_INTERVAL_S`` and at shutdown; auto-commit is off. A crash anywhere means
-  redelivery of what was not committed, and the claim table keeps storage exactly-once.
+  only when the worker settled it (stored, a duplicate, or dead-lettered), i.e. after the
+  batch's PostgreSQL transaction committed, **and** every record delivered before it from
+  its partition is settled too (acks reach faust in partition order). Faust commits the
+  acked offsets every ``COMMIT_INTERVAL_S`` and at shutdown; auto-commit is off. A crash
+  anywhere means redelivery of what was not committed, and the claim table keeps storage
+  exactly-once. (In-order acks are not only tidier: faust-streaming 0.15's
+  ``Consumer._new_offset`` compares the first acked offset with the committed one off by
+  one, so acks with a one-record hole after a commit are committed past the hole; this
+  source never hands it a hole. ``tests/integration/test_source_kafka.py`` checks the
+  committed offsets against the broker.)
 - **Nothing skipped.** Kafka cannot give back one record. When the worker cannot settle
   one (its dead letter could not be published, or a flush failed unexpectedly) it NAKs
   it: the source pauses that record's partition (no new fetches from it; fetched records
@@ -33,6 +38,7 @@ worker read the record (a producer's own CreateTime is not trusted as a receipt 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -136,8 +142,12 @@ class KafkaSource:
         self.max_bytes = settings.max_inflight_bytes
         self.app = app if app is not None else kafka_app(settings)
         self.held: dict[str, Message] = {}
-        self._events: dict[str, Any] = {}  # ack token -> faust event
+        self._events: dict[str, Any] = {}  # ack token -> faust event (until acked to faust)
         self._tps: dict[str, Any] = {}  # ack token -> faust TP
+        # Per partition, tokens in delivery order until acked to faust; settled ones wait
+        # in _done for the records before them.
+        self._order: dict[Any, collections.deque[str]] = defaultdict(collections.deque)
+        self._done: set[str] = set()
         self._naked: dict[Any, set[str]] = defaultdict(set)  # paused TP -> held tokens
         self._buffer: list[Message] = []
         self._wake = asyncio.Event()
@@ -148,6 +158,7 @@ class KafkaSource:
         self._retries: set[asyncio.Task[None]] = set()
         self.broker_error = ""  # why the broker is unreachable ("" when it is)
         self._started = False
+        self._probe_client: Any = None
         topic = self.app.topic(settings.kafka_topic, key_type=bytes, value_type=bytes,
                                key_serializer="raw", value_serializer="raw")  # fmt: skip
         self.app.agent(topic, name="audit-ingest")(self._agent)
@@ -177,6 +188,9 @@ class KafkaSource:
         if old is not None:  # delivered again (after a rebalance seek)
             self._inflight_bytes -= old.size
         self.held[token] = msg
+        if token not in self._events:
+            self._order[tp].append(token)
+        self._done.discard(token)
         self._events[token] = event
         self._tps[token] = tp
         self._inflight_bytes += msg.size
@@ -187,29 +201,46 @@ class KafkaSource:
         gone = {(tp.topic, tp.partition) for tp in revoked}
         if not gone:
             return
-        keep = []
-        for m in self._buffer:
-            tp = self._tps.get(m.ack)
-            if tp is not None and (tp.topic, tp.partition) in gone:
-                self._forget(m)
-            else:
-                keep.append(m)
-        self._buffer = keep
-        for tp in list(self._naked):
-            if (tp.topic, tp.partition) in gone:
-                for token in self._naked.pop(tp):
-                    msg = self.held.get(token)
-                    if msg is not None:
-                        self._forget(msg)
+        self._buffer = [m for m in self._buffer if self._tp_key(m.ack) not in gone]
+        for tp in [tp for tp in self._order if (tp.topic, tp.partition) in gone]:
+            for token in self._order.pop(tp):
+                self._drop(token)
+            self._naked.pop(tp, None)
         self._update_paused()
         log.info("kafka partitions revoked: %s", sorted(f"{t}/{p}" for t, p in gone))
 
-    def _forget(self, msg: Message) -> None:
-        if self.held.pop(msg.ack, None) is not None:
+    def _tp_key(self, token: str) -> tuple[str, int] | None:
+        tp = self._tps.get(token)
+        return (tp.topic, tp.partition) if tp is not None else None
+
+    def _settle(self, token: str) -> None:
+        msg = self.held.pop(token, None)
+        if msg is not None:
             self._inflight_bytes -= msg.size
-        self._events.pop(msg.ack, None)
-        self._tps.pop(msg.ack, None)
         self._room.set()
+
+    def _drop(self, token: str) -> None:
+        """Forget a record entirely (its partition went to another worker)."""
+        self._settle(token)
+        self._events.pop(token, None)
+        self._tps.pop(token, None)
+        self._done.discard(token)
+
+    def _advance(self, tp: Any) -> None:
+        """Ack to faust the settled records at the head of ``tp``'s delivery order."""
+        order = self._order.get(tp)
+        while order and order[0] in self._done:
+            token = order.popleft()
+            self._done.discard(token)
+            self._tps.pop(token, None)
+            event = self._events.pop(token, None)
+            if event is not None:
+                try:
+                    event.ack()
+                except Exception as exc:  # the partition moved away meanwhile
+                    log.debug("ack of %s not taken: %r", token, exc)
+        if order is not None and not order:
+            del self._order[tp]
 
     # -- the worker side ------------------------------------------------------------------
     async def start(self) -> None:
@@ -232,23 +263,25 @@ class KafkaSource:
             yield chunk
 
     async def ack(self, msgs: list[Message]) -> None:
-        """Mark ``msgs`` processed: faust commits their offsets once every record before
-        them in their partition is acked too. Never raises."""
+        """Settle ``msgs``: each is acked to faust (whose next commit includes its offset)
+        once every record delivered before it from its partition is settled. Never raises."""
         resumed = False
+        touched = set()
         for m in msgs:
-            event = self._events.get(m.ack)
-            if event is not None:
-                try:
-                    event.ack()
-                except Exception as exc:  # the partition moved away meanwhile
-                    log.debug("ack of %s not taken: %r", m.ack, exc)
-            tp = self._tps.get(m.ack)
-            if tp is not None and tp in self._naked:
-                self._naked[tp].discard(m.ack)
+            token = m.ack
+            self._settle(token)
+            tp = self._tps.get(token)
+            if tp is None or token not in self._events:
+                continue  # revoked meanwhile: the new owner has it
+            self._done.add(token)
+            touched.add(tp)
+            if tp in self._naked:
+                self._naked[tp].discard(token)
                 if not self._naked[tp]:
                     del self._naked[tp]
                     resumed = True
-            self._forget(m)
+        for tp in touched:
+            self._advance(tp)
         if resumed:
             self._update_paused()
 
@@ -314,6 +347,7 @@ class KafkaSource:
 
     async def close(self) -> None:
         """Commit what was acked and stop the faust app (after the worker settled)."""
+        await self._close_probe()
         if not self._started:
             return
         self._started = False
@@ -321,6 +355,12 @@ class KafkaSource:
             await asyncio.wait_for(self.app.consumer.commit(), 10)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.app.stop(), 30)
+
+    async def _close_probe(self) -> None:
+        client, self._probe_client = self._probe_client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
 
     async def lag(self) -> dict[tuple[str, int], int]:
         """Records not yet committed per assigned partition (highwater - committed)."""
@@ -338,11 +378,22 @@ class KafkaSource:
         """Ask the broker for the topic's metadata; ``""`` when it answered, else why not
         (kept in :attr:`broker_error` for /readyz)."""
         try:
-            client = self.app.consumer._thread._ensure_consumer()._client
-            await asyncio.wait_for(client.fetch_all_metadata(), within_s)
+            # A small client of our own, in this loop (faust's consumer runs in a thread
+            # with its own loop).
+            if self._probe_client is None:
+                from aiokafka import AIOKafkaClient
+
+                self._probe_client = AIOKafkaClient(
+                    bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+                    client_id="auditlog-probe", request_timeout_ms=int(within_s * 1000),
+                )  # fmt: skip
+                await asyncio.wait_for(self._probe_client.bootstrap(), within_s)
+            await asyncio.wait_for(self._probe_client.fetch_all_metadata(), within_s)
             self.broker_error = ""
         except Exception as exc:
             self.broker_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if self._probe_client is not None and not self._probe_client.cluster.brokers():
+                await self._close_probe()  # never bootstrapped: start over next time
         if self.metrics is not None:
             self.metrics.source_up.labels(self.kind).set(0 if self.broker_error else 1)
         return self.broker_error

@@ -78,8 +78,10 @@ async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
 
 async def produce(bootstrap: str, topic: str, values: list[bytes],
                   headers: list[list[tuple[str, bytes]] | None] | None = None,
-                  keys: list[bytes | None] | None = None) -> None:  # fmt: skip
-    """Produce ``values`` (waiting for every acknowledgement)."""
+                  keys: list[bytes | None] | None = None,
+                  partition: int | None = None) -> None:  # fmt: skip
+    """Produce ``values`` (to ``partition``, or as the producer picks), waiting for every
+    acknowledgement."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
@@ -88,7 +90,7 @@ async def produce(bootstrap: str, topic: str, values: list[bytes],
         futures = []
         for i, value in enumerate(values):
             futures.append(await producer.send(
-                topic, value, key=keys[i] if keys else None,
+                topic, value, key=keys[i] if keys else None, partition=partition,
                 headers=(headers[i] if headers else None) or []))  # fmt: skip
         await asyncio.gather(*futures)
     finally:
@@ -112,3 +114,22 @@ async def consume_all(bootstrap: str, topic: str, expected: int, timeout: float 
     finally:
         await consumer.stop()
     return out
+
+
+async def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offset per partition (what a restarted worker reads from;
+    read without joining the group)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)  # fmt: skip
+    await consumer.start()
+    try:
+        out = {}
+        for p in range(partitions):
+            offset = await consumer.committed(TopicPartition(topic, p))
+            if offset is not None and offset >= 0:
+                out[p] = offset
+        return out
+    finally:
+        await consumer.stop()

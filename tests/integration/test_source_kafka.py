@@ -15,7 +15,9 @@ import pytest
 from pipeline.chain import verify_tenant
 from tests.conftest import README_EVENT
 from tests.integration.conftest import admin_count, running_kafka_worker, wait_count
-from tests.tansu import Tansu, consume_all, create_topic, produce
+from pipeline.dlq_kafka import KafkaDeadLetters
+from pipeline.stages import Dead
+from tests.tansu import Tansu, committed, consume_all, create_topic, produce
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +91,96 @@ async def chains_verify(db_url: str, expected: dict[str, int]) -> None:
             assert report.ok and report.events == n, (tenant, report)
     finally:
         await conn.close()
+
+
+class Switchable:
+    """The real Kafka dead-letter sink behind a switch: while ``broken``, publishing fails
+    (fault injection at the sink's boundary; the broker and source are real)."""
+
+    def __init__(self, real: KafkaDeadLetters) -> None:
+        self.real = real
+        self.broken = True
+        self.failures = 0
+
+    async def publish(self, dead: Dead, now) -> None:
+        if self.broken:
+            self.failures += 1
+            raise ConnectionError("dead-letter topic unavailable (injected)")
+        await self.real.publish(dead, now)
+
+
+async def test_unpublishable_dead_letter_pauses_its_partition_only(
+    db_url, settings_factory, tansu
+) -> None:
+    s = kafka_settings(settings_factory, db_url, tansu)
+    await create_topic(tansu.bootstrap, s.kafka_topic, 2)
+    # Partition 0: 5 valid, one bad, 5 valid. Partition 1: 20 valid.
+    await produce(tansu.bootstrap, s.kafka_topic, [event("t-p0", i) for i in range(5)],
+                  partition=0)  # fmt: skip
+    await produce(tansu.bootstrap, s.kafka_topic, [b"{broken"], partition=0)
+    await produce(tansu.bootstrap, s.kafka_topic, [event("t-p0", i) for i in range(5, 10)],
+                  partition=0)  # fmt: skip
+    await produce(tansu.bootstrap, s.kafka_topic, [event("t-p1", i) for i in range(20)],
+                  partition=1)  # fmt: skip
+    async with running_kafka_worker(s) as run:
+        source = run.worker.source
+        sink = Switchable(run.worker.dead_letters)  # type: ignore[arg-type]
+        run.worker.dead_letters = sink
+        assert await wait_count(db_url, 30) == 30  # every valid event, both partitions
+        for _ in range(200):
+            if source.paused() and run.worker.status().startswith("degraded"):
+                break
+            await asyncio.sleep(0.05)
+        assert source.paused() == [f"{s.kafka_topic}/0"]
+        assert "could not be published" in run.worker.status()
+        assert run.metrics.kafka_paused._value.get() == 1
+        await asyncio.sleep(2 * 1.0 + 0.5)  # faust commits every second
+        offsets = await committed(tansu.bootstrap, s.kafka_group, s.kafka_topic, 2)
+        assert offsets.get(0, 0) <= 5  # never past the held record (offset 5)
+        assert offsets.get(1) == 20  # the other partition went on
+        sink.broken = False  # the dead-letter topic comes back: retried with backoff
+        letters = await consume_all(tansu.bootstrap, s.kafka_dlq_topic, 1)
+        assert [r.value for r in letters] == [b"{broken"]
+        for _ in range(200):
+            if not source.paused() and run.worker.status() == "ok":
+                break
+            await asyncio.sleep(0.05)
+        assert source.paused() == [] and run.worker.status() == "ok"
+        await asyncio.sleep(1.5)
+        assert (await committed(tansu.bootstrap, s.kafka_group, s.kafka_topic, 2)) == {0: 11, 1: 20}
+        assert sink.failures >= 3
+    assert await admin_count(db_url) == 30
+    await chains_verify(db_url, {"t-p0": 10, "t-p1": 20})
+
+
+async def test_broker_away_and_back(db_url, settings_factory, tmp_path) -> None:
+    broker = Tansu(tmp_path)
+    broker.start()
+    try:
+        s = kafka_settings(settings_factory, db_url, broker)
+        await create_topic(broker.bootstrap, s.kafka_topic, 2)
+        await produce(broker.bootstrap, s.kafka_topic, [event("t-away", i) for i in range(10)])
+        async with running_kafka_worker(s) as run:
+            source = run.worker.source
+            assert await wait_count(db_url, 10) == 10
+            broker.stop()
+            for _ in range(100):
+                if await source.probe(within_s=1.0):
+                    break
+            assert source.broker_error
+            assert run.metrics.source_up.labels("kafka")._value.get() == 0
+            await asyncio.sleep(3)  # the consumer loses its connection and group
+            # Tansu keeps data in memory: the restarted broker is empty (reconnection,
+            # not durability, is what this tests).
+            broker.start()
+            await create_topic(broker.bootstrap, s.kafka_topic, 2)
+            for _ in range(100):
+                if not await source.probe(within_s=1.0):
+                    break
+                await asyncio.sleep(0.2)
+            assert source.broker_error == ""
+            await produce(broker.bootstrap, s.kafka_topic,
+                          [event("t-away", i) for i in range(10, 40)])  # fmt: skip
+            assert await wait_count(db_url, 40, timeout=90) == 40
+    finally:
+        broker.stop()
