@@ -414,8 +414,10 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
             ["kafka"] if settings.kafka_bootstrap else [])  # fmt: skip
         pipelines = [Pipeline(settings, pipe_pool, nc, metrics, announce, k) for k in kinds]
         if http and not settings.nats_ingest:
-            log.warning("AUDIT_NATS_INGEST=false in a process serving the write API: its "
-                        "writes wait in JetStream until a worker with it on consumes them")
+            log.warning(
+                "AUDIT_NATS_INGEST=false in a process serving the write API: its "
+                "writes wait in JetStream until a worker with it on consumes them"
+            )
         if settings.checkpoint_interval_s > 0:
             # Registered before the drain: on the way out the pipeline drains first, then
             # the checkpointer signs what it stored.

@@ -23,7 +23,9 @@ class Metrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.received = Counter(
-            "auditlog_events_received", "Events read from the source", ["agent", "source"],
+            "auditlog_events_received",
+            "Events read from the source",
+            ["agent", "source"],
             registry=r,
         )
         self.stored = Counter(

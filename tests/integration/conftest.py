@@ -18,9 +18,9 @@ from infra.db import create_pool
 from infra.metrics import Metrics
 from infra.settings import Settings
 from pipeline.commits import encode_keys
+from pipeline.dlq_kafka import KafkaDeadLetters
 from pipeline.dlq_nats import NatsDeadLetters
 from pipeline.flush import PgStore
-from pipeline.dlq_kafka import KafkaDeadLetters
 from pipeline.source_kafka import KafkaSource
 from pipeline.source_nats import JetStreamSource, connect, ensure_stream, nats_options
 from pipeline.worker import Worker

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +18,11 @@ import asyncpg
 import pytest
 
 from pipeline.chain import verify_tenant
-from tests.conftest import README_EVENT
-from tests.integration.conftest import admin_count, running_kafka_worker, wait_count
 from pipeline.dlq_kafka import KafkaDeadLetters
 from pipeline.stages import Dead
-from tests.tansu import Tansu, committed, consume_all, create_topic, produce
+from tests.conftest import README_EVENT
+from tests.integration.conftest import admin_count, running_kafka_worker, wait_count
+from tests.tansu import Tansu, committed, consume_all, create_topic, free_port, produce
 
 pytestmark = pytest.mark.integration
 
@@ -75,8 +80,10 @@ async def test_valid_invalid_and_duplicate_events(db_url, settings_factory, tans
     assert len(letters) == len(INVALID)
     for rec in letters:
         h = {k: v.decode() for k, v in rec.headers}
-        assert h["Audit-Dlq-Reason"] == INVALID[rec.value if len(rec.value) < 60_000
-                                                else event(description="x" * 70_000)]
+        assert (
+            h["Audit-Dlq-Reason"]
+            == INVALID[rec.value if len(rec.value) < 60_000 else event(description="x" * 70_000)]
+        )
         assert h["Audit-Dlq-Source"].startswith(f"{s.kafka_topic}/")
         assert rec.key.decode() == "dlq:" + h["Audit-Dlq-Source"]
     await chains_verify(db_url, {"t-0": 20, "t-1": 20, "t-2": 20, "t-dup": 2})
@@ -184,3 +191,102 @@ async def test_broker_away_and_back(db_url, settings_factory, tmp_path) -> None:
             assert await wait_count(db_url, 40, timeout=90) == 40
     finally:
         broker.stop()
+
+
+# -- the service as real processes (`auditlog pipeline`): crashes and rebalances ---------
+TENANTS = [f"t-k{i}" for i in range(7)]
+
+
+def worker_env(db_url: str, nats_url: str, broker: Tansu, tmp: Path, topic: str,
+               group: str) -> dict[str, str]:  # fmt: skip
+    n = uuid.uuid4().hex[:8]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
+    env.update(AUDIT_DATABASE_URL=db_url, AUDIT_NATS_URL=nats_url, AUDIT_STATE_DIR=str(tmp),
+               AUDIT_STREAM=f"AUDIT_K{n}", AUDIT_SUBJECT=f"k.{n}.audit.events",
+               AUDIT_DLQ_STREAM=f"AUDIT_KDLQ{n}", AUDIT_DLQ_SUBJECT=f"k.{n}.audit.dlq",
+               AUDIT_COMMIT_SUBJECT=f"k.{n}.committed", AUDIT_CHECKPOINT_STREAM=f"AUDIT_KCP{n}",
+               AUDIT_CHECKPOINT_SUBJECT=f"k.{n}.cp", AUDIT_STREAM_MAX_BYTES=str(64 << 20),
+               AUDIT_DLQ_MAX_BYTES=str(64 << 20), AUDIT_RETENTION_INTERVAL_S="0",
+               AUDIT_NATS_INGEST="false", AUDIT_KAFKA_BOOTSTRAP=broker.bootstrap,
+               AUDIT_KAFKA_TOPIC=topic, AUDIT_KAFKA_GROUP=group,
+               AUDIT_KAFKA_DLQ_TOPIC=topic + ".dlq", AUDIT_BATCH_MAX_EVENTS="500",
+               AUDIT_LOG_LEVEL="WARNING")  # fmt: skip
+    return env
+
+
+def spawn_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    env = dict(env, AUDIT_METRICS_PORT=str(free_port()))
+    return subprocess.Popen([sys.executable, "-m", "auditlog.cli", "pipeline", "--workers", "1"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+
+
+async def wait_at_least(dsn: str, n: int, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        count = await admin_count(dsn)
+        if count >= n or time.monotonic() > deadline:
+            return count
+        await asyncio.sleep(0.1)
+
+
+async def assert_exactly(dsn: str, total: int) -> None:
+    assert await wait_count(dsn, total, timeout=180) == total
+    await asyncio.sleep(1.5)  # nothing more may arrive
+    assert await admin_count(dsn) == total
+    assert await admin_count(dsn, "SELECT count(DISTINCT description) FROM audit.events") == total
+    await chains_verify(dsn, {t: total // len(TENANTS) for t in TENANTS})
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+async def test_kill_9_mid_batch_then_restart(db_url, nats_url, tansu, tmp_path) -> None:
+    total = 14_000
+    topic, group = f"audit.kill.{uuid.uuid4().hex[:6]}", f"g-{uuid.uuid4().hex[:6]}"
+    await create_topic(tansu.bootstrap, topic, 3)
+    await produce(tansu.bootstrap, topic, [event(TENANTS[i % 7], i) for i in range(total)])
+    env = worker_env(db_url, nats_url, tansu, tmp_path, topic, group)
+    first = spawn_worker(env)
+    procs = [first]
+    try:
+        got = await wait_at_least(db_url, 2_000)
+        assert 2_000 <= got < total, got  # mid-drain
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        second = spawn_worker(env)
+        procs.append(second)
+        await assert_exactly(db_url, total)
+        assert second.poll() is None
+    finally:
+        stop(procs)
+
+
+async def test_two_workers_in_one_group_with_rebalances(db_url, nats_url, tansu,
+                                                        tmp_path) -> None:  # fmt: skip
+    total = 14_000
+    topic, group = f"audit.two.{uuid.uuid4().hex[:6]}", f"g-{uuid.uuid4().hex[:6]}"
+    await create_topic(tansu.bootstrap, topic, 4)
+    await produce(tansu.bootstrap, topic, [event(TENANTS[i % 7], i) for i in range(total)])
+    env = worker_env(db_url, nats_url, tansu, tmp_path, topic, group)
+    one = spawn_worker(env)
+    procs = [one]
+    try:
+        assert await wait_at_least(db_url, 1_500) < total
+        two = spawn_worker(env)  # joins: partitions are shared out again
+        procs.append(two)
+        assert await wait_at_least(db_url, 6_000) < total
+        one.send_signal(signal.SIGTERM)  # leaves: its partitions go to the other
+        assert one.wait(60) == 0
+        await assert_exactly(db_url, total)
+        assert two.poll() is None
+    finally:
+        stop(procs)
