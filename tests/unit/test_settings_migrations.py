@@ -31,12 +31,26 @@ def test_settings_from_env_with_secrets_hidden() -> None:
         ({"AUDIT_HTTP_PORT": "eighty"}, "AUDIT_HTTP_PORT"),
         ({"AUDIT_LOG_FORMAT": "xml"}, "AUDIT_LOG_FORMAT"),
         ({"AUDIT_BATCH_MAX_EVENTS": "0"}, "AUDIT_BATCH_MAX_EVENTS"),
+        ({"AUDIT_KAFKA_BOOTSTRAP": "kafka://broker:9092"}, "AUDIT_KAFKA_BOOTSTRAP"),
+        ({"AUDIT_KAFKA_BOOTSTRAP": "a:1,b"}, "AUDIT_KAFKA_BOOTSTRAP"),
+        ({"AUDIT_KAFKA_TOPIC": "audit events"}, "AUDIT_KAFKA_TOPIC"),
+        ({"AUDIT_KAFKA_DLQ_TOPIC": "audit.events"}, "AUDIT_KAFKA_DLQ_TOPIC"),
+        ({"AUDIT_KAFKA_SESSION_TIMEOUT_S": "0"}, "AUDIT_KAFKA_SESSION_TIMEOUT_S"),
+        ({"AUDIT_NATS_INGEST": "false"}, "AUDIT_NATS_INGEST"),
+        ({"AUDIT_NATS_INGEST": "maybe"}, "AUDIT_NATS_INGEST"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], var: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert info.value.setting == var and var in str(info.value)
+
+
+def test_kafka_settings() -> None:
+    s = load_settings({"AUDIT_KAFKA_BOOTSTRAP": "k1:9092,k2:9093", "AUDIT_NATS_INGEST": "false"})
+    assert s.kafka_bootstrap == "k1:9092,k2:9093" and not s.nats_ingest
+    assert (s.kafka_topic, s.kafka_group, s.kafka_dlq_topic) == (
+        "audit.events", "auditlog", "audit.dlq")  # fmt: skip
 
 
 def test_migrations_load_in_version_order_whatever_the_file_order(tmp_path: Path) -> None:
