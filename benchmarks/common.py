@@ -174,8 +174,10 @@ async def running_service(dsn: str, nats_url: str, admin_token: str, tag: str,
         proc.wait(60)
 
 
-def start_pipeline(settings: Settings, workers: int) -> tuple[subprocess.Popen[bytes], str]:
-    """`auditlog pipeline --workers N` configured like ``settings``, logging warnings only.
+def start_pipeline(settings: Settings, workers: int,
+                   **extra_env: str) -> tuple[subprocess.Popen[bytes], str]:  # fmt: skip
+    """`auditlog pipeline --workers N` configured like ``settings`` (plus ``extra_env``),
+    logging warnings only.
 
     Returns:
         (the process, the first worker's /readyz URL).
@@ -183,7 +185,7 @@ def start_pipeline(settings: Settings, workers: int) -> tuple[subprocess.Popen[b
     from auditlog.embedded import free_port
 
     port = free_port()
-    env = dict(os.environ, AUDIT_LOG_LEVEL="WARNING", AUDIT_METRICS_PORT=str(port))
+    env = dict(os.environ, AUDIT_LOG_LEVEL="WARNING", AUDIT_METRICS_PORT=str(port), **extra_env)
     for f in ("database_url", "nats_url", "stream", "subject", "dlq_stream", "dlq_subject",
               "commit_subject", "batch_max_events", "batch_max_latency_ms"):  # fmt: skip
         env["AUDIT_" + f.upper()] = str(getattr(settings, f))
@@ -225,12 +227,13 @@ def worker_rss_kib(pid: int) -> int:
 
 def cpu_seconds_by_component() -> dict[str, float]:
     """CPU seconds (user + system) used so far by live processes, grouped as
-    ``postgresql``, ``nats-server``, ``pipeline`` (`auditlog pipeline` workers),
-    ``service`` (`auditlog run`: API + worker) and ``load`` (this benchmark process)."""
+    ``postgresql``, ``nats-server``, ``tansu`` (the Kafka scenario's broker), ``pipeline``
+    (`auditlog pipeline` workers), ``service`` (`auditlog run`: API + worker) and ``load``
+    (this benchmark process)."""
     tick = os.sysconf("SC_CLK_TCK")
     own = os.times()
-    out = {"postgresql": 0.0, "nats-server": 0.0, "pipeline": 0.0, "service": 0.0,
-           "load": own.user + own.system}  # fmt: skip
+    out = {"postgresql": 0.0, "nats-server": 0.0, "tansu": 0.0, "pipeline": 0.0,
+           "service": 0.0, "load": own.user + own.system}  # fmt: skip
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -246,6 +249,8 @@ def cpu_seconds_by_component() -> dict[str, float]:
             out["postgresql"] += cpu
         elif comm.startswith("nats-server"):
             out["nats-server"] += cpu
+        elif comm.startswith("tansu"):
+            out["tansu"] += cpu
         elif b"auditlog.cli pipeline" in cmd:
             out["pipeline"] += cpu
         elif b"auditlog.cli run" in cmd:

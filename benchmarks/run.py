@@ -32,6 +32,8 @@ SCENARIOS: dict[str, tuple[str, list[str], list[str]]] = {
                        ["--events", "60000", "--workers", "1"]),
     "drain_2_workers": ("drain", ["--events", "1000000", "--workers", "2", "--skip-ceiling"],
                         ["--events", "60000", "--workers", "2", "--skip-ceiling"]),
+    "drain_kafka": ("drain", ["--events", "1000000", "--source", "kafka", "--skip-ceiling"],
+                    ["--events", "60000", "--source", "kafka", "--skip-ceiling"]),
     "naive": ("naive", ["--events", "100000"], ["--events", "10000"]),
     "steady": ("steady", ["--rate", "5000", "--seconds", "30"],
                ["--rate", "3000", "--seconds", "8"]),
@@ -164,7 +166,7 @@ def _ingest(runs: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     lines += ["", "## Ingest", "",
               "| scenario | events/s | / ceiling | / naive | peak RSS "
-              "| CPU µs/event: PostgreSQL / NATS / worker |",
+              "| CPU µs/event: PostgreSQL / broker (NATS or tansu) / worker |",
               "|---|---|---|---|---|---|"]  # fmt: skip
     ceiling = runs.get("drain_1_worker", {}).get("ceiling_per_s")
     naive = runs["naive"]["naive"]["events_per_s"] if "naive" in runs else None
@@ -179,8 +181,8 @@ def _ingest(runs: dict[str, Any]) -> list[str]:
     if naive:
         lines.append(f"| naive (fetch + INSERT per event) | {naive:,.0f} | "
                      f"{ratio(naive, ceiling)} | 1.00 | | |")  # fmt: skip
-    for name in ("drain_1_worker", "drain_2_workers"):
-        if name not in runs:
+    for name in ("drain_1_worker", "drain_2_workers", "drain_kafka"):
+        if name not in runs or "drain" not in runs[name]:
             continue
         d = runs[name]["drain"]
         what = (f"{name.replace('_', ' ')} ({d['events']:,} msgs, "
@@ -188,8 +190,9 @@ def _ingest(runs: dict[str, Any]) -> list[str]:
                 f"{d['invalid_in_input']} invalid)")  # fmt: skip
         rate = d["events_per_s"]
         cpu = d.get("cpu_us_per_event", {})
+        broker = "tansu" if d.get("source") == "kafka" else "nats-server"
         split = (
-            " / ".join(f"{cpu.get(k, 0):.0f}" for k in ("postgresql", "nats-server", "pipeline"))
+            " / ".join(f"{cpu.get(k, 0):.0f}" for k in ("postgresql", broker, "pipeline"))
             if cpu
             else ""
         )
