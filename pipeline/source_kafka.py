@@ -61,6 +61,12 @@ _LOG_APPEND_TIME = 1
 # Topics faust creates when missing get this many partitions (an existing topic is used
 # as it is).
 DEFAULT_PARTITIONS = 8
+# faust hands records over one by one: chunks for the worker are gathered up to this many
+# records or this long after the first (without it, batches stay tiny at low rates and
+# PostgreSQL pays per batch; measured: 2,300 -> 4,300 events/s, PostgreSQL 198 -> 44
+# µs/event, benchmarks/README.md).
+CHUNK_ITEMS = 1000
+CHUNK_WAIT_S = 0.05
 # Producer header values kept per record (bytes, decoded as UTF-8 with replacement).
 MAX_HEADER_VALUE = 4096
 
@@ -251,7 +257,9 @@ class KafkaSource:
                  self.settings.kafka_group, self.settings.kafka_bootstrap)  # fmt: skip
 
     async def chunks(self) -> AsyncIterator[list[Message]]:
-        """Yield records in chunks as the agent hands them over, until :meth:`stop`."""
+        """Yield records in chunks of up to ``CHUNK_ITEMS``, each at most ``CHUNK_WAIT_S``
+        after its first record arrived, until :meth:`stop`."""
+        loop = asyncio.get_running_loop()
         while True:
             if not self._buffer:
                 if self._stopping:
@@ -259,7 +267,15 @@ class KafkaSource:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            chunk, self._buffer = self._buffer, []
+            deadline = loop.time() + CHUNK_WAIT_S
+            while len(self._buffer) < CHUNK_ITEMS and not self._stopping:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), left)
+            chunk, self._buffer = self._buffer[:CHUNK_ITEMS], self._buffer[CHUNK_ITEMS:]
             yield chunk
 
     async def ack(self, msgs: list[Message]) -> None:
