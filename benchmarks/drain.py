@@ -238,10 +238,18 @@ async def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--skip-ceiling", action="store_true")
-    ap.add_argument("--batch-latency-ms", type=int, default=0,
-                    help="AUDIT_BATCH_MAX_LATENCY_MS of the Kafka scenario's worker")
-    ap.add_argument("--source", choices=["nats", "kafka"], default="nats",
-                    help="drain from JetStream (default) or from a Kafka topic (tansu)")
+    ap.add_argument(
+        "--batch-latency-ms",
+        type=int,
+        default=0,
+        help="AUDIT_BATCH_MAX_LATENCY_MS of the Kafka scenario's worker",
+    )
+    ap.add_argument(
+        "--source",
+        choices=["nats", "kafka"],
+        default="nats",
+        help="drain from JetStream (default) or from a Kafka topic (tansu)",
+    )
     ap.add_argument("--event-bytes", type=int, default=0,
                     help="pad each event's metadata to about this size (e.g. 60000: events "
                          "near the 64 KiB limit, to read the worker's peak RSS)")  # fmt: skip

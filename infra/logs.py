@@ -49,3 +49,7 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # faust-streaming and mode log every service start/stop at INFO (dozens of lines per
+    # Kafka worker start); their warnings and errors still show.
+    for name in ("faust", "mode"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
