@@ -112,8 +112,9 @@ class Worker:
         self.dedup = Deduplicator(settings.dedup_window)
         self.totals = {"stored": 0, "duplicates": 0, "dead_lettered": 0}
         self._limits = limits_for(settings)
-        # ack token -> (position, why its dead letter could not be published): held.
-        self._unpublished: dict[str, tuple[str, str]] = {}
+        # position (stable across redeliveries, unlike a JetStream ack subject) -> why its
+        # dead letter could not be published: the message is held in the source.
+        self._unpublished: dict[str, str] = {}
         kind = getattr(source, "kind", "nats")
         self._received = metrics.received.labels("process", kind)
         self._stored = metrics.stored.labels(kind)
@@ -284,7 +285,7 @@ class Worker:
         for d, ok in zip(dead, outcomes, strict=True):
             if ok:
                 self.metrics.dead_lettered.labels(d.reason, d.stage, self._kind).inc()
-                self._unpublished.pop(d.msg.ack, None)
+                self._unpublished.pop(position(d.msg, self.settings.stream), None)
             if d.reason == "internal_error":
                 self.metrics.internal_errors.labels(d.stage).inc()
                 log.error("internal error on %s (dead-lettered): %s",
@@ -303,7 +304,7 @@ class Worker:
             await self.sleep(0.1 * 4**attempt)
         self._dead_letter_failures.inc()
         where = position(d.msg, self.settings.stream)
-        self._unpublished[d.msg.ack] = (where, f"{type(error).__name__}: {error}")
+        self._unpublished[where] = f"{type(error).__name__}: {error}"
         log.error("dead letter for %s not published after %d attempts (held in the source, "
                   "retried with backoff): %r", where, DLQ_ATTEMPTS, error)  # fmt: skip
         return False
@@ -324,7 +325,7 @@ class Worker:
                     f"or the broker slow or away?)")  # fmt: skip
         if not self._unpublished:
             return "ok"
-        where, why = next(iter(self._unpublished.values()))
+        where, why = next(iter(self._unpublished.items()))
         return (f"degraded: {len(self._unpublished)} dead letter(s) could not be published "
                 f"and wait in {self._where()} (e.g. {where}: {why[:200]})")  # fmt: skip
 

@@ -167,7 +167,7 @@ async def test_refusing_dead_letter_stream_holds_only_that_message(
             assert ready["status"] == "degraded"
             assert ready["checks"]["pipeline"].startswith("degraded: 1 dead letter")
             failures = run.metrics.registry.get_sample_value(
-                "auditlog_dead_letter_publish_failures_total")  # fmt: skip
+                "auditlog_dead_letter_publish_failures_total", {"source": "nats"})  # fmt: skip
             assert failures and failures >= 1
             # More valid events still flow while the letter is held.
             for i in range(10, 20):
