@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run dev-setup migrate test test-unit test-integration lint bench bench-quick clean
+.PHONY: help install run dev-setup migrate test test-unit test-integration lint bench bench-quick peers-setup bench-peers clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -48,5 +48,14 @@ bench: $(STAMP) ## Full benchmark (embedded servers unless AUDIT_BENCH_* are set
 bench-quick: $(STAMP) ## Short benchmark for day-to-day use
 	$(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
 
-clean: ## Remove the virtualenv and local state
-	rm -rf $(VENV) .auditlog .pytest_cache
+PEERS_VENV ?= .venv-peers
+
+peers-setup: ## Make .venv-peers with the benchmark's peers (mq-bridge, Pathway; ~1.7 GB)
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q -r benchmarks/peers-requirements.txt
+
+bench-peers: $(STAMP) peers-setup ## Ours vs mq-bridge vs Pathway on one preloaded stream
+	$(BIN)/python -m benchmarks.peers $(BENCH_ARGS)
+
+clean: ## Remove the virtualenvs and local state
+	rm -rf $(VENV) $(PEERS_VENV) .auditlog .pytest_cache

@@ -233,7 +233,7 @@ def cpu_seconds_by_component() -> dict[str, float]:
     tick = os.sysconf("SC_CLK_TCK")
     own = os.times()
     out = {"postgresql": 0.0, "nats-server": 0.0, "tansu": 0.0, "pipeline": 0.0,
-           "service": 0.0, "load": own.user + own.system}  # fmt: skip
+           "service": 0.0, "peer": 0.0, "load": own.user + own.system}  # fmt: skip
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -251,6 +251,8 @@ def cpu_seconds_by_component() -> dict[str, float]:
             out["nats-server"] += cpu
         elif comm.startswith("tansu"):
             out["tansu"] += cpu
+        elif b"peer_runner.py" in cmd:
+            out["peer"] += cpu
         elif b"auditlog.cli pipeline" in cmd:
             out["pipeline"] += cpu
         elif b"auditlog.cli run" in cmd:

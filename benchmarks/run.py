@@ -35,6 +35,7 @@ SCENARIOS: dict[str, tuple[str, list[str], list[str]]] = {
     "drain_kafka": ("drain", ["--events", "1000000", "--source", "kafka", "--skip-ceiling"],
                     ["--events", "60000", "--source", "kafka", "--skip-ceiling"]),
     "naive": ("naive", ["--events", "100000"], ["--events", "10000"]),
+    "peers": ("peers", ["--events", "500000"], ["--events", "30000"]),
     "steady": ("steady", ["--rate", "5000", "--seconds", "30"],
                ["--rate", "3000", "--seconds", "8"]),
     "write": ("write", ["--seconds", "10", "--batch-events", "100000"],
@@ -202,6 +203,30 @@ def _ingest(runs: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _peers(runs: dict[str, Any]) -> list[str]:
+    """Ours and the peers draining one preloaded stream, with the ratios."""
+    p = runs.get("peers")
+    if not p or "ours" not in p:
+        return []
+    ours = p["ours"]["events_per_s"]
+    lines = ["", "## Peers (same stream, same PostgreSQL, one after the other)", "",
+             "| system | rows/s | ours / it | CPU µs/event: PostgreSQL / nats-server / "
+             "consumer |", "|---|---|---|---|"]  # fmt: skip
+    for name, key in (("ours (validate, dedupe, chain, index)", "ours"),
+                      ("mq-bridge", "mq-bridge"), ("Pathway", "pathway")):  # fmt: skip
+        d = p.get(key)
+        if not isinstance(d, dict):
+            continue
+        cpu = d.get("cpu_us_per_event", {})
+        consumer = cpu.get("pipeline", 0) + cpu.get("peer", 0)
+        split = f"{cpu.get('postgresql', 0):.0f} / {cpu.get('nats-server', 0):.0f} / {consumer:.0f}"
+        lines.append(f"| {name} | {d['events_per_s']:,.0f} | "
+                     f"{ours / d['events_per_s']:.2f} | {split} |")  # fmt: skip
+    if p.get("skipped"):
+        lines.append(f"\nPeers skipped: {p['skipped']} (`make peers-setup`).")
+    return lines
+
+
 def _steady(runs: dict[str, Any]) -> list[str]:
     """The steady offered-load row."""
     if "steady" not in runs:
@@ -280,7 +305,7 @@ def report(result: dict[str, Any], pngs: dict[str, str]) -> str:
              "", f"Command: `{result['command']}`", ""]  # fmt: skip
     lines += ["## Targets", "", "| measure | result | target | verdict |", "|---|---|---|---|"]
     lines += [c.row() for c in checks(runs)]
-    for section in (_ingest, _steady, _writes, _query):
+    for section in (_ingest, _peers, _steady, _writes, _query):
         lines += section(runs)
     for title, png in pngs.items():
         lines += ["", f"![{title}]({png})"]

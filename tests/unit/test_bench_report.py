@@ -52,3 +52,29 @@ def test_report_lists_every_measured_target_with_ratios_from_the_same_run() -> N
 def test_a_measure_too_small_to_judge_says_so_instead_of_failing() -> None:
     row = Check("export", 40_000, 50_000, True, "rows/s", unjudged="20,000 rows").row()
     assert row.endswith("| not judged: 20,000 rows |") and "missed" not in row
+
+
+def test_peers_and_kafka_drain_are_reported_with_ratios_from_the_same_run() -> None:
+    kafka = _drain(4_000)
+    kafka["drain"]["source"] = "kafka"
+    kafka["drain"]["cpu_us_per_event"] = {"postgresql": 54, "tansu": 5, "pipeline": 142}
+    runs = {
+        "drain_1_worker": {**_drain(12_000), "ceiling_per_s": 24_000},
+        "drain_kafka": kafka,
+        "peers": {"ours": {"events_per_s": 15_000, "cpu_us_per_event": {
+                      "postgresql": 46, "nats-server": 15, "pipeline": 44}},
+                  "mq-bridge": {"events_per_s": 60_000, "cpu_us_per_event": {
+                      "postgresql": 8, "nats-server": 10, "peer": 6}},
+                  "pathway": {"events_per_s": 30_000, "cpu_us_per_event": {
+                      "postgresql": 5, "nats-server": 8, "peer": 11}}},
+    }  # fmt: skip
+    result = {"started": "t", "quick": True, "command": "c",
+              "machine": {"cores": 2, "memory_mib": 1024, "python": "3.11", "postgresql": "16",
+                          "nats_server": "2.15", "platform": "linux",
+                          "external_servers": False},
+              "runs": runs}  # fmt: skip
+    text = report(result, {})
+    assert "| 4,000 | 0.17 |" in text and "| 54 / 5 / 142 |" in text  # tansu as the broker
+    assert "| mq-bridge | 60,000 | 0.25 | 8 / 10 / 6 |" in text
+    assert "| Pathway | 30,000 | 0.50 | 5 / 8 / 11 |" in text
+    assert "| ours (validate, dedupe, chain, index) | 15,000 | 1.00 | 46 / 15 / 44 |" in text
