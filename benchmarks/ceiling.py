@@ -6,6 +6,12 @@ with the same indexes, over ``--connections`` connections. ``benchmarks.drain`` 
 after the drain, on the same servers, so the ratio drain / ceiling comes from one run.
 
     python -m benchmarks.ceiling --events 200000 --connections 1
+    python -m benchmarks.ceiling --events 300000 --breakdown   # what each index costs
+
+``--breakdown`` measures, on one set of servers and alternating twice: the ceiling as the
+service has it; without the text-search GIN index (``events_search``); without the
+``(tenant_id, seq)`` index; and with the claims (``audit.event_ids`` rows COPYed in the
+same transaction, as each flush does). The primary key stays in every variant.
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from datetime import UTC, datetime
+
+import asyncpg
 
 from benchmarks.common import bench_servers, fresh_database, synthetic_events, tenant_ids
 from infra.db import create_pool
@@ -22,9 +31,20 @@ from pipeline.chain import COLUMNS, link
 from pipeline.flush import PartitionCache, partition_name
 from pipeline.stages import Message, Valid, process
 
+# Variants of --breakdown: (indexes dropped before the COPY, claims COPYed too).
+VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "as_service_schema": ((), False),
+    "without_search_index": (("events_search",), False),
+    "without_tenant_seq_index": (("events_tenant_seq",), False),
+    "with_claims": ((), True),
+}
 
-async def ceiling(server: str, payloads: list[bytes], batch: int, conns: int) -> float:
-    """Rows/s of COPYing pre-built records into audit.events partitions (no pipeline)."""
+
+async def ceiling(server: str, payloads: list[bytes], batch: int, conns: int,
+                  drop: tuple[str, ...] = (), claims: bool = False) -> float:  # fmt: skip
+    """Rows/s of COPYing pre-built records into audit.events partitions (no pipeline);
+    ``drop``: indexes dropped first; ``claims``: audit.event_ids rows in the same
+    transactions."""
     dsn = await fresh_database(server, "bench_ceiling")
     now = datetime.now(UTC)
     seqs: dict[str, int] = {}
@@ -36,10 +56,18 @@ async def ceiling(server: str, payloads: list[bytes], batch: int, conns: int) ->
         events.append(v.event)
         s = seqs[v.event.tenant_id] = seqs.get(v.event.tenant_id, 0) + 1
         records.append(link(v.prepared, s, bytes(32)))
+    owner = await asyncpg.connect(dsn)  # the migrations' owner (the pool's role may not)
+    try:
+        for index in drop:
+            await owner.execute(f"DROP INDEX audit.{index}")
+    finally:
+        await owner.close()
     pool = await create_pool(dsn, max_size=conns)
     await PartitionCache().ensure(pool, events)
+    claim_rows = [(e.tenant_id, e.id, e.occurred_at) for e in events]
     part = partition_name(events[0].occurred_at)  # type: ignore[arg-type]
-    chunks = [records[i : i + batch] for i in range(0, len(records), batch)]
+    chunks = [(records[i : i + batch], claim_rows[i : i + batch])
+              for i in range(0, len(records), batch)]  # fmt: skip
     queue: asyncio.Queue = asyncio.Queue()
     for c in chunks:
         queue.put_nowait(c)
@@ -47,8 +75,12 @@ async def ceiling(server: str, payloads: list[bytes], batch: int, conns: int) ->
     async def copier() -> None:
         async with pool.acquire() as conn:
             while not queue.empty():
-                c = queue.get_nowait()
+                c, ids = queue.get_nowait()
                 async with conn.transaction():
+                    if claims:
+                        await conn.copy_records_to_table(
+                            "event_ids", records=ids, columns=("tenant_id", "id", "occurred_at"),
+                            schema_name="audit")  # fmt: skip
                     await conn.copy_records_to_table(part, records=c, columns=COLUMNS,
                                                      schema_name="audit")  # fmt: skip
 
@@ -65,12 +97,32 @@ async def main() -> None:
     ap.add_argument("--tenants", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--connections", type=int, default=1)
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also without each secondary index, and with claims (2 rounds)",
+    )
     args = ap.parse_args()
     payloads = list(synthetic_events(args.events, tenant_ids(args.tenants)))
+    out: dict[str, object] = {"events": args.events, "connections": args.connections}
     with bench_servers() as (server, _nurl):
-        rate = await ceiling(server, payloads, args.batch, args.connections)
-    print(json.dumps({"ceiling_per_s": rate, "events": args.events,
-                      "connections": args.connections}, indent=2))  # fmt: skip
+        if not args.breakdown:
+            out["ceiling_per_s"] = await ceiling(server, payloads, args.batch, args.connections)
+        else:
+            rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+            for _ in range(2):  # alternated: drift on a noisy host hits every variant
+                for name, (drop, claims) in VARIANTS.items():
+                    rate = await ceiling(server, payloads, args.batch, args.connections,
+                                         drop, claims)  # fmt: skip
+                    rates[name].append(rate)
+                    print(f"  {name}: {rate:,.0f} rows/s", file=sys.stderr, flush=True)
+            base = sum(rates["as_service_schema"]) / 2
+            out["breakdown"] = {
+                name: {"rows_per_s": sum(r) / 2, "over_service_schema": sum(r) / 2 / base,
+                       "us_per_row": 1e6 / (sum(r) / 2)}
+                for name, r in rates.items()
+            }  # fmt: skip
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

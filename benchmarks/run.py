@@ -227,6 +227,59 @@ def _peers(runs: dict[str, Any]) -> list[str]:
     return lines
 
 
+def sizing(cpu: dict[str, float], cores: int) -> dict[str, float]:
+    """What the measured CPU per event says about bigger machines (pure arithmetic).
+
+    Args:
+        cpu: µs of CPU per event by process (``postgresql``, ``nats-server``, ``pipeline``)
+            from one drain.
+        cores: cores of the machine it was measured on.
+
+    Returns:
+        ``per_core``: events/s each added core carries when the whole path scales
+        (1e6 / total µs); ``per_worker``: the most one worker process (one Python thread)
+        takes (1e6 / worker µs); ``here``: the CPU bound on this machine; ``pg_cores_at``:
+        cores PostgreSQL alone needs at a given rate, per 10,000 events/s.
+    """
+    w, p, n = (cpu.get(k, 0.0) for k in ("pipeline", "postgresql", "nats-server"))
+    total = w + p + n
+    if total <= 0 or w <= 0:
+        return {}
+    return {"per_core": 1e6 / total, "per_worker": 1e6 / w, "here": cores * 1e6 / total,
+            "pg_cores_per_10k": p * 10_000 / 1e6}  # fmt: skip
+
+
+def _sizing(runs: dict[str, Any], cores: int) -> list[str]:
+    """Scaling: drain with 1 and 2 worker processes and what the CPU split predicts."""
+    one = runs.get("drain_1_worker", {}).get("drain")
+    if not one or not one.get("cpu_us_per_event"):
+        return []
+    cpu = one["cpu_us_per_event"]
+    s = sizing(cpu, cores)
+    if not s:
+        return []
+    lines = ["", "## Sizing (from the 1-worker drain's CPU per event)", ""]
+    two = runs.get("drain_2_workers", {}).get("drain")
+    rates = f"drain with 1 worker {one['events_per_s']:,.0f} events/s"
+    if two:
+        rates += (f", with 2 workers {two['events_per_s']:,.0f} "
+                  f"({two['events_per_s'] / one['events_per_s']:.2f} x)")  # fmt: skip
+    total = sum(cpu.get(k, 0) for k in ("pipeline", "postgresql", "nats-server"))
+    lines += [
+        f"- Measured here ({cores} cores): {rates}.",
+        f"- One event costs {total:.0f} µs of CPU (worker {cpu.get('pipeline', 0):.0f}, PostgreSQL "
+        f"{cpu.get('postgresql', 0):.0f}, nats-server {cpu.get('nats-server', 0):.0f}): "
+        f"each added core carries about {s['per_core']:,.0f} events/s while every part scales; this "
+        f"machine's CPU bound is {s['here']:,.0f} events/s.",
+        f"- One worker process (one Python thread) takes at most about {s['per_worker']:,.0f} "
+        f"events/s: add a worker process per that much load (`auditlog pipeline --workers N`).",
+        f"- PostgreSQL needs about {s['pg_cores_per_10k']:.2f} cores per 10,000 events/s; it "
+        f"becomes the limit when the cores it gets fall below that share (per-tenant chain "
+        f"locks serialise one tenant's batches, so one hot tenant does not scale with cores).",
+    ]  # fmt: skip
+    return lines
+
+
 def _steady(runs: dict[str, Any]) -> list[str]:
     """The steady offered-load row."""
     if "steady" not in runs:
@@ -307,6 +360,7 @@ def report(result: dict[str, Any], pngs: dict[str, str]) -> str:
     lines += [c.row() for c in checks(runs)]
     for section in (_ingest, _peers, _steady, _writes, _query):
         lines += section(runs)
+    lines += _sizing(runs, int(m.get("cores") or 1))
     for title, png in pngs.items():
         lines += ["", f"![{title}]({png})"]
     return "\n".join(lines) + "\n"

@@ -78,3 +78,21 @@ def test_peers_and_kafka_drain_are_reported_with_ratios_from_the_same_run() -> N
     assert "| mq-bridge | 60,000 | 0.25 | 8 / 10 / 6 |" in text
     assert "| Pathway | 30,000 | 0.50 | 5 / 8 / 11 |" in text
     assert "| ours (validate, dedupe, chain, index) | 15,000 | 1.00 | 46 / 15 / 44 |" in text
+
+
+def test_sizing_follows_from_the_cpu_per_event() -> None:
+    from benchmarks.run import sizing
+
+    s = sizing({"pipeline": 50, "postgresql": 40, "nats-server": 10}, cores=2)
+    assert s["per_core"] == 10_000 and s["here"] == 20_000 and s["per_worker"] == 20_000
+    assert s["pg_cores_per_10k"] == 0.4
+    assert sizing({}, 2) == {}
+    runs = {"drain_1_worker": _drain(12_000), "drain_2_workers": _drain(15_000)}
+    result = {"started": "t", "quick": True, "command": "c",
+              "machine": {"cores": 2, "memory_mib": 1024, "python": "3.11", "postgresql": "16",
+                          "nats_server": "2.15", "platform": "linux",
+                          "external_servers": False},
+              "runs": runs}  # fmt: skip
+    text = report(result, {})
+    assert "with 2 workers 15,000 (1.25 x)" in text
+    assert "each added core carries about 8,333 events/s" in text
