@@ -269,8 +269,8 @@ def _sizing(runs: dict[str, Any], cores: int) -> list[str]:
         f"- Measured here ({cores} cores): {rates}.",
         f"- One event costs {total:.0f} µs of CPU (worker {cpu.get('pipeline', 0):.0f}, PostgreSQL "
         f"{cpu.get('postgresql', 0):.0f}, nats-server {cpu.get('nats-server', 0):.0f}): "
-        f"each added core carries about {s['per_core']:,.0f} events/s while every part scales; this "
-        f"machine's CPU bound is {s['here']:,.0f} events/s.",
+        f"each added core carries about {s['per_core']:,.0f} events/s while every part scales; "
+        f"this machine's CPU bound is {s['here']:,.0f} events/s.",
         f"- One worker process (one Python thread) takes at most about {s['per_worker']:,.0f} "
         f"events/s: add a worker process per that much load (`auditlog pipeline --workers N`).",
         f"- PostgreSQL needs about {s['pg_cores_per_10k']:.2f} cores per 10,000 events/s; it "
