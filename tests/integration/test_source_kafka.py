@@ -290,3 +290,62 @@ async def test_two_workers_in_one_group_with_rebalances(db_url, nats_url, tansu,
         assert two.poll() is None
     finally:
         stop(procs)
+
+
+def get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+async def poll(url: str, ok: object, timeout: float = 60) -> str:
+    """GET ``url`` until ``ok(body)``; return the last body."""
+    deadline = time.monotonic() + timeout
+    body = ""
+    while time.monotonic() < deadline:
+        _, body = get(url)
+        if ok(body):  # type: ignore[operator]
+            return body
+        await asyncio.sleep(0.5)
+    return body
+
+
+async def test_readyz_and_metrics_follow_the_broker(db_url, nats_url, tmp_path) -> None:
+    broker = Tansu(tmp_path)
+    broker.start()
+    topic, group = f"audit.ready.{uuid.uuid4().hex[:6]}", f"g-{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    env = dict(worker_env(db_url, nats_url, broker, tmp_path, topic, group),
+               AUDIT_METRICS_PORT=str(port))  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "auditlog.cli", "pipeline", "--workers", "1"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await create_topic(broker.bootstrap, topic, 2)
+        await produce(broker.bootstrap, topic, [event("t-ready", i) for i in range(5)])
+        assert await wait_count(db_url, 5, timeout=90) == 5
+        body = await poll(f"{base}/readyz", lambda b: '"pipeline":"ok"' in b)
+        assert '"status":"ready"' in body, body
+        metrics = await poll(
+            f"{base}/metrics", lambda b: 'auditlog_source_up{source="kafka"} 1.0' in b
+        )
+        assert 'auditlog_events_stored_total{source="kafka"} 5.0' in metrics
+        broker.stop()
+        body = await poll(f"{base}/readyz", lambda b: "kafka broker unreachable" in b)
+        assert "kafka broker unreachable" in body and '"status":"degraded"' in body, body
+        assert 'auditlog_source_up{source="kafka"} 0.0' in get(f"{base}/metrics")[1]
+        broker.start()
+        body = await poll(f"{base}/readyz", lambda b: '"pipeline":"ok"' in b)
+        assert '"status":"ready"' in body, body
+        assert proc.poll() is None
+    finally:
+        stop([proc])
+        broker.stop()
