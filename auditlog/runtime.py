@@ -164,6 +164,7 @@ class Pipeline:
         self.worker = self._new()
         self.restarts = 0
         self._stopping = False
+        self._stopped = asyncio.Event()
 
     def _new(self) -> Worker:
         inflight = 3 * self.settings.batch_max_events
@@ -184,35 +185,41 @@ class Pipeline:
                 await close()
 
     async def run(self) -> None:
-        """Run workers until :meth:`stop`."""
+        """Run workers until :meth:`stop`; the source is closed on every way out (a faust
+        App left running would keep its consumer thread, and the process, alive)."""
         delay = 1.0
-        while True:
-            try:
-                await self.worker.run()
-            except Exception as exc:
-                if self._stopping:
+        try:
+            while not self._stopping:
+                try:
+                    await self.worker.run()
+                except Exception as exc:
+                    if self._stopping:
+                        raise
+                    self.restarts += 1
+                    self.metrics.internal_errors.labels("worker").inc()
+                    log.exception("%s pipeline worker failed (%r); restarting in %.0fs",
+                                  self.kind, exc, delay)  # fmt: skip
+                    with contextlib.suppress(Exception):
+                        await self.worker.stop()
                     await self._close_source()
-                    raise
-                self.restarts += 1
-                self.metrics.internal_errors.labels("worker").inc()
-                log.exception("%s pipeline worker failed (%r); restarting in %.0fs", self.kind,
-                              exc, delay)  # fmt: skip
-                with contextlib.suppress(Exception):
-                    await self.worker.stop()
+                    with contextlib.suppress(TimeoutError):  # a stop ends the wait at once
+                        await asyncio.wait_for(self._stopped.wait(),
+                                               delay * random.uniform(0.5, 1.0))  # fmt: skip
+                    delay = min(delay * 2, 60.0)
+                    if not self._stopping:
+                        self.worker = self._new()
+                    continue
                 await self._close_source()
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, 60.0)
-                self.worker = self._new()
-                continue
+                if not self._stopping:
+                    log.error("%s pipeline worker ended unasked; restarting", self.kind)
+                    self.worker = self._new()
+        finally:
             await self._close_source()
-            if self._stopping:
-                return
-            log.error("%s pipeline worker ended unasked; restarting", self.kind)
-            self.worker = self._new()
 
     async def stop(self) -> None:
         """Stop fetching; the batch in hand is flushed and acked before :meth:`run` returns."""
         self._stopping = True
+        self._stopped.set()
         await self.worker.stop()
 
     def status(self) -> str:

@@ -135,12 +135,14 @@ class KafkaSource:
             faust's stream buffer fills and fetching stops).
         metrics: redeliveries, paused partitions, lag and broker reachability go here.
         app: a faust App to use (default: :func:`kafka_app`).
+        wait_for_broker: :meth:`start` waits until the broker answers (off only for unit
+            tests with a stand-in App and no broker).
     """
 
     kind = "kafka"
 
     def __init__(self, settings: Settings, max_inflight: int, metrics: Metrics | None = None,
-                 app: Any = None) -> None:  # fmt: skip
+                 app: Any = None, wait_for_broker: bool = True) -> None:  # fmt: skip
         self.settings = settings
         self.where = f"Kafka topic {settings.kafka_topic}"
         self.metrics = metrics
@@ -161,6 +163,8 @@ class KafkaSource:
         self._room.set()
         self._inflight_bytes = 0
         self._stopping = False
+        self._stop_event = asyncio.Event()
+        self._wait_for_broker = wait_for_broker
         self._retries: set[asyncio.Task[None]] = set()
         self.broker_error = ""  # why the broker is unreachable ("" when it is)
         self._started = False
@@ -250,9 +254,20 @@ class KafkaSource:
 
     # -- the worker side ------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the faust app (consumer, producer, the agent); joining the group follows."""
+        """Wait for the broker (a warning per try, backoff to 30 s; :meth:`stop` ends the
+        wait), then start the faust app (consumer, producer, the agent); joining the group
+        follows. A broker that is down at start is an outage, not a failure."""
+        delay = 0.5
+        while self._wait_for_broker and not self._stopping and await self.probe():
+            log.warning("kafka broker %s unreachable (%s); retrying in %.0fs",
+                        self.settings.kafka_bootstrap, self.broker_error, delay)  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), delay)
+            delay = min(delay * 2, 30.0)
+        if self._stopping:
+            return
+        self._started = True  # from here on, close() stops the app whatever happens
         await self.app.start()
-        self._started = True
         log.info("kafka source: topic %s, group %s, bootstrap %s", self.settings.kafka_topic,
                  self.settings.kafka_group, self.settings.kafka_bootstrap)  # fmt: skip
 
@@ -356,6 +371,7 @@ class KafkaSource:
         """Stop taking records; :meth:`chunks` ends once the buffer is drained (what the
         agent has not handed over stays uncommitted and is read again on restart)."""
         self._stopping = True
+        self._stop_event.set()
         self._wake.set()
         self._room.set()
         for task in list(self._retries):

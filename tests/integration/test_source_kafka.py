@@ -349,3 +349,51 @@ async def test_readyz_and_metrics_follow_the_broker(db_url, nats_url, tmp_path) 
     finally:
         stop([proc])
         broker.stop()
+
+
+async def test_broker_down_at_start_is_waited_for_and_shutdown_stays_prompt(
+    db_url, nats_url, tmp_path
+) -> None:
+    broker = Tansu(tmp_path)  # not started yet
+    topic, group = f"audit.down.{uuid.uuid4().hex[:6]}", f"g-{uuid.uuid4().hex[:6]}"
+    env = worker_env(db_url, nats_url, broker, tmp_path, topic, group)
+    env["AUDIT_LOG_LEVEL"] = "INFO"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "auditlog.cli", "pipeline", "--workers", "1"],
+            env=dict(env, AUDIT_METRICS_PORT=str(port)), stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+
+    def sigterm_exits(proc: subprocess.Popen[bytes]) -> str:
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = proc.wait(40)
+        assert code == 0 and time.monotonic() - started < 30
+        return proc.stderr.read().decode() if proc.stderr else ""
+
+    # 1. Down all along: waited for (no traceback, not counted as a bug), said in /readyz,
+    #    and SIGTERM still ends the process promptly.
+    proc = start()
+    try:
+        body = await poll(f"{base}/readyz", lambda b: "kafka broker unreachable" in b)
+        assert "kafka broker unreachable" in body, body
+        await asyncio.sleep(3)
+        assert "auditlog_internal_errors_total{" not in get(f"{base}/metrics")[1]
+        log = sigterm_exits(proc)
+        assert "Traceback" not in log and "unreachable" in log, log[-3000:]
+        # 2. Down at start, then up: the worker starts consuming by itself.
+        proc = start()
+        await poll(f"{base}/readyz", lambda b: "kafka broker unreachable" in b)
+        broker.start()
+        await create_topic(broker.bootstrap, topic, 2)
+        await produce(broker.bootstrap, topic, [event("t-down", i) for i in range(7)])
+        assert await wait_count(db_url, 7, timeout=90) == 7
+        log = sigterm_exits(proc)
+        assert "Traceback" not in log, log[-3000:]
+    finally:
+        stop([proc])
+        broker.stop()
+    await chains_verify(db_url, {"t-down": 7})

@@ -140,7 +140,9 @@ def deliver(source: KafkaSource, records: list[Record], acked: list) -> list:
 @given(data=st.data(), sizes=st.lists(st.integers(1, 12), min_size=1, max_size=3))
 def test_acks_reach_faust_in_partition_order_whatever_the_settle_order(data, sizes) -> None:
     async def run() -> None:
-        source = KafkaSource(Settings(kafka_bootstrap="x:1"), 10_000, app=StandInApp())
+        source = KafkaSource(
+            Settings(kafka_bootstrap="x:1"), 10_000, app=StandInApp(), wait_for_broker=False
+        )
         await source.start()
         acked: list[tuple[int, int]] = []
         records = [Record(partition=p, offset=o) for p, n in enumerate(sizes) for o in range(n)]
@@ -171,7 +173,9 @@ def test_acks_reach_faust_in_partition_order_whatever_the_settle_order(data, siz
 
 def test_revoked_partitions_are_forgotten() -> None:
     async def run() -> None:
-        source = KafkaSource(Settings(kafka_bootstrap="x:1"), 10_000, app=StandInApp())
+        source = KafkaSource(
+            Settings(kafka_bootstrap="x:1"), 10_000, app=StandInApp(), wait_for_broker=False
+        )
         await source.start()
         acked: list[tuple[int, int]] = []
         msgs = deliver(source, [Record(partition=p, offset=o) for p in (0, 1)
