@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import nats
@@ -91,19 +92,25 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
         proc.terminate()
         proc.wait(60)
         await nc.close()
-    rows = await stored_rows(dsn)
     assert t_first is not None and t_end is not None
-    series = [(round(t - t_first, 3), n) for t, n in samples if t >= t_first]
+    return _measures(total, await stored_rows(dsn), t_first, t_end, pub_rate, peak_rss,
+                     cpu_first, cpu_end, samples)  # fmt: skip
+
+
+def _measures(total: int, rows: int, t_first: float, t_end: float, pub_rate: float,
+              peak_rss_kib: int, cpu_first: dict[str, float], cpu_end: dict[str, float],
+              samples: list[tuple[float, int]]) -> dict[str, Any]:  # fmt: skip
+    """One drain's report: rate from first delivery to done, CPU time per event of each
+    component while draining (2 cores = 2 s per second), the progress series."""
     return {
         "events": total,
         "rows": rows,
         "seconds": t_end - t_first,
         "events_per_s": total / (t_end - t_first),
         "publish_per_s": pub_rate,
-        "peak_rss_mib": peak_rss / 1024,
-        # CPU time per event of each component while draining (2 cores = 2 s per second).
+        "peak_rss_mib": peak_rss_kib / 1024,
         "cpu_us_per_event": cpu_per_item(cpu_first, cpu_end, total),
-        "series": series,
+        "series": [(round(t - t_first, 3), n) for t, n in samples if t >= t_first],
     }
 
 
@@ -111,7 +118,7 @@ async def drain_kafka(server: str, nurl: str, payloads: list[bytes], workers: in
                       batch: int, partitions: int = 8,
                       latency_ms: int = 0) -> dict[str, float]:  # fmt: skip
     """The Kafka scenario of :func:`drain` (same events, same measures)."""
-    from tests.tansu import Tansu, committed, create_topic
+    from tests.tansu import Tansu, create_topic, group_offsets
 
     dsn = await fresh_database(server, "bench_drain_kafka")
     tag = f"K{os.getpid()}"
@@ -134,6 +141,9 @@ async def drain_kafka(server: str, nurl: str, payloads: list[bytes], workers: in
         cpu_end: dict[str, float] = {}
         report = time.perf_counter() + 5
         conn = await asyncpg.connect(dsn)
+        offsets = contextlib.AsyncExitStack()
+        read_offsets = await offsets.enter_async_context(
+            group_offsets(broker.bootstrap, group, topic, partitions))  # fmt: skip
         try:
             while True:
                 now = time.perf_counter()
@@ -141,7 +151,7 @@ async def drain_kafka(server: str, nurl: str, payloads: list[bytes], workers: in
                         "SELECT EXISTS (SELECT 1 FROM audit.events)"):  # fmt: skip
                     t_first = now
                     cpu_first = cpu_seconds_by_component()
-                done = sum((await committed(broker.bootstrap, group, topic, partitions)).values())
+                done = sum((await read_offsets()).values())
                 samples.append((now, done))
                 if now >= report:
                     print(f"  drained {done:,}/{total:,}", file=sys.stderr, flush=True)
@@ -155,24 +165,15 @@ async def drain_kafka(server: str, nurl: str, payloads: list[bytes], workers: in
                     raise RuntimeError("pipeline exited early")
                 await asyncio.sleep(0.1)
         finally:
+            await offsets.aclose()
             await conn.close()
             proc.terminate()
             proc.wait(60)
     finally:
         broker.stop()
-    rows = await stored_rows(dsn)
     assert t_first is not None and t_end is not None
-    series = [(round(t - t_first, 3), n) for t, n in samples if t >= t_first]
-    return {
-        "events": total,
-        "rows": rows,
-        "seconds": t_end - t_first,
-        "events_per_s": total / (t_end - t_first),
-        "publish_per_s": pub_rate,
-        "peak_rss_mib": peak_rss / 1024,
-        "cpu_us_per_event": cpu_per_item(cpu_first, cpu_end, total),
-        "series": series,
-    }
+    return _measures(total, await stored_rows(dsn), t_first, t_end, pub_rate, peak_rss,
+                     cpu_first, cpu_end, samples)  # fmt: skip
 
 
 async def kafka_publish(bootstrap: str, topic: str, payloads: list[bytes]) -> float:

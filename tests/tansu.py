@@ -8,9 +8,11 @@ not durability.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 
@@ -116,20 +118,35 @@ async def consume_all(bootstrap: str, topic: str, expected: int, timeout: float 
     return out
 
 
-async def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """The group's committed offset per partition (what a restarted worker reads from;
-    read without joining the group)."""
+OffsetReader = Callable[[], Awaitable[dict[int, int]]]
+
+
+@contextlib.asynccontextmanager
+async def group_offsets(bootstrap: str, group: str, topic: str,
+                        partitions: int) -> AsyncIterator[OffsetReader]:  # fmt: skip
+    """A reader of the group's committed offset per partition (what a restarted worker
+    reads from), over one connection that does not join the group."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
                                 enable_auto_commit=False)  # fmt: skip
     await consumer.start()
-    try:
+
+    async def read() -> dict[int, int]:
         out = {}
         for p in range(partitions):
             offset = await consumer.committed(TopicPartition(topic, p))
             if offset is not None and offset >= 0:
                 out[p] = offset
         return out
+
+    try:
+        yield read
     finally:
         await consumer.stop()
+
+
+async def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offset per partition, read once."""
+    async with group_offsets(bootstrap, group, topic, partitions) as read:
+        return await read()

@@ -4,7 +4,6 @@ faust App, the same worker, stages and PostgreSQL store as JetStream."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -20,8 +19,9 @@ import pytest
 from pipeline.chain import verify_tenant
 from pipeline.dlq_kafka import KafkaDeadLetters
 from pipeline.stages import Dead
-from tests.conftest import README_EVENT
 from tests.integration.conftest import admin_count, running_kafka_worker, wait_count
+from tests.integration.test_fault_matrix import stop_all
+from tests.integration.test_pipeline import event
 from tests.tansu import Tansu, committed, consume_all, create_topic, free_port, produce
 
 pytestmark = pytest.mark.integration
@@ -35,14 +35,6 @@ def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
         yield broker
     finally:
         broker.stop()
-
-
-def event(tenant: str = "tenant-1", i: int = 0, **extra: object) -> bytes:
-    doc = json.loads(README_EVENT)
-    doc["tenant_id"] = tenant
-    doc["description"] = f"event {i}"
-    doc.update(extra)
-    return json.dumps(doc).encode()
 
 
 def kafka_settings(settings_factory, db_url: str, tansu: Tansu, **kw: object):
@@ -238,23 +230,19 @@ async def assert_exactly(dsn: str, total: int) -> None:
     await chains_verify(dsn, {t: total // len(TENANTS) for t in TENANTS})
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
+async def preloaded(db_url: str, nats_url: str, tansu: Tansu, tmp: Path, name: str,
+                    partitions: int, total: int) -> dict[str, str]:  # fmt: skip
+    """A fresh topic of ``partitions`` holding ``total`` events of TENANTS; the env of a
+    worker in a fresh group reading it."""
+    topic, group = f"audit.{name}.{uuid.uuid4().hex[:6]}", f"g-{uuid.uuid4().hex[:6]}"
+    await create_topic(tansu.bootstrap, topic, partitions)
+    await produce(tansu.bootstrap, topic, [event(TENANTS[i % 7], i) for i in range(total)])
+    return worker_env(db_url, nats_url, tansu, tmp, topic, group)
 
 
 async def test_kill_9_mid_batch_then_restart(db_url, nats_url, tansu, tmp_path) -> None:
     total = 14_000
-    topic, group = f"audit.kill.{uuid.uuid4().hex[:6]}", f"g-{uuid.uuid4().hex[:6]}"
-    await create_topic(tansu.bootstrap, topic, 3)
-    await produce(tansu.bootstrap, topic, [event(TENANTS[i % 7], i) for i in range(total)])
-    env = worker_env(db_url, nats_url, tansu, tmp_path, topic, group)
+    env = await preloaded(db_url, nats_url, tansu, tmp_path, "kill", 3, total)
     first = spawn_worker(env)
     procs = [first]
     try:
@@ -267,16 +255,13 @@ async def test_kill_9_mid_batch_then_restart(db_url, nats_url, tansu, tmp_path) 
         await assert_exactly(db_url, total)
         assert second.poll() is None
     finally:
-        stop(procs)
+        stop_all(procs)
 
 
 async def test_two_workers_in_one_group_with_rebalances(db_url, nats_url, tansu,
                                                         tmp_path) -> None:  # fmt: skip
     total = 14_000
-    topic, group = f"audit.two.{uuid.uuid4().hex[:6]}", f"g-{uuid.uuid4().hex[:6]}"
-    await create_topic(tansu.bootstrap, topic, 4)
-    await produce(tansu.bootstrap, topic, [event(TENANTS[i % 7], i) for i in range(total)])
-    env = worker_env(db_url, nats_url, tansu, tmp_path, topic, group)
+    env = await preloaded(db_url, nats_url, tansu, tmp_path, "two", 4, total)
     one = spawn_worker(env)
     procs = [one]
     try:
@@ -289,7 +274,7 @@ async def test_two_workers_in_one_group_with_rebalances(db_url, nats_url, tansu,
         await assert_exactly(db_url, total)
         assert two.poll() is None
     finally:
-        stop(procs)
+        stop_all(procs)
 
 
 def get(url: str) -> tuple[int, str]:
@@ -347,7 +332,7 @@ async def test_readyz_and_metrics_follow_the_broker(db_url, nats_url, tmp_path) 
         assert '"status":"ready"' in body, body
         assert proc.poll() is None
     finally:
-        stop([proc])
+        stop_all([proc])
         broker.stop()
 
 
@@ -394,6 +379,6 @@ async def test_broker_down_at_start_is_waited_for_and_shutdown_stays_prompt(
         log = sigterm_exits(proc)
         assert "Traceback" not in log, log[-3000:]
     finally:
-        stop([proc])
+        stop_all([proc])
         broker.stop()
     await chains_verify(db_url, {"t-down": 7})

@@ -54,6 +54,13 @@ def test_a_measure_too_small_to_judge_says_so_instead_of_failing() -> None:
     assert row.endswith("| not judged: 20,000 rows |") and "missed" not in row
 
 
+def _result(runs: dict) -> dict:
+    return {"started": "t", "quick": True, "command": "c",
+            "machine": {"cores": 2, "memory_mib": 1024, "python": "3.11", "postgresql": "16",
+                        "nats_server": "2.15", "platform": "linux", "external_servers": False},
+            "runs": runs}  # fmt: skip
+
+
 def test_peers_and_kafka_drain_are_reported_with_ratios_from_the_same_run() -> None:
     kafka = _drain(4_000)
     kafka["drain"]["source"] = "kafka"
@@ -68,12 +75,7 @@ def test_peers_and_kafka_drain_are_reported_with_ratios_from_the_same_run() -> N
                   "pathway": {"events_per_s": 30_000, "cpu_us_per_event": {
                       "postgresql": 5, "nats-server": 8, "peer": 11}}},
     }  # fmt: skip
-    result = {"started": "t", "quick": True, "command": "c",
-              "machine": {"cores": 2, "memory_mib": 1024, "python": "3.11", "postgresql": "16",
-                          "nats_server": "2.15", "platform": "linux",
-                          "external_servers": False},
-              "runs": runs}  # fmt: skip
-    text = report(result, {})
+    text = report(_result(runs), {})
     assert "| 4,000 | 0.17 |" in text and "| 54 / 5 / 142 |" in text  # tansu as the broker
     assert "| mq-bridge | 60,000 | 0.25 | 8 / 10 / 6 |" in text
     assert "| Pathway | 30,000 | 0.50 | 5 / 8 / 11 |" in text
@@ -88,11 +90,6 @@ def test_sizing_follows_from_the_cpu_per_event() -> None:
     assert s["pg_cores_per_10k"] == 0.4
     assert sizing({}, 2) == {}
     runs = {"drain_1_worker": _drain(12_000), "drain_2_workers": _drain(15_000)}
-    result = {"started": "t", "quick": True, "command": "c",
-              "machine": {"cores": 2, "memory_mib": 1024, "python": "3.11", "postgresql": "16",
-                          "nats_server": "2.15", "platform": "linux",
-                          "external_servers": False},
-              "runs": runs}  # fmt: skip
-    text = report(result, {})
+    text = report(_result(runs), {})
     assert "with 2 workers 15,000 (1.25 x)" in text
     assert "each added core carries about 8,333 events/s" in text
