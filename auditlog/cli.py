@@ -60,6 +60,27 @@ def run(ctx: click.Context, http_port: int | None, http_host: str | None) -> Non
 
 
 @cli.command()
+@click.option("--http-port", type=int, help="AUDIT_HTTP_PORT (default 8080)")
+@click.option("--http-host", help="AUDIT_HTTP_HOST (default 127.0.0.1)")
+@click.pass_context
+def api(ctx: click.Context, http_port: int | None, http_host: str | None) -> None:
+    """Run the HTTP and gRPC API only, without a pipeline worker.
+
+    For scaling API replicas and `auditlog pipeline` workers apart (each its own
+    process, so each its own core): writes are answered once a worker elsewhere commits
+    them. Applies migrations first, like `run`.
+    """
+    from auditlog.runtime import run_event_loop, serve, servers
+
+    settings = _settings(ctx, http_port=http_port, http_host=http_host)
+    try:
+        with servers(settings) as ends:
+            run_event_loop(serve(settings, ends, http=True, ingest=False))
+    except AuditLogError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@cli.command()
 @click.option("--workers", type=int, default=None, help="worker processes (AUDIT_WORKERS)")
 @click.pass_context
 def pipeline(ctx: click.Context, workers: int | None) -> None:

@@ -41,7 +41,7 @@ from pipeline.dlq_nats import NatsDeadLetters
 from pipeline.flush import PgStore
 from pipeline.source_kafka import KafkaSource
 from pipeline.source_nats import JetStreamSource, connect, ensure_stream
-from pipeline.worker import Worker
+from pipeline.worker import Worker, waited_for
 from query_api.app import create_app
 
 log = logging.getLogger(__name__)
@@ -172,11 +172,12 @@ class Pipeline:
             kafka = KafkaSource(self.settings, max_inflight=inflight, metrics=self.metrics)
             return Worker(self.settings, PgStore(self.pool),
                           KafkaDeadLetters(kafka.app, self.settings), kafka, self.metrics,
-                          on_commit=self.announce)  # fmt: skip
+                          on_commit=self.announce, notify=waited_for)  # fmt: skip
         source = JetStreamSource(self.nc, self.settings, max_inflight=inflight,
                                  metrics=self.metrics)  # fmt: skip
         return Worker(self.settings, PgStore(self.pool), NatsDeadLetters(self.nc, self.settings),
-                      source, self.metrics, on_commit=self.announce)  # fmt: skip
+                      source, self.metrics, on_commit=self.announce,
+                      notify=waited_for)  # fmt: skip
 
     async def _close_source(self) -> None:
         close = getattr(self.worker.source, "close", None)
@@ -389,8 +390,14 @@ def _status(pipelines: list[Pipeline]) -> str:
     return "; ".join(f"{k}: {v}" for k, v in bad)
 
 
-async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> dict[str, int]:
-    """Run the HTTP app (if ``http``) and one pipeline worker until SIGINT/SIGTERM.
+async def serve(settings: Settings, ends: Endpoints, *, http: bool = True,
+                ingest: bool = True) -> dict[str, int]:  # fmt: skip
+    """Run the HTTP app (if ``http``) and one pipeline worker per source (if ``ingest``)
+    until SIGINT/SIGTERM.
+
+    Without ``ingest`` (``auditlog api``) the process serves the API only: its writes are
+    stored by separate ``auditlog pipeline`` workers, whose commit notices reach it over
+    NATS as they reach any replica.
 
     PostgreSQL and NATS that are down at start are waited for; outages later are ridden
     out (the API answers 503 where it needs what is missing, the pipeline retries). The
@@ -419,8 +426,10 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True) -> di
 
         kinds = (["nats"] if settings.nats_ingest else []) + (
             ["kafka"] if settings.kafka_bootstrap else [])  # fmt: skip
+        if not ingest:
+            kinds = []
         pipelines = [Pipeline(settings, pipe_pool, nc, metrics, announce, k) for k in kinds]
-        if http and not settings.nats_ingest:
+        if http and ingest and not settings.nats_ingest:
             log.warning(
                 "AUDIT_NATS_INGEST=false in a process serving the write API: its "
                 "writes wait in JetStream until a worker with it on consumes them"

@@ -141,9 +141,11 @@ def bench_settings(db: str, nurl: str, tag: str, **kw: object) -> Settings:
 
 @contextlib.asynccontextmanager
 async def running_service(dsn: str, nats_url: str, admin_token: str, tag: str,
-                          **extra_env: str) -> AsyncIterator[str]:  # fmt: skip
+                          split: bool = False, **extra_env: str) -> AsyncIterator[str]:  # fmt: skip
     """`auditlog run` on free ports against ``dsn``/``nats_url`` (plus ``extra_env``);
-    yields its base URL once /readyz answers 200, and stops it (SIGTERM) afterwards."""
+    yields its base URL once /readyz answers 200, and stops it (SIGTERM) afterwards.
+
+    ``split``: `auditlog api` and `auditlog pipeline` in two processes instead."""
     import signal
     import subprocess
     import sys
@@ -158,7 +160,12 @@ async def running_service(dsn: str, nats_url: str, admin_token: str, tag: str,
                AUDIT_GRPC_PORT=str(free_port()), AUDIT_LOG_LEVEL="WARNING",
                AUDIT_STREAM=f"BENCH{tag}", AUDIT_SUBJECT=f"bench{tag}.events",
                **extra_env)  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "auditlog.cli", "run"], env=env)
+    procs = [subprocess.Popen([sys.executable, "-m", "auditlog.cli", "api" if split else "run"],
+                              env=env)]  # fmt: skip
+    if split:
+        worker_env = dict(env, AUDIT_METRICS_PORT=str(free_port()))
+        procs.append(subprocess.Popen([sys.executable, "-m", "auditlog.cli", "pipeline"],
+                                      env=worker_env))  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as s:
@@ -170,8 +177,10 @@ async def running_service(dsn: str, nats_url: str, admin_token: str, tag: str,
                 await asyncio.sleep(0.2)
         yield base
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(60)
 
 
 def start_pipeline(settings: Settings, workers: int,
@@ -228,8 +237,8 @@ def worker_rss_kib(pid: int) -> int:
 def cpu_seconds_by_component() -> dict[str, float]:
     """CPU seconds (user + system) used so far by live processes, grouped as
     ``postgresql``, ``nats-server``, ``tansu`` (the Kafka scenario's broker), ``pipeline``
-    (`auditlog pipeline` workers), ``service`` (`auditlog run`: API + worker) and ``load``
-    (this benchmark process)."""
+    (`auditlog pipeline` workers), ``service`` (`auditlog run`: API + worker, or `auditlog
+    api`) and ``load`` (this benchmark process)."""
     tick = os.sysconf("SC_CLK_TCK")
     own = os.times()
     out = {"postgresql": 0.0, "nats-server": 0.0, "tansu": 0.0, "pipeline": 0.0,
@@ -255,7 +264,7 @@ def cpu_seconds_by_component() -> dict[str, float]:
             out["peer"] += cpu
         elif b"auditlog.cli pipeline" in cmd:
             out["pipeline"] += cpu
-        elif b"auditlog.cli run" in cmd:
+        elif b"auditlog.cli run" in cmd or b"auditlog.cli api" in cmd:
             out["service"] += cpu
     return out
 

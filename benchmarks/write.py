@@ -1,5 +1,7 @@
 """Scenario *write*: synchronous write latency (1, 16, 64 writers) and batch throughput,
-through HTTP against `auditlog run` (every write: JetStream → pipeline → commit → answer).
+through HTTP (every write: JetStream → pipeline → commit → answer), against `auditlog run`
+(API and worker in one process) and then `auditlog api` + `auditlog pipeline` (two
+processes, so the API and the worker each get a core), each on a fresh database.
 
     python -m benchmarks.write --seconds 10 --batch-events 100000
 """
@@ -27,6 +29,10 @@ from benchmarks.common import (
 )
 
 ADMIN = "bench-write-admin-token-0123456789"
+TOPOLOGIES = {
+    "run": "`auditlog run`: API + 1 worker in one process",
+    "split": "`auditlog api` + `auditlog pipeline`: two processes",
+}
 
 
 async def sync_writers(base: str, writers: int, seconds: float, events: list[dict]) -> dict:
@@ -81,11 +87,36 @@ async def batches(base: str, events: list[dict], size: int, inflight: int,
             "wait": wait}  # fmt: skip
 
 
+async def scenario(base: str, levels: list[int], seconds: float, events: list[dict],
+                   batch_events: list[dict], topology: str) -> dict[str, Any]:  # fmt: skip
+    """Sync writers at each level, then batches with and without waiting for commit."""
+    out: dict[str, Any] = {"topology": TOPOLOGIES[topology]}
+    await sync_writers(base, 4, 2.0, events)  # warm-up
+    out["sync"] = []
+    for w in levels:
+        print(f"  write ({topology}): {w} synchronous writers for {seconds:g} s",
+              file=sys.stderr, flush=True)  # fmt: skip
+        out["sync"].append(await sync_writers(base, w, seconds, events))
+    print(f"  write ({topology}): {len(batch_events):,} events in batches of 1,000",
+          file=sys.stderr, flush=True)  # fmt: skip
+    out["batch"] = await batches(base, batch_events, 1000, 4)
+    print(f"  write ({topology}): the same count with wait=false (durable in JetStream)",
+          file=sys.stderr, flush=True)  # fmt: skip
+    # No client ids in these events: the server gives each write a new one.
+    out["batch_durable"] = await batches(base, batch_events, 1000, 4, wait=False)
+    return out
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--batch-events", type=int, default=100_000)
     ap.add_argument("--writers", default="1,16,64", help="comma list of concurrencies")
+    ap.add_argument(
+        "--topologies",
+        default="run,split",
+        help="run (`auditlog run`), split (`auditlog api` + `auditlog pipeline`)",
+    )
     args = ap.parse_args()
     levels = [int(w) for w in args.writers.split(",")]
     events = [json.loads(p) for p in synthetic_events(20_000, tenant_ids(1000))]
@@ -93,21 +124,15 @@ async def main() -> None:
                                                             seed=2)]  # fmt: skip
     out: dict[str, Any] = {}
     with bench_servers() as (server, nurl):
-        dsn = await fresh_database(server, "bench_write")
-        async with running_service(dsn, nurl, ADMIN, "W") as base:
-            await sync_writers(base, 4, 2.0, events)  # warm-up
-            out["sync"] = []
-            for w in levels:
-                print(f"  write: {w} synchronous writers for {args.seconds:g} s",
-                      file=sys.stderr, flush=True)  # fmt: skip
-                out["sync"].append(await sync_writers(base, w, args.seconds, events))
-            print(f"  write: {len(batch_events):,} events in batches of 1,000",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            out["batch"] = await batches(base, batch_events, 1000, 4)
-            print("  write: the same count with wait=false (durable in JetStream)",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            # No client ids in these events: the server gives each write a new one.
-            out["batch_durable"] = await batches(base, batch_events, 1000, 4, wait=False)
+        for topology in args.topologies.split(","):
+            split = topology == "split"
+            dsn = await fresh_database(server, f"bench_write_{topology}")
+            async with running_service(dsn, nurl, ADMIN, f"W{topology}", split=split) as base:
+                result = await scenario(base, levels, args.seconds, events, batch_events, topology)
+            if split:
+                out["split"] = result
+            else:
+                out.update(result)
     print(json.dumps(out, indent=2))
 
 

@@ -29,6 +29,7 @@ from infra.settings import Settings
 from pipeline.agents import Agent, Stream
 from pipeline.sinks import DeadLetters, FlushResult, Store, StoreError
 from pipeline.stages import Dead, Deduplicator, Message, Valid, limits_for, position, process
+from schemas.ids import IDEMPOTENCY_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ class Worker:
         source: where messages come from.
         metrics: where counts go.
         on_commit: called with (stored keys, duplicate keys, rejected) after each batch.
+        notify: which messages' keys ``on_commit`` hears of (default all). The service
+            passes :func:`waited_for`: only the write API's events have a writer waiting,
+            and announcing every drained event costs NATS traffic no one reads.
         now: wall clock for received_at fallbacks and dead-letter times.
         sleep: waits between retries (injected so that tests need not wait).
     """
@@ -98,6 +102,7 @@ class Worker:
         source: Source,
         metrics: Metrics,
         on_commit: CommitListener | None = None,
+        notify: Callable[[Message], bool] | None = None,
         now: Now = _utcnow,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -107,6 +112,7 @@ class Worker:
         self.source = source
         self.metrics = metrics
         self.on_commit = on_commit
+        self.notify = notify
         self.now = now
         self.sleep = sleep
         self.dedup = Deduplicator(settings.dedup_window)
@@ -201,11 +207,22 @@ class Worker:
         self.dedup.remember(result.stored)
         self._account(result, dupe_keys, len(dead) - len(held))
         if self.on_commit is not None:
-            try:
-                await self.on_commit(result.stored, dupe_keys,
-                                     [(key, d.message) for d, key in rejected])  # fmt: skip
-            except Exception as exc:  # waiters fall back to their timeout
-                log.warning("commit notification failed: %r", exc)
+            await self._announce(valid, result.stored, dupe_keys, rejected)
+
+    async def _announce(self, valid: list[Valid], stored: list[Key], dupe_keys: list[Key],
+                        rejected: list[tuple[Dead, Key]]) -> None:  # fmt: skip
+        """Tell ``on_commit`` (those of the keys ``notify`` picks). Never raises."""
+        notify = self.notify
+        if notify is not None:
+            picked = {(v.event.tenant_id, v.event.id) for v in valid if notify(v.msg)}
+            stored = [k for k in stored if k in picked]
+            dupe_keys = [k for k in dupe_keys if k in picked]
+            rejected = [(d, k) for d, k in rejected if notify(d.msg)]
+        assert self.on_commit is not None
+        try:
+            await self.on_commit(stored, dupe_keys, [(key, d.message) for d, key in rejected])
+        except Exception as exc:  # waiters fall back to their timeout
+            log.warning("commit notification failed: %r", exc)
 
     def _account(self, result: FlushResult, dupe_keys: list[Key], n_dead: int) -> None:
         m = self.metrics
@@ -342,3 +359,10 @@ def _nak_delay(msgs: list[Message]) -> float:
     """Redelivery delay for messages held back: doubles per delivery, 2 s to 5 min."""
     delivered = max((m.delivered for m in msgs), default=1)
     return float(min(2 ** min(delivered, 20), 300))
+
+
+def waited_for(msg: Message) -> bool:
+    """Whether a writer may wait for ``msg``'s commit: the write API publishes every event
+    with ``Audit-Idempotency-Key`` (producers publishing straight to the stream may too)."""
+    headers = msg.headers
+    return headers is not None and IDEMPOTENCY_HEADER in headers

@@ -30,12 +30,13 @@ def get(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def start(state: Path, port: int, **extra_env: str) -> subprocess.Popen[bytes]:
+def start(state: Path, port: int, command: str = "run",
+          **extra_env: str) -> subprocess.Popen[bytes]:  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
     env.update(AUDIT_STATE_DIR=str(state), AUDIT_HTTP_PORT=str(port),
                AUDIT_GRPC_PORT=str(free_port()), **extra_env)  # fmt: skip
     return subprocess.Popen(
-        [sys.executable, "-m", "auditlog.cli", "run"],
+        [sys.executable, "-m", "auditlog.cli", command],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -142,3 +143,51 @@ def test_json_logs_one_object_per_line(tmp_path: Path, pg_server_url: str) -> No
         await admin.close()
 
     asyncio.run(drop())
+
+
+def post(url: str, body: dict, token: str) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def test_api_and_pipeline_run_as_separate_processes(tmp_path: Path) -> None:
+    """`auditlog api` stores nothing itself; an `auditlog pipeline` beside it (adopting
+    the same embedded servers) stores its writes and its commit notices answer them."""
+    state = tmp_path / "state"
+    port = free_port()
+    token = "split-admin-token-0123456789abcdef"
+    env = {"AUDIT_ADMIN_TOKEN": token, "AUDIT_WRITE_TIMEOUT_S": "2"}
+    api = start(state, port, **env, command="api")
+    worker = None
+    url = f"http://127.0.0.1:{port}/v1/audit/events"
+    first = json.loads(README_EVENT)
+    second = dict(first, id="0193a0c1-7b2c-7d3e-8f40-123456789abc")
+    try:
+        body = wait_ready(port, api)
+        assert body["checks"]["pipeline"] == "ok"  # no worker here to be unwell
+        status, answer = post(url, {"event": first}, token)
+        assert (status, answer["committed"]) == (202, False)  # durable, no worker yet
+        await asyncio.sleep(1)
+        assert await count_rows(state) == 0
+        worker = start(state, free_port(), **env, command="pipeline",
+                       AUDIT_METRICS_PORT=str(free_port()))  # fmt: skip
+        for _ in range(300):
+            if await count_rows(state) == 1:
+                break
+            assert worker.poll() is None
+            await asyncio.sleep(0.1)
+        assert await count_rows(state) == 1  # the worker took what waited in JetStream
+        status, answer = post(url, {"event": second}, token)
+        assert status == 200 and answer["event_id"] == second["id"], answer
+        assert await count_rows(state) == 2
+    finally:
+        if worker is not None:
+            worker_out = stop(worker)
+        api_out = stop(api)
+    assert "stopped: 0 stored" in api_out and "stopped: 2 stored" in worker_out

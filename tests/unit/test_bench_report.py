@@ -44,7 +44,8 @@ def test_report_lists_every_measured_target_with_ratios_from_the_same_run() -> N
                           "external_servers": False},
               "runs": runs}  # fmt: skip
     text = report(result, {"throughput over time": "t-drain.png"})
-    assert "| drain / ceiling (same run) | 0.50 x | >= 0.60 x | **missed**: 83% of target |" in text
+    assert "| drain / ceiling (same run) | 0.50 x | >= 0.70 x | **missed**: 71% of target |" in text
+    assert "| worker CPU per event (1-worker drain) | 60.0 µs | <= 10.0 µs | **missed**" in text
     assert "| 50 / 10 / 60 |" in text and "![throughput over time](t-drain.png)" in text
     assert "## Query" not in text  # scenarios that did not run are not reported
 
@@ -80,6 +81,32 @@ def test_peers_and_kafka_drain_are_reported_with_ratios_from_the_same_run() -> N
     assert "| mq-bridge | 60,000 | 0.25 | 8 / 10 / 6 |" in text
     assert "| Pathway | 30,000 | 0.50 | 5 / 8 / 11 |" in text
     assert "| ours (validate, dedupe, chain, index) | 15,000 | 1.00 | 46 / 15 / 44 |" in text
+    best = "| ours / best peer (same run) | 0.25 x | >= 1.00 x | **missed**: 25% of target |"
+    assert best in text
+
+
+def _writes(p99: float, batch: float, worker: bool) -> dict:
+    cpu = {"service": 160, "postgresql": 90, "nats-server": 70, "load": 120}
+    if worker:
+        cpu["pipeline"] = 110
+    return {"sync": [{"writers": 64, "per_s": 3000, "p50_ms": 20.0, "p99_ms": p99,
+                      "cpu_us_per_write": cpu}],
+            "batch": {"events": 1000, "batch": 1000, "events_per_s": batch},
+            "batch_durable": {"events_per_s": batch * 1.5}}  # fmt: skip
+
+
+def test_both_write_topologies_are_judged_and_shown() -> None:
+    split = {**_writes(28.0, 14_000, worker=True), "topology": "two processes"}
+    runs = {"write": {**_writes(36.0, 11_000, worker=False), "split": split}}
+    found = {c.what: c for c in checks(runs)}
+    assert not found["sync write p99, 64 writers"].met
+    assert found["sync write p99, 64 writers (api + pipeline processes)"].met
+    assert found["batch writes after commit (api + pipeline processes)"].value == 14_000
+    text = report(_result(runs), {})
+    assert "## Writes over HTTP (two processes)" in text
+    assert "| 64 | 3,000 | 20.0 ms | 28.0 ms | 160 / 110 / 90 / 70 / 120 |" in text
+    assert "| 64 | 3,000 | 20.0 ms | 36.0 ms | 160 / 0 / 90 / 70 / 120 |" in text
+    assert text.count("the API column includes the worker") == 1
 
 
 def test_sizing_follows_from_the_cpu_per_event() -> None:

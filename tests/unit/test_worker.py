@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
@@ -21,7 +22,8 @@ from infra.metrics import Metrics
 from infra.settings import load_settings
 from pipeline.sinks import FlushResult, StoreError
 from pipeline.stages import Dead, Message, Valid
-from pipeline.worker import DLQ_ATTEMPTS, Worker
+from pipeline.worker import DLQ_ATTEMPTS, Worker, waited_for
+from schemas.ids import IDEMPOTENCY_HEADER
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -203,6 +205,47 @@ async def test_commit_listener_hears_stored_duplicate_and_rejected_keys() -> Non
     w.on_commit = listener
     await asyncio.wait_for(w.run(), 10)
     assert [sum(col) for col in zip(*heard, strict=True)] == [1, 1, 1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 6), st.booleans(), st.booleans()), min_size=1,
+                max_size=30))  # fmt: skip
+async def test_commit_notices_name_exactly_the_keys_a_writer_can_wait_for(
+    specs: list[tuple[int, bool, bool]],
+) -> None:
+    """With ``notify=waited_for`` the listener hears every key of a message carrying
+    ``Audit-Idempotency-Key`` (the write API's), stored, duplicate or refused, and no key
+    published only without it, whatever the mix, repeats and refusals."""
+    heard: set[tuple[str, object]] = set()
+
+    async def listener(stored: list, dupes: list, rejected: list) -> None:
+        heard.update(stored, dupes, (k for k, _ in rejected))
+
+    msgs = []
+    for seq, (n, keyed, refuse) in enumerate(specs, 1):
+        extra = {"description": "refuse"} if refuse else {}
+        data = event("t1", n + (100 if refuse else 0), **extra)
+        headers = {IDEMPOTENCY_HEADER: "k"} if keyed else None
+        msgs.append(
+            Message(
+                data=data,
+                headers=headers,
+                stream_seq=seq,
+                timestamp_ns=int(NOW.timestamp()) * 10**9 + seq,
+                ack=f"ack.{seq}",
+            )
+        )
+    source = FakeSource([msgs[i : i + 5] for i in range(0, len(msgs), 5)])
+    w = worker(source, FakeStore(source.log), FakeDeadLetters())
+    w.on_commit, w.notify = listener, waited_for
+    await asyncio.wait_for(w.run(), 10)
+
+    def key(n: int, refuse: bool) -> tuple[str, object]:
+        return ("t1", uuid.UUID(f"00000000-0000-7000-8000-{n + (100 if refuse else 0):012d}"))
+
+    waited = {key(n, r) for n, keyed, r in specs if keyed}
+    assert heard == waited
+    assert sorted(source.acked) == list(range(1, len(specs) + 1))  # all settled regardless
 
 
 @pytest.mark.parametrize("outages", [0, 5])
