@@ -119,6 +119,9 @@ async def main() -> None:
     )
     args = ap.parse_args()
     levels = [int(w) for w in args.writers.split(",")]
+    unknown = set(args.topologies.split(",")) - set(TOPOLOGIES)
+    if unknown:
+        ap.error(f"--topologies: unknown {', '.join(sorted(unknown))} (known: run, split)")
     events = [json.loads(p) for p in synthetic_events(20_000, tenant_ids(1000))]
     batch_events = [json.loads(p) for p in synthetic_events(args.batch_events, tenant_ids(1000),
                                                             seed=2)]  # fmt: skip
