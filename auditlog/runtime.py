@@ -424,10 +424,8 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True,
                 payload = encode_keys([*stored, *duplicates], rejected)
                 await nc.publish(settings.commit_subject, payload)
 
-        kinds = (["nats"] if settings.nats_ingest else []) + (
-            ["kafka"] if settings.kafka_bootstrap else [])  # fmt: skip
-        if not ingest:
-            kinds = []
+        kinds = ((["nats"] if settings.nats_ingest else [])
+                 + (["kafka"] if settings.kafka_bootstrap else [])) if ingest else []  # fmt: skip
         pipelines = [Pipeline(settings, pipe_pool, nc, metrics, announce, k) for k in kinds]
         if http and ingest and not settings.nats_ingest:
             log.warning(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import charts
+from benchmarks.write import TOPOLOGIES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -316,14 +317,14 @@ def _writes(runs: dict[str, Any]) -> list[str]:
         return []
     lines: list[str] = []
     w = runs["write"]
-    for t in (w, w.get("split")):
+    for t, one_process in ((w, True), (w.get("split"), False)):
         if t:
-            lines += _write_topology(t)
+            lines += _write_topology(t, one_process)
     return lines
 
 
-def _write_topology(t: dict[str, Any]) -> list[str]:
-    where = t.get("topology", "`auditlog run`: API + 1 worker in one process")
+def _write_topology(t: dict[str, Any], one_process: bool) -> list[str]:
+    where = t.get("topology", TOPOLOGIES["run"])
     lines = ["", f"## Writes over HTTP ({where})", "",
              "| writers | writes/s | p50 | p99 | CPU µs/write: API / worker / PostgreSQL / "
              "NATS / load generator |", "|---|---|---|---|---|"]  # fmt: skip
@@ -342,7 +343,7 @@ def _write_topology(t: dict[str, Any]) -> list[str]:
             "`wait=false` (answered once durable in JetStream)"
         )
     lines[-1] += "."
-    if "pipeline" not in (t["sync"][0].get("cpu_us_per_write", {}) if t["sync"] else {}):
+    if one_process:
         lines.append("(One process: the API column includes the worker's CPU.)")
     return lines
 
