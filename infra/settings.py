@@ -25,14 +25,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ``database_url`` / ``nats_url`` empty means: start embedded servers under ``state_dir``.
     """
 
-    database_url: str = ""  # AUDIT_DATABASE_URL
+    database_url: str = ""  # AUDIT_DATABASE_URL (see "Database credentials" in the README)
+    # The owner's (migration) credentials. Where set, this process migrates, provisions the
+    # runtime login and may run retention; AUDIT_DATABASE_URL is then the runtime login
+    # (may be empty: derived from this URL and the runtime password).
+    database_owner_url: str = ""  # AUDIT_DATABASE_OWNER_URL
     nats_url: str = ""  # AUDIT_NATS_URL
     state_dir: str = ".auditlog"  # AUDIT_STATE_DIR
+    # Admin bearer tokens, comma-separated (several at once for rotation). Unset: the
+    # tokens kept in <state dir>/admin-tokens, one made at the first start.
     admin_token: str = ""  # AUDIT_ADMIN_TOKEN
     token_secret: str = ""  # AUDIT_TOKEN_SECRET (page-token HMAC key; default: state dir)
     http_host: str = "127.0.0.1"  # AUDIT_HTTP_HOST
     http_port: int = 8080  # AUDIT_HTTP_PORT
     grpc_port: int = 50051  # AUDIT_GRPC_PORT
+    # TLS for the HTTP listener and gRPC (PEM files). With a client CA, clients must present
+    # a certificate it signed (mutual TLS).
+    tls_cert: str = ""  # AUDIT_TLS_CERT
+    tls_key: str = ""  # AUDIT_TLS_KEY
+    tls_client_ca: str = ""  # AUDIT_TLS_CLIENT_CA
     metrics_port: int = 9464  # AUDIT_METRICS_PORT (pipeline-only workers)
     log_format: str = "text"  # AUDIT_LOG_FORMAT: text | json
     log_level: str = "INFO"  # AUDIT_LOG_LEVEL
@@ -127,6 +138,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def __repr__(self) -> str:
         shown = {f: getattr(self, f) for f in self.__struct_fields__}
         shown["database_url"] = redact_url(self.database_url)
+        shown["database_owner_url"] = redact_url(self.database_owner_url)
         shown["nats_url"] = redact_url(self.nats_url)
         shown["admin_token"] = "***" if self.admin_token else ""
         shown["token_secret"] = "***" if self.token_secret else ""
@@ -225,7 +237,14 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError(
             "AUDIT_NATS_TLS_CERT", "a client certificate needs its key (both or neither)"
         )
-    for var, path in (("AUDIT_NATS_CREDS", settings.nats_creds),
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("AUDIT_TLS_CERT", "a certificate needs its key (both or neither)")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise ConfigError("AUDIT_TLS_CLIENT_CA", "mutual TLS needs AUDIT_TLS_CERT and _KEY")
+    for var, path in (("AUDIT_TLS_CERT", settings.tls_cert),
+                      ("AUDIT_TLS_KEY", settings.tls_key),
+                      ("AUDIT_TLS_CLIENT_CA", settings.tls_client_ca),
+                      ("AUDIT_NATS_CREDS", settings.nats_creds),
                       ("AUDIT_NATS_NKEY_SEED", settings.nats_nkey_seed),
                       ("AUDIT_NATS_TLS_CA", settings.nats_tls_ca),
                       ("AUDIT_NATS_TLS_CERT", settings.nats_tls_cert),
