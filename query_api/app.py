@@ -19,6 +19,7 @@ import msgspec
 from aiohttp import web
 from nats.aio.client import Client
 
+from infra.admin_tokens import AdminTokenSource
 from infra.metrics import Metrics
 from infra.migrate import is_current
 from infra.settings import Settings
@@ -185,7 +186,7 @@ def build_service(settings: Settings, pool: asyncpg.Pool, nc: Client,
                        enabled=settings.access_log, metrics=metrics)  # fmt: skip
     return AuditService(
         settings=settings, pool=pool, metrics=metrics,
-        auth=Authenticator(pool, settings.admin_token, limiter),
+        auth=Authenticator(pool, AdminTokenSource(settings).tokens, limiter),
         admission=Admission(settings.heavy_read_concurrency, settings.heavy_read_per_key),
         token_secret=token_secret(settings), writes=writes,
         verifier_key=signer.verifier_key, verifiers=trusted_verifiers(settings), access=access,

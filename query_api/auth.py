@@ -15,6 +15,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -86,10 +87,11 @@ def new_token() -> tuple[str, str]:
 class Authenticator:
     """Checks bearer tokens against the admin token and ``audit.api_keys``."""
 
-    def __init__(self, pool: asyncpg.Pool, admin_token: str,
+    def __init__(self, pool: asyncpg.Pool, admin_tokens: Callable[[], tuple[bytes, ...]],
                  limiter: RateLimiter | None = None) -> None:  # fmt: skip
+        """``admin_tokens`` returns the admin tokens valid now (several during a rotation)."""
         self.pool = pool
-        self._admin = admin_token.encode()
+        self._admin_tokens = admin_tokens
         self._cache: dict[str, tuple[float, Principal, bytes]] = {}
         self._limiter = limiter
         self._touched: dict[str, float] = {}
@@ -139,7 +141,9 @@ class Authenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "unauthenticated", "send Authorization: Bearer <token>")
-        if self._admin and hmac.compare_digest(token.encode(), self._admin):
+        presented = token.encode()
+        # Every token is compared (no early exit), so timing tells nothing of which matched.
+        if sum(hmac.compare_digest(presented, t) for t in self._admin_tokens()):
             return Principal(tenant_id=None, scopes=frozenset(SCOPES), key_id="admin")
         m = _TOKEN_RE.match(token)
         if not m:

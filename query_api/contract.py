@@ -114,7 +114,14 @@ class ListParams(FilterParams, kw_only=True):
         "next_page_token of the previous page (opaque, signed; bound to the same tenant and "
         "filters); empty for the first page.", max_length=200,
         extra_json_schema={"format": "page-token"})] | None = None  # fmt: skip
-    order: Order = "desc"
+    order: Annotated[Literal["desc", "asc"], _d(
+        "desc: newest first (occurred_at, then id); with after_seq: by seq, and asc is the "
+        "default.")] | None = None  # fmt: skip
+    after_seq: Annotated[int, _d(
+        "Commit order: only events whose seq (their position in the tenant's chain) is "
+        "greater, ordered by seq. Follows a log as it is written, late events with an old "
+        "occurred_at included; page by passing the last seq seen (no page_token, "
+        "next_page_token stays empty).", ge=0, le=2**63 - 1)] | None = None  # fmt: skip
 
 
 class ExportParams(FilterParams, kw_only=True):
@@ -334,7 +341,7 @@ class SigningKey(msgspec.Struct):
 
 
 class PublicKeys(msgspec.Struct):
-    """The checkpoint signing key in use, and every key that has signed."""
+    """The signing key in use and every key that has signed, to pin once, out of band."""
 
     verifier_key: str
     keys: list[SigningKey]

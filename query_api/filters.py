@@ -59,6 +59,7 @@ class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
     page_token: str | None = None
     order: str = "desc"
     format: str = "ndjson"
+    after_seq: int | None = None  # commit order: seq > this, ordered by seq
 
     def fingerprint_parts(self, tenant_id: str) -> list[str]:
         """What a page token is bound to: tenant, every filter and the order."""
@@ -76,6 +77,7 @@ class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
             self.resource_id or "",
             self.q or "",
             self.order,
+            "" if self.after_seq is None else str(self.after_seq),
         ]
 
 
@@ -166,6 +168,17 @@ def _page_size(value: str | None) -> int:
     return size
 
 
+MAX_SEQ = 2**63 - 1
+
+
+def _after_seq(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or not value.isascii() or int(value) > MAX_SEQ:
+        raise bad_request(f"after_seq must be a whole number from 0 to {MAX_SEQ}", "after_seq")
+    return int(value)
+
+
 def parse_query(params: Any, allowed: frozenset[str] = LIST_PARAMS) -> EventQuery:
     """Validate request parameters into an :class:`EventQuery`.
 
@@ -185,7 +198,9 @@ def parse_query(params: Any, allowed: frozenset[str] = LIST_PARAMS) -> EventQuer
         raise bad_request(
             f"actor_type: unknown value; one of {', '.join(ACTOR_TYPES)}", "actor_type"
         )
-    order = (_one(params, "order") or "desc").lower()
+    after_seq = _after_seq(_one(params, "after_seq"))
+    # Commit order (after_seq) reads oldest first unless told otherwise.
+    order = (_one(params, "order") or ("desc" if after_seq is None else "asc")).lower()
     if order not in ("asc", "desc"):
         raise bad_request("order must be asc or desc", "order")
     fmt = (_one(params, "format") or "ndjson").lower()
@@ -212,6 +227,7 @@ def parse_query(params: Any, allowed: frozenset[str] = LIST_PARAMS) -> EventQuer
         page_token=_one(params, "page_token"),
         order=order,
         format=fmt,
+        after_seq=after_seq,
     )
 
 

@@ -136,6 +136,11 @@ class AuditService:
         tenant = who.tenant_for(q.tenant_id)
         fp = cursor.fingerprint(q.fingerprint_parts(tenant))
         after = None
+        if q.page_token and q.after_seq is not None:
+            raise bad_request(
+                "after_seq pages by itself: pass the last seq you saw, not a page_token",
+                "page_token",
+            )
         if q.page_token:
             try:
                 after = cursor.decode(q.page_token, fp, self.token_secret)
@@ -146,7 +151,7 @@ class AuditService:
         more = len(rows) > q.page_size
         rows = rows[: q.page_size]
         token = ""
-        if more:
+        if more and q.after_seq is None:
             last = rows[-1]
             us = (last["occurred_at"] - sql.EPOCH) // timedelta(microseconds=1)
             token = cursor.encode(cursor.Cursor(us, last["id"]), fp, self.token_secret)

@@ -108,10 +108,21 @@ async def list_events(
 ) -> list[asyncpg.Record]:
     """One page (``page_size + 1`` rows, to know whether more follow), keyset-paginated.
 
-    Each record has ``doc`` (the event's JSON text), ``occurred_at`` and ``id``.
+    Each record has ``doc`` (the event's JSON text), ``occurred_at`` and ``id``. With
+    ``q.after_seq`` the page is the events after that seq in seq (commit) order instead;
+    the caller pages by passing the last seq it saw.
     """
     w = build_where(q, tenant_id)
     desc = q.order == "desc"
+    if q.after_seq is not None:  # commit order: the tenant's chain position
+        w.add(f"seq > {w.bind(q.after_seq)}")
+        direction = "DESC" if desc else "ASC"
+        return await conn.fetch(
+            "SELECT audit.event_json(e)::text AS doc, occurred_at, id, seq"
+            f" FROM audit.events e WHERE {w.sql} ORDER BY seq {direction}"
+            f" LIMIT {w.bind(q.page_size + 1)}",
+            *w.params,
+        )
     if after is not None:
         op = "<" if desc else ">"
         ts = w.bind(EPOCH + timedelta(microseconds=after.occurred_us))
@@ -182,8 +193,8 @@ def export_query(q: EventQuery, tenant_id: str) -> tuple[str, list[Any]]:
     direction = "DESC" if q.order == "desc" else "ASC"
     if q.format == "csv":
         cols = ", ".join(
-            f"audit.ts_json({c})" if c in ("occurred_at", "received_at")
-            else "encode(hash, 'hex')" if c == "hash" else c
+            f"audit.ts_json({c}) AS {c}" if c in ("occurred_at", "received_at")
+            else "encode(hash, 'hex') AS hash" if c == "hash" else c
             for c in CSV_COLUMNS
         )  # fmt: skip
     else:

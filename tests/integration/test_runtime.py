@@ -85,6 +85,15 @@ async def test_run_serves_survives_restart_and_stops(tmp_path: Path) -> None:
         assert body["checks"] == {"postgresql": "ok", "nats": "ok", "consumer": "ok",
                                   "pipeline": "ok"}  # fmt: skip
         assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        # First start: an admin token exists (0600) and works; no token is refused.
+        token_path = state / "admin-tokens"
+        assert token_path.stat().st_mode & 0o777 == 0o600
+        token = token_path.read_text().split()[-1]
+        keys = urllib.request.Request(f"http://127.0.0.1:{port}/v1/admin/keys",
+                                      headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        with urllib.request.urlopen(keys, timeout=5) as resp:
+            assert resp.status == 200
+        assert get(f"http://127.0.0.1:{port}/v1/admin/keys")[0] == 401
         nats_port = int((state / "nats" / "port").read_text())
         pg_port = int((state / "pg" / "port").read_text())
         assert {nats_port, pg_port}.isdisjoint({4222, 5432})
@@ -100,6 +109,7 @@ async def test_run_serves_survives_restart_and_stops(tmp_path: Path) -> None:
         out = stop(proc)
     assert "listening on http://127.0.0.1:" in out and "embedded postgresql" in out
     assert "stopped: 1 stored" in out
+    assert f"Admin token: {token}" in out and "auditlog admin-token show" in out
     password = (state / "pg" / "password").read_text().strip()
     assert password not in out and "postgres:***@" in out  # secrets never logged
     assert not _listening(nats_port) and not _listening(pg_port)
@@ -120,8 +130,10 @@ async def test_run_serves_survives_restart_and_stops(tmp_path: Path) -> None:
         assert _listening(pg_port)
         assert get(f"http://127.0.0.1:{port}/readyz")[0] == 200
     finally:
-        stop(proc)
+        out = stop(proc)
     assert not _listening(pg_port)
+    # Later starts say where the token is kept, never the token itself.
+    assert token not in out and f"admin tokens: 1 in {token_path}" in out
 
 
 def test_json_logs_one_object_per_line(tmp_path: Path, pg_server_url: str) -> None:

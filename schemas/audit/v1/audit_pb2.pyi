@@ -179,7 +179,7 @@ class WriteEventsResponse(_message.Message):
     def __init__(self, event_ids: _Optional[_Iterable[str]] = ..., errors: _Optional[_Iterable[_Union[WriteEventError, _Mapping]]] = ...) -> None: ...
 
 class ListEventsRequest(_message.Message):
-    __slots__ = ("tenant_id", "start_time", "end_time", "severities", "categories", "actions", "actor_type", "actor_id", "resource_type", "resource_id", "q", "page_size", "page_token", "order")
+    __slots__ = ("tenant_id", "start_time", "end_time", "severities", "categories", "actions", "actor_type", "actor_id", "resource_type", "resource_id", "q", "page_size", "page_token", "order", "after_seq")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +194,7 @@ class ListEventsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
@@ -208,7 +209,8 @@ class ListEventsRequest(_message.Message):
     page_size: int
     page_token: str
     order: str
-    def __init__(self, tenant_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., severities: _Optional[_Iterable[_Union[Severity, str]]] = ..., categories: _Optional[_Iterable[_Union[Category, str]]] = ..., actions: _Optional[_Iterable[str]] = ..., actor_type: _Optional[_Union[ActorType, str]] = ..., actor_id: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., q: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order: _Optional[str] = ...) -> None: ...
+    after_seq: int
+    def __init__(self, tenant_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., severities: _Optional[_Iterable[_Union[Severity, str]]] = ..., categories: _Optional[_Iterable[_Union[Category, str]]] = ..., actions: _Optional[_Iterable[str]] = ..., actor_type: _Optional[_Union[ActorType, str]] = ..., actor_id: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., q: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class ListEventsResponse(_message.Message):
     __slots__ = ("events", "next_page_token")
