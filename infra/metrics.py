@@ -159,6 +159,12 @@ class Metrics:
             "auditlog_retention_next_drop_timestamp_seconds",
             "When the next partition becomes due to drop (0: none known)", registry=r,
         )  # fmt: skip
+        self.checkpoint_completed = Gauge(
+            "auditlog_checkpoint_completed_timestamp_seconds",
+            "Start of this process's last checkpoint round that left no tenant unsigned: every"
+            " event committed before it is under a signed checkpoint (0: this process never"
+            " held the checkpointer lease; take the max over processes)", registry=r,
+        )  # fmt: skip
         self.http_seconds = Histogram(
             "auditlog_http_request_duration_seconds",
             "HTTP request duration",

@@ -28,6 +28,7 @@ import asyncpg
 import nats.js.api as jsapi
 from nats.js.errors import BadRequestError, NoStreamResponseError
 
+from infra.metrics import Metrics
 from infra.settings import Settings
 from infra.signing import Signer
 from schemas import tlog
@@ -147,14 +148,18 @@ class Checkpointer:
         signer: the signing key.
     """
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, nc: Any, signer: Signer) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, nc: Any, signer: Signer,
+                 metrics: Metrics | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.pool = pool
         self.nc = nc
         self.signer = signer
+        self.metrics = metrics
         self.unpublished: list[Made] = []
         self.made = 0
         self.last_cycle = 0.0
+        # Start of the last cycle that held the lease and left nothing due (0: none yet).
+        self.completed_at = 0.0
 
     async def register_key(self) -> None:
         """List this key in ``audit.signing_keys``; any other active key is retired."""
@@ -191,10 +196,16 @@ class Checkpointer:
     async def cycle(self) -> list[Made]:
         """One round over the tenants with new events; returns the checkpoints made."""
         made: list[Made] = []
+        started = time.time()
         while True:
             batch = await self._round()
+            if batch is None:  # another process holds the lease and signs
+                break
             made.extend(batch)
             if len(batch) < TENANTS_PER_CYCLE:
+                self.completed_at = started  # everything committed before it is signed
+                if self.metrics is not None:
+                    self.metrics.checkpoint_completed.set(started)
                 break
         self.last_cycle = time.time()
         self.made += len(made)
@@ -202,10 +213,12 @@ class Checkpointer:
         await self.publish()
         return made
 
-    async def _round(self) -> list[Made]:
+    async def _round(self) -> list[Made] | None:
+        """Sign up to TENANTS_PER_CYCLE due tenants; None when another process holds the
+        lease."""
         async with self.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", LEASE_KEY):
-                return []  # another process signs
+                return None
             due = await conn.fetch(
                 "SELECT h.tenant_id, h.last_seq, coalesce(m.size, 0) AS size, m.frontier"
                 " FROM audit.chain_heads h LEFT JOIN audit.merkle_state m USING (tenant_id)"

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -255,6 +256,40 @@ async def test_the_checkpointer_signs_on_its_interval_and_once_more_at_stop(
         await pool.close()
 
 
+async def test_checkpoint_completion_is_exported_only_by_the_lease_holder(
+    db_url, settings_factory
+) -> None:
+    """auditlog_checkpoint_completed_timestamp_seconds moves when a round signs everything,
+    and stays put in a process that did not get the lease (the alert takes the max)."""
+    from infra.metrics import Metrics
+    from pipeline.checkpoints import LEASE_KEY
+
+    settings = settings_factory(db_url)
+    pool = await create_pool(db_url, max_size=2)
+    metrics = Metrics()
+    gauge = "auditlog_checkpoint_completed_timestamp_seconds"
+    try:
+        checkpointer = Checkpointer(settings, pool, None, load_signer(settings), metrics)
+        await store(pool, [make_event("cp-metric", i) for i in range(3)])
+        before = time.time()
+        assert [m.size for m in await checkpointer.cycle()] == [3]
+        done = metrics.registry.get_sample_value(gauge)
+        assert done is not None and before <= done <= time.time()
+        await store(pool, [make_event("cp-metric", 10 + i) for i in range(2)])
+        holder = await asyncpg.connect(db_url)
+        try:
+            async with holder.transaction():  # another process holds the lease
+                await holder.execute("SELECT pg_advisory_xact_lock($1)", LEASE_KEY)
+                assert await checkpointer.cycle() == []
+                assert metrics.registry.get_sample_value(gauge) == done
+        finally:
+            await holder.close()
+        assert [m.size for m in await checkpointer.cycle()] == [5]
+        assert metrics.registry.get_sample_value(gauge) > done
+    finally:
+        await pool.close()
+
+
 def _cli(rig: Rig, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     s = rig.settings
     base = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
@@ -353,7 +388,7 @@ async def test_a_bundle_verifies_offline_and_any_change_to_it_does_not(rig: Rig,
         report = bundle.verify(json.dumps(d).encode(), key)
         assert report.status == "tampered", (what, report)
     stranger = Signer("someone", Ed25519PrivateKey.generate()).verifier_key
-    assert bundle.verify(part.read_bytes(), [stranger]).status == "unverifiable"
+    assert bundle.verify(part.read_bytes(), [stranger]).status == "tampered"  # not pinned
     offline = {"PATH": os.environ["PATH"]}  # no database, no NATS: the file and a key
     cli = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "auditlog.cli",
                                   "verify-bundle", str(part), "--public-key", key[0]],
