@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from auditlog import cli_api, cli_ops
+from auditlog import cli_admin, cli_api, cli_ops
 from infra import logs
 from infra.errors import AuditLogError
 from infra.settings import Settings, load_settings
@@ -52,6 +52,7 @@ def run(ctx: click.Context, http_port: int | None, http_host: str | None) -> Non
     from auditlog.runtime import run_event_loop, serve, servers
 
     settings = _settings(ctx, http_port=http_port, http_host=http_host)
+    cli_admin.announce_admin_token(settings)
     try:
         with servers(settings) as ends:
             run_event_loop(serve(settings, ends, http=True))
@@ -73,6 +74,7 @@ def api(ctx: click.Context, http_port: int | None, http_host: str | None) -> Non
     from auditlog.runtime import run_event_loop, serve, servers
 
     settings = _settings(ctx, http_port=http_port, http_host=http_host)
+    cli_admin.announce_admin_token(settings)
     try:
         with servers(settings) as ends:
             run_event_loop(serve(settings, ends, http=True, ingest=False))
@@ -91,10 +93,11 @@ def pipeline(ctx: click.Context, workers: int | None) -> None:
     try:
         with servers(settings) as ends:
             if settings.workers > 1:
-                from auditlog.runtime import prepare_database
+                from auditlog.runtime import worker_endpoints
 
-                asyncio.run(prepare_database(ends.database_url))
-                sys.exit(spawn_workers(settings, ends, settings.workers))
+                # Migrated (or waited for) here; the workers get the runtime login only.
+                workers_ends = worker_endpoints(settings, ends)
+                sys.exit(spawn_workers(settings, workers_ends, settings.workers))
             run_event_loop(serve(settings, ends, http=False))
     except AuditLogError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -103,19 +106,28 @@ def pipeline(ctx: click.Context, workers: int | None) -> None:
 @cli.command()
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
-    """Create the database if needed and apply pending SQL migrations."""
-    from auditlog.runtime import prepare_database, servers
+    """Create the database if needed and apply pending SQL migrations.
+
+    Uses AUDIT_DATABASE_OWNER_URL when set (and then also provisions the runtime login),
+    else AUDIT_DATABASE_URL.
+    """
+    from auditlog.credentials import migrate_with_owner
+    from auditlog.runtime import servers
+    from infra.settings import redact_url
 
     settings: Settings = ctx.obj
     try:
         with servers(settings.replace(nats_url=settings.nats_url or "unused")) as ends:
-            applied = asyncio.run(prepare_database(ends.database_url))
+            owner = ends.owner_url or ends.database_url
+            applied, runtime = asyncio.run(migrate_with_owner(settings, owner, ends.database_url))
     except AuditLogError as exc:
         raise click.ClickException(str(exc)) from exc
     if applied:
         click.echo("applied migrations: " + ", ".join(f"{v:03d}" for v in applied))
     else:
         click.echo("database is up to date")
+    if runtime:
+        click.echo(f"runtime login: {redact_url(runtime)}")
 
 
 @cli.command()
@@ -129,22 +141,31 @@ def migrate(ctx: click.Context) -> None:
     help="also trust this verifier key (name+hash+key; repeatable)",
 )
 @click.option(
+    "--keys-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="also trust the verifier keys in FILE (one per line)",
+)
+@click.option(
     "--no-witness",
     is_flag=True,
     help="do not compare with the witness stream's copy of the checkpoints",
 )
 @click.pass_context
 def verify(ctx: click.Context, tenant_id: str, as_json: bool, public_keys: tuple[str, ...],
-           no_witness: bool) -> None:  # fmt: skip
+           keys_file: Path | None, no_witness: bool) -> None:  # fmt: skip
     """Verify TENANT_ID's log: hash chain, signed checkpoints, witness copy.
 
-    Exit 0 intact, 1 tampered (the first bad seq and the kind of break are named), 3 cannot
-    check (why is printed), 2 usage error.
+    Signatures are checked against the service's own keys (its state dir: the signing key
+    and every key it signed with) and --public-key / --keys-file; never against keys
+    stored in the database. Exit 0 intact, 1 tampered (the first bad seq and the kind of
+    break are named), 3 cannot check (why is printed), 2 usage error.
     """
+    from auditlog.bundle_cmd import pinned_keys
     from auditlog.verify_cmd import run_verify
 
     settings: Settings = ctx.obj
-    code = run_verify(settings, tenant_id, as_json, list(public_keys), no_witness)
+    keys = pinned_keys(public_keys, keys_file)
+    code = run_verify(settings, tenant_id, as_json, keys, no_witness)
     sys.exit(code)
 
 
@@ -177,14 +198,32 @@ def export_bundle(ctx: click.Context, tenant_id: str, from_seq: int, to_seq: int
     "public_keys",
     multiple=True,
     metavar="VERIFIER_KEY",
-    help="trust only these verifier keys (default: the keys the bundle names)",
+    help="trust this verifier key (name+hash+key; repeatable), got from the operator",
+)
+@click.option(
+    "--keys-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="trust the verifier keys in FILE (one per line; e.g. <state dir>/verifier-keys)",
+)
+@click.option(
+    "--trust-bundle-keys",
+    is_flag=True,
+    help="trust the keys the bundle names itself (not an independent check; said so)",
 )
 @click.option("--json", "as_json", is_flag=True)
-def verify_bundle(file: Path, public_keys: tuple[str, ...], as_json: bool) -> None:
-    """Check an auditor bundle offline. Exit 0 intact, 1 tampered, 3 cannot check."""
+def verify_bundle(file: Path, public_keys: tuple[str, ...], keys_file: Path | None,
+                  trust_bundle_keys: bool, as_json: bool) -> None:  # fmt: skip
+    """Check an auditor bundle offline against keys you pinned.
+
+    Exit 0 intact, 1 tampered (also: signed by a key you did not pin), 3 cannot check (also:
+    no key pinned; the bundle's key ids are named). The bundle's own keys count only with
+    --trust-bundle-keys, and the output says so.
+    """
     from auditlog.bundle_cmd import verify_bundle as run
 
-    sys.exit(run(file, list(public_keys), as_json))
+    code = run(file, list(public_keys), as_json, keys_file=keys_file,
+               trust_bundle_keys=trust_bundle_keys)  # fmt: skip
+    sys.exit(code)
 
 
 @cli.command("signing-key")
@@ -222,6 +261,7 @@ def retention_apply(ctx: click.Context) -> None:
     run(ctx.obj, apply=True)
 
 
+cli.add_command(cli_admin.admin_token)
 cli.add_command(cli_api.events)
 cli.add_command(cli_api.stats)
 cli.add_command(cli_api.keys)

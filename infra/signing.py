@@ -106,6 +106,29 @@ def trusted_keys(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
+def read_keys_file(path: Path) -> list[str]:
+    """The verifier keys pinned in a file: one per line; blank lines and lines starting
+    with ``#`` are ignored (the state dir's ``verifier-keys`` is such a file).
+
+    Raises:
+        OSError: unreadable.
+        ValueError: a malformed key (its line named), or no key at all.
+    """
+    keys = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        key = line.strip()
+        if not key or key.startswith("#"):
+            continue
+        try:
+            tlog.Verifier.parse(key)
+        except ValueError as exc:
+            raise ValueError(f"{path} line {n}: {exc}") from exc
+        keys.append(key)
+    if not keys:
+        raise ValueError(f"{path} holds no verifier key")
+    return keys
+
+
 def trusted_verifiers(settings: Settings, extra: Sequence[str] = ()) -> list[tlog.Verifier]:
     """:func:`trusted_keys`, parsed.
 

@@ -1,8 +1,9 @@
 """Archiving a month before retention drops it: for each tenant with events in the month,
 an auditor bundle (``schemas.bundle``) of the seq range that holds them, gzipped, written
 to a directory or an S3-compatible bucket, then read back from there and verified with
-the service's own verifier keys. :func:`archive_month` returns only when every archive
-verifies; anything else raises, and the drop does not happen.
+the service's own verifier keys (the verifier's choice: never the keys an archive names
+itself). :func:`archive_month` returns only when every archive verifies; anything else
+raises, and the drop does not happen.
 
 Object names: ``<tenant token>/<partition>-<from seq>-<to seq>.bundle.json.gz`` under the
 destination (a tenant id with ``.`` written ``~``). The range runs from the tenant's first
@@ -128,11 +129,14 @@ async def archive_month(conn: asyncpg.Connection, settings: Settings, partition:
     read back; returns where each went.
 
     ``conn`` is an owner connection (a member of ``auditlog_app``). ``trusted``: the
-    verifier keys an archive must be signed by.
+    verifier keys an archive must be signed by (the archive's own ``public_keys`` never
+    count).
 
     Raises:
-        ArchiveError: a write, a read-back or a verification failed.
+        ArchiveError: no ``trusted`` key, or a write, a read-back or a verification failed.
     """
+    if not trusted:
+        raise ArchiveError("no verifier key to check archives with: nothing is archived")
     written = []
     for tenant in tenants:
         first, last = await conn.fetchrow(f"SELECT min(seq), max(seq) FROM audit.{partition}"
@@ -153,7 +157,8 @@ async def archive_month(conn: asyncpg.Connection, settings: Settings, partition:
             report = await asyncio.to_thread(bundle.verify, gzip.decompress(back), trusted)
         except Exception as exc:  # any storage failure: the drop must not happen
             raise ArchiveError(f"archive {dest.where(name)}: {exc!r}") from exc
-        if report.status != "intact" or report.events != b.manifest.events:
+        if (report.status != "intact" or report.trusted != bundle.TRUST_PINNED
+                or report.events != b.manifest.events):  # fmt: skip
             raise ArchiveError(f"archive {dest.where(name)} does not verify as read back: "
                                f"{report.first_break or report.cannot_check}")  # fmt: skip
         log.info("retention: archived %s of %s to %s (%d events, %d bytes)", partition, tenant,

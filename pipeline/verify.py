@@ -118,7 +118,10 @@ async def verify_log(conn: asyncpg.Connection, settings: Settings, tenant_id: st
     first: Break | None = None
     expected: dict[int, tuple[bytes, str]] = {}  # size -> (root, which checkpoint)
     if stored and not verifiers:
-        cannot.append("no trusted public key to check the checkpoints' signatures with")
+        cannot.append(
+            "no trusted public key to check the checkpoints' signatures with (the "
+            "service's own, from its state dir, or --public-key / --keys-file)"
+        )
     for cp in stored if verifiers else ():
         checked, why = _check_note(cp["note"], log_origin, cp["size"], bytes(cp["root"]),
                                    verifiers)  # fmt: skip

@@ -45,6 +45,7 @@ class Op:
     headers: tuple[dict[str, Any], ...] = ()
     public: bool = False
     links: dict[str, dict[str, Any]] = field(default_factory=dict)  # on the first ok status
+    description: str = ""
 
 
 _UUID = {"type": "string", "format": "uuid"}
@@ -54,6 +55,10 @@ _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header",
                            "maxLength": c.MAX_KEY_LEN}}  # fmt: skip
 _STREAM = object()  # marks the export's streamed body
 _TENANT = {"type": "string", "pattern": c.TENANT_ID_PATTERN}
+_PINNED = ("Check the signed note against a verifier key you pinned beforehand, got out of "
+           "band (from the operator, or GET /v1/audit/public-key once, then kept), never "
+           "against a key from the same answers: whoever could forge the proof could also "
+           "change the key the server returns.")  # fmt: skip
 
 OPERATIONS = (
     Op("post", "/v1/audit/events", "WriteEvent",
@@ -89,14 +94,20 @@ OPERATIONS = (
     Op("get", "/v1/audit/events/{id}/proof", "EventProof",
        "The event's canonical bytes and RFC 6962 inclusion proof under a signed checkpoint.",
        params=c.EventParams, path_params={"id": _UUID},
-       ok={200: (proofs.InclusionProof, "The proof")}, errors=(400, 401, 403, 404, 503)),
+       ok={200: (proofs.InclusionProof, "The proof")}, errors=(400, 401, 403, 404, 503),
+       description="Recompute leaf_hash(SHA-256(prev_hash || canonical)) and verify the "
+                   "audit path to the checkpoint's root. " + _PINNED),
     Op("get", "/v1/audit/consistency", "ConsistencyProof",
        "An RFC 6962 consistency proof between two of the tenant's signed checkpoints.",
        params=c.ConsistencyParams, ok={200: (proofs.ConsistencyProof, "The proof")},
-       errors=(400, 401, 403, 404, 503)),
+       errors=(400, 401, 403, 404, 503),
+       description="Verify both signed notes, then the proof between their roots. " + _PINNED),
     Op("get", "/v1/audit/public-key", "PublicKey",
        "The checkpoint signing key (C2SP verifier key) and every key that has signed.",
-       public=True, ok={200: (c.PublicKeys, "The keys")}, errors=(400, 503)),
+       public=True, ok={200: (c.PublicKeys, "The keys")}, errors=(400, 503),
+       description="For pinning a key once (compare it with the operator's, e.g. `auditlog "
+                   "signing-key`), not for checking a proof with: a client checks signatures "
+                   "against the key it pinned, never against this answer alone."),
     Op("post", "/v1/admin/keys", "CreateKey", "Create a tenant API key (admin token).",
        body=c.KeyRequest, ok={201: (c.NewKey, "Created; the token is shown only here")},
        links={"RevokeCreatedKey": {"operationId": "RevokeKey", "parameters": {
@@ -195,6 +206,8 @@ def _responses(op: Op) -> dict[str, Any]:
 
 def _operation(op: Op, components: dict[str, Any]) -> dict[str, Any]:
     doc: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary}
+    if op.description:
+        doc["description"] = op.description
     params = _parameters(op, components)
     if params:
         doc["parameters"] = params

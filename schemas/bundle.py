@@ -9,11 +9,17 @@ bundle's ``prev_hash``), the Merkle tree over those hashes (starting from the bu
 ``frontier``, the tree's compact range at ``from - 1``), and compares the root at every
 checkpoint size with the signed root. A wrong ``prev_hash`` or ``frontier`` cannot pass:
 the roots would not match what was signed.
+
+Trust is pinned (DESIGN invariant 11): signatures are checked against keys the verifier
+chose. The bundle's own ``public_keys`` are whatever its writer put there, so a bundle
+rewritten and re-signed by anyone verifies against them; they are used only when the
+caller asks for it explicitly, and the report says so.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -23,6 +29,11 @@ import msgspec
 from schemas import tlog
 
 FORMAT = "auditlog-bundle/1"
+
+# Where the keys a report trusted came from (``BundleReport.trusted``).
+TRUST_PINNED = "pinned keys"
+TRUST_BUNDLE = "bundle's own keys (not independent)"
+TRUST_NONE = "none"
 
 
 class BundleEvent(msgspec.Struct, array_like=True, gc=False):
@@ -78,6 +89,8 @@ class BundleReport(msgspec.Struct, kw_only=True):
     checkpoints: int = 0
     first_break: str = ""
     cannot_check: str = ""
+    trusted: str = ""  # TRUST_PINNED, TRUST_BUNDLE or TRUST_NONE
+    key_ids: list[str] = []  # keys the bundle names or signs with, as <name>+<hex hash>
 
     @property
     def exit_code(self) -> int:
@@ -102,29 +115,59 @@ def encode(bundle: Bundle) -> bytes:
 _decoder = msgspec.json.Decoder(Bundle)
 
 
-def verify(data: bytes, trusted: Sequence[str] = (),
-           progress: Callable[[int], None] | None = None) -> BundleReport:  # fmt: skip
+def key_ids(b: Bundle) -> list[str]:
+    """The keys ``b`` names (``public_keys``) and those its checkpoints claim to be signed
+    by, as ``<name>+<hex key hash>``, unverified: what to compare with the keys you know
+    (a malformed note names none)."""
+    ids = ["+".join(k.strip().split("+", 2)[:2]) for k in b.public_keys]
+    for note in b.checkpoints:
+        with contextlib.suppress(ValueError):
+            ids += tlog.note_key_ids(note)
+    return list(dict.fromkeys(ids))
+
+
+def verify(data: bytes, trusted: Sequence[str],
+           progress: Callable[[int], None] | None = None, *,
+           trust_bundle_keys: bool = False) -> BundleReport:  # fmt: skip
     """Verify a bundle's bytes.
 
     Args:
         data: the file.
-        trusted: verifier keys to trust; empty: the bundle's own ``public_keys`` (then the
-            check shows the bundle is consistent and signed by the keys it names; compare
-            those with the keys you know).
+        trusted: the verifier keys the caller chose (pinned). A checkpoint or gap record
+            signed by none of them is a break: the report is ``tampered``.
         progress: called with the number of events checked, every 100,000.
+        trust_bundle_keys: without ``trusted``, check against the keys the bundle names
+            itself. That shows only that the bundle is consistent with keys its writer
+            chose (anyone can rewrite, re-chain and re-sign one); the report says so in
+            ``trusted``. Without either, nothing is checked: the report is
+            ``unverifiable`` and names the bundle's ``key_ids``.
+
+    Raises:
+        ValueError: a malformed key in ``trusted``, or ``trusted`` together with
+            ``trust_bundle_keys``.
     """
+    pinned = [tlog.Verifier.parse(k) for k in trusted]
+    if pinned and trust_bundle_keys:
+        raise ValueError("pinned keys and the bundle's own keys exclude each other")
     try:
         b = _decoder.decode(data)
         if b.format != FORMAT:
             raise ValueError(f"unknown format {b.format!r}")
-        verifiers = [tlog.Verifier.parse(k) for k in (trusted or b.public_keys)]
+        ids = key_ids(b)
+        verifiers = pinned or [tlog.Verifier.parse(k) for k in b.public_keys]
         prev = bytes.fromhex(b.prev_hash)
         tree = tlog.Frontier(b.manifest.from_seq - 1,
                              [base64.b64decode(h) for h in b.frontier])  # fmt: skip
     except (msgspec.DecodeError, ValueError) as exc:
         return BundleReport(status="unverifiable", cannot_check=f"malformed bundle: {exc}")
     m = b.manifest
-    report = BundleReport(status="intact", tenant_id=m.tenant_id)
+    if not pinned and not trust_bundle_keys:
+        named = ", ".join(ids) or "no key"
+        return BundleReport(status="unverifiable", tenant_id=m.tenant_id, trusted=TRUST_NONE,
+                            key_ids=ids, cannot_check=f"no trusted key (the bundle names "
+                            f"{named}; a bundle cannot vouch for itself)")  # fmt: skip
+    report = BundleReport(status="intact", tenant_id=m.tenant_id, key_ids=ids,
+                          trusted=TRUST_PINNED if pinned else TRUST_BUNDLE)  # fmt: skip
     signed: dict[int, bytes] = {}
     for text in b.checkpoints:
         try:
@@ -133,9 +176,9 @@ def verify(data: bytes, trusted: Sequence[str] = (),
         except ValueError as exc:
             return _tampered(report, f"a checkpoint does not verify: {exc}")
         if not note.signed_by:
-            report.status, report.cannot_check = "unverifiable", "a checkpoint is not signed " \
-                "by a trusted key"  # fmt: skip
-            return report
+            return _tampered(report, f"the checkpoint at {cp.size} is signed by "
+                             f"{', '.join(tlog.note_key_ids(text))}, not by a trusted key "
+                             f"({', '.join(v.key_id for v in verifiers) or 'none'})")  # fmt: skip
         if cp.origin != m.origin:
             return _tampered(report, f"checkpoint of {cp.origin!r}, not {m.origin!r}")
         signed[cp.size] = cp.root

@@ -272,6 +272,11 @@ class Verifier:
             raise ValueError("the verifier key's hash does not match its name and key")
         return verifier
 
+    @property
+    def key_id(self) -> str:
+        """``<name>+<hex key hash>``: how the key is named to a person."""
+        return f"{self.name}+{self.key_hash.hex()}"
+
     def verify(self, text: bytes, signature: bytes) -> bool:
         """Is ``signature`` this key's Ed25519 signature of ``text``?"""
         try:
@@ -327,18 +332,16 @@ class Note:
     signed_by: tuple[str, ...]  # names of the verifiers whose signature checks out
 
 
-def open_note(note: str, verifiers: Sequence[Verifier]) -> Note:
-    """Split a signed note and check its signatures against ``verifiers``.
+def _parse_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """A signed note's text and its signature lines as (key name, key hash || signature).
 
     Raises:
-        ValueError: not a signed note (no blank line before signatures, a malformed
-            signature line), or a known key's signature that does not verify.
+        ValueError: not a signed note, or a malformed signature line.
     """
     text, sep, sigs = note.rpartition("\n\n")
     if not sep or not sigs.endswith("\n"):
         raise ValueError("not a signed note")
-    text += "\n"
-    signed: list[str] = []
+    lines = []
     for line in sigs[:-1].split("\n"):
         dash, _, rest = line.partition(" ")
         name, _, b64 = rest.rpartition(" ")
@@ -347,6 +350,30 @@ def open_note(note: str, verifiers: Sequence[Verifier]) -> Note:
         raw = base64.b64decode(b64, validate=True)
         if len(raw) < 5:
             raise ValueError("malformed signature line")
+        lines.append((name, raw))
+    return text + "\n", lines
+
+
+def note_key_ids(note: str) -> list[str]:
+    """The keys a signed note claims to be signed by, as ``<name>+<hex key hash>`` (what
+    names a key to a person; nothing is verified here).
+
+    Raises:
+        ValueError: not a signed note, or a malformed signature line.
+    """
+    return [f"{name}+{raw[:4].hex()}" for name, raw in _parse_note(note)[1]]
+
+
+def open_note(note: str, verifiers: Sequence[Verifier]) -> Note:
+    """Split a signed note and check its signatures against ``verifiers``.
+
+    Raises:
+        ValueError: not a signed note (no blank line before signatures, a malformed
+            signature line), or a known key's signature that does not verify.
+    """
+    text, lines = _parse_note(note)
+    signed: list[str] = []
+    for name, raw in lines:
         for v in verifiers:
             if v.name == name and v.key_hash == raw[:4]:
                 if not v.verify(text.encode(), raw[4:]):
