@@ -1,7 +1,9 @@
 """CLI commands that talk to the HTTP API (through the Python client): events, stats, keys.
 
-The API URL is AUDIT_API_URL (default ``http://127.0.0.1:$AUDIT_HTTP_PORT``); the token
-is AUDIT_TOKEN (a tenant key) or AUDIT_ADMIN_TOKEN, or ``--token``.
+The API URL is AUDIT_API_URL (default ``http://127.0.0.1:$AUDIT_HTTP_PORT``, ``https://``
+with AUDIT_TLS_CERT; an HTTPS server is verified against AUDIT_API_CA, and AUDIT_API_CERT /
+AUDIT_API_KEY are the client certificate for mutual TLS); the token is AUDIT_TOKEN (a
+tenant key) or AUDIT_ADMIN_TOKEN, or ``--token``.
 """
 
 from __future__ import annotations
@@ -10,27 +12,46 @@ import csv
 import json
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from auditlog.endpoints import api_token, api_url
+from auditlog.endpoints import api_ssl, api_token, api_url
 from infra.errors import AuditLogError
 from infra.settings import Settings
 from query_api.client import ApiUnreachable, AuditApiError, AuditClient
+from query_api.sql import CSV_COLUMNS
 
-CSV_FIELDS = ("id", "occurred_at", "tenant_id", "seq", "action", "category", "severity",
-              "actor", "primary_resource", "description")  # fmt: skip
+
+def csv_row(event: dict[str, Any]) -> list[str]:
+    """``event`` (as the list API returns it) in the export's CSV columns
+    (:data:`query_api.sql.CSV_COLUMNS`, the same names in the same order); JSON values as
+    compact JSON as stored, missing ones empty."""
+    actor = event.get("actor") or {}
+    resource = event.get("primary_resource") or {}
+    flat = {
+        **event,
+        "actor_type": actor.get("type"), "actor_id": actor.get("id"),
+        "actor_display_name": actor.get("display_name"),
+        "resource_type": resource.get("type", ""), "resource_id": resource.get("id", ""),
+        "resource_display_name": resource.get("display_name", ""),
+    }  # fmt: skip
+    row = []
+    for column in CSV_COLUMNS:
+        value = flat.get(column)
+        if isinstance(value, dict | list):
+            value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        row.append("" if value is None else str(value))
+    return row
 
 
 class Api:
     """The CLI's view of :class:`~query_api.client.AuditClient`: API errors as click errors."""
 
     def __init__(self, base: str, token: str) -> None:
-        self.client = AuditClient(base, token, retries=2)
+        self.client = AuditClient(base, token, retries=2, ssl_context=api_ssl(base))
 
     def call(self, method: str, path: str, params: dict[str, Any] | None = None,
              body: Any = None) -> Any:  # fmt: skip
@@ -97,9 +118,9 @@ def emit(events: list[dict[str, Any]], output: str, console: Console, header: bo
     elif output == "csv":
         w = csv.writer(sys.stdout)
         if header:
-            w.writerow(CSV_FIELDS)
+            w.writerow(CSV_COLUMNS)
         for e in events:
-            w.writerow([_cell(e.get(f)) for f in CSV_FIELDS])
+            w.writerow(csv_row(e))
     else:
         table = Table("occurred_at", "tenant", "seq", "action", "severity", "actor", "resource",
                       "description", show_header=header)  # fmt: skip
@@ -162,26 +183,34 @@ def get_cmd(ctx: click.Context, event_id: str, tenant_id: str | None, token: str
 @click.pass_context
 def tail_cmd(ctx: click.Context, interval: float, count: int, output: str,
              token: str | None, **f: Any) -> None:  # fmt: skip
-    """Follow new events live (polls the API; Ctrl-C stops)."""
+    """Follow new events live, in the order they were stored (polls the API; Ctrl-C stops).
+
+    Follows the tenant's seq (commit order), so a late event with an old ``occurred_at``
+    is shown when it arrives. Starts after the newest stored event; with ``--start-time``,
+    first shows the stored events since then (they are a filter on ``occurred_at``).
+    """
     api = _api(ctx, token)
     console = Console()
-    since = f.get("start_time") or datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    seen: set[str] = set()
+    last = 0
+    if not f.get("start_time"):
+        newest = api.call("GET", "/v1/audit/events", {"tenant_id": f.get("tenant_id"),
+                          "after_seq": 0, "order": "desc", "page_size": 1})  # fmt: skip
+        last = max((e["seq"] for e in newest["events"]), default=0)
     shown = 0
     try:
         while True:
-            params = {**_filters(f), "start_time": since, "order": "asc", "page_size": 1000}
+            params = {**_filters(f), "after_seq": last, "page_size": 1000}
             page = api.call("GET", "/v1/audit/events", params)
-            fresh = [e for e in page["events"] if e["id"] not in seen]
+            fresh = page["events"]
             if fresh:
                 emit(fresh, output, console, header=False)
                 sys.stdout.flush()
-                seen.update(e["id"] for e in fresh)
-                since = fresh[-1]["occurred_at"]
+                last = fresh[-1]["seq"]
                 shown += len(fresh)
                 if count and shown >= count:
                     return
-            time.sleep(interval)
+            if len(fresh) < 1000:  # caught up: wait; a full page means more is waiting
+                time.sleep(interval)
     except KeyboardInterrupt:
         pass
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from auditlog.endpoints import api_url, database_url, nats_url
+from auditlog.endpoints import api_ssl, api_url, database_url, nats_url
 from infra.errors import AuditLogError
 from infra.migrate import is_current
 from infra.settings import Settings
@@ -299,7 +299,11 @@ async def _doctor(settings: Settings) -> list[tuple[str, bool, str]]:
 
 def _check_http(base: str) -> tuple[str, bool, str]:
     try:
-        with urllib.request.urlopen(base + "/readyz", timeout=5) as r:
+        context = api_ssl(base)
+    except AuditLogError as exc:
+        return ("http api", False, str(exc))
+    try:
+        with urllib.request.urlopen(base + "/readyz", timeout=5, context=context) as r:
             return ("http api", True, f"{base} ready ({r.status})")
     except urllib.error.HTTPError as exc:
         return ("http api", False, f"{base} not ready: {exc.read().decode(errors='replace')}")

@@ -1,5 +1,8 @@
 """Numbered SQL migrations from ``sql/``: idempotent, recorded, safe to run concurrently.
 
+The files ship as package data of the ``sql`` package and are read through
+``importlib.resources``, so an installed wheel migrates without the source tree.
+
 ``NNN_name.sql`` files are applied in order, each in its own transaction, under a
 database-wide advisory lock so two processes running ``auditlog migrate`` at once apply
 each migration exactly once. Applied migrations are recorded with a checksum; an edited
@@ -12,7 +15,8 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 import asyncpg
 
@@ -20,7 +24,7 @@ from infra.errors import MigrationError
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+MIGRATIONS_PACKAGE = "sql"
 _LOCK_KEY = 0x6175_6469_746C  # "auditl"
 _NAME_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _TABLE = "public.auditlog_schema_migrations"
@@ -40,23 +44,41 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def load_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
-    """Read ``NNN_name.sql`` files in version order.
+def shipped_migrations() -> Traversable:
+    """The folder of the migrations installed with this code (the ``sql`` package).
+
+    Raises:
+        MigrationError: when the package is not installed.
+    """
+    try:
+        return resources.files(MIGRATIONS_PACKAGE)
+    except ModuleNotFoundError as exc:
+        raise MigrationError(
+            0, f"the migrations package {MIGRATIONS_PACKAGE!r} is not installed"
+        ) from exc
+
+
+def load_migrations(sql_dir: Traversable | None = None) -> list[Migration]:
+    """Read ``NNN_name.sql`` files in version order (default: :func:`shipped_migrations`).
+
+    ``sql_dir`` is any folder-like object: a ``pathlib.Path`` or an
+    ``importlib.resources`` traversable (a wheel's package data, possibly zipped).
 
     Raises:
         MigrationError: when the folder is missing or two files share a number.
     """
-    if not sql_dir.is_dir():
-        raise MigrationError(0, f"migrations folder {sql_dir} not found")
+    folder = shipped_migrations() if sql_dir is None else sql_dir
+    if not folder.is_dir():
+        raise MigrationError(0, f"migrations folder {folder} not found")
     found: dict[int, Migration] = {}
-    for path in sorted(sql_dir.glob("*.sql")):
-        m = _NAME_RE.match(path.name)
-        if not m:
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        m = _NAME_RE.match(entry.name)
+        if not m or not entry.is_file():
             continue
         version = int(m.group(1))
         if version in found:
             raise MigrationError(version, f"two migrations share number {version:03d}")
-        found[version] = Migration(version, m.group(2), path.read_text())
+        found[version] = Migration(version, m.group(2), entry.read_text(encoding="utf-8"))
     return [found[v] for v in sorted(found)]
 
 
@@ -88,7 +110,7 @@ async def pending(conn: asyncpg.Connection, migrations: list[Migration]) -> list
     return [m for m in migrations if m.version not in done]
 
 
-async def migrate(dsn: str, sql_dir: Path = SQL_DIR) -> list[int]:
+async def migrate(dsn: str, sql_dir: Traversable | None = None) -> list[int]:
     """Apply pending migrations to the database at ``dsn``.
 
     Returns:
@@ -132,7 +154,7 @@ async def migrate(dsn: str, sql_dir: Path = SQL_DIR) -> list[int]:
     return applied
 
 
-async def is_current(conn: asyncpg.Connection, sql_dir: Path = SQL_DIR) -> bool:
+async def is_current(conn: asyncpg.Connection, sql_dir: Traversable | None = None) -> bool:
     """True when every migration in ``sql_dir`` is applied (for /readyz and doctor)."""
     try:
         return not await pending(conn, load_migrations(sql_dir))

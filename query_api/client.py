@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -164,14 +165,17 @@ class AuditClient:
         token: a tenant key (``alk_...``) or the admin token.
         retries: attempts after the first for retryable failures.
         timeout: seconds per request.
+        ssl_context: for an ``https://`` URL: the CAs to trust and, for mutual TLS, the
+            client certificate (default: the system's CAs).
     """
 
-    def __init__(self, base_url: str, token: str, *, retries: int = 4,
-                 timeout: float = 30.0) -> None:  # fmt: skip
+    def __init__(self, base_url: str, token: str, *, retries: int = 4, timeout: float = 30.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:  # fmt: skip
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.retries = retries
         self.timeout = timeout
+        self.ssl_context = ssl_context
 
     def _send(self, req: Request) -> Reply:
         query = "?" + urllib.parse.urlencode(req.params) if req.params else ""
@@ -182,7 +186,8 @@ class AuditClient:
         if data is not None:
             http.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(http, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(http, timeout=self.timeout,
+                                        context=self.ssl_context) as resp:  # fmt: skip
                 return Reply(resp.status, resp.read())
         except urllib.error.HTTPError as exc:
             return Reply(exc.code, exc.read(), exc.headers.get("Retry-After"))
@@ -236,15 +241,16 @@ class AuditClient:
 
 
 class AsyncAuditClient:
-    """asyncio client (aiohttp); the same methods as :class:`AuditClient`."""
+    """asyncio client (aiohttp); the same methods and arguments as :class:`AuditClient`."""
 
-    def __init__(self, base_url: str, token: str, *, retries: int = 4,
-                 timeout: float = 30.0) -> None:  # fmt: skip
+    def __init__(self, base_url: str, token: str, *, retries: int = 4, timeout: float = 30.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:  # fmt: skip
         self.base_url = base_url.rstrip("/")
         self.retries = retries
         self._session = aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {token}"},
             timeout=aiohttp.ClientTimeout(total=timeout),
+            connector=aiohttp.TCPConnector(ssl=ssl_context or True),
         )
 
     async def close(self) -> None:

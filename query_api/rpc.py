@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from multidict import MultiDict
 
 from infra.metrics import Metrics
+from infra.tls import ServerPem
 from query_api.errors import ApiError
 from query_api.service import AuditService
 from query_api.state import METRICS
@@ -236,8 +237,10 @@ class Servicer(audit_pb2_grpc.AuditServiceServicer):
         return await self._call("GetEvent", request, context)
 
 
-async def start_grpc(app: web.Application, host: str, port: int) -> grpc.aio.Server:
-    """A started gRPC server with AuditService, the health service and reflection.
+async def start_grpc(app: web.Application, host: str, port: int, *,
+                     tls: ServerPem | None = None) -> grpc.aio.Server:  # fmt: skip
+    """A started gRPC server with AuditService, the health service and reflection; with
+    ``tls``, over TLS only (and, when it has a client CA, for clients it signed only).
 
     Raises:
         OSError: when the port cannot be bound.
@@ -259,7 +262,14 @@ async def start_grpc(app: web.Application, host: str, port: int) -> grpc.aio.Ser
              health.SERVICE_NAME, reflection.SERVICE_NAME)  # fmt: skip
     reflection.enable_server_reflection(names, server)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if tls is None:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        else:
+            creds = grpc.ssl_server_credentials(
+                [(tls.key, tls.cert)], root_certificates=tls.client_ca,
+                require_client_auth=tls.client_ca is not None,
+            )  # fmt: skip
+            bound = server.add_secure_port(f"{host}:{port}", creds)
     except RuntimeError as exc:
         raise OSError(f"cannot bind gRPC to {host}:{port}: {exc}") from exc
     if port and bound != port:
