@@ -159,6 +159,12 @@ class Metrics:
             "auditlog_retention_next_drop_timestamp_seconds",
             "When the next partition becomes due to drop (0: none known)", registry=r,
         )  # fmt: skip
+        self.flush_skipped_tenants = Counter(
+            "auditlog_flush_skipped_tenants",
+            "Tenants a flush left for a later one because another flush held their chain"
+            " head (their events are offered again in order; nothing waits on the lock)",
+            registry=r,
+        )  # fmt: skip
         self.checkpoint_completed = Gauge(
             "auditlog_checkpoint_completed_timestamp_seconds",
             "Start of this process's last checkpoint round that left no tenant unsigned: every"

@@ -2,19 +2,26 @@
 
 Per batch, in one transaction:
 
-1. claim ``(tenant_id, id)`` in ``audit.event_ids``: an optimistic binary COPY (in a
-   savepoint; duplicates are rare), else ``INSERT .. ON CONFLICT DO NOTHING RETURNING``.
-   Keys that already exist are duplicates (redeliveries, replays, other workers) and are
-   dropped. Keys are claimed in batch order, not sorted: they collide between workers only
-   on redeliveries, and the rare deadlock that allows (40P01) is retried like any
-   transient error;
-2. lock the chain heads of the batch's tenants (``INSERT .. ON CONFLICT DO UPDATE ..
-   RETURNING``, tenants in sorted order);
+0. (before the transaction, once per new tenant) make its chain-head row, committed at
+   once, so no transaction ever waits on another's uncommitted head insert;
+1. lock the chain heads of the batch's tenants that no other transaction holds
+   (``SELECT .. FOR UPDATE SKIP LOCKED``): a flush never waits for another flush's heads.
+   The tenants whose heads are busy are left out entirely (nothing of theirs is claimed
+   or written) and reported in :attr:`FlushResult.busy`; the worker offers their events
+   again in a later flush, in order (``pipeline.ordering``);
+2. claim ``(tenant_id, id)`` of the remaining events in ``audit.event_ids``: an
+   optimistic binary COPY (in a savepoint; duplicates are rare), else ``INSERT .. ON
+   CONFLICT DO NOTHING RETURNING``. Keys that already exist are duplicates (redeliveries,
+   replays, other workers) and are dropped. Two transactions can only claim the same key
+   for the same tenant, and only the one holding that tenant's head claims at all, so
+   claims never wait on each other either;
 3. chain the new events: per-tenant ``seq`` and SHA-256 over canonical bytes prepared
    before the transaction (one hash per event while the heads are locked);
 4. binary-COPY them into their month partitions, and move the chain heads.
 
-The worker acknowledges the source only after :meth:`PgStore.write` returns.
+The head row lock stays the correctness mechanism (one tenant's chain is a total order);
+skipping busy heads only keeps flushes of different tenants from queueing behind each
+other. The worker acknowledges the source only after :meth:`PgStore.write` returns.
 """
 
 from __future__ import annotations
@@ -42,11 +49,15 @@ Key = tuple[str, uuid.UUID]
 # 22 data exceptions, 23 integrity (other than the duplicates we handle), 54 limits.
 _ROW_CLASSES = ("22", "23", "54")
 
-_LOCK_HEADS = """
-INSERT INTO audit.chain_heads AS h (tenant_id, last_seq, last_hash)
+_MAKE_HEADS = """
+INSERT INTO audit.chain_heads (tenant_id, last_seq, last_hash)
 SELECT t, 0, $2::bytea FROM unnest($1::text[]) AS t ORDER BY t
-ON CONFLICT (tenant_id) DO UPDATE SET tenant_id = h.tenant_id
-RETURNING tenant_id, last_seq, last_hash
+ON CONFLICT (tenant_id) DO NOTHING
+"""
+_LOCK_FREE_HEADS = """
+SELECT tenant_id, last_seq, last_hash FROM audit.chain_heads
+WHERE tenant_id = ANY($1::text[]) ORDER BY tenant_id
+FOR UPDATE SKIP LOCKED
 """
 _CLAIM_IDS = """
 INSERT INTO audit.event_ids (tenant_id, id, occurred_at)
@@ -146,8 +157,30 @@ class PartitionCache:
         return refused
 
 
-async def _lock_heads(conn: asyncpg.Connection, tenants: list[str]) -> dict[str, tuple[int, bytes]]:
-    rows = await conn.fetch(_LOCK_HEADS, tenants, GENESIS)
+class HeadCache:
+    """Tenants known to have a chain-head row (rows are never deleted), so the insert that
+    makes one runs once per new tenant and process, outside any batch transaction."""
+
+    def __init__(self, limit: int = 1_000_000) -> None:
+        self._known: set[str] = set()
+        self._limit = limit
+
+    async def ensure(self, conn: asyncpg.Connection, tenants: list[str]) -> None:
+        """Make the missing head rows (committed at once when ``conn`` is not in a
+        transaction; concurrent makers of the same row wait only for that statement)."""
+        new = [t for t in tenants if t not in self._known]
+        if not new:
+            return
+        await conn.execute(_MAKE_HEADS, new, GENESIS)
+        if len(self._known) + len(new) > self._limit:  # bounded memory: start over
+            self._known.clear()
+        self._known.update(new)
+
+
+async def _lock_free_heads(conn: asyncpg.Connection,
+                           tenants: list[str]) -> dict[str, tuple[int, bytes]]:  # fmt: skip
+    """Lock the heads of ``tenants`` that no other transaction holds; skip the rest."""
+    rows = await conn.fetch(_LOCK_FREE_HEADS, tenants)
     return {r["tenant_id"]: (r["last_seq"], bytes(r["last_hash"])) for r in rows}
 
 
@@ -186,8 +219,11 @@ async def _copy(conn: asyncpg.Connection, records: list[tuple[Any, ...]]) -> Non
         await conn.copy_records_to_table(part, records=recs, columns=COLUMNS, schema_name="audit")
 
 
-async def write_batch(conn: asyncpg.Connection, items: Sequence[Prepared]) -> FlushResult:
-    """Store ``items`` (prepared, unique within the batch) in one transaction on ``conn``.
+async def write_batch(conn: asyncpg.Connection, items: Sequence[Prepared],
+                      heads_made: HeadCache | None = None) -> FlushResult:  # fmt: skip
+    """Store ``items`` (prepared, unique within the batch) in one transaction on ``conn``,
+    except those of tenants whose chain head another transaction holds (``result.busy``:
+    nothing of theirs is written; store them again later, in the same order).
 
     Raises:
         asyncpg.PostgresError / OSError: the transaction rolled back; :func:`classify` it.
@@ -195,7 +231,15 @@ async def write_batch(conn: asyncpg.Connection, items: Sequence[Prepared]) -> Fl
     result = FlushResult()
     if not items:
         return result
+    tenants = sorted({p.event.tenant_id for p in items})
+    await (heads_made or HeadCache()).ensure(conn, tenants)
     async with conn.transaction():
+        heads = await _lock_free_heads(conn, tenants)
+        if len(heads) < len(tenants):
+            result.busy.update(t for t in tenants if t not in heads)
+            items = [p for p in items if p.event.tenant_id in heads]
+            if not items:
+                return result
         claimed = await _claim(conn, items)
         if claimed is not None:
             fresh = []
@@ -208,7 +252,6 @@ async def write_batch(conn: asyncpg.Connection, items: Sequence[Prepared]) -> Fl
             items = fresh
         if not items:
             return result
-        heads = await _lock_heads(conn, sorted({p.event.tenant_id for p in items}))
         moved: dict[str, tuple[int, bytes]] = {}
         records = result.records
         for p in items:
@@ -237,6 +280,7 @@ class PgStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.partitions = PartitionCache()
+        self.heads = HeadCache()
 
     async def write(self, items: Sequence[Valid]) -> tuple[FlushResult, list[tuple[Valid, str]]]:
         """See :meth:`pipeline.sinks.Store.write`."""
@@ -255,6 +299,6 @@ class PgStore:
             if not keep:
                 return FlushResult(), out
             async with self.pool.acquire() as conn:
-                return await write_batch(conn, [v.prepared for v in keep]), out
+                return await write_batch(conn, [v.prepared for v in keep], self.heads), out
         except Exception as exc:
             raise StoreError(classify(exc), describe(exc)) from exc  # type: ignore[arg-type]

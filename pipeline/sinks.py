@@ -27,11 +27,14 @@ class FlushResult:
         stored: keys committed by this call, in batch order.
         duplicates: keys that were already stored (dropped).
         records: the records committed (for metrics: ``received_at`` is at index 4).
+        busy: tenants whose chain head another flush held: none of their events were
+            written or claimed; the caller stores them again later, in the same order.
     """
 
     stored: list[Key] = field(default_factory=list)
     duplicates: list[Key] = field(default_factory=list)
     records: list[tuple[Any, ...]] = field(default_factory=list)
+    busy: set[str] = field(default_factory=set)
 
 
 class StoreError(Exception):

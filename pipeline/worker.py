@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from infra.metrics import Metrics
 from infra.settings import Settings
 from pipeline.agents import Agent, Stream
+from pipeline.ordering import TenantOrder
 from pipeline.sinks import DeadLetters, FlushResult, Store, StoreError
 from pipeline.stages import Dead, Deduplicator, Message, Valid, limits_for, position, process
 from schemas.ids import IDEMPOTENCY_HEADER
@@ -143,30 +144,67 @@ class Worker:
     async def run(self) -> None:
         """Start the source and run until it is stopped and everything in flight is settled.
 
-        Up to ``flush_concurrency`` batches are flushed at once: small batches are bound by
-        round trips and fsync, which overlap well; the chain-head row locks keep per-tenant
-        order whatever interleaves.
+        ``take`` groups what ``process`` yields; a :class:`~pipeline.ordering.TenantOrder`
+        releases it to up to ``flush_concurrency`` flushes at once, each tenant in one
+        flush at a time and in order. A flush never waits for another's chain-head locks:
+        it skips the tenants another worker holds, and their items are offered again
+        (``pipeline.flush``), so adding flushes or workers adds throughput.
         """
         await self.source.start()
         processed = Agent("process", self._process)(Stream(self.source.chunks(), "source"))
         within = self.settings.batch_max_latency_ms / 1000
+        order: TenantOrder[Valid | Dead] = TenantOrder(_tenant_of)
+        wake = asyncio.Event()
+
+        async def pump() -> None:
+            try:
+                async for batch in processed.take(self.settings.batch_max_events, within):
+                    order.offer(batch)
+                    wake.set()
+            finally:
+                wake.set()
+
+        reader = asyncio.create_task(pump(), name="take")
         slots = asyncio.Semaphore(self.settings.flush_concurrency)
         running: set[asyncio.Task[None]] = set()
         try:
-            async for batch in processed.take(self.settings.batch_max_events, within):
+            while True:
                 await slots.acquire()
-                task = asyncio.create_task(self._flush_slot(batch, slots), name="flush")
+                batch = await self._next_batch(order, wake, reader, running)
+                if not batch:
+                    slots.release()
+                    break
+                task = asyncio.create_task(self._flush_slot(batch, slots, order, wake),
+                                           name="flush")  # fmt: skip
                 running.add(task)
-                task.add_done_callback(running.discard)
-            if running:  # the source stopped: settle what is in flight
-                await asyncio.gather(*running)
+                task.add_done_callback(lambda t: (running.discard(t), wake.set()))
+            await reader  # the stream's own error, if it ended with one
         finally:  # cancelled: what is unsettled is redelivered (storage stays exactly-once)
-            for task in running:
+            for task in (*running, reader):
                 task.cancel()
 
-    async def _flush_slot(self, batch: list[Valid | Dead], slots: asyncio.Semaphore) -> None:
+    async def _next_batch(self, order: TenantOrder[Valid | Dead], wake: asyncio.Event,
+                          reader: asyncio.Task[None],
+                          running: set[asyncio.Task[None]]) -> list[Valid | Dead]:  # fmt: skip
+        """The next batch for a free flush slot; [] once the source ended and nothing is
+        left or in flight."""
+        while True:
+            wake.clear()
+            batch = order.take(self.settings.batch_max_events)
+            if batch:
+                return batch
+            if reader.done() and not len(order) and not running:
+                return []
+            # Wait for new items, a flush to end, or a skipped item's backoff.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), order.next_ready_in())
+
+    async def _flush_slot(self, batch: list[Valid | Dead], slots: asyncio.Semaphore,
+                          order: TenantOrder[Valid | Dead],
+                          wake: asyncio.Event) -> None:  # fmt: skip
+        skipped: list[Valid | Dead] = []
         try:
-            await self.handle(batch)
+            skipped = list(await self.handle(batch))
         except Exception as exc:
             # handle() settles every message itself and its parts do not raise; reaching
             # here is a bug. The messages not yet settled are NAKed for redelivery (the
@@ -176,31 +214,40 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.source.nak([x.msg for x in batch], 1.0)
         finally:
+            order.done(batch, skipped)
             slots.release()
+            wake.set()
 
     async def stop(self) -> None:
         """Stop fetching; the batch in hand is flushed and acked before :meth:`run` returns."""
         await self.source.stop()
 
     # -- flush ----------------------------------------------------------------------------
-    async def handle(self, batch: list[Valid | Dead]) -> None:
-        """Store one micro-batch and settle all its messages (the flush agent's body).
+    async def handle(self, batch: list[Valid | Dead]) -> list[Valid]:
+        """Store one micro-batch and settle its messages (the flush agent's body).
 
-        Every message ends stored, a duplicate, or dead-lettered, and is then acked; the
-        only exception is a dead letter JetStream would not take: that message is NAKed
-        with a backoff (never acked, never lost) while the rest of the batch goes on.
-        Storage outages are waited out (nothing is acked meanwhile).
+        Every message ends stored, a duplicate, or dead-lettered, and is then acked; two
+        exceptions: a dead letter JetStream would not take (that message is NAKed with a
+        backoff, never acked, never lost, while the rest of the batch goes on), and the
+        events of tenants whose chain head another worker held, which are returned
+        unsettled for a later flush (their messages stay held). Storage outages are waited
+        out (nothing is acked meanwhile).
+
+        Returns:
+            The skipped events, in batch order.
         """
         valid = [x for x in batch if isinstance(x, Valid)]
         dead = [x for x in batch if isinstance(x, Dead)]
         fresh, dupes = self.dedup.split(valid)
-        result, rejected = await self._store(fresh)
+        result, rejected, skipped = await self._store(fresh)
+        later = {id(v.msg) for v in skipped}
         dead.extend(d for d, _ in rejected)
         held = await self._dead_letter(dead) if dead else set()
         if held:
             kept = [d.msg for d in dead if id(d.msg) in held]
             await self.source.nak(kept, _nak_delay(kept))
-        await self.source.ack([x.msg for x in batch if id(x.msg) not in held])
+        await self.source.ack([x.msg for x in batch
+                               if id(x.msg) not in held and id(x.msg) not in later])  # fmt: skip
         self.last_progress = time.monotonic()
         dupe_keys: list[Key] = [(v.event.tenant_id, v.event.id) for v in dupes]  # type: ignore[misc]
         dupe_keys.extend(result.duplicates)
@@ -208,6 +255,7 @@ class Worker:
         self._account(result, dupe_keys, len(dead) - len(held))
         if self.on_commit is not None:
             await self._announce(valid, result.stored, dupe_keys, rejected)
+        return skipped
 
     async def _announce(self, valid: list[Valid], stored: list[Key], dupe_keys: list[Key],
                         rejected: list[tuple[Dead, Key]]) -> None:  # fmt: skip
@@ -239,8 +287,11 @@ class Worker:
             oldest = min(r[received_idx] for r in result.records)
             self._lag.observe(max(0.0, now - oldest.timestamp()))
 
-    async def _store(self, items: list[Valid]) -> tuple[FlushResult, list[tuple[Dead, Key]]]:
-        """Store ``items``; returns what was stored and the events PostgreSQL refuses for good.
+    async def _store(
+        self, items: list[Valid]
+    ) -> tuple[FlushResult, list[tuple[Dead, Key]], list[Valid]]:
+        """Store ``items``; returns what was stored, the events PostgreSQL refuses for good,
+        and the events skipped because another worker held their tenant's chain head.
 
         A transient error (:class:`StoreError` ``retry``: connection lost, lock or
         serialization conflicts, disk full) retries the same events with capped
@@ -251,6 +302,7 @@ class Worker:
         """
         total = FlushResult()
         rejected: list[tuple[Dead, Key]] = []
+        skipped: list[Valid] = []
         groups = [items] if items else []
         delay = 0.1
         while groups:
@@ -277,11 +329,17 @@ class Worker:
             if part.records:
                 self.metrics.flush_seconds.observe(time.perf_counter() - started)
             rejected.extend(_refused(v, why) for v, why in refused)
+            if part.busy:
+                skipped.extend(v for v in group if v.event.tenant_id in part.busy)
+                self.metrics.flush_skipped_tenants.inc(len(part.busy))
             total.stored.extend(part.stored)
             total.duplicates.extend(part.duplicates)
             total.records.extend(part.records)
             delay = 0.1
-        return total, rejected
+        if len(skipped) > 1:  # bisection may have visited groups out of batch order
+            rank = {id(v): i for i, v in enumerate(items)}
+            skipped.sort(key=lambda v: rank[id(v)])
+        return total, rejected, skipped
 
     async def _dead_letter(self, dead: list[Dead]) -> set[int]:
         """Publish dead letters concurrently, each with bounded retries.
@@ -348,6 +406,11 @@ class Worker:
 
     def _where(self) -> str:
         return getattr(self.source, "where", f"stream {self.settings.stream}")
+
+
+def _tenant_of(item: Valid | Dead) -> str | None:
+    """The tenant whose order ``item`` takes part in (dead letters: none)."""
+    return item.event.tenant_id if isinstance(item, Valid) else None
 
 
 def _refused(item: Valid, why: str) -> tuple[Dead, Key]:

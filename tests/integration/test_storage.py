@@ -206,3 +206,32 @@ async def test_the_runtime_login_cannot_alter_drop_or_disable_triggers(db_url) -
                 await conn.execute("DELETE FROM audit.event_ids")
     finally:
         await conn.close()
+
+
+async def test_a_flush_skips_heads_another_holds_and_never_waits(db_url: str) -> None:
+    """Tenants whose chain head another transaction holds are left out (reported busy,
+    nothing of theirs claimed or written); the other tenants commit at once."""
+    pool = await create_pool(db_url, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await write_batch(conn, [_event("hot"), _event("cold")])  # heads exist
+        async with pool.acquire() as holder, pool.acquire() as flusher:
+            async with holder.transaction():
+                await holder.execute(
+                    "SELECT 1 FROM audit.chain_heads WHERE tenant_id = 'hot' FOR UPDATE"
+                )
+                batch = [_event("hot"), _event("cold"), _event("new-tenant"), _event("hot")]
+                result = await asyncio.wait_for(write_batch(flusher, batch), 5)
+                assert result.busy == {"hot"}
+                assert sorted(t for t, _ in result.stored) == ["cold", "new-tenant"]
+                skipped = [p for p in batch if p.event.tenant_id == "hot"]  # type: ignore[attr-defined]
+            again = await asyncio.wait_for(write_batch(flusher, skipped), 5)
+            assert not again.busy and len(again.stored) == 2
+            async with flusher.transaction():
+                await flusher.execute("SELECT set_config('audit.tenant_id', 'hot', true)")
+                seqs = await flusher.fetch(
+                    "SELECT seq FROM audit.events WHERE tenant_id = 'hot' ORDER BY seq"
+                )
+            assert [r["seq"] for r in seqs] == [1, 2, 3]  # gapless, nothing claimed twice
+    finally:
+        await pool.close()
