@@ -25,7 +25,10 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
 
 @click.group()
 @click.option("--state-dir", type=click.Path(file_okay=False), help="AUDIT_STATE_DIR")
-@click.option("--database-url", help="AUDIT_DATABASE_URL (embedded PostgreSQL when unset)")
+@click.option(
+    "--database-url",
+    help="AUDIT_DATABASE_URL (embedded PostgreSQL when unset, and AUDIT_DATABASE_OWNER_URL too)",
+)
 @click.option("--nats-url", help="AUDIT_NATS_URL (embedded NATS when unset)")
 @click.pass_context
 def cli(ctx: click.Context, state_dir: str | None, database_url: str | None,
@@ -47,7 +50,8 @@ def run(ctx: click.Context, http_port: int | None, http_host: str | None) -> Non
     """Run the service: HTTP API on :8080 plus one pipeline worker.
 
     Starts embedded PostgreSQL and NATS under the state dir unless AUDIT_DATABASE_URL /
-    AUDIT_NATS_URL are set; applies migrations first.
+    AUDIT_NATS_URL are set; applies migrations first where it holds the owner's credentials
+    (README: Database credentials), else waits until they are applied.
     """
     from auditlog.runtime import run_event_loop, serve, servers
 

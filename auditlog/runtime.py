@@ -12,7 +12,6 @@ import gc
 import logging
 import os
 import random
-import secrets
 import signal
 import subprocess
 import sys
@@ -28,12 +27,13 @@ import asyncpg
 import nats.errors
 from aiohttp import web
 
-from infra.db import TimedPool, create_pool, ensure_database, ensure_runtime_role
+from auditlog.credentials import Credentials, prepare
+from infra.db import TimedPool, create_pool
 from infra.errors import ConfigError, MigrationError
 from infra.metrics import Metrics
-from infra.migrate import migrate
 from infra.settings import Settings, redact_url
 from infra.signing import load_signer
+from infra.tls import server_context, server_pem
 from pipeline.checkpoints import Checkpointer
 from pipeline.commits import encode_keys
 from pipeline.dlq_kafka import KafkaDeadLetters
@@ -49,16 +49,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where PostgreSQL and NATS are, after embedded ones (if any) started."""
+    """Where PostgreSQL and NATS are, after embedded ones (if any) started.
+
+    ``database_url`` is AUDIT_DATABASE_URL (the runtime login, or a single URL whose rights
+    are read at start; "" = derived from ``owner_url``); ``owner_url`` the owner's
+    credentials when configured (AUDIT_DATABASE_OWNER_URL, or the embedded superuser).
+    """
 
     database_url: str
     nats_url: str
+    owner_url: str = ""
 
 
 @contextlib.contextmanager
 def servers(settings: Settings) -> Iterator[Endpoints]:
-    """Start the embedded servers that ``settings`` lacks URLs for; stop them on exit."""
+    """Start the embedded servers that ``settings`` lacks URLs for; stop them on exit.
+
+    PostgreSQL is embedded only when neither AUDIT_DATABASE_URL nor
+    AUDIT_DATABASE_OWNER_URL is set; its superuser is then the owner.
+    """
     db_url, nats_url = settings.database_url, settings.nats_url
+    owner_url = settings.database_owner_url
     pg = nats_srv = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
@@ -66,16 +77,16 @@ def servers(settings: Settings) -> Iterator[Endpoints]:
     try:
         state = Path(settings.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        if not db_url:
+        if not db_url and not owner_url:
             pg = EmbeddedPostgres(state)
-            db_url = pg.start()
+            owner_url = pg.start()
             log.info("embedded postgresql listening on 127.0.0.1:%d (data in %s)",
                      pg.port, pg.data)  # fmt: skip
         if not nats_url:
             nats_srv = EmbeddedNats(state)
             nats_url = nats_srv.start()
             log.info("embedded nats listening on %s (data in %s)", nats_url, nats_srv.dir)
-        yield Endpoints(db_url, nats_url)
+        yield Endpoints(db_url, nats_url, owner_url)
     finally:
         # Servers adopted from another running `auditlog` process are left running.
         if nats_srv is not None and nats_srv.owned:
@@ -86,24 +97,23 @@ def servers(settings: Settings) -> Iterator[Endpoints]:
             log.info("embedded postgresql stopped")
 
 
-def runtime_password(settings: Settings) -> str:
-    """AUDIT_RUNTIME_PASSWORD, else one generated once and kept in the state dir (0600)."""
-    if settings.runtime_password:
-        return settings.runtime_password
-    path = Path(settings.state_dir) / "runtime-password"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+async def database_ready(settings: Settings, ends: Endpoints,
+                         stop: asyncio.Event | None = None) -> Credentials:  # fmt: skip
+    """Ready PostgreSQL as this process's credentials allow (``auditlog.credentials``):
+    migrate and provision the runtime login with the owner's, else wait for current
+    migrations; each step waited for while PostgreSQL is away.
 
+    Raises:
+        asyncio.CancelledError: ``stop`` was set while waiting.
+        ConfigError: credentials refused.
+        MigrationError: a migration failed, or the database is newer than this code.
+    """
+    stop = stop or asyncio.Event()
 
-async def prepare_database(database_url: str) -> list[int]:
-    """Create the database if missing and apply migrations."""
-    await ensure_database(database_url)
-    return await migrate(database_url)
+    def wait(what: str, attempt: Callable[[], Awaitable[Any]], var: str) -> Awaitable[Any]:
+        return until_up(what, attempt, stop, var)
+
+    return await prepare(settings, ends.owner_url, ends.database_url, wait)
 
 
 def _install_signals(stop: asyncio.Event) -> None:
@@ -243,26 +253,24 @@ class Pipeline:
         return self.worker.totals
 
 
-Pools = tuple[asyncpg.Pool, asyncpg.Pool, Any]  # API pool, pipeline pool, NATS client
+# API pool, pipeline pool, NATS client, and the credentials the pools were opened with
+Pools = tuple[asyncpg.Pool, asyncpg.Pool, Any, Credentials]
 
 
 async def _connect(settings: Settings, ends: Endpoints, stop: asyncio.Event,
                    stack: contextlib.AsyncExitStack) -> Pools:  # fmt: skip
-    """Migrate, then open the API pool, the pipeline pool and NATS (waiting for each);
-    each is closed by ``stack``.
+    """Ready the database (:func:`database_ready`), then open the API pool, the pipeline
+    pool (both as the runtime login) and NATS, waiting for each; each is closed by ``stack``.
 
     Raises:
         asyncio.CancelledError: stopped while waiting.
         ConfigError: credentials refused (no point in waiting).
     """
-    dsn, db_var, nats_var = ends.database_url, "AUDIT_DATABASE_URL", "AUDIT_NATS_URL"
-    await until_up("postgresql", lambda: prepare_database(dsn), stop, db_var)
-    password = runtime_password(settings)
-    owner = dsn
-    # Migrations ran with the owner's credentials; everything else logs in as the runtime
-    # role (least privilege: it cannot alter or drop tables, or disable triggers).
-    dsn = await until_up("postgresql", lambda: ensure_runtime_role(owner, password), stop,
-                         db_var)  # fmt: skip
+    db_var, nats_var = "AUDIT_DATABASE_URL", "AUDIT_NATS_URL"
+    creds = await database_ready(settings, ends, stop)
+    # Least privilege: the pools log in as the runtime login, which cannot alter or drop
+    # tables, or disable triggers, whatever credentials migrated.
+    dsn = creds.runtime
     pools = []
     for size in (settings.db_pool_size, settings.pipeline_pool_size):
 
@@ -277,7 +285,7 @@ async def _connect(settings: Settings, ends: Endpoints, stop: asyncio.Event,
                         stop, nats_var)  # fmt: skip
     stack.push_async_callback(_drain_nats, nc)
     await until_up("nats", lambda: ensure_stream(nc, settings), stop, nats_var)
-    return pools[0], pools[1], nc
+    return pools[0], pools[1], nc, creds
 
 
 async def _drain_nats(nc: Any) -> None:
@@ -288,44 +296,51 @@ async def _drain_nats(nc: Any) -> None:
 async def _listen(app: web.Application, settings: Settings, http: bool,
                   stack: contextlib.AsyncExitStack) -> None:  # fmt: skip
     """Serve ``app`` (the API, or only health and metrics) and, for the API, gRPC; both are
-    stopped by ``stack``.
+    stopped by ``stack``. With ``AUDIT_TLS_CERT``, every listener (the metrics-only one of
+    pipeline workers too) speaks TLS only, with the same certificate and client CA.
 
     Raises:
-        ConfigError: a port cannot be bound.
+        ConfigError: a port cannot be bound, or a TLS file cannot be used.
     """
+    context = server_context(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     port = settings.http_port if http else settings.metrics_port
     try:
-        await web.TCPSite(runner, settings.http_host, port).start()
+        await web.TCPSite(runner, settings.http_host, port, ssl_context=context).start()
     except OSError as exc:
         var = "AUDIT_HTTP_PORT" if http else "AUDIT_METRICS_PORT"
         raise ConfigError(
             var, f"cannot listen on {settings.http_host}:{port}: {exc.strerror}"
         ) from exc
     what = "HTTP API (REST + Connect)" if http else "metrics"
-    log.info("%s listening on http://%s:%d", what, settings.http_host, port)
+    scheme = "https" if context else "http"
+    mutual = " (mutual TLS)" if settings.tls_client_ca else ""
+    log.info("%s listening on %s://%s:%d%s", what, scheme, settings.http_host, port, mutual)
     if not http:
         return
     from query_api.rpc import start_grpc
 
     try:
-        grpc_server = await start_grpc(app, settings.http_host, settings.grpc_port)
+        grpc_server = await start_grpc(app, settings.http_host, settings.grpc_port,
+                                       tls=server_pem(settings))  # fmt: skip
     except OSError as exc:
         raise ConfigError("AUDIT_GRPC_PORT", str(exc)) from exc
     stack.push_async_callback(grpc_server.stop, 5)
-    log.info("gRPC listening on %s:%d", settings.http_host, settings.grpc_port)
+    log.info("gRPC listening on %s:%d%s", settings.http_host, settings.grpc_port,
+             f" (TLS{mutual})" if context else " (plaintext)")  # fmt: skip
 
 
 async def _start_checkpointer(settings: Settings, pool: asyncpg.Pool, nc: Any,
-                              stack: contextlib.AsyncExitStack) -> Checkpointer:  # fmt: skip
+                              stack: contextlib.AsyncExitStack,
+                              metrics: Metrics) -> Checkpointer:  # fmt: skip
     """Run the checkpointer until the stack closes, then let it sign once more.
 
     Raises:
         ConfigError: the signing key cannot be read.
     """
-    checkpointer = Checkpointer(settings, pool, nc, load_signer(settings))
+    checkpointer = Checkpointer(settings, pool, nc, load_signer(settings), metrics)
     stop = asyncio.Event()
     task = asyncio.create_task(checkpointer.run(stop), name="checkpointer")
 
@@ -343,11 +358,13 @@ async def _start_checkpointer(settings: Settings, pool: asyncpg.Pool, nc: Any,
 
 
 async def _retention_loop(owner_dsn: str, settings: Settings, metrics: Metrics) -> None:
-    """Drop what retention allows, every AUDIT_RETENTION_INTERVAL_S (first a minute after
-    start), with the owner's credentials; errors are logged and retried next time."""
+    """Drop what retention allows, every AUDIT_RETENTION_INTERVAL_S (the first round a
+    minute after start, or one interval when that is shorter), with the owner's
+    credentials. A round runs only in the process holding the retention lease (one at a
+    time in the deployment); errors are logged and retried next time."""
     from pipeline.retention import run_job
 
-    await asyncio.sleep(60)
+    await asyncio.sleep(min(60.0, settings.retention_interval_s))
     while True:
         try:
             await run_job(owner_dsn, settings, load_signer(settings), metrics)
@@ -413,7 +430,7 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True,
     _install_signals(stop)
     async with contextlib.AsyncExitStack() as stack:
         try:
-            api_pool, pipe_pool, nc = await _connect(settings, ends, stop, stack)
+            api_pool, pipe_pool, nc, creds = await _connect(settings, ends, stop, stack)
         except asyncio.CancelledError:
             log.info("stopped while waiting for dependencies")
             return {"stored": 0, "duplicates": 0, "dead_lettered": 0}
@@ -435,9 +452,10 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True,
         if settings.checkpoint_interval_s > 0:
             # Registered before the drain: on the way out the pipeline drains first, then
             # the checkpointer signs what it stored.
-            await _start_checkpointer(settings, pipe_pool, nc, stack)
-            if settings.retention_interval_s > 0:
-                job = _retention_loop(ends.database_url, settings, metrics)
+            await _start_checkpointer(settings, pipe_pool, nc, stack, metrics)
+            # Retention needs the owner's credentials; a lease picks one runner per round.
+            if settings.retention_interval_s > 0 and creds.owner:
+                job = _retention_loop(creds.owner, settings, metrics)
                 stack.callback(asyncio.create_task(job, name="retention").cancel)
         tasks = [asyncio.create_task(p.run(), name=f"pipeline-{p.kind}") for p in pipelines]
         stack.push_async_callback(_drain, pipelines, tasks, settings.shutdown_timeout_s)
@@ -446,7 +464,9 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True,
                          consumer_bound=lambda: not any(t.done() for t in tasks),
                          pipeline_status=lambda: _status(pipelines))  # fmt: skip
         await _listen(app, settings, http, stack)
-        log.info("postgresql: %s | nats: %s%s", redact_url(ends.database_url), ends.nats_url,
+        log.info("postgresql: %s%s | nats: %s%s", redact_url(creds.runtime),
+                 f" (owner credentials held: {redact_url(creds.owner)})" if creds.owner else "",
+                 ends.nats_url,
                  f" | kafka: {settings.kafka_bootstrap} topic {settings.kafka_topic}"
                  if settings.kafka_bootstrap else "")  # fmt: skip
         _tune_gc()
@@ -532,14 +552,31 @@ def run_event_loop(coro: object) -> object:
         return asyncio.run(coro)  # type: ignore[arg-type]
 
 
+def worker_endpoints(settings: Settings, ends: Endpoints) -> Endpoints:
+    """For ``auditlog pipeline --workers N``: ready the database here, in the parent
+    (:func:`database_ready`), and return what its workers get: the runtime login alone.
+    Retention therefore runs in none of them, whatever credentials the parent holds.
+    """
+    creds = asyncio.run(database_ready(settings, ends))
+    if creds.owner and settings.retention_interval_s > 0:
+        log.info("retention does not run in pipeline workers (they hold the runtime login "
+                 "only): run it where AUDIT_DATABASE_OWNER_URL is set, or `auditlog retention "
+                 "apply` from cron")  # fmt: skip
+    return Endpoints(creds.runtime, ends.nats_url)
+
+
 def spawn_workers(settings: Settings, ends: Endpoints, n: int) -> int:
     """Run ``n`` single-worker processes sharing the durable consumer, until a signal.
 
     A worker process that dies (killed, crashed) is restarted with backoff (1 s doubling
     to 60 s, reset after a minute of running), and why is logged. SIGINT/SIGTERM are
     forwarded; the exit code is the largest of the workers' last codes.
+
+    The workers get ``ends.database_url`` (:func:`worker_endpoints`: the runtime login)
+    and never the owner's credentials.
     """
     env = dict(os.environ, AUDIT_DATABASE_URL=ends.database_url, AUDIT_NATS_URL=ends.nats_url)
+    env.pop("AUDIT_DATABASE_OWNER_URL", None)
     stopping = False
 
     def launch(i: int) -> subprocess.Popen[bytes]:

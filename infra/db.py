@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
+
+from infra import dsn as dsns
 
 APP_ROLE = "auditlog_app"
 
@@ -46,14 +47,13 @@ class TimedPool:
 
 
 def with_database(dsn: str, database: str) -> str:
-    """``dsn`` pointing at another database on the same server."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + database))
+    """``dsn`` pointing at another database on the same server(s)."""
+    return dsns.replace(dsn, database=database)
 
 
 async def ensure_database(dsn: str) -> None:
     """Create the DSN's database when missing (connecting to ``postgres`` to do so)."""
-    name = urlsplit(dsn).path.lstrip("/") or "postgres"
+    name = dsns.parse(dsn).database or "postgres"
     try:
         conn = await asyncpg.connect(dsn)
     except asyncpg.InvalidCatalogNameError:
@@ -76,7 +76,7 @@ def runtime_role(dsn: str) -> str:
     One per database, so databases sharing a server (tests, staging beside production)
     never share its password.
     """
-    name = urlsplit(dsn).path.lstrip("/") or "postgres"
+    name = dsns.parse(dsn).database or "postgres"
     safe = "".join(c if c.isalnum() or c == "_" else "_" for c in name.lower())
     return f"{safe[:50]}_runtime"
 
@@ -105,9 +105,35 @@ async def ensure_runtime_role(owner_dsn: str, password: str) -> str:
         await conn.execute(f'GRANT {APP_ROLE} TO "{role}"')
     finally:
         await conn.close()
-    parts = urlsplit(owner_dsn)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{role}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    # The same hosts, ports and options (target_session_attrs, sslmode, ...) as the owner's.
+    return dsns.replace(owner_dsn, user=role, password=password)
+
+
+async def holds_owner_rights(conn: asyncpg.Connection) -> bool:
+    """True when the session's login can do the owner's work: create roles (a superuser,
+    or CREATEROLE) or act as the owner of the ``audit`` schema (a member of its owner, or
+    of ``auditlog_owner`` before the schema exists). The runtime login
+    (:func:`ensure_runtime_role`) can do none of these.
+    """
+    return bool(
+        await conn.fetchval(
+            "SELECT r.rolsuper OR r.rolcreaterole OR EXISTS (SELECT 1 FROM pg_roles o"
+            " WHERE pg_has_role(o.oid, 'MEMBER') AND (o.rolname = 'auditlog_owner' OR o.oid"
+            " = (SELECT nspowner FROM pg_namespace WHERE nspname = 'audit')))"
+            " FROM pg_roles r WHERE r.rolname = current_user"
+        )
+    )
+
+
+async def can_migrate(dsn: str) -> bool:
+    """Whether ``dsn``'s login holds owner rights (:func:`holds_owner_rights`). When its
+    database does not exist yet, the login's attributes are read in ``postgres``.
+    """
+    try:
+        conn = await asyncpg.connect(dsn)
+    except asyncpg.InvalidCatalogNameError:
+        conn = await asyncpg.connect(with_database(dsn, "postgres"))
+    try:
+        return await holds_owner_rights(conn)
+    finally:
+        await conn.close()

@@ -52,3 +52,19 @@ class StorageUnavailable(AuditLogError):
 
 class ArchiveError(AuditLogError):
     """A retention archive could not be written, read back or verified: nothing is dropped."""
+
+
+class SchemaNotCurrent(AuditLogError):
+    """Migrations are pending and this process may not apply them (it holds the runtime
+    login only): it waits until a process with the owner's credentials has.
+
+    Attributes:
+        pending: how many migrations are not applied yet.
+    """
+
+    def __init__(self, pending: int) -> None:
+        super().__init__(
+            f"{pending} migration(s) pending; they are applied where the owner's credentials"
+            " are (AUDIT_DATABASE_OWNER_URL: `auditlog migrate`, or a service process)"
+        )
+        self.pending = pending

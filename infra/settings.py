@@ -153,7 +153,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def embedded(self) -> bool:
         """True when at least one server must be started by the service itself."""
-        return not self.database_url or not self.nats_url
+        return not (self.database_url or self.database_owner_url) or not self.nats_url
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied (flags overriding env)."""

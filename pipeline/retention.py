@@ -9,12 +9,19 @@ it is covered by a signed checkpoint (its leaves are in the stored tree). Droppi
    verification and proofs continue across them;
 2. the month's claims (``audit.event_ids``) are deleted, in batches (row locks only);
 3. the partition is detached ``CONCURRENTLY`` (no lock that blocks ingestion) and dropped.
+
+One runner at a time: a round (:func:`run_job`, ``auditlog retention apply``) holds the
+retention lease, a session-level PostgreSQL advisory lock on the database, from its plan
+to its last drop; a process that does not get it skips the round.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +38,7 @@ from schemas import tlog
 
 log = logging.getLogger(__name__)
 CLAIM_BATCH = 10_000
+LEASE_KEY = 0x6175_6469_7472_6574  # pg advisory lock id of the retention lease ("auditret")
 
 
 @dataclass
@@ -125,13 +133,70 @@ def next_due(months: list[Month]) -> datetime | None:
     return min(waits, default=None)
 
 
-async def run_job(owner_dsn: str, settings: Settings, signer: Signer, metrics: Any) -> int:
-    """One round of the retention job: plan, drop what is due (archived first where the
-    policy says so), update the metrics.
+@contextlib.asynccontextmanager
+async def lease(owner_dsn: str) -> AsyncIterator[str | None]:
+    """Try to take the retention lease for the block.
+
+    Session-level (a round spans several transactions, and ``DETACH CONCURRENTLY`` runs
+    outside any), on a connection of its own: it goes when the block ends or when this
+    process's connection does.
+
+    Yields:
+        ``None`` when this process holds the lease; else who does, as far as this login
+        may see (``pid N (application, host)``), for the message.
+    """
+    # Named so that a refused runner can say who holds the lease (pg_stat_activity).
+    name = f"auditlog retention {socket.gethostname()} pid {os.getpid()}"[:63]
+    conn = await asyncpg.connect(owner_dsn, server_settings={"application_name": name})
+    try:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEASE_KEY):
+            yield await _holder(conn)
+            return
+        try:
+            yield None
+        finally:
+            with contextlib.suppress(asyncpg.PostgresError, OSError):
+                await conn.execute("SELECT pg_advisory_unlock($1)", LEASE_KEY)
+    finally:
+        await conn.close()
+
+
+async def _holder(conn: asyncpg.Connection) -> str:
+    # A bigint key is held as classid (high 32 bits) and objid (low 32 bits), objsubid 1.
+    row = await conn.fetchrow(
+        "SELECT l.pid, a.application_name, a.client_addr::text AS addr FROM pg_locks l"
+        " LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
+        " AND l.granted AND l.database = (SELECT oid FROM pg_database"
+        " WHERE datname = current_database()) AND l.objsubid = 1"
+        " AND l.classid::bigint = $1 AND l.objid::bigint = $2 LIMIT 1",
+        LEASE_KEY >> 32, LEASE_KEY & 0xFFFF_FFFF,
+    )  # fmt: skip
+    if row is None:
+        return "another process"
+    where = ", ".join(x for x in (row["application_name"], row["addr"]) if x)
+    return f"pid {row['pid']}" + (f" ({where})" if where else "")
+
+
+async def run_job(owner_dsn: str, settings: Settings, signer: Signer,
+                  metrics: Any) -> int | None:  # fmt: skip
+    """One round of the retention job, under the retention lease (:func:`lease`): plan,
+    drop what is due (archived first where the policy says so), update the metrics.
 
     A month whose archive cannot be written or verified stays (logged, counted in
     ``auditlog_retention_archive_failures_total``) and is tried again next round.
+
+    Returns:
+        The months dropped, or ``None`` when another process holds the lease (this round
+        is skipped: nothing read, nothing counted).
     """
+    async with lease(owner_dsn) as holder:
+        if holder is not None:
+            log.debug("retention: round skipped, %s holds the retention lease", holder)
+            return None
+        return await _round(owner_dsn, settings, signer, metrics)
+
+
+async def _round(owner_dsn: str, settings: Settings, signer: Signer, metrics: Any) -> int:
     conn = await asyncpg.connect(owner_dsn)
     try:
         months = await plan(conn, settings)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -177,7 +178,7 @@ class Worker:
                 task = asyncio.create_task(self._flush_slot(batch, slots, order, wake),
                                            name="flush")  # fmt: skip
                 running.add(task)
-                task.add_done_callback(lambda t: (running.discard(t), wake.set()))
+                task.add_done_callback(functools.partial(_finished, running, wake))
             await reader  # the stream's own error, if it ended with one
         finally:  # cancelled: what is unsettled is redelivered (storage stays exactly-once)
             for task in (*running, reader):
@@ -406,6 +407,13 @@ class Worker:
 
     def _where(self) -> str:
         return getattr(self.source, "where", f"stream {self.settings.stream}")
+
+
+def _finished(running: set[asyncio.Task[None]], wake: asyncio.Event,
+              task: asyncio.Task[None]) -> None:  # fmt: skip
+    """A flush task ended: forget it and wake the batch loop (it may be waiting for it)."""
+    running.discard(task)
+    wake.set()
 
 
 def _tenant_of(item: Valid | Dead) -> str | None:

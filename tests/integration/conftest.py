@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import nats
@@ -20,13 +22,36 @@ from infra.settings import Settings
 from pipeline.commits import encode_keys
 from pipeline.dlq_kafka import KafkaDeadLetters
 from pipeline.dlq_nats import NatsDeadLetters
-from pipeline.flush import PgStore
+from pipeline.flush import PartitionCache, PgStore, write_batch
 from pipeline.source_kafka import KafkaSource
 from pipeline.source_nats import JetStreamSource, connect, ensure_stream, nats_options
+from pipeline.stages import Message, Valid, process
 from pipeline.worker import Worker
 from query_api.app import create_app
+from tests.conftest import README_EVENT
 
 pytestmark = pytest.mark.integration
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def make_event(tenant: str, i: int, **fields: object):
+    """The README's event for ``tenant``, ``i`` minutes before NOW, validated and prepared
+    for :func:`store` (``fields`` override the document's)."""
+    doc = json.loads(README_EVENT)
+    doc.update(tenant_id=tenant, description=f"event number {i}")
+    doc["occurred_at"] = (NOW - timedelta(minutes=i)).isoformat()
+    doc.update(fields)
+    out = process(Message(data=json.dumps(doc).encode()), datetime.now(UTC))
+    assert isinstance(out, Valid), out
+    return out.prepared
+
+
+async def store(pool, items) -> None:
+    """Write prepared events as the pipeline does (partitions first, then the chain)."""
+    await PartitionCache().ensure(pool, [p.event for p in items])
+    async with pool.acquire() as conn:
+        for i in range(0, len(items), 2000):
+            await write_batch(conn, items[i : i + 2000])
 
 
 @dataclass
@@ -165,3 +190,35 @@ async def dead_letters(nats_url: str, settings: Settings) -> list[nats.aio.msg.M
         return out
     finally:
         await nc.close()
+
+
+DAY = 24 * 60  # make_event's offsets are minutes before NOW
+
+
+async def due_month(settings: Settings, tenant: str) -> str:
+    """Give ``tenant`` events in a month long past and one recent, signed checkpoints over
+    them (``settings``' signing key) and a 30-day retention: that month is then due for
+    retention. Returns its partition's name."""
+    from infra.signing import load_signer
+    from pipeline import retention
+    from pipeline.checkpoints import Checkpointer
+
+    pool = await create_pool(settings.database_url, max_size=2)
+    try:
+        for minutes_ago in (100 * DAY + 1, 100 * DAY, 5):  # one batch each: seq follows
+            await store(pool, [make_event(tenant, minutes_ago)])
+        checkpointer = Checkpointer(settings, pool, None, load_signer(settings))
+        await checkpointer.register_key()
+        await checkpointer.cycle()
+    finally:
+        await pool.close()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute("INSERT INTO audit.tenant_policies (tenant_id, retention_days)"
+                           " VALUES ($1, 30)", tenant)  # fmt: skip
+        due = [m.name for m in await retention.plan(conn, settings) if m.due]
+    finally:
+        await conn.close()
+    assert len(due) == 1, due
+    return due[0]

@@ -8,35 +8,15 @@ import io
 import json
 import random
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
-from pipeline.flush import PartitionCache, write_batch
-from pipeline.stages import Message, Valid, process
-from tests.conftest import README_EVENT
-from tests.integration.conftest import serving_app
+from tests.conftest import README_EVENT  # noqa: F401  (imported from here elsewhere)
+from tests.integration.conftest import NOW, make_event, serving_app, store
 
 pytestmark = pytest.mark.integration
 ADMIN = "admin-token-for-tests-0123456789"
-NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-def make_event(tenant: str, i: int, **fields: object):
-    doc = json.loads(README_EVENT)
-    doc.update(tenant_id=tenant, description=f"event number {i}")
-    doc["occurred_at"] = (NOW - timedelta(minutes=i)).isoformat()
-    doc.update(fields)
-    out = process(Message(data=json.dumps(doc).encode()), datetime.now(UTC))
-    assert isinstance(out, Valid), out
-    return out.prepared
-
-
-async def store(pool, items) -> None:
-    await PartitionCache().ensure(pool, [p.event for p in items])
-    async with pool.acquire() as conn:
-        for i in range(0, len(items), 2000):
-            await write_batch(conn, items[i : i + 2000])
 
 
 @pytest.fixture

@@ -273,15 +273,16 @@ async def test_dropping_a_mid_chain_month_leaves_a_signed_gap(log: Log) -> None:
 
     whole = await log.bundle(1, None)
     assert [(g.first_seq, g.last_seq) for g in whole.gaps] == [(4, 6)]
-    report = bundle.verify(bundle.encode(whole))
+    pinned = [log.signer.verifier_key]
+    report = bundle.verify(bundle.encode(whole), pinned)
     assert report.status == "intact", report
     assert (report.events, report.dropped, report.checkpoints) == (6, 3, 3)
-    tail = bundle.verify(bundle.encode(await log.bundle(4, None)))  # starts with the gap
+    tail = bundle.verify(bundle.encode(await log.bundle(4, None)), pinned)  # starts with the gap
     assert (tail.status, tail.events, tail.dropped) == ("intact", 3, 3), tail
     with pytest.raises(ValueError, match="dropped by retention"):
         await log.bundle(5, None)
     for forge in _gap_forgeries(whole):
-        assert bundle.verify(bundle.encode(forge)).status == "tampered"
+        assert bundle.verify(bundle.encode(forge), pinned).status == "tampered"
     # A gap record rewritten by an insider no longer verifies.
     await log.superuser("UPDATE audit.retention_gaps SET last_seq = 5")
     report = await log.verify()

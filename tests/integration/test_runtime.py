@@ -22,9 +22,11 @@ from tests.conftest import README_EVENT
 pytestmark = pytest.mark.integration
 
 
-def get(url: str) -> tuple[int, dict]:
+def get(url: str, token: str = "") -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=5) as resp:  # fmt: skip
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -89,10 +91,7 @@ async def test_run_serves_survives_restart_and_stops(tmp_path: Path) -> None:
         token_path = state / "admin-tokens"
         assert token_path.stat().st_mode & 0o777 == 0o600
         token = token_path.read_text().split()[-1]
-        keys = urllib.request.Request(f"http://127.0.0.1:{port}/v1/admin/keys",
-                                      headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-        with urllib.request.urlopen(keys, timeout=5) as resp:
-            assert resp.status == 200
+        assert get(f"http://127.0.0.1:{port}/v1/admin/keys", token)[0] == 200
         assert get(f"http://127.0.0.1:{port}/v1/admin/keys")[0] == 401
         nats_port = int((state / "nats" / "port").read_text())
         pg_port = int((state / "pg" / "port").read_text())
