@@ -112,8 +112,8 @@ class ListParams(FilterParams, kw_only=True):
     page_size: Annotated[int, _d("Events per page.", ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE
     page_token: Annotated[str, _d(
         "next_page_token of the previous page (opaque, signed; bound to the same tenant and "
-        "filters); empty for the first page.", max_length=200,
-        extra_json_schema={"format": "page-token"})] | None = None  # fmt: skip
+        "filters); empty for the first page. Any other value is refused (400).",
+        max_length=200)] | None = None  # fmt: skip
     order: Annotated[Literal["desc", "asc"], _d(
         "desc: newest first (occurred_at, then id); with after_seq: by seq, and asc is the "
         "default.")] | None = None  # fmt: skip
@@ -145,6 +145,12 @@ def param_names(params: type[msgspec.Struct]) -> frozenset[str]:
 
 # -- request bodies --------------------------------------------------------------------------
 EventInput = Annotated[msgspec.Raw, msgspec.Meta(extra_json_schema=_EVENT_INPUT)]
+# A batch item is only required to be an object: each is then checked as an EventInput on
+# its own and, when it breaks a rule, answered in ``errors`` by index while the rest of the
+# batch is stored. Saying EventInput here would make such a batch schema-invalid as a whole.
+BatchItem = Annotated[msgspec.Raw, msgspec.Meta(extra_json_schema={
+    "type": "object", "description": "One event, as EventInput describes it; an event that "
+    "breaks its rules is answered in errors (by index) and the others are stored."})]  # fmt: skip
 
 
 class WriteEventBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -156,7 +162,7 @@ class WriteEventBody(msgspec.Struct, forbid_unknown_fields=True):
 class WriteEventsBody(msgspec.Struct, forbid_unknown_fields=True):
     """``POST /v1/audit/events:batch`` (at most 4 MiB)."""
 
-    events: Annotated[list[EventInput], msgspec.Meta(max_length=MAX_BATCH_EVENTS)]
+    events: Annotated[list[BatchItem], msgspec.Meta(max_length=MAX_BATCH_EVENTS)]
 
 
 class KeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -166,10 +172,9 @@ class KeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     scopes: Annotated[list[Scope], msgspec.Meta(min_length=1, max_length=2)] = msgspec.field(
         default_factory=lambda: ["read"]
     )
-    expires_at: Annotated[datetime, _d("When the key stops working (RFC 3339, in the "
-                                       "future); none: until revoked.",
-                                       extra_json_schema={"format": "future-date-time"})
-                          ] | None = None  # fmt: skip
+    expires_at: Annotated[Time, _d("When the key stops working (RFC 3339 with an offset, "
+                                   "in the future: an expiry already past is refused); "
+                                   "none: until revoked.")] | None = None  # fmt: skip
 
 
 class RetentionBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -77,7 +77,11 @@ OPERATIONS = (
        params=c.WriteParams, body=c.WriteEventsBody,
        ok={200: (c.BatchResult, "Every accepted event committed"),
            202: (c.BatchResult, "Some accepted events not yet committed")},
-       errors=(400, 401, 403, 413, 503)),
+       errors=(400, 401, 403, 413, 503),
+       description="Each item is checked as an EventInput on its own: one that breaks a rule "
+                   "is answered in errors (index, code, field) and the others are stored. An "
+                   "item that is not an object refuses the whole batch (400 naming it; nothing "
+                   "is written)."),
     Op("get", "/v1/audit/events/{id}", "GetEvent", "One event by id.",
        params=c.EventParams, path_params={"id": _UUID}, ok={200: (c.OneEvent, "OK")},
        errors=(400, 401, 403, 404, 503)),

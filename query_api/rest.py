@@ -170,6 +170,8 @@ async def public_key(request: web.Request) -> web.Response:
 
 # -- writes ----------------------------------------------------------------------------------
 _one = msgspec.json.Decoder(contract.WriteEventBody)
+_JSON_KINDS = {b"[": "an array", b'"': "a string", b"n": "null", b"t": "a boolean",
+               b"f": "a boolean"}  # fmt: skip
 _many = msgspec.json.Decoder(contract.WriteEventsBody)
 
 
@@ -193,7 +195,16 @@ async def write_events(request: web.Request) -> web.Response:
     if len(data) > MAX_BATCH_BYTES:
         raise ApiError(413, "too_large", f"a batch is at most {MAX_BATCH_BYTES} bytes")
     body = _decode(data, _many, '{"events": [...]}')
-    answer = await _service(request).write_many(who, [bytes(r) for r in body.events], wait)
+    raws = [bytes(r) for r in body.events]
+    # An item that is not an object is a malformed batch, not an invalid event: the whole
+    # batch is refused before anything is published (objects breaking event rules are
+    # answered per event instead).
+    for i, raw in enumerate(raws):
+        if raw[:1] != b"{":
+            kind = _JSON_KINDS.get(raw[:1], "a number")
+            raise bad_request(f"events[{i}] must be an object (one event), not {kind}",
+                              f"events.{i}")  # fmt: skip
+    answer = await _service(request).write_many(who, raws, wait)
     status = 202 if (not wait or answer.uncommitted_event_ids) else 200
     return _json(answer, status=status)
 

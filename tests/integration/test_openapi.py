@@ -1,5 +1,6 @@
-"""OpenAPI: the checked-in document is current, and schemathesis finds no server errors
-or schema violations against the live service (bounded examples)."""
+"""OpenAPI: the checked-in document is current, and schemathesis with every check finds
+nothing against the live service (bounded examples), in-process and through its CLI, both
+under the checked-in ``schemathesis.toml`` (the rules no schema can say)."""
 
 from __future__ import annotations
 
@@ -11,24 +12,24 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from schemathesis.checks import CHECKS, load_all_checks
-from schemathesis.specs.openapi import stateful, unregister_string_format
+from schemathesis.config import SchemathesisConfig
+from schemathesis.specs.openapi import stateful
 
 from auditlog.embedded import free_port
 from infra.db import create_pool
 from query_api.openapi import CHECKED_IN, OPERATIONS, render
-from tests.conftest import create_database
+from tests.conftest import ROOT, create_database
 from tests.integration.test_query_api import make_event, store
 
 pytestmark = pytest.mark.integration
 ADMIN = "schemathesis-admin-token-0123456789"
+CONFIG = ROOT / "schemathesis.toml"  # what `st run` picks up from the repository root
 
 
 def test_checked_in_openapi_is_current() -> None:
@@ -75,52 +76,35 @@ def live_service(pg_server_url, template_db, nats_url, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def api_schema(live_service):
-    return schemathesis.openapi.from_url(f"{live_service}/openapi.json")
+    return schemathesis.openapi.from_url(f"{live_service}/openapi.json",
+                                         config=SchemathesisConfig.from_path(CONFIG))  # fmt: skip
 
 
-def _recent_times() -> st.SearchStrategy[str]:
-    """RFC 3339 times an event may carry: within the accepted window around now (the
-    window is relative to the clock, which JSON Schema cannot say; README documents it)."""
-    now = datetime.now(UTC)
-    return st.datetimes(min_value=(now - timedelta(days=300)).replace(tzinfo=None),
-                        max_value=(now + timedelta(minutes=5)).replace(tzinfo=None),
-                        timezones=st.just(UTC)).map(lambda t: t.isoformat())  # fmt: skip
-
-
-# Page tokens are opaque and signed: the only value a client can make is "" (first page);
-# real ones reach ListEvents through the stateful phase.
-schemathesis.openapi.format("page-token", st.just(""))
-# An expiry must lie ahead (a rule of time, like occurred_at's window).
-schemathesis.openapi.format("future-date-time", st.integers(1, 10**8).map(
-    lambda s: (datetime.now(UTC) + timedelta(seconds=s)).isoformat()))  # fmt: skip
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 load_all_checks()
 ALL_CHECKS = CHECKS.get_all()
 EXAMPLES = 25
+CLI_EXAMPLES = 20
 
 
 def test_api_conforms_to_its_openapi(api_schema) -> None:
     """Every operation, bounded seeded examples, every schemathesis check (positive data
     accepted, negative data refused, status codes, headers, response schemas...)."""
-    schemathesis.openapi.format("date-time", _recent_times())
     ran = 0
     seen: list[tuple[str, int]] = []
-    try:
-        for result in api_schema.get_all_operations():
-            operation = result.ok()
+    for result in api_schema.get_all_operations():
+        operation = result.ok()
 
-            @given(case=operation.as_strategy())
-            @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-                      suppress_health_check=list(HealthCheck))  # fmt: skip
-            def check(case) -> None:
-                response = case.call_and_validate(headers=_auth_unless_mutated(case),
-                                                  checks=ALL_CHECKS)  # fmt: skip
-                seen.append((case.operation.label, response.status_code))
+        @given(case=operation.as_strategy())
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        def check(case) -> None:
+            response = case.call_and_validate(headers=_auth_unless_mutated(case),
+                                              checks=ALL_CHECKS)  # fmt: skip
+            seen.append((case.operation.label, response.status_code))
 
-            check()
-            ran += 1
-    finally:
-        unregister_string_format("date-time")
+        check()
+        ran += 1
     assert ran == len(OPERATIONS)
     # Not vacuous: every operation ran its examples, and most of them got past validation.
     labels = {label for label, _ in seen}
@@ -158,7 +142,6 @@ def _root(operation, node, produced) -> bool:
 def test_api_conforms_statefully(api_schema, monkeypatch) -> None:
     """Sequences of calls linked by the document (a written event read back, a created key
     listed and revoked) with every check on each response."""
-    schemathesis.openapi.format("date-time", _recent_times())
     monkeypatch.setattr(stateful, "is_likely_root_transition", _root)
     # The document's own links only (inference guesses links from field names).
     api_schema.config.phases.stateful.inference.algorithms = []
@@ -173,12 +156,9 @@ def test_api_conforms_statefully(api_schema, monkeypatch) -> None:
             seen.add((case.operation.label, response.status_code))
             case.validate_response(response, checks=ALL_CHECKS)
 
-    try:
-        Workflow.run(settings=settings(max_examples=EXAMPLES, stateful_step_count=5,
-                                       deadline=None, database=None, derandomize=True,
-                                       suppress_health_check=list(HealthCheck)))  # fmt: skip
-    finally:
-        unregister_string_format("date-time")
+    Workflow.run(settings=settings(max_examples=EXAMPLES, stateful_step_count=5,
+                                   deadline=None, database=None, derandomize=True,
+                                   suppress_health_check=list(HealthCheck)))  # fmt: skip
     print(sorted(seen))
     # The links were followed: a created key revoked, a written event read back.
     assert ("DELETE /v1/admin/keys/{key_id}", 200) in seen
@@ -188,3 +168,18 @@ def test_api_conforms_statefully(api_schema, monkeypatch) -> None:
 def test_spec_served_equals_checked_in(live_service) -> None:
     with urllib.request.urlopen(f"{live_service}/openapi.json") as r:
         assert json.loads(r.read()) == json.loads(Path(CHECKED_IN).read_text())
+
+
+def test_cli_with_every_check_passes(live_service) -> None:
+    """The command the README gives, bounded: `st run <url>/openapi.json --checks all` with
+    the admin token, run from the repository root so the checked-in schemathesis.toml
+    applies (every phase: coverage, fuzzing, stateful)."""
+    cli = Path(sys.executable).with_name("st")
+    cmd = [str(cli), "run", f"{live_service}/openapi.json", "--checks", "all",
+           "-H", f"Authorization: Bearer {ADMIN}", "--max-examples", str(CLI_EXAMPLES),
+           "--seed", "1"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, NO_COLOR="1"))  # fmt: skip
+    print(done.stdout[-3000:])
+    assert f"Configuration:    {CONFIG}" in done.stdout, done.stdout[-20000:]
+    assert done.returncode == 0, done.stdout[-20000:] + done.stderr[-5000:]

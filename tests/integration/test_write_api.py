@@ -116,6 +116,15 @@ async def test_batch_with_some_invalid_events(stack) -> None:
     too_many = {"events": [readme()] * 1001}
     r = await stack.post("/v1/audit/events:batch", json=too_many, headers=auth())
     assert r.status == 400 and (await r.json())["error"]["field"] == "events"
+    # An item that is not an object is a malformed batch: all refused, nothing published.
+    for item, kind in ((3, "a number"), ("x", "a string"), (None, "null"), ([], "an array")):
+        r = await stack.post("/v1/audit/events:batch", json={"events": [readme(), item]},
+                             headers=auth())  # fmt: skip
+        err = (await r.json())["error"]
+        assert r.status == 400 and err["field"] == "events.1", err
+        assert err["message"] == f"events[1] must be an object (one event), not {kind}"
+    await asyncio.sleep(0.2)
+    assert await admin_count(stack.db_url) == 8
 
 
 async def test_wait_false_answers_after_jetstream_ack(stack) -> None:
