@@ -93,7 +93,8 @@ _HOW_TO_PIN = """\
 
 
 def verify_bundle(path: Path, keys: list[str], as_json: bool, *, keys_file: Path | None = None,
-                  trust_bundle_keys: bool = False) -> int:  # fmt: skip
+                  trust_bundle_keys: bool = False,
+                  allow_unsigned_tail: bool = False) -> int:  # fmt: skip
     """Check a bundle file (plain or gzipped); returns the exit code (0 intact, 1 tampered,
     3 cannot check: without a pinned key too, unless ``trust_bundle_keys``)."""
     keys = pinned_keys(keys, keys_file)
@@ -108,7 +109,8 @@ def verify_bundle(path: Path, keys: list[str], as_json: bool, *, keys_file: Path
         return 3
     try:
         report = bundle.verify(data, keys, _progress("checked"),  # type: ignore[arg-type]
-                               trust_bundle_keys=trust_bundle_keys)  # fmt: skip
+                               trust_bundle_keys=trust_bundle_keys,
+                               allow_unsigned_tail=allow_unsigned_tail)  # fmt: skip
     except ValueError as exc:
         raise click.UsageError(f"--public-key: {exc}") from exc
     if as_json:
@@ -125,6 +127,9 @@ def verify_bundle(path: Path, keys: list[str], as_json: bool, *, keys_file: Path
                    + f"{report.events:,} events of {report.tenant_id}, chained and covered "
                    f"by {report.checkpoints} signed checkpoint(s) up to seq "
                    f"{report.signed_up_to}")  # fmt: skip
+        if report.unsigned:
+            click.echo(f"WARNING: the last {report.unsigned} event(s) are only chained, not "
+                       "signed: NOT verified (--allow-unsigned-tail)")  # fmt: skip
     elif report.status == "tampered":
         click.echo(f"TAMPERED: {report.first_break}")
     else:

@@ -214,19 +214,28 @@ def export_bundle(ctx: click.Context, tenant_id: str, from_seq: int, to_seq: int
     is_flag=True,
     help="trust the keys the bundle names itself (not an independent check; said so)",
 )
+@click.option(
+    "--allow-unsigned-tail",
+    is_flag=True,
+    help="events after the last signed checkpoint (only chained) do not make it exit 3",
+)
 @click.option("--json", "as_json", is_flag=True)
 def verify_bundle(file: Path, public_keys: tuple[str, ...], keys_file: Path | None,
-                  trust_bundle_keys: bool, as_json: bool) -> None:  # fmt: skip
+                  trust_bundle_keys: bool, allow_unsigned_tail: bool,
+                  as_json: bool) -> None:  # fmt: skip
     """Check an auditor bundle offline against keys you pinned.
 
     Exit 0 intact, 1 tampered (also: signed by a key you did not pin), 3 cannot check (also:
     no key pinned; the bundle's key ids are named). The bundle's own keys count only with
-    --trust-bundle-keys, and the output says so.
+    --trust-bundle-keys, and the output says so. Events after the last signed checkpoint
+    are only chained (the bundle's writer could have written them): exit 3 unless
+    --allow-unsigned-tail.
     """
     from auditlog.bundle_cmd import verify_bundle as run
 
     code = run(file, list(public_keys), as_json, keys_file=keys_file,
-               trust_bundle_keys=trust_bundle_keys)  # fmt: skip
+               trust_bundle_keys=trust_bundle_keys,
+               allow_unsigned_tail=allow_unsigned_tail)  # fmt: skip
     sys.exit(code)
 
 

@@ -86,6 +86,7 @@ class BundleReport(msgspec.Struct, kw_only=True):
     events: int = 0
     dropped: int = 0  # seqs crossed as dropped by retention (signed gap records)
     signed_up_to: int = 0  # the largest checkpoint size verified
+    unsigned: int = 0  # events after signed_up_to: chained only, no signature covers them
     checkpoints: int = 0
     first_break: str = ""
     cannot_check: str = ""
@@ -128,7 +129,8 @@ def key_ids(b: Bundle) -> list[str]:
 
 def verify(data: bytes, trusted: Sequence[str],
            progress: Callable[[int], None] | None = None, *,
-           trust_bundle_keys: bool = False) -> BundleReport:  # fmt: skip
+           trust_bundle_keys: bool = False,
+           allow_unsigned_tail: bool = False) -> BundleReport:  # fmt: skip
     """Verify a bundle's bytes.
 
     Args:
@@ -141,6 +143,10 @@ def verify(data: bytes, trusted: Sequence[str],
             chose (anyone can rewrite, re-chain and re-sign one); the report says so in
             ``trusted``. Without either, nothing is checked: the report is
             ``unverifiable`` and names the bundle's ``key_ids``.
+        allow_unsigned_tail: events after the last signed checkpoint are only chained:
+            whoever wrote the bundle could have written them. By default a bundle with
+            such a tail is ``unverifiable`` (the events up to the checkpoint checked, and
+            said so); with this, it is ``intact`` and ``unsigned`` counts the tail.
 
     Raises:
         ValueError: a malformed key in ``trusted``, or ``trusted`` together with
@@ -221,6 +227,15 @@ def verify(data: bytes, trusted: Sequence[str],
     beyond = [s for s in signed if s > m.to_seq or s < m.from_seq]
     if beyond:
         return _tampered(report, f"checkpoint sizes {beyond} lie outside the bundle")
+    report.unsigned = m.to_seq - max(report.signed_up_to, m.from_seq - 1)
+    if report.unsigned and not allow_unsigned_tail:
+        report.status = "unverifiable"
+        report.cannot_check = (
+            f"{report.unsigned} event(s) after seq {report.signed_up_to} are chained but not "
+            f"covered by a signed checkpoint, so whoever wrote the bundle could have written "
+            f"them (the events up to seq {report.signed_up_to} verify); export up to a "
+            f"checkpoint, or accept the tail with --allow-unsigned-tail"
+        )
     return report
 
 

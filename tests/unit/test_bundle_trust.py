@@ -251,3 +251,39 @@ def test_verify_bundle_refuses_mixed_or_malformed_trust(files: dict[str, Path]) 
     files["keys"].write_text("nonsense\n")
     code, out = _run(files, str(files["forged"]), "--keys-file", str(files["keys"]))
     assert code == 2 and "line 1" in out
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(6, 30), every=st.integers(2, 5), pick=st.integers(0, 100))
+def test_an_unsigned_tail_is_never_ok_by_default(n: int, every: int, pick: int) -> None:
+    """Events after the last signed checkpoint could be anyone's: the bundle is not
+    ``intact`` unless the caller accepts the tail, and then the count says how many."""
+    b = genuine_bundle(n, every=every)
+    last = max(s for s in range(1, n) if s % every == 0)
+    b = msgspec.structs.replace(b, checkpoints=b.checkpoints[:-1])  # drop the one at n
+    tail = n - last
+    assert tail > 0
+    # Rewrite a tail event and re-chain after it: no signature covers it.
+    index = len(b.events) - 1 - pick % tail
+    forged = forge_tail(b, index)
+    for data in (bundle.encode(b), bundle.encode(forged)):
+        strict = bundle.verify(data, [GENUINE.verifier_key])
+        assert strict.status == "unverifiable" and strict.exit_code == 3, strict
+        assert f"{tail} event(s) after seq {last}" in strict.cannot_check
+        lenient = bundle.verify(data, [GENUINE.verifier_key], allow_unsigned_tail=True)
+        assert (lenient.status, lenient.unsigned, lenient.signed_up_to) == ("intact", tail, last)
+
+
+def forge_tail(b: bundle.Bundle, index: int) -> bundle.Bundle:
+    """``b`` with event ``index`` rewritten and every later hash re-chained."""
+    events = list(b.events)
+    prev = bytes.fromhex(events[index - 1].hash) if index else bytes.fromhex(b.prev_hash)
+    for i in range(index, len(events)):
+        canonical = events[i].canonical
+        if i == index:
+            doc = msgspec.json.decode(canonical)
+            doc["description"] = "forged"
+            canonical = msgspec.json.encode(doc, order="sorted").decode()
+        prev = chain_hash(prev, canonical.encode())
+        events[i] = bundle.BundleEvent(events[i].seq, prev.hex(), canonical)
+    return msgspec.structs.replace(b, events=events)
