@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +28,28 @@ from infra.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 README_EVENT = (ROOT / "tests" / "data" / "readme_event.json").read_bytes()
 _counter = itertools.count(1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each session gets a temporary root of its own (unless ``--basetemp`` is given).
+
+    pytest's default root, ``/tmp/pytest-of-<user>``, is shared by every session of the
+    user and reset to mode 0700 when a session starts: as root, that locks the embedded
+    PostgreSQL (which runs as its own system user) of any session already running out of
+    its data directory. Removed at the end unless ``AUDIT_TEST_KEEP_TMP`` is set.
+    """
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="pytest-auditlog-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_BASETEMP, None)
+    if own and not os.environ.get("AUDIT_TEST_KEEP_TMP"):
+        shutil.rmtree(own, ignore_errors=True)
+
+
+_OWN_BASETEMP = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
