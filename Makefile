@@ -52,11 +52,13 @@ test-unit: $(DEV_STAMP) ## Run the offline unit tests only
 test-integration: $(DEV_STAMP) ## Run the integration tests only
 	$(BIN)/pytest -q tests/integration $(PYTEST_ARGS)
 
-lint: $(DEV_STAMP) ## ruff, mypy and the layer contracts (import-linter)
-	$(BIN)/ruff check schemas infra pipeline query_api auditlog sql tests benchmarks
-	$(BIN)/ruff format --check schemas infra pipeline query_api auditlog sql tests benchmarks
+lint: $(DEV_STAMP) ## ruff, mypy, the layer contracts (import-linter), the deployment files
+	$(BIN)/ruff check schemas infra pipeline query_api auditlog sql tests benchmarks deploy
+	$(BIN)/ruff format --check schemas infra pipeline query_api auditlog sql tests benchmarks deploy
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/python deploy/validate.py
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_deploy.py
 
 bench: $(DEV_STAMP) ## Full benchmark (embedded servers unless AUDIT_BENCH_* are set)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
