@@ -83,7 +83,8 @@ class Stream(Generic[T]):
 
     Args:
         chunks: async iterator yielding lists of items (a source, or another agent).
-        name: labels logs and metrics.
+        name: names the read-ahead task of :meth:`take` (``<name>-take``, as asyncio
+            shows it in task dumps and errors); nothing else reads it.
     """
 
     def __init__(self, chunks: AsyncIterator[list[T]], name: str = "stream") -> None:

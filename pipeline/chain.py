@@ -49,6 +49,8 @@ COLUMNS: Final = (
 )
 HASH_INDEX: Final = COLUMNS.index("hash")
 SEQ_INDEX: Final = COLUMNS.index("seq")
+OCCURRED_INDEX: Final = COLUMNS.index("occurred_at")
+RECEIVED_INDEX: Final = COLUMNS.index("received_at")
 
 
 class Prepared(msgspec.Struct, kw_only=True, gc=False):

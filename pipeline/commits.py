@@ -15,13 +15,13 @@ from collections.abc import Iterable
 
 import msgspec
 
-Key = tuple[str, uuid.UUID]
+from schemas.ids import EventKey
 
 
 class Notice(msgspec.Struct):
     """One commit notification."""
 
-    ok: list[tuple[str, uuid.UUID]] = []
+    ok: list[EventKey] = []
     rejected: list[tuple[str, uuid.UUID, str]] = []
 
 
@@ -29,7 +29,7 @@ _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(Notice)
 
 
-def encode_keys(keys: Iterable[Key], rejected: Iterable[tuple[Key, str]] = ()) -> bytes:
+def encode_keys(keys: Iterable[EventKey], rejected: Iterable[tuple[EventKey, str]] = ()) -> bytes:
     """The notification payload for committed ``keys`` and ``rejected`` (key, reason)."""
     return _enc.encode(Notice(ok=list(keys), rejected=[(k[0], k[1], why) for k, why in rejected]))
 

@@ -27,7 +27,6 @@ other. The worker acknowledges the source only after :meth:`PgStore.write` retur
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -36,15 +35,14 @@ from typing import Any
 import asyncpg
 
 from infra.errors import StorageUnavailable
-from pipeline.chain import COLUMNS, Prepared, link
-from pipeline.sinks import FlushResult, StoreError
+from pipeline.chain import COLUMNS, HASH_INDEX, OCCURRED_INDEX, Prepared, link
+from pipeline.sinks import FlushResult, RefusedRowError, RetryableStoreError, StoreError
 from pipeline.stages import Valid
 from schemas.canonical import GENESIS
 from schemas.events import AuditEvent
+from schemas.ids import EventKey
 
 log = logging.getLogger(__name__)
-
-Key = tuple[str, uuid.UUID]
 
 # 22 data exceptions, 23 integrity (other than the duplicates we handle), 54 limits.
 _ROW_CLASSES = ("22", "23", "54")
@@ -73,7 +71,6 @@ WHERE h.tenant_id = u.tenant_id
 """
 
 
-_OCCURRED = COLUMNS.index("occurred_at")
 # From this many events on, claiming by COPY (in a savepoint) beats INSERT .. ON CONFLICT.
 COPY_CLAIM_MIN = 500
 
@@ -83,31 +80,32 @@ def partition_name(ts: datetime) -> str:
     return f"events_{ts.year:04d}_{ts.month:02d}"
 
 
-def classify(exc: BaseException) -> str:
-    """``retry`` (try the same events again later) or ``row`` (some event's data is refused).
+def classify(exc: BaseException) -> type[StoreError]:
+    """What a storage error means for the events: :class:`RetryableStoreError` (try the
+    same events again later) or :class:`RefusedRowError` (some event's data is refused).
 
     Decided by exception class and SQLSTATE, never by message text:
 
-    - ``retry``: the connection or the server (OSError, timeouts, asyncpg interface errors,
-      SQLSTATE classes 08, 53, 57, 40, 55) and errors of the service's own set-up that no
-      event causes (permissions, missing objects, internal errors): nothing is refused for
-      these, the events wait in JetStream;
-    - ``row``: data exceptions, integrity and limit violations (22, 23, 54) and values
+    - retryable: the connection or the server (OSError, timeouts, asyncpg interface
+      errors, SQLSTATE classes 08, 53, 57, 40, 55) and errors of the service's own set-up
+      that no event causes (permissions, missing objects, internal errors): nothing is
+      refused for these, the events wait in JetStream;
+    - refused: data exceptions, integrity and limit violations (22, 23, 54) and values
       asyncpg cannot encode (``asyncpg.DataError``, Python ``ValueError``/``TypeError``):
       the batch is split until the refused events are found and dead-lettered.
     """
     if isinstance(exc, asyncpg.DataError):  # client-side encoding of one value
-        return "row"
+        return RefusedRowError
     if isinstance(exc, OSError | asyncpg.InterfaceError | StorageUnavailable):
-        return "retry"
+        return RetryableStoreError
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", "") or ""
         if state.startswith(_ROW_CLASSES):
-            return "row"
-        return "retry"
+            return RefusedRowError
+        return RetryableStoreError
     if isinstance(exc, ValueError | TypeError | OverflowError | UnicodeError):
-        return "row"
-    return "retry"
+        return RefusedRowError
+    return RetryableStoreError
 
 
 def describe(exc: BaseException) -> str:
@@ -128,10 +126,10 @@ class PartitionCache:
 
         Returns:
             partition name → why it cannot be made, for months PostgreSQL refuses for good
-            (:func:`classify` ``row``); their events cannot be stored.
+            (:func:`classify`: :class:`RefusedRowError`); their events cannot be stored.
 
         Raises:
-            Exception: a transient error (``retry``): try again later.
+            Exception: a transient error (:class:`RetryableStoreError`): try again later.
         """
         months: dict[tuple[int, int], datetime] = {}
         for ev in events:
@@ -149,7 +147,7 @@ class PartitionCache:
                 try:
                     await conn.execute("SELECT audit.ensure_partition($1)", ts)
                 except Exception as exc:
-                    if classify(exc) != "row":
+                    if classify(exc) is not RefusedRowError:
                         raise
                     refused[name] = f"partition {name} cannot be created: {describe(exc)}"
                     continue
@@ -184,7 +182,7 @@ async def _lock_free_heads(conn: asyncpg.Connection,
     return {r["tenant_id"]: (r["last_seq"], bytes(r["last_hash"])) for r in rows}
 
 
-async def _claim(conn: asyncpg.Connection, items: Sequence[Prepared]) -> set[Key] | None:
+async def _claim(conn: asyncpg.Connection, items: Sequence[Prepared]) -> set[EventKey] | None:
     """Claim the batch's keys; return the keys claimed, or None when all were new."""
     # Unsorted on purpose: keys collide between workers only for redeliveries, and a
     # rare deadlock is detected by PostgreSQL (40P01) and the batch retried.
@@ -207,14 +205,14 @@ async def _claim(conn: asyncpg.Connection, items: Sequence[Prepared]) -> set[Key
 
 
 async def _copy(conn: asyncpg.Connection, records: list[tuple[Any, ...]]) -> None:
-    first = records[0][_OCCURRED]
+    first = records[0][OCCURRED_INDEX]
     month = (first.year, first.month)
-    if all((r[_OCCURRED].year, r[_OCCURRED].month) == month for r in records):
+    if all((r[OCCURRED_INDEX].year, r[OCCURRED_INDEX].month) == month for r in records):
         by_part = {partition_name(first): records}  # the usual case: one month
     else:
         by_part = defaultdict(list)
         for rec in records:
-            by_part[partition_name(rec[_OCCURRED])].append(rec)
+            by_part[partition_name(rec[OCCURRED_INDEX])].append(rec)
     for part, recs in by_part.items():
         await conn.copy_records_to_table(part, records=recs, columns=COLUMNS, schema_name="audit")
 
@@ -258,7 +256,7 @@ async def write_batch(conn: asyncpg.Connection, items: Sequence[Prepared],
             tenant = p.event.tenant_id
             seq, prev = moved.get(tenant) or heads[tenant]
             rec = link(p, seq + 1, prev)
-            moved[tenant] = (seq + 1, rec[-1])
+            moved[tenant] = (seq + 1, rec[HASH_INDEX])
             records.append(rec)
             result.stored.append((tenant, p.event.id))  # type: ignore[arg-type]
         await _copy(conn, records)
@@ -271,7 +269,8 @@ async def write_batch(conn: asyncpg.Connection, items: Sequence[Prepared],
 
 class PgStore:
     """The PostgreSQL :class:`~pipeline.sinks.Store`: partitions made ahead of the batch's
-    transaction, then :func:`write_batch`; errors classified into :class:`StoreError`.
+    transaction, then :func:`write_batch`; errors raised as the :class:`StoreError`
+    subclass :func:`classify` picks.
 
     Args:
         pool: asyncpg pool connected with the app role.
@@ -301,4 +300,4 @@ class PgStore:
             async with self.pool.acquire() as conn:
                 return await write_batch(conn, [v.prepared for v in keep], self.heads), out
         except Exception as exc:
-            raise StoreError(classify(exc), describe(exc)) from exc  # type: ignore[arg-type]
+            raise classify(exc)(describe(exc)) from exc

@@ -10,6 +10,7 @@ the event as stored, then the root from the audit path, then checks the signatur
 from __future__ import annotations
 
 import base64
+import enum
 import hashlib
 import itertools
 import uuid
@@ -23,6 +24,13 @@ from pipeline.chain import ROW_SELECT, hash_before
 from pipeline.checkpoints import Tiles
 from schemas import bundle, tlog
 from schemas.canonical import canonical_bytes
+
+
+class NoProof(enum.Enum):
+    """Why there is no proof (compare by identity: ``found is NoProof.NOT_SIGNED``)."""
+
+    NOT_FOUND = "not_found"  # no such event, or no checkpoint of the asked size
+    NOT_SIGNED = "not_signed"  # the event is stored, but no signed checkpoint covers it yet
 
 
 class SignedCheckpoint(msgspec.Struct):
@@ -69,19 +77,19 @@ async def _checkpoint(conn: asyncpg.Connection, tenant_id: str, at_least: int,
 
 
 async def inclusion(conn: asyncpg.Connection, tenant_id: str,
-                    event_id: uuid.UUID) -> InclusionProof | str:  # fmt: skip
-    """The proof for ``event_id``, or why there is none (``not_found``, ``not_signed``).
+                    event_id: uuid.UUID) -> InclusionProof | NoProof:  # fmt: skip
+    """The proof for ``event_id``, or why there is none (:class:`NoProof`).
 
     ``conn`` runs in a transaction scoped to ``tenant_id`` (row-level security).
     """
     row = await conn.fetchrow(f"SELECT {ROW_SELECT} FROM audit.events WHERE tenant_id = $1"
                               " AND id = $2", tenant_id, event_id)  # fmt: skip
     if row is None:
-        return "not_found"
+        return NoProof.NOT_FOUND
     seq = row["seq"]
     cp = await _checkpoint(conn, tenant_id, seq)
     if cp is None:
-        return "not_signed"
+        return NoProof.NOT_SIGNED
     # The previous event may be past the retention the reader sees, or dropped.
     await conn.execute("SELECT set_config('audit.visible_from', '', true)")
     prev = await hash_before(conn, tenant_id, seq)
@@ -96,19 +104,20 @@ async def inclusion(conn: asyncpg.Connection, tenant_id: str,
 
 
 async def consistency(conn: asyncpg.Connection, tenant_id: str, old: int,
-                      new: int) -> ConsistencyProof | str:  # fmt: skip
+                      new: int) -> ConsistencyProof | NoProof:  # fmt: skip
     """The proof between the checkpoints at sizes ``old`` and ``new`` (both must exist),
-    or why there is none (``not_found``)."""
+    or why there is none (:attr:`NoProof.NOT_FOUND`)."""
     first = await _checkpoint(conn, tenant_id, old, exactly=True)
     second = await _checkpoint(conn, tenant_id, new, exactly=True)
     if first is None or second is None:
-        return "not_found"
+        return NoProof.NOT_FOUND
     proof = await Tiles(conn, tenant_id).run(lambda get: tlog.consistency_proof(get, old, new))
     return ConsistencyProof(tenant_id, first, second, _b64(proof))
 
 
-def check_inclusion(p: InclusionProof, verifiers: list[tlog.Verifier], origin: str) -> str:
-    """What a third party does with a proof: "" when it holds, else why not."""
+def inclusion_problem(p: InclusionProof, verifiers: list[tlog.Verifier],
+                      origin: str) -> str | None:  # fmt: skip
+    """What a third party does with a proof: None when it holds, else why not."""
     try:
         note = tlog.open_note(p.checkpoint.note, verifiers)
         cp = tlog.Checkpoint.parse(note.text)
@@ -122,7 +131,7 @@ def check_inclusion(p: InclusionProof, verifiers: list[tlog.Verifier], origin: s
     path = [base64.b64decode(h) for h in p.proof]
     if not tlog.verify_inclusion(leaf, p.leaf_index, cp.size, path, cp.root):
         return "the audit path does not lead to the signed root"
-    return ""
+    return None
 
 
 async def build_bundle(conn: asyncpg.Connection, tenant_id: str, log_origin: str,

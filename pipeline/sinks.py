@@ -8,15 +8,13 @@ PostgreSQL store (``pipeline.flush.PgStore``) and the JetStream dead-letter sink
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pipeline.stages import Dead, Valid
-
-Key = tuple[str, uuid.UUID]
+from schemas.ids import EventKey
 
 
 @dataclass
@@ -26,30 +24,43 @@ class FlushResult:
     Attributes:
         stored: keys committed by this call, in batch order.
         duplicates: keys that were already stored (dropped).
-        records: the records committed (for metrics: ``received_at`` is at index 4).
+        records: the rows committed (values in ``pipeline.chain.COLUMNS`` order).
         busy: tenants whose chain head another flush held: none of their events were
             written or claimed; the caller stores them again later, in the same order.
     """
 
-    stored: list[Key] = field(default_factory=list)
-    duplicates: list[Key] = field(default_factory=list)
+    stored: list[EventKey] = field(default_factory=list)
+    duplicates: list[EventKey] = field(default_factory=list)
     records: list[tuple[Any, ...]] = field(default_factory=list)
     busy: set[str] = field(default_factory=set)
 
 
 class StoreError(Exception):
-    """A store call failed; nothing of it was stored.
+    """A store call failed; nothing of it was stored. Raised as one of its subclasses,
+    which say what the caller does next (a bare one is handled as retryable).
 
     Attributes:
-        kind: ``retry`` (transient: store the same events again later) or ``row`` (some
-            event's data is refused for good: split the batch to find it).
         reason: one line for logs and dead letters (e.g. SQLSTATE and message).
+        metric_label: this kind's label on ``auditlog_flush_retries`` (for metrics only).
     """
 
-    def __init__(self, kind: Literal["retry", "row"], reason: str) -> None:
+    metric_label: ClassVar[str] = "retry"
+
+    def __init__(self, reason: str) -> None:
         super().__init__(reason)
-        self.kind = kind
         self.reason = reason
+
+
+class RetryableStoreError(StoreError):
+    """Transient (the connection, the server, a lock or serialization conflict, a full
+    disk): store the same events again later; none of them is at fault."""
+
+
+class RefusedRowError(StoreError):
+    """Some event's data is refused for good (a data, integrity or limit violation):
+    split the batch to find the events at fault, and store the rest."""
+
+    metric_label: ClassVar[str] = "row"
 
 
 class Store(Protocol):
@@ -63,7 +74,8 @@ class Store(Protocol):
             partition cannot be made; the rest were written).
 
         Raises:
-            StoreError: nothing was stored.
+            RetryableStoreError: nothing was stored; store the same items again later.
+            RefusedRowError: nothing was stored; some item is refused for good.
         """
         ...
 

@@ -15,7 +15,8 @@ Guarantees:
   exactly-once. (In-order acks are not only tidier: faust-streaming 0.15's
   ``Consumer._new_offset`` compares the first acked offset with the committed one off by
   one, so acks with a one-record hole after a commit are committed past the hole; this
-  source never hands it a hole. ``tests/integration/test_source_kafka.py`` checks the
+  source never hands it a hole: the rule is :class:`pipeline.partition_acks.PartitionAcks`,
+  pure and property-tested; ``tests/integration/test_source_kafka.py`` checks the
   committed offsets against the broker.)
 - **Nothing skipped.** Kafka cannot give back one record. When the worker cannot settle
   one (its dead letter could not be published, or a flush failed unexpectedly) it NAKs
@@ -38,11 +39,9 @@ worker read the record (a producer's own CreateTime is not trusted as a receipt 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -50,6 +49,8 @@ import msgspec
 
 from infra.metrics import Metrics
 from infra.settings import Settings
+from pipeline.deliveries import Deliveries
+from pipeline.partition_acks import PartitionAcks
 from pipeline.stages import Message
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,9 @@ def to_message(record: Any, now_ns: int) -> Message:
 class KafkaSource:
     """A :class:`pipeline.worker.Source` over a faust agent on ``settings.kafka_topic``.
 
+    Thin I/O around :class:`~pipeline.partition_acks.PartitionAcks` (what may be acked to
+    faust) and :class:`~pipeline.deliveries.Deliveries` (what is held and buffered).
+
     Args:
         settings: bootstrap servers, topic, group, in-flight bytes.
         max_inflight: most records held delivered-but-unsettled (the agent waits beyond:
@@ -149,24 +153,15 @@ class KafkaSource:
         self.max_inflight = max_inflight
         self.max_bytes = settings.max_inflight_bytes
         self.app = app if app is not None else kafka_app(settings)
-        self.held: dict[str, Message] = {}
-        self._events: dict[str, Any] = {}  # ack token -> faust event (until acked to faust)
-        self._tps: dict[str, Any] = {}  # ack token -> faust TP
-        # Per partition, tokens in delivery order until acked to faust; settled ones wait
-        # in _done for the records before them.
-        self._order: dict[Any, collections.deque[str]] = defaultdict(collections.deque)
-        self._done: set[str] = set()
-        self._naked: dict[Any, set[str]] = defaultdict(set)  # paused TP -> held tokens
-        self._buffer: list[Message] = []
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._inflight_bytes = 0
-        self._stopping = False
+        self._deliveries = Deliveries()
+        self.held = self._deliveries.held
+        # Per partition, in delivery order, until acked to faust (keyed by faust TP).
+        self._acks: PartitionAcks[Any, Any] = PartitionAcks()
         self._stop_event = asyncio.Event()
         self._wait_for_broker = wait_for_broker
         self._retries: set[asyncio.Task[None]] = set()
-        self.broker_error = ""  # why the broker is unreachable ("" when it is)
+        # Why the broker did not answer the last probe (None: it did), for /readyz.
+        self.broker_problem: str | None = None
         self._started = False
         self._probe_client: Any = None
         topic = self.app.topic(settings.kafka_topic, key_type=bytes, value_type=bytes,
@@ -177,12 +172,14 @@ class KafkaSource:
     # -- the faust side -------------------------------------------------------------------
     async def _agent(self, stream: Any) -> None:
         """The faust agent: hand each record to the worker, acks left to :meth:`ack`."""
+        deliveries = self._deliveries
         async for event in stream.noack().events():
-            while (len(self.held) >= self.max_inflight
-                   or self._inflight_bytes >= self.max_bytes) and not self._stopping:  # fmt: skip
-                self._room.clear()
-                await self._room.wait()
-            if self._stopping:
+            while not deliveries.stopping and (
+                len(self.held) >= self.max_inflight or deliveries.held_bytes >= self.max_bytes
+            ):
+                deliveries.room.clear()
+                await deliveries.room.wait()
+            if deliveries.stopping:
                 continue  # not acked: read again after the restart
             try:
                 msg = to_message(event.message, time.time_ns())
@@ -193,64 +190,30 @@ class KafkaSource:
             self._deliver(msg, event, event.message.tp)
 
     def _deliver(self, msg: Message, event: Any, tp: Any) -> None:
-        token = msg.ack
-        old = self.held.get(token)
-        if old is not None:  # delivered again (after a rebalance seek)
-            self._inflight_bytes -= old.size
-        self.held[token] = msg
-        if token not in self._events:
-            self._order[tp].append(token)
-        self._done.discard(token)
-        self._events[token] = event
-        self._tps[token] = tp
-        self._inflight_bytes += msg.size
-        self._buffer.append(msg)
-        self._wake.set()
+        self._acks.delivered(msg.ack, tp, event)
+        self._deliveries.deliver(msg)
 
     async def _on_revoked(self, app: Any, revoked: Iterable[Any], **_: Any) -> None:
         gone = {(tp.topic, tp.partition) for tp in revoked}
         if not gone:
             return
-        self._buffer = [m for m in self._buffer if self._tp_key(m.ack) not in gone]
-        for tp in [tp for tp in self._order if (tp.topic, tp.partition) in gone]:
-            for token in self._order.pop(tp):
-                self._drop(token)
-            self._naked.pop(tp, None)
+
+        def revoked_tp(tp: Any) -> bool:
+            return tp is not None and (tp.topic, tp.partition) in gone
+
+        self._deliveries.unbuffer(lambda m: revoked_tp(self._acks.partition_of(m.ack)))
+        forgotten = self._acks.revoke([tp for tp in self._acks.partitions() if revoked_tp(tp)])
+        self._deliveries.settle([self.held[t] for t in forgotten if t in self.held])
         self._update_paused()
         log.info("kafka partitions revoked: %s", sorted(f"{t}/{p}" for t, p in gone))
 
-    def _tp_key(self, token: str) -> tuple[str, int] | None:
-        tp = self._tps.get(token)
-        return (tp.topic, tp.partition) if tp is not None else None
-
-    def _settle(self, token: str) -> None:
-        msg = self.held.pop(token, None)
-        if msg is not None:
-            self._inflight_bytes -= msg.size
-        self._room.set()
-
-    def _drop(self, token: str) -> None:
-        """Forget a record entirely (its partition went to another worker)."""
-        self._settle(token)
-        self._events.pop(token, None)
-        self._tps.pop(token, None)
-        self._done.discard(token)
-
-    def _advance(self, tp: Any) -> None:
-        """Ack to faust the settled records at the head of ``tp``'s delivery order."""
-        order = self._order.get(tp)
-        while order and order[0] in self._done:
-            token = order.popleft()
-            self._done.discard(token)
-            self._tps.pop(token, None)
-            event = self._events.pop(token, None)
-            if event is not None:
-                try:
-                    event.ack()
-                except Exception as exc:  # the partition moved away meanwhile
-                    log.debug("ack of %s not taken: %r", token, exc)
-        if order is not None and not order:
-            del self._order[tp]
+    def _ack_to_faust(self, events: list[Any]) -> None:
+        """Ack released records to faust (its next commit includes their offsets)."""
+        for event in events:
+            try:
+                event.ack()
+            except Exception as exc:  # the partition moved away meanwhile
+                log.debug("ack of a record not taken (its partition moved?): %r", exc)
 
     # -- the worker side ------------------------------------------------------------------
     async def start(self) -> None:
@@ -258,62 +221,32 @@ class KafkaSource:
         wait), then start the faust app (consumer, producer, the agent); joining the group
         follows. A broker that is down at start is an outage, not a failure."""
         delay = 0.5
-        while self._wait_for_broker and not self._stopping and await self.probe():
+        while (self._wait_for_broker and not self._deliveries.stopping
+               and (problem := await self.probe_broker()) is not None):  # fmt: skip
             log.warning("kafka broker %s unreachable (%s); retrying in %.0fs",
-                        self.settings.kafka_bootstrap, self.broker_error, delay)  # fmt: skip
+                        self.settings.kafka_bootstrap, problem, delay)  # fmt: skip
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_event.wait(), delay)
             delay = min(delay * 2, 30.0)
-        if self._stopping:
+        if self._deliveries.stopping:
             return
         self._started = True  # from here on, close() stops the app whatever happens
         await self.app.start()
         log.info("kafka source: topic %s, group %s, bootstrap %s", self.settings.kafka_topic,
                  self.settings.kafka_group, self.settings.kafka_bootstrap)  # fmt: skip
 
-    async def chunks(self) -> AsyncIterator[list[Message]]:
+    def chunks(self) -> AsyncIterator[list[Message]]:
         """Yield records in chunks of up to ``CHUNK_ITEMS``, each at most ``CHUNK_WAIT_S``
         after its first record arrived, until :meth:`stop`."""
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._buffer:
-                if self._stopping:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            deadline = loop.time() + CHUNK_WAIT_S
-            while len(self._buffer) < CHUNK_ITEMS and not self._stopping:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), left)
-            chunk, self._buffer = self._buffer[:CHUNK_ITEMS], self._buffer[CHUNK_ITEMS:]
-            yield chunk
+        return self._deliveries.chunks(CHUNK_ITEMS, CHUNK_WAIT_S)
 
     async def ack(self, msgs: list[Message]) -> None:
         """Settle ``msgs``: each is acked to faust (whose next commit includes its offset)
         once every record delivered before it from its partition is settled. Never raises."""
-        resumed = False
-        touched = set()
-        for m in msgs:
-            token = m.ack
-            self._settle(token)
-            tp = self._tps.get(token)
-            if tp is None or token not in self._events:
-                continue  # revoked meanwhile: the new owner has it
-            self._done.add(token)
-            touched.add(tp)
-            if tp in self._naked:
-                self._naked[tp].discard(token)
-                if not self._naked[tp]:
-                    del self._naked[tp]
-                    resumed = True
-        for tp in touched:
-            self._advance(tp)
-        if resumed:
+        self._deliveries.settle(msgs)
+        paused = self._acks.paused()
+        self._ack_to_faust(self._acks.settle(m.ack for m in msgs))
+        if self._acks.paused() != paused:
             self._update_paused()
 
     async def nak(self, msgs: list[Message], delay_s: float) -> None:
@@ -321,10 +254,7 @@ class KafkaSource:
         them again after ``delay_s``. Never raises."""
         if not msgs:
             return
-        for m in msgs:
-            tp = self._tps.get(m.ack)
-            if tp is not None:
-                self._naked[tp].add(m.ack)
+        self._acks.hold(m.ack for m in msgs)
         self._update_paused()
         task = asyncio.create_task(self._again(msgs, delay_s), name="kafka-redeliver")
         self._retries.add(task)
@@ -332,21 +262,17 @@ class KafkaSource:
 
     async def _again(self, msgs: list[Message], delay_s: float) -> None:
         await asyncio.sleep(delay_s)
-        again = []
-        for m in msgs:
-            if m.ack in self.held and not self._stopping:
-                again.append(msgspec.structs.replace(m, delivered=m.delivered + 1))
-        for m in again:
-            self.held[m.ack] = m
-        if again:
-            if self.metrics is not None:
-                self.metrics.redeliveries.labels(self.kind).inc(len(again))
-            self._buffer.extend(again)
-            self._wake.set()
+        if self._deliveries.stopping:
+            return
+        again = self._deliveries.again(
+            msgspec.structs.replace(m, delivered=m.delivered + 1) for m in msgs
+        )
+        if again and self.metrics is not None:
+            self.metrics.redeliveries.labels(self.kind).inc(again)
 
     def _update_paused(self) -> None:
         consumer = self.app.consumer if self._started else None
-        paused = set(self._naked)
+        paused = set(self._acks.paused())
         if consumer is not None:
             with contextlib.suppress(Exception):
                 consumer.pause_partitions(paused)
@@ -359,21 +285,17 @@ class KafkaSource:
 
     def paused(self) -> list[str]:
         """``topic/partition`` of the partitions paused for held records."""
-        return sorted(f"{tp.topic}/{tp.partition}" for tp in self._naked)
+        return sorted(f"{tp.topic}/{tp.partition}" for tp in self._acks.paused())
 
     def oldest_held_age_s(self, now_ns: int) -> float:
         """Seconds since the oldest held record was received (0 if none)."""
-        if not self.held:
-            return 0.0
-        return max(0.0, (now_ns - min(m.timestamp_ns for m in self.held.values())) / 1e9)
+        return self._deliveries.oldest_held_age_s(now_ns)
 
     async def stop(self) -> None:
         """Stop taking records; :meth:`chunks` ends once the buffer is drained (what the
         agent has not handed over stays uncommitted and is read again on restart)."""
-        self._stopping = True
+        self._deliveries.stop()
         self._stop_event.set()
-        self._wake.set()
-        self._room.set()
         for task in list(self._retries):
             task.cancel()
 
@@ -406,9 +328,9 @@ class KafkaSource:
             out[(tp.topic, tp.partition)] = max(0, int(high) - int(committed or 0))
         return out
 
-    async def probe(self, within_s: float = 5.0) -> str:
-        """Ask the broker for the topic's metadata; ``""`` when it answered, else why not
-        (kept in :attr:`broker_error` for /readyz)."""
+    async def probe_broker(self, within_s: float = 5.0) -> str | None:
+        """Ask the broker for the topic's metadata: None when it answered, else why not
+        (also kept in :attr:`broker_problem`, for /readyz)."""
         try:
             # A small client of our own, in this loop (faust's consumer runs in a thread
             # with its own loop).
@@ -421,11 +343,12 @@ class KafkaSource:
                 )  # fmt: skip
                 await asyncio.wait_for(self._probe_client.bootstrap(), within_s)
             await asyncio.wait_for(self._probe_client.fetch_all_metadata(), within_s)
-            self.broker_error = ""
+            self.broker_problem = None
         except Exception as exc:
-            self.broker_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self.broker_problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if self._probe_client is not None and not self._probe_client.cluster.brokers():
                 await self._close_probe()  # never bootstrapped: start over next time
         if self.metrics is not None:
-            self.metrics.source_up.labels(self.kind).set(0 if self.broker_error else 1)
-        return self.broker_error
+            up = self.broker_problem is None
+            self.metrics.source_up.labels(self.kind).set(1 if up else 0)
+        return self.broker_problem

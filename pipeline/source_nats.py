@@ -5,7 +5,8 @@ here). This adapter instead subscribes one reply inbox on the core connection (d
 through ``pipeline.nats_fast``, the only module touching nats-py internals) and
 publishes pull requests (``{"batch": N, "expires": ...}``) to
 ``$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`` itself, keeping at most ``max_inflight``
-messages delivered-but-unacked in memory (backpressure: no acks, no new pulls). Several
+messages delivered-but-unacked in memory (backpressure: no acks, no new pulls; the
+arithmetic is :class:`pipeline.pull_credit.PullCredit`, pure and property-tested). Several
 workers, in one process or many, share the one durable consumer; acks are explicit per
 message so one worker's ack never covers another's messages.
 """
@@ -13,11 +14,11 @@ message so one worker's ack never covers another's messages.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,7 +29,10 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from infra.metrics import Metrics
 from infra.settings import Settings
+from pipeline.deliveries import Deliveries
+from pipeline.nats_codes import PULL_ENDED, JsErrorCode, StatusCode, status_of
 from pipeline.nats_fast import FastClient, parse_headers, send_commands
+from pipeline.pull_credit import PullCredit
 from pipeline.stages import Message
 from schemas.events import MAX_EVENT_BYTES
 
@@ -38,10 +42,6 @@ _ACK = b"+ACK"
 _IN_PROGRESS = b"+WPI"
 
 
-# Most bytes one pull request asks for, and most asked for at once: the server pushes what
-# a request asks as fast as it can, and disconnects a client that falls behind by more
-# than its max_pending (64 MiB by default) as a slow consumer.
-PULL_MAX_BYTES = 8 * 1024 * 1024
 # Header room a stream allows beyond the largest event (ours plus a producer's own).
 HEADER_ROOM = 16 * 1024
 EVENT_MAX_MSG_SIZE = MAX_EVENT_BYTES + HEADER_ROOM
@@ -91,16 +91,13 @@ async def connect(url: str, name: str, settings: Settings | None = None) -> Clie
     return nc
 
 
-_NO_STORAGE = 10047  # JetStream: "insufficient storage resources available"
-
-
 async def _add_stream(js: Any, **config: Any) -> None:
     """``add_stream``; when the server cannot reserve ``max_bytes`` (a small disk), the
     stream is made without a byte limit and a warning says so (it still works)."""
     try:
         await js.add_stream(**config)
     except APIError as exc:
-        if exc.err_code != _NO_STORAGE or not config.get("max_bytes"):
+        if exc.err_code != JsErrorCode.STORAGE_RESOURCES_EXCEEDED or not config.get("max_bytes"):
             raise
         log.warning("stream %s: the server cannot reserve max_bytes=%d (%s); made without a "
                     "byte limit", config["name"], config["max_bytes"], exc.description)  # fmt: skip
@@ -219,6 +216,9 @@ def parse_ack_subject(reply: str) -> tuple[int, int, int]:
 class JetStreamSource:
     """Pulls messages from a durable consumer in large batches, bounded by count and bytes.
 
+    Thin I/O around :class:`~pipeline.pull_credit.PullCredit` (what to ask for) and
+    :class:`~pipeline.deliveries.Deliveries` (what is held and buffered).
+
     Args:
         nc: a connected client.
         settings: stream/consumer names, batch sizes, ``max_inflight_bytes``.
@@ -235,23 +235,12 @@ class JetStreamSource:
         self.where = f"stream {settings.stream}"
         self.nc = nc
         self.metrics = metrics
-        # Delivered and not yet settled, by ack subject: heartbeats go to all of them.
-        self.held: dict[str, Message] = {}
         self.settings = settings
-        self.max_inflight = max_inflight
-        self.max_bytes = settings.max_inflight_bytes
-        self.inflight = 0
-        self.inflight_bytes = 0
-        # Pull requests not yet satisfied, oldest first (JetStream serves one client's
-        # requests in order): [messages left, bytes left] each, and their totals.
-        self._requests: collections.deque[list[int]] = collections.deque()
-        self._outstanding = 0
-        self._outstanding_bytes = 0
-        self._buffer: list[Message] = []
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._stopping = False
+        self._deliveries = Deliveries()
+        # Delivered and not yet settled, by ack subject: heartbeats go to all of them.
+        self.held = self._deliveries.held
+        self._credit = PullCredit(max_inflight, settings.max_inflight_bytes,
+                                  settings.fetch_batch)  # fmt: skip
         self._sub: Any = None
         self._pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{settings.stream}.{settings.consumer}"
         self._inbox = ""
@@ -283,31 +272,18 @@ class JetStreamSource:
 
     def oldest_held_age_s(self, now_ns: int) -> float:
         """Seconds since JetStream stored the oldest message this source holds (0 if none)."""
-        if not self.held:
-            return 0.0
-        return max(0.0, (now_ns - min(m.timestamp_ns for m in self.held.values())) / 1e9)
+        return self._deliveries.oldest_held_age_s(now_ns)
 
     def _deliver(self, subject: str, ack: str, data: bytes,
                  headers: dict[str, str] | None, size: int) -> None:  # fmt: skip
         sseq, ts, delivered = parse_ack_subject(ack)
-        if self._requests:
-            head = self._requests[0]
-            take = min(size, head[1])
-            head[0] -= 1
-            head[1] -= take
-            self._outstanding -= 1
-            self._outstanding_bytes -= take
-            if head[0] <= 0:  # satisfied: the server says nothing more, free its bytes
-                self._end_request()
-        self.inflight += 1
-        self.inflight_bytes += size
+        if self._credit.delivered(size):  # filled its request: room for the next one
+            self._deliveries.room.set()
         msg = Message(data=data, headers=headers, stream_seq=sseq, timestamp_ns=ts, ack=ack,
                       subject=subject, delivered=delivered, size=size)  # fmt: skip
-        self.held[ack] = msg
         if delivered > 1 and self.metrics is not None:
             self.metrics.redeliveries.labels("nats").inc()
-        self._buffer.append(msg)
-        self._wake.set()
+        self._deliveries.deliver(msg)
 
     async def _on_raw(self, subject: bytes, reply: bytes, data: bytes, raw_headers: bytes) -> None:
         headers = await parse_headers(self.nc, raw_headers)
@@ -318,23 +294,14 @@ class JetStreamSource:
                       len(data) + len(raw_headers or b""))  # fmt: skip
 
     def _on_status(self, headers: dict[str, str] | None) -> None:
-        # Status message for a pull request: 404/408 end it, 409 rejects it or says its
-        # max_bytes is reached, 100 is a heartbeat. Pending counts say how much of the
-        # request went undelivered.
-        status = headers.get("Status", "") if headers else ""
-        if status in ("404", "408", "409"):
-            self._end_request()
-            if status == "409":
-                log.debug("pull request ended: %s %s", status, headers)
-            self._room.set()
-
-    def _end_request(self) -> None:
-        """The oldest pull request is over: what it did not deliver is no longer expected."""
-        if self._requests:
-            msgs, nbytes = self._requests.popleft()
-            self._outstanding = max(0, self._outstanding - msgs)
-            self._outstanding_bytes = max(0, self._outstanding_bytes - nbytes)
-        self._room.set()
+        # A status message for a pull request (no reply subject); pending counts in its
+        # headers say how much of the request went undelivered.
+        status = status_of(headers)
+        if status in PULL_ENDED:
+            self._credit.ended()
+            if status is StatusCode.CONFLICT:
+                log.debug("pull request ended: %s %s", status.value, headers)
+            self._deliveries.room.set()
 
     async def _on_msg(self, msg: Msg) -> None:
         """The same as :meth:`_on_raw` for a plain nats-py client."""
@@ -344,72 +311,41 @@ class JetStreamSource:
         size = len(msg.data) + sum(len(k) + len(v) + 4 for k, v in (msg.headers or {}).items())
         self._deliver(msg.subject, msg.reply, msg.data, msg.headers, size)
 
-    def _unit(self) -> int:
-        # The largest single message the server may deliver: a pull request with less
-        # byte room than this could be answered with nothing.
-        largest = int(getattr(self.nc, "max_payload", 0) or 1 << 20)
-        return min(largest, self.max_bytes // 2, PULL_MAX_BYTES // 2)
-
     async def _pull_loop(self) -> None:
-        batch = self.settings.fetch_batch
-        # Requests expire so a worker that dies does not hold messages in waiting pulls.
-        expires_ns = 2_000_000_000
-        while not self._stopping:
-            room = self.max_inflight - self.inflight - self._outstanding
-            room_bytes = min(
-                self.max_bytes - self.inflight_bytes - self._outstanding_bytes,
-                2 * PULL_MAX_BYTES - self._outstanding_bytes,
-                PULL_MAX_BYTES,
-            )
-            if (room < min(batch, self.max_inflight) // 2 or self._outstanding > batch
-                    or room_bytes < self._unit()):  # fmt: skip
-                self._room.clear()
-                try:
-                    await asyncio.wait_for(self._room.wait(), timeout=0.5)
-                except TimeoutError:
-                    # Expired requests answer 408; if a status got lost, re-arm anyway.
-                    if self._requests and self.inflight == 0:
-                        self._requests.clear()
-                        self._outstanding = self._outstanding_bytes = 0
+        room = self._deliveries.room
+        while not self._deliveries.stopping:
+            # The largest single message the server may deliver.
+            largest = int(getattr(self.nc, "max_payload", 0) or 1 << 20)
+            # Requests whose status got lost (a reconnect) end at the server when they
+            # expire: only then is their credit free again.
+            self._credit.forget_expired(time.monotonic())
+            request = self._credit.next_request(largest)
+            if request is None:
+                room.clear()
+                with contextlib.suppress(TimeoutError):  # look at expiries now and then
+                    await asyncio.wait_for(room.wait(), timeout=0.5)
                 continue
-            n = min(batch, room)
+            body = {"batch": request.batch, "expires": int(request.expires_s * 1e9),
+                    "max_bytes": request.max_bytes}  # fmt: skip
             try:
-                await self.nc.publish(
-                    self._pull_subject,
-                    json.dumps(
-                        {"batch": n, "expires": expires_ns, "max_bytes": room_bytes}
-                    ).encode(),
-                    reply=self._inbox,
-                )
-                self._requests.append([n, room_bytes])
-                self._outstanding += n
-                self._outstanding_bytes += room_bytes
+                await self.nc.publish(self._pull_subject, json.dumps(body).encode(),
+                                      reply=self._inbox)  # fmt: skip
             except Exception as exc:  # reconnecting: try again shortly
                 log.warning("pull request failed: %s", exc)
                 await asyncio.sleep(0.5)
-
-    async def chunks(self) -> AsyncIterator[list[Message]]:
-        """Yield messages in chunks as they arrive, until :meth:`stop`."""
-        while True:
-            if not self._buffer:
-                if self._stopping:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
                 continue
-            chunk, self._buffer = self._buffer, []
-            yield chunk
+            self._credit.sent(request, time.monotonic())
+
+    def chunks(self) -> AsyncIterator[list[Message]]:
+        """Yield messages in chunks as they arrive, until :meth:`stop`."""
+        return self._deliveries.chunks()
 
     async def _reply_all(self, msgs: list[Message], payload: bytes) -> None:
         await send_commands(self.nc, [m.ack for m in msgs], payload)
 
     def _settled(self, msgs: list[Message]) -> None:
-        held = self.held
-        for m in msgs:
-            if held.pop(m.ack, None) is not None:
-                self.inflight -= 1
-                self.inflight_bytes -= m.size
-        self._room.set()
+        for m in self._deliveries.settle(msgs):
+            self._credit.settled(m.size)
 
     async def _reply_safely(self, msgs: list[Message], payload: bytes, what: str) -> bool:
         # Never raises: with NATS away, an unsent ack means a redelivery later (the claim
@@ -444,9 +380,7 @@ class JetStreamSource:
 
     async def stop(self) -> None:
         """Stop pulling; :meth:`chunks` ends once the buffer is drained."""
-        self._stopping = True
-        self._wake.set()
-        self._room.set()
+        self._deliveries.stop()
         for task in (self._puller, self._beater):
             if task:
                 task.cancel()

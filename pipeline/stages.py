@@ -21,6 +21,7 @@ from schemas.events import AuditEvent, EventValidationError, decode_event
 from schemas.ids import (
     EPOCH,
     IDEMPOTENCY_HEADER,
+    EventKey,
     given_event_id,
     new_uuid7,
     subject_tenant,
@@ -153,9 +154,10 @@ def validate(msg: Message) -> AuditEvent | Dead:
         return Dead(msg=msg, reason=exc.reason, message=exc.message, field=exc.field)
 
 
-def _utc_micro(ts: datetime) -> datetime:
-    # PostgreSQL keeps microseconds; normalising here keeps the hashed bytes identical
-    # to what a verifier reads back.
+def _as_utc(ts: datetime) -> datetime:
+    # Stored and hashed in UTC, so that the hashed bytes are identical to what a verifier
+    # reads back. No rounding is needed: a datetime holds microseconds at most, as
+    # PostgreSQL does.
     return ts.astimezone(UTC)
 
 
@@ -174,7 +176,7 @@ def enrich(event: AuditEvent, msg: Message, now: datetime) -> AuditEvent:
     if msg.timestamp_ns:
         received = EPOCH + timedelta(microseconds=msg.timestamp_ns // 1000)
     else:
-        received = _utc_micro(now)
+        received = _as_utc(now)
     event_id = event.id
     if event_id is None:
         headers = msg.headers
@@ -197,7 +199,7 @@ def enrich(event: AuditEvent, msg: Message, now: datetime) -> AuditEvent:
         else:
             # No stable source position (e.g. a direct call): a fresh random id.
             event_id = new_uuid7(now, os.urandom(10))
-    occurred = _utc_micro(event.occurred_at) if event.occurred_at else received
+    occurred = _as_utc(event.occurred_at) if event.occurred_at else received
     return msgspec.structs.replace(
         event,
         id=event_id,
@@ -260,7 +262,7 @@ class Deduplicator:
         """True when the key was committed recently."""
         return (tenant_id, event_id.int) in self._seen
 
-    def remember(self, keys: list[tuple[str, uuid.UUID]]) -> None:
+    def remember(self, keys: list[EventKey]) -> None:
         """Record committed keys, evicting the oldest beyond capacity."""
         seen = self._seen
         for tenant, event_id in keys:

@@ -31,6 +31,7 @@ from nats.js.errors import NotFoundError
 from infra.settings import Settings
 from pipeline.chain import ChainVerifier, stream_rows
 from pipeline.checkpoints import Tiles, origin, witness_subject
+from pipeline.nats_codes import JsErrorCode
 from pipeline.retention import gap_text
 from schemas import tlog
 
@@ -266,7 +267,7 @@ async def read_witness(nc: object, settings: Settings, tenant_id: str) -> Witnes
             settings.checkpoint_stream, witness_subject(settings, tenant_id)
         )
     except NotFoundError as exc:
-        if getattr(exc, "err_code", None) == 10037:  # no message for this subject
+        if getattr(exc, "err_code", None) == JsErrorCode.NO_MESSAGE_FOUND:  # none published yet
             return Witness(None)
         return Witness(unavailable=f"{settings.checkpoint_stream}: {exc}")
     except Exception as exc:

@@ -20,7 +20,6 @@ import functools
 import logging
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -28,10 +27,11 @@ from typing import Any, Protocol
 from infra.metrics import Metrics
 from infra.settings import Settings
 from pipeline.agents import Agent, Stream
+from pipeline.chain import RECEIVED_INDEX
 from pipeline.ordering import TenantOrder
-from pipeline.sinks import DeadLetters, FlushResult, Store, StoreError
+from pipeline.sinks import DeadLetters, FlushResult, RefusedRowError, Store, StoreError
 from pipeline.stages import Dead, Deduplicator, Message, Valid, limits_for, position, process
-from schemas.ids import IDEMPOTENCY_HEADER
+from schemas.ids import IDEMPOTENCY_HEADER, EventKey
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ DLQ_ATTEMPTS = 3
 # tens of MiB on the connection at once (their acks would time out).
 DLQ_CONCURRENCY = 32
 
-Key = tuple[str, uuid.UUID]
 Now = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -72,7 +71,9 @@ class Source(Protocol):
 
 
 # (stored keys, duplicate keys, rejected (key, reason)) after each batch.
-CommitListener = Callable[[list[Key], list[Key], list[tuple[Key, str]]], Awaitable[None]]
+CommitListener = Callable[
+    [list[EventKey], list[EventKey], list[tuple[EventKey, str]]], Awaitable[None]
+]
 
 
 def _utcnow() -> datetime:
@@ -250,7 +251,7 @@ class Worker:
         await self.source.ack([x.msg for x in batch
                                if id(x.msg) not in held and id(x.msg) not in later])  # fmt: skip
         self.last_progress = time.monotonic()
-        dupe_keys: list[Key] = [(v.event.tenant_id, v.event.id) for v in dupes]  # type: ignore[misc]
+        dupe_keys: list[EventKey] = [(v.event.tenant_id, v.event.id) for v in dupes]  # type: ignore[misc]
         dupe_keys.extend(result.duplicates)
         self.dedup.remember(result.stored)
         self._account(result, dupe_keys, len(dead) - len(held))
@@ -258,8 +259,8 @@ class Worker:
             await self._announce(valid, result.stored, dupe_keys, rejected)
         return skipped
 
-    async def _announce(self, valid: list[Valid], stored: list[Key], dupe_keys: list[Key],
-                        rejected: list[tuple[Dead, Key]]) -> None:  # fmt: skip
+    async def _announce(self, valid: list[Valid], stored: list[EventKey], dupe_keys: list[EventKey],
+                        rejected: list[tuple[Dead, EventKey]]) -> None:  # fmt: skip
         """Tell ``on_commit`` (those of the keys ``notify`` picks). Never raises."""
         notify = self.notify
         if notify is not None:
@@ -273,7 +274,7 @@ class Worker:
         except Exception as exc:  # waiters fall back to their timeout
             log.warning("commit notification failed: %r", exc)
 
-    def _account(self, result: FlushResult, dupe_keys: list[Key], n_dead: int) -> None:
+    def _account(self, result: FlushResult, dupe_keys: list[EventKey], n_dead: int) -> None:
         m = self.metrics
         self._stored.inc(len(result.stored))
         self._duplicates.inc(len(dupe_keys))
@@ -283,26 +284,26 @@ class Worker:
         if result.records:
             m.batch_size.observe(len(result.records))
             now = time.time()
-            received_idx = 4  # COLUMNS.index("received_at")
             # One observation per batch of its oldest event keeps this cheap.
-            oldest = min(r[received_idx] for r in result.records)
+            oldest = min(r[RECEIVED_INDEX] for r in result.records)
             self._lag.observe(max(0.0, now - oldest.timestamp()))
 
     async def _store(
         self, items: list[Valid]
-    ) -> tuple[FlushResult, list[tuple[Dead, Key]], list[Valid]]:
+    ) -> tuple[FlushResult, list[tuple[Dead, EventKey]], list[Valid]]:
         """Store ``items``; returns what was stored, the events PostgreSQL refuses for good,
         and the events skipped because another worker held their tenant's chain head.
 
-        A transient error (:class:`StoreError` ``retry``: connection lost, lock or
-        serialization conflicts, disk full) retries the same events with capped
-        exponential backoff and jitter, forever (the source keeps them in progress). Any
-        other error splits the events in halves, each stored in its own transaction, down
-        to the single events that are refused (dead letters with the database's reason):
-        a refused event never holds back the ones that can be stored.
+        A transient error (:class:`~pipeline.sinks.RetryableStoreError`: connection lost,
+        lock or serialization conflicts, disk full) retries the same events with capped
+        exponential backoff and jitter, forever (the source keeps them in progress). A
+        :class:`~pipeline.sinks.RefusedRowError` splits the events in halves, each stored
+        in its own transaction, down to the single events that are refused (dead letters
+        with the database's reason): a refused event never holds back the ones that can
+        be stored.
         """
         total = FlushResult()
-        rejected: list[tuple[Dead, Key]] = []
+        rejected: list[tuple[Dead, EventKey]] = []
         skipped: list[Valid] = []
         groups = [items] if items else []
         delay = 0.1
@@ -311,15 +312,16 @@ class Worker:
             started = time.perf_counter()
             try:
                 part, refused = await self.store.write(group)
-            except StoreError as exc:
-                self.metrics.flush_retries.labels(exc.kind).inc()
-                if exc.kind == "row":
-                    if len(group) == 1:
-                        rejected.append(_refused(group[0], exc.reason))
-                    else:  # halves, first half first (pop() takes from the end)
-                        mid = len(group) // 2
-                        groups.extend((group[mid:], group[:mid]))
-                    continue
+            except RefusedRowError as exc:
+                self.metrics.flush_retries.labels(exc.metric_label).inc()
+                if len(group) == 1:
+                    rejected.append(_refused(group[0], exc.reason))
+                else:  # halves, first half first (pop() takes from the end)
+                    mid = len(group) // 2
+                    groups.extend((group[mid:], group[:mid]))
+                continue
+            except StoreError as exc:  # retryable
+                self.metrics.flush_retries.labels(exc.metric_label).inc()
                 log.warning("flush failed (retrying in %.1fs): %s", delay, exc.reason)
                 groups.append(group)
                 # Capped exponential backoff with jitter (workers retrying together spread
@@ -385,8 +387,10 @@ class Worker:
                   "retried with backoff): %r", where, DLQ_ATTEMPTS, error)  # fmt: skip
         return False
 
-    def stalled_for(self) -> float:
-        """Seconds without a settled batch while messages are held (0 when not waiting)."""
+    def last_progress_age_s(self) -> float:
+        """Seconds since the worker last settled a batch, while it holds messages (0 when
+        it holds none: nothing waits). Exported as
+        ``auditlog_pipeline_last_progress_age_seconds``."""
         if not self.source.held:
             return 0.0
         return time.monotonic() - self.last_progress
@@ -394,7 +398,7 @@ class Worker:
     def status(self) -> str:
         """``ok``, or ``degraded: <reason>`` (for /readyz): the pipeline holds messages and
         commits nothing for ``stall_after_s``, or dead letters wait unpublished."""
-        stalled = self.stalled_for()
+        stalled = self.last_progress_age_s()
         if stalled > self.settings.stall_after_s:
             return (f"degraded: stalled: nothing committed for {stalled:.0f} s while "
                     f"{len(self.source.held)} message(s) wait in {self._where()} (PostgreSQL "
@@ -421,7 +425,7 @@ def _tenant_of(item: Valid | Dead) -> str | None:
     return item.event.tenant_id if isinstance(item, Valid) else None
 
 
-def _refused(item: Valid, why: str) -> tuple[Dead, Key]:
+def _refused(item: Valid, why: str) -> tuple[Dead, EventKey]:
     dead = Dead(msg=item.msg, reason="db_rejected", message=why, stage="flush")
     return dead, (item.event.tenant_id, item.event.id)  # type: ignore[return-value]
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 
+from pipeline.nats_codes import StatusCode, status_of
+
 
 class PublishError(Exception):
     """JetStream refused a message or nothing acknowledged it in time."""
@@ -66,8 +68,7 @@ class Publisher:
         fut = self._pending.pop(msg.subject[len(self._prefix) :], None)
         if fut is None or fut.done():
             return
-        status = msg.headers.get("Status") if msg.headers else None
-        if status == "503":
+        if status_of(msg.headers) is StatusCode.SERVICE_UNAVAILABLE:  # no responders
             fut.set_exception(PublishError("no JetStream stream for the subject"))
             return
         try:

@@ -9,7 +9,8 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from pipeline.commits import Key, decode_keys
+from pipeline.commits import decode_keys
+from schemas.ids import EventKey
 
 
 class Waiters:
@@ -20,18 +21,18 @@ class Waiters:
     """
 
     def __init__(self) -> None:
-        self._waiting: dict[Key, list[asyncio.Future[str | None]]] = {}
+        self._waiting: dict[EventKey, list[asyncio.Future[str | None]]] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def expect(self, key: Key) -> asyncio.Future[str | None]:
+    def expect(self, key: EventKey) -> asyncio.Future[str | None]:
         """A future that completes when ``key`` is reported committed."""
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, []).append(fut)
         return fut
 
-    def forget(self, key: Key, fut: asyncio.Future[str | None]) -> None:
+    def forget(self, key: EventKey, fut: asyncio.Future[str | None]) -> None:
         """Stop waiting (timeout or cancellation)."""
         futs = self._waiting.get(key)
         if futs and fut in futs:
@@ -39,11 +40,13 @@ class Waiters:
             if not futs:
                 del self._waiting[key]
 
-    def committed(self, keys: Iterable[Key], rejected: Iterable[tuple[Key, str]] = ()) -> None:
+    def committed(
+        self, keys: Iterable[EventKey], rejected: Iterable[tuple[EventKey, str]] = ()
+    ) -> None:
         """Resolve every waiter of ``keys`` (None) and of ``rejected`` (the reason)."""
         if not self._waiting:
             return
-        outcomes: list[tuple[Key, str | None]] = [(k, None) for k in keys]
+        outcomes: list[tuple[EventKey, str | None]] = [(k, None) for k in keys]
         outcomes.extend(rejected)
         for key, why in outcomes:
             for fut in self._waiting.pop(key, ()):

@@ -22,7 +22,6 @@ import asyncpg
 import msgspec
 
 from infra.settings import Settings
-from pipeline.commits import Key
 from pipeline.stages import Limits, check_occurred
 from query_api import sql
 from query_api.auth import Principal
@@ -31,7 +30,14 @@ from query_api.errors import ApiError, bad_request
 from query_api.publisher import Ack, Publisher
 from query_api.waiters import Waiters
 from schemas.events import AuditEvent, EventValidationError, decode_event
-from schemas.ids import IDEMPOTENCY_HEADER, given_event_id, msg_id_for, new_uuid7, tenant_subject
+from schemas.ids import (
+    IDEMPOTENCY_HEADER,
+    EventKey,
+    given_event_id,
+    msg_id_for,
+    new_uuid7,
+    tenant_subject,
+)
 
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 log = logging.getLogger(__name__)
@@ -88,7 +94,7 @@ class Writes:
     def _deadline(self) -> float:
         return asyncio.get_running_loop().time() + self.settings.write_timeout_s
 
-    async def _same_event(self, seq: int, key: Key) -> bool:
+    async def _same_event(self, seq: int, key: EventKey) -> bool:
         """Is JetStream message ``seq`` (what a duplicate ack pointed at) this very event?
 
         A raw producer may have published a ``Nats-Msg-Id`` of the project's form for another
@@ -102,14 +108,14 @@ class Writes:
         headers = msg.headers or {}
         return tenant == key[0] and headers.get(IDEMPOTENCY_HEADER) == str(key[1])
 
-    async def _stored(self, keys: list[Key]) -> set[Key]:
+    async def _stored(self, keys: list[EventKey]) -> set[EventKey]:
         """Which of ``keys`` are already stored (claimed in ``audit.event_ids``)."""
         if not keys:
             return set()
         async with self.pool.acquire() as conn:
             return await sql.claimed(conn, keys)
 
-    async def _deliver(self, items: list[tuple[bytes, Key]], wait: bool,
+    async def _deliver(self, items: list[tuple[bytes, EventKey]], wait: bool,
                        deadline: float) -> list[Outcome]:  # fmt: skip
         """Publish ``items`` (pipelined) and, with ``wait``, await their commits until
         ``deadline`` (loop time). One outcome per item, in order."""
@@ -126,8 +132,9 @@ class Writes:
             for (_, key), fut in zip(items, futs, strict=False):
                 self.waiters.forget(key, fut)
 
-    async def _publish(self, items: list[tuple[bytes, Key]],
-                       deadline: float) -> tuple[list[Outcome], list[int], set[Key]]:  # fmt: skip
+    async def _publish(
+        self, items: list[tuple[bytes, EventKey]], deadline: float
+    ) -> tuple[list[Outcome], list[int], set[EventKey]]:
         """Publish; returns (outcome per item, the duplicates JetStream reported, which of
         them are stored already).
 
@@ -152,7 +159,7 @@ class Writes:
                 dup.remove(i)
         return out, dup, stored
 
-    async def _await_commits(self, items: list[tuple[bytes, Key]],
+    async def _await_commits(self, items: list[tuple[bytes, EventKey]],
                              futs: list[asyncio.Future[str | None]], out: list[Outcome],
                              deadline: float) -> list[Outcome]:  # fmt: skip
         """Wait for the commit notices of the items still ``False`` in ``out``; those not
@@ -177,7 +184,7 @@ class Writes:
             out[i] = items[i][1] in stored
         return out
 
-    async def _publish_all(self, items: list[tuple[bytes, Key]], deadline: float,
+    async def _publish_all(self, items: list[tuple[bytes, EventKey]], deadline: float,
                            msg_id: Any) -> list[Ack | ApiError]:  # fmt: skip
         """Publish ``items`` pipelined, each on its tenant's subject; one ack or error each.
 
@@ -215,7 +222,7 @@ class Writes:
         """Publish the service's own events (the access log) without waiting for commits;
         per event, whether JetStream has it. An invalid one is a bug: logged, not retried."""
         sent: list[int] = []
-        items: list[tuple[bytes, Key]] = []
+        items: list[tuple[bytes, EventKey]] = []
         for i, raw in enumerate(raws):
             try:
                 event = self.validate(raw, "event")
@@ -257,7 +264,7 @@ class Writes:
         if len(raws) > MAX_BATCH_EVENTS:
             raise bad_request(f"a batch holds at most {MAX_BATCH_EVENTS} events", "events")
         errors: list[BatchError] = []
-        accepted: list[tuple[int, bytes, Key]] = []
+        accepted: list[tuple[int, bytes, EventKey]] = []
         for i, raw in enumerate(raws):
             try:
                 event = self.validate(raw, f"events.{i}")

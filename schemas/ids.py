@@ -15,6 +15,8 @@ EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 # Names the event when present (before Nats-Msg-Id): lets a replay keep the event's
 # identity while using a fresh Nats-Msg-Id that NATS's duplicate window accepts.
 IDEMPOTENCY_HEADER: Final = "Audit-Idempotency-Key"
+# (tenant_id, event id): names one stored event (ids are unique within a tenant).
+EventKey = tuple[str, uuid.UUID]
 
 
 def uuid7_from(ms: int, entropy: bytes) -> uuid.UUID:

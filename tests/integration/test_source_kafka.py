@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -19,9 +19,11 @@ import pytest
 from pipeline.chain import verify_tenant
 from pipeline.dlq_kafka import KafkaDeadLetters
 from pipeline.stages import Dead
-from tests.integration.conftest import admin_count, running_kafka_worker, wait_count
-from tests.integration.test_fault_matrix import stop_all
-from tests.integration.test_pipeline import event
+from tests.support.events import event
+from tests.support.metrics import sample
+from tests.support.processes import stop_all
+from tests.support.service import admin_count, running_kafka_worker, wait_count
+from tests.support.waits import eventually, kafka_drained
 from tests.tansu import Tansu, committed, consume_all, create_topic, free_port, produce
 
 pytestmark = pytest.mark.integration
@@ -126,27 +128,29 @@ async def test_unpublishable_dead_letter_pauses_its_partition_only(
         sink = Switchable(run.worker.dead_letters)  # type: ignore[arg-type]
         run.worker.dead_letters = sink
         assert await wait_count(db_url, 30) == 30  # every valid event, both partitions
-        for _ in range(200):
-            if source.paused() and run.worker.status().startswith("degraded"):
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: (source.paused(), run.worker.status()),
+                         lambda st: st[0] and st[1].startswith("degraded"), timeout=10,
+                         what="(paused partitions, status) once degraded")  # fmt: skip
         assert source.paused() == [f"{s.kafka_topic}/0"]
         assert "could not be published" in run.worker.status()
-        assert run.metrics.kafka_paused._value.get() == 1
-        await asyncio.sleep(2 * 1.0 + 0.5)  # faust commits every second
-        offsets = await committed(tansu.bootstrap, s.kafka_group, s.kafka_topic, 2)
+        assert sample(run.metrics, "auditlog_kafka_paused_partitions") == 1
+        # Faust commits every second: the other partition's offsets get there.
+        offsets = await eventually(
+            lambda: committed(tansu.bootstrap, s.kafka_group, s.kafka_topic, 2),
+            lambda o: o.get(1) == 20, timeout=10, interval=0.5,
+            what="partition 1 committed up to 20 (the other partition went on)",
+        )  # fmt: skip
         assert offsets.get(0, 0) <= 5  # never past the held record (offset 5)
-        assert offsets.get(1) == 20  # the other partition went on
         sink.broken = False  # the dead-letter topic comes back: retried with backoff
         letters = await consume_all(tansu.bootstrap, s.kafka_dlq_topic, 1)
         assert [r.value for r in letters] == [b"{broken"]
-        for _ in range(200):
-            if not source.paused() and run.worker.status() == "ok":
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: (source.paused(), run.worker.status()),
+                         lambda st: not st[0] and st[1] == "ok", timeout=10,
+                         what="(paused partitions, status) back to none and ok")  # fmt: skip
         assert source.paused() == [] and run.worker.status() == "ok"
-        await asyncio.sleep(1.5)
-        assert (await committed(tansu.bootstrap, s.kafka_group, s.kafka_topic, 2)) == {0: 11, 1: 20}
+        await eventually(lambda: committed(tansu.bootstrap, s.kafka_group, s.kafka_topic, 2),
+                         lambda o: o == {0: 11, 1: 20}, timeout=10, interval=0.5,
+                         what="every record committed")  # fmt: skip
         assert sink.failures >= 3
     assert await admin_count(db_url) == 30
     await chains_verify(db_url, {"t-p0": 10, "t-p1": 20})
@@ -163,21 +167,20 @@ async def test_broker_away_and_back(db_url, settings_factory, tmp_path) -> None:
             source = run.worker.source
             assert await wait_count(db_url, 10) == 10
             broker.stop()
-            for _ in range(100):
-                if await source.probe(within_s=1.0):
-                    break
-            assert source.broker_error
-            assert run.metrics.source_up.labels("kafka")._value.get() == 0
+            await eventually(lambda: source.probe_broker(within_s=1.0),
+                             lambda problem: problem is not None, timeout=100, interval=0,
+                             what="the probe reports the broker away")  # fmt: skip
+            assert source.broker_problem
+            assert sample(run.metrics, "auditlog_source_up", source="kafka") == 0
             await asyncio.sleep(3)  # the consumer loses its connection and group
             # Tansu keeps data in memory: the restarted broker is empty (reconnection,
             # not durability, is what this tests).
             broker.start()
             await create_topic(broker.bootstrap, s.kafka_topic, 2)
-            for _ in range(100):
-                if not await source.probe(within_s=1.0):
-                    break
-                await asyncio.sleep(0.2)
-            assert source.broker_error == ""
+            await eventually(lambda: source.probe_broker(within_s=1.0),
+                             lambda problem: problem is None, timeout=120, interval=0.2,
+                             what="the probe reports the broker back")  # fmt: skip
+            assert source.broker_problem is None
             await produce(broker.bootstrap, s.kafka_topic,
                           [event("t-away", i) for i in range(10, 40)])  # fmt: skip
             assert await wait_count(db_url, 40, timeout=90) == 40
@@ -213,18 +216,13 @@ def spawn_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
                             start_new_session=True)  # fmt: skip
 
 
-async def wait_at_least(dsn: str, n: int, timeout: float = 120) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        count = await admin_count(dsn)
-        if count >= n or time.monotonic() > deadline:
-            return count
-        await asyncio.sleep(0.1)
-
-
-async def assert_exactly(dsn: str, total: int) -> None:
+async def assert_exactly(dsn: str, total: int, env: dict[str, str], partitions: int) -> None:
+    """Exactly ``total`` events stored once the workers' group (``env``'s) has committed
+    every record; every chain verifies."""
     assert await wait_count(dsn, total, timeout=180) == total
-    await asyncio.sleep(1.5)  # nothing more may arrive
+    # Nothing more will arrive once every record is committed.
+    await kafka_drained(env["AUDIT_KAFKA_BOOTSTRAP"], env["AUDIT_KAFKA_GROUP"],
+                        env["AUDIT_KAFKA_TOPIC"], partitions, total)  # fmt: skip
     assert await admin_count(dsn) == total
     assert await admin_count(dsn, "SELECT count(DISTINCT description) FROM audit.events") == total
     await chains_verify(dsn, {t: total // len(TENANTS) for t in TENANTS})
@@ -246,13 +244,13 @@ async def test_kill_9_mid_batch_then_restart(db_url, nats_url, tansu, tmp_path) 
     first = spawn_worker(env)
     procs = [first]
     try:
-        got = await wait_at_least(db_url, 2_000)
+        got = await wait_count(db_url, 2_000, timeout=120)
         assert 2_000 <= got < total, got  # mid-drain
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         second = spawn_worker(env)
         procs.append(second)
-        await assert_exactly(db_url, total)
+        await assert_exactly(db_url, total, env, 3)
         assert second.poll() is None
     finally:
         stop_all(procs)
@@ -265,13 +263,13 @@ async def test_two_workers_in_one_group_with_rebalances(db_url, nats_url, tansu,
     one = spawn_worker(env)
     procs = [one]
     try:
-        assert await wait_at_least(db_url, 1_500) < total
+        assert await wait_count(db_url, 1_500, timeout=120) < total
         two = spawn_worker(env)  # joins: partitions are shared out again
         procs.append(two)
-        assert await wait_at_least(db_url, 6_000) < total
+        assert await wait_count(db_url, 6_000, timeout=120) < total
         one.send_signal(signal.SIGTERM)  # leaves: its partitions go to the other
         assert one.wait(60) == 0
-        await assert_exactly(db_url, total)
+        await assert_exactly(db_url, total, env, 4)
         assert two.poll() is None
     finally:
         stop_all(procs)
@@ -290,16 +288,10 @@ def get(url: str) -> tuple[int, str]:
         return 0, str(exc)
 
 
-async def poll(url: str, ok: object, timeout: float = 60) -> str:
-    """GET ``url`` until ``ok(body)``; return the last body."""
-    deadline = time.monotonic() + timeout
-    body = ""
-    while time.monotonic() < deadline:
-        _, body = get(url)
-        if ok(body):  # type: ignore[operator]
-            return body
-        await asyncio.sleep(0.5)
-    return body
+async def poll(url: str, ok: Callable[[str], bool], timeout: float = 60) -> str:
+    """GET ``url`` until ``ok(body)``; return that body."""
+    return await eventually(lambda: get(url)[1], ok, timeout=timeout, interval=0.5,
+                            what=f"GET {url} answers as expected")  # fmt: skip
 
 
 async def test_readyz_and_metrics_follow_the_broker(db_url, nats_url, tmp_path) -> None:

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from infra.settings import Settings
 from pipeline.source_kafka import MAX_HEADER_VALUE, KafkaSource, to_message
 from pipeline.stages import Dead, Valid, process
-from tests.conftest import README_EVENT
 from tests.hostile import HOSTILE
+from tests.support.events import README_EVENT
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 NOW_NS = int(NOW.timestamp() * 1e9)

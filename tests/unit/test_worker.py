@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 
 from infra.metrics import Metrics
 from infra.settings import load_settings
-from pipeline.sinks import FlushResult, StoreError
+from pipeline.sinks import FlushResult, RefusedRowError, RetryableStoreError
 from pipeline.stages import Dead, Message, Valid
 from pipeline.worker import DLQ_ATTEMPTS, Worker, waited_for
 from schemas.ids import IDEMPOTENCY_HEADER
+from tests.support.waits import eventually
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -90,9 +91,9 @@ class FakeStore:
         self.calls += 1
         if self.outages:
             self.outages -= 1
-            raise StoreError("retry", "08006: connection lost")
+            raise RetryableStoreError("08006: connection lost")
         if any(v.event.description == "refuse" for v in items):
-            raise StoreError("row", "23514: check violation")
+            raise RefusedRowError("23514: check violation")
         result = FlushResult()
         for v in items:
             key = (v.event.tenant_id, v.event.id)
@@ -255,10 +256,9 @@ async def test_a_stalled_store_is_reported_and_nothing_is_acked_meanwhile(outage
     store = FakeStore(source.log, outages=10**9)
     w = worker(source, store, FakeDeadLetters(), AUDIT_STALL_AFTER_S="0")
     task = asyncio.create_task(w.run())
-    for _ in range(10_000):  # the store is retried (no real waits: sleep is injected)
-        if store.calls >= 3 + outages:
-            break
-        await asyncio.sleep(0)
+    # The store is retried (no real waits: sleep is injected).
+    await eventually(lambda: store.calls, lambda n: n >= 3 + outages, timeout=10, interval=0,
+                     what=f"{3 + outages} store attempts")  # fmt: skip
     assert source.acked == [] and len(source.held) == 3
     assert w.status().startswith("degraded: stalled")
     task.cancel()
