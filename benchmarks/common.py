@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +63,8 @@ async def fast_publish(
 
 @contextlib.contextmanager
 def bench_servers() -> Iterator[tuple[str, str]]:
-    """(database server DSN, NATS URL): external via AUDIT_BENCH_* env, else embedded."""
+    """(database server DSN, NATS URL): external via AUDIT_BENCH_* env, else embedded
+    under a temporary directory that is removed afterwards."""
     db = os.environ.get("AUDIT_BENCH_DATABASE_URL")
     nurl = os.environ.get("AUDIT_BENCH_NATS_URL")
     from auditlog.embedded import EmbeddedNats, EmbeddedPostgres
@@ -82,6 +85,7 @@ def bench_servers() -> Iterator[tuple[str, str]]:
             n.stop()
         if pg:
             pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def fresh_database(server_dsn: str, name: str) -> str:
@@ -139,11 +143,15 @@ def bench_settings(db: str, nurl: str, tag: str, **kw: object) -> Settings:
                     **kw)  # type: ignore[arg-type]  # fmt: skip
 
 
+STOP_GRACE_S = 30  # a service with nothing in flight stops in a second or two
+
+
 @contextlib.asynccontextmanager
 async def running_service(dsn: str, nats_url: str, admin_token: str, tag: str,
                           split: bool = False, **extra_env: str) -> AsyncIterator[str]:  # fmt: skip
     """`auditlog run` on free ports against ``dsn``/``nats_url`` (plus ``extra_env``);
-    yields its base URL once /readyz answers 200, and stops it (SIGTERM) afterwards.
+    yields its base URL once /readyz answers 200, and stops it afterwards (SIGTERM, then
+    SIGKILL with a warning line after :data:`STOP_GRACE_S`).
 
     ``split``: `auditlog api` and `auditlog pipeline` in two processes instead."""
     import signal
@@ -180,7 +188,16 @@ async def running_service(dsn: str, nats_url: str, admin_token: str, tag: str,
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
-            proc.wait(60)
+            try:
+                proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                # The figures are in hand; a service that will not stop is killed so the
+                # scenario can still report them, and the line says it happened.
+                what = " ".join(proc.args[-2:])  # type: ignore[arg-type]
+                print(f"WARNING: {what} did not stop within {STOP_GRACE_S} s of SIGTERM; "
+                      "killed", file=sys.stderr, flush=True)  # fmt: skip
+                proc.kill()
+                proc.wait(10)
 
 
 def start_pipeline(settings: Settings, workers: int,
@@ -218,8 +235,9 @@ async def wait_ready(url: str, timeout: float = 60.0) -> None:
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
-def worker_rss_kib(pid: int) -> int:
-    """Peak RSS (VmHWM, KiB) of the worker: the process, or its largest child."""
+def worker_rss_kib(pid: int, field: str = "VmHWM") -> int:
+    """Peak RSS (``VmHWM``, KiB) of the worker, the process or its largest child; with
+    ``field="VmRSS"`` its resident size now."""
     best = 0
     pids = [pid]
     with contextlib.suppress(OSError):
@@ -227,7 +245,7 @@ def worker_rss_kib(pid: int) -> int:
     for p in pids:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     best = max(best, int(line.split()[1]))
         except OSError:
             continue
@@ -273,3 +291,65 @@ def cpu_per_item(before: dict[str, float], after: dict[str, float], n: int) -> d
     """CPU µs per item of each component between two :func:`cpu_seconds_by_component`."""
     return {k: round((after[k] - before[k]) / max(n, 1) * 1e6, 1) for k in after
             if after[k] - before[k] > 0}  # fmt: skip
+
+
+# Exit status of a scenario that ran but could not measure a figure it exists for
+# (its JSON is still printed, with the reasons under "not_measured").
+NOT_MEASURED_EXIT = 3
+
+
+def not_measured(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[str]:
+    """One line per headline figure of ``result`` that could not be measured.
+
+    Args:
+        result: a scenario's output.
+        figures: dotted path into ``result`` (``"steady.latency_ms.p50"``; a number picks
+            a list item) -> what its absence means. A figure counts as measured when the
+            path resolves to a finite number > 0 or a non-empty collection: zero, None,
+            NaN and empty are what an unmeasured figure looks like.
+    """
+    out = []
+    for path, why in figures.items():
+        value: Any = result
+        for part in path.split("."):
+            if isinstance(value, Mapping):
+                value = value.get(part)
+            elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                value = value[int(part)]
+            else:
+                value = None
+        if isinstance(value, bool) or not (
+            (isinstance(value, int | float) and math.isfinite(value) and value > 0)
+            or (isinstance(value, list | dict | str) and len(value) > 0)
+        ):
+            out.append(f"{path} = {value!r}: {why}")
+    return out
+
+
+def emit(result: dict[str, Any], figures: Mapping[str, str]) -> None:
+    """Print ``result`` as JSON; when a figure of ``figures`` (see :func:`not_measured`)
+    is missing, also a ``NOT MEASURED:`` line each on stderr and the reasons under
+    ``"not_measured"``, then exit with :data:`NOT_MEASURED_EXIT`, so that neither a person
+    nor ``benchmarks.run`` mistakes a zero for a measurement."""
+    problems = not_measured(result, figures)
+    if problems:
+        result = {**result, "not_measured": problems}
+    print(json.dumps(result, indent=2), flush=True)
+    for line in problems:
+        print(f"NOT MEASURED: {line}", file=sys.stderr, flush=True)
+    if problems:
+        raise SystemExit(NOT_MEASURED_EXIT)
+
+
+def slope_per_minute(series: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of ``(seconds, value)`` samples, in value per minute (None for
+    fewer than two distinct times)."""
+    n = len(series)
+    if n < 2:
+        return None
+    mt = sum(t for t, _ in series) / n
+    mv = sum(v for _, v in series) / n
+    var = sum((t - mt) ** 2 for t, _ in series)
+    if var == 0:
+        return None
+    return 60 * sum((t - mt) * (v - mv) for t, v in series) / var

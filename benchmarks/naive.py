@@ -23,6 +23,7 @@ import nats
 from benchmarks.common import (
     bench_servers,
     bench_settings,
+    emit,
     fast_publish,
     fresh_database,
     synthetic_events,
@@ -94,7 +95,7 @@ async def main() -> None:
     payloads = list(synthetic_events(args.events, tenant_ids(1000)))
     with bench_servers() as (server, nurl):
         result = await naive(server, nurl, payloads, args.batch)
-    print(json.dumps({"naive": result}, indent=2))
+    emit({"naive": result}, {"naive.events_per_s": "no events drained"})
 
 
 if __name__ == "__main__":

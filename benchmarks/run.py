@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import charts
+from benchmarks.common import NOT_MEASURED_EXIT
 from benchmarks.write import TOPOLOGIES
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -78,13 +79,25 @@ def machine() -> dict[str, object]:
 
 
 def scenario(module: str, *args: str) -> dict[str, Any]:
-    """Run ``python -m benchmarks.<module> args`` (progress on stderr); parse its JSON."""
+    """Run ``python -m benchmarks.<module> args`` (progress on stderr); parse its JSON.
+
+    A scenario that exits non-zero comes back with ``not_measured``: the figures it says
+    it could not measure, else a line with its exit status.
+    """
     print(f"--> {module} {' '.join(args)}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], check=True,
-                         stdout=subprocess.PIPE, text=True).stdout  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args],
+                          stdout=subprocess.PIPE, text=True)  # fmt: skip
     print(f"    {module} took {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    return json.loads(out[out.index("{") :])  # type: ignore[no-any-return]
+    out = proc.stdout
+    try:
+        result: dict[str, Any] = json.loads(out[out.index("{") :])
+    except ValueError:
+        result = {}
+    if proc.returncode != 0 and not result.get("not_measured"):
+        result["not_measured"] = [f"benchmarks.{module} exited with status "
+                                  f"{proc.returncode} (its stderr is above)"]  # fmt: skip
+    return result
 
 
 class Check:
@@ -371,6 +384,20 @@ def _query(runs: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _not_measured(result: dict[str, Any]) -> list[str]:
+    """A line per figure a scenario could not measure (those scenarios are left out of
+    every table: a zero there would read as a measurement)."""
+    failed = result.get("not_measured") or {}
+    if not failed:
+        return []
+    lines = ["## Not measured", "",
+             f"{len(failed)} scenario(s) could not measure what they exist for and are left "
+             "out of the tables below (the run exits with a non-zero status):", ""]  # fmt: skip
+    for name, why in failed.items():
+        lines += [f"- **{name}**: {line}" for line in why]
+    return [*lines, ""]
+
+
 def report(result: dict[str, Any], pngs: dict[str, str]) -> str:
     """The Markdown report of one run."""
     runs = result["runs"]
@@ -380,6 +407,7 @@ def report(result: dict[str, Any], pngs: dict[str, str]) -> str:
              f"{m['postgresql']}, {m['nats_server']}, {m['platform']}"
              f"{', external servers' if m['external_servers'] else ', embedded servers'}.",
              "", f"Command: `{result['command']}`", ""]  # fmt: skip
+    lines += _not_measured(result)
     lines += ["## Targets", "", "| measure | result | target | verdict |", "|---|---|---|---|"]
     lines += [c.row() for c in checks(runs)]
     for section in (_ingest, _peers, _steady, _writes, _query):
@@ -410,13 +438,17 @@ def main() -> None:
         ap.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     runs: dict[str, Any] = {}
+    unmeasured: dict[str, Any] = {}  # partial outputs of scenarios that missed a figure
     t0 = time.perf_counter()
     for name in names:
         module, full, quick = SCENARIOS[name]
-        runs[name] = scenario(module, *(quick if args.quick else full))
+        out = scenario(module, *(quick if args.quick else full))
+        (unmeasured if out.get("not_measured") else runs)[name] = out
     result = {"started": started, "seconds": round(time.perf_counter() - t0),
               "command": "python -m benchmarks.run " + " ".join(sys.argv[1:]),
               "machine": machine(), "quick": args.quick, "runs": runs,
+              "not_measured": {k: v["not_measured"] for k, v in unmeasured.items()},
+              "unmeasured_runs": unmeasured,
               "targets": [{"what": c.what, "value": c.value, "goal": c.goal,
                            "met": None if c.unjudged else c.met}
                           for c in checks(runs)]}  # fmt: skip
@@ -428,6 +460,11 @@ def main() -> None:
     (RESULTS / f"{stamp}.md").write_text(text)
     print(text)
     print(f"results in {RESULTS} ({result['seconds']} s)", file=sys.stderr)
+    for name, why in result["not_measured"].items():
+        for line in why:
+            print(f"NOT MEASURED: {name}: {line}", file=sys.stderr)
+    if unmeasured:
+        raise SystemExit(NOT_MEASURED_EXIT)
 
 
 if __name__ == "__main__":

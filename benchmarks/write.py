@@ -21,6 +21,7 @@ from benchmarks.common import (
     bench_servers,
     cpu_per_item,
     cpu_seconds_by_component,
+    emit,
     fresh_database,
     latency_summary,
     running_service,
@@ -107,6 +108,20 @@ async def scenario(base: str, levels: list[int], seconds: float, events: list[di
     return out
 
 
+def figures(levels: int, split: bool, run: bool) -> dict[str, str]:
+    """The headline figures of each topology measured (``benchmarks.common.emit``)."""
+    out: dict[str, str] = {}
+    for prefix, measured in (("", run), ("split.", split)):
+        if not measured:
+            continue
+        for k in range(levels):
+            out[f"{prefix}sync.{k}.per_s"] = "no synchronous write answered"
+            out[f"{prefix}sync.{k}.p99_ms"] = "no synchronous write latency"
+        out[f"{prefix}batch.events_per_s"] = "no batch answered after commit"
+        out[f"{prefix}batch_durable.events_per_s"] = "no batch answered with wait=false"
+    return out
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -136,7 +151,7 @@ async def main() -> None:
                 out["split"] = result
             else:
                 out.update(result)
-    print(json.dumps(out, indent=2))
+    emit(out, figures(len(levels), "split" in out, "run" in args.topologies.split(",")))
 
 
 if __name__ == "__main__":

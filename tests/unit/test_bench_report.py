@@ -120,3 +120,88 @@ def test_sizing_follows_from_the_cpu_per_event() -> None:
     text = report(_result(runs), {})
     assert "with 2 workers 15,000 (1.25 x)" in text
     assert "each added core carries about 8,333 events/s" in text
+
+
+def _steady(achieved: float, latencies: list[float]) -> dict:
+    from benchmarks.common import latency_summary
+
+    lat = latency_summary(latencies)
+    return {"steady": {"offered_per_s": 8000, "achieved_per_s": achieved, "events": 480_000,
+                       "rows": 480_000, "jetstream_acks": 480_000, "max_lag": 12,
+                       "committed_seen": len(latencies), "lag_series": [[0.0, 12]],
+                       "latency_ms": lat, "peak_rss_mib": 110.0}}  # fmt: skip
+
+
+def test_a_scenario_that_could_not_measure_its_figures_says_so_and_exits_non_zero(capsys) -> None:
+    import json
+
+    import pytest
+
+    from benchmarks.common import NOT_MEASURED_EXIT, emit
+    from benchmarks.steady import FIGURES
+
+    # Issue #27: every row stored, every publish acked, not one commit observed.
+    with pytest.raises(SystemExit) as ended:
+        emit(_steady(0.0, []), FIGURES)
+    assert ended.value.code == NOT_MEASURED_EXIT != 0
+    out, err = capsys.readouterr()
+    assert "NOT MEASURED: steady.achieved_per_s = 0.0: no commit observed" in err
+    assert "NOT MEASURED: steady.latency_ms.p50 = None: no end-to-end latency sample" in err
+    assert len(json.loads(out)["not_measured"]) == 4  # achieved, seen, p50, p99
+    emit(_steady(7_950.0, [20.0, 30.0, 90.0]), FIGURES)  # measured: no exit
+    assert "not_measured" not in json.loads(capsys.readouterr().out)
+
+
+def test_only_finite_positive_numbers_and_non_empty_collections_count_as_measured() -> None:
+    from benchmarks.common import not_measured
+
+    result = {"a": 0, "b": float("nan"), "c": [], "d": None, "e": True, "f": 1.5, "g": [[0, 3]],
+              "rows": [{"per_s": 0.0}, {"per_s": 9.0}]}  # fmt: skip
+    paths = ("a", "b", "c", "d", "e", "f", "g", "missing.deep", "rows.0.per_s", "rows.1.per_s",
+             "rows.2.per_s")  # fmt: skip
+    missing = [line.split(" = ")[0] for line in not_measured(result, dict.fromkeys(paths, "x"))]
+    assert missing == ["a", "b", "c", "d", "e", "missing.deep", "rows.0.per_s", "rows.2.per_s"]
+
+
+def test_the_report_names_unmeasured_scenarios_and_leaves_them_out_of_every_table() -> None:
+    runs = {"drain_1_worker": _drain(12_000)}
+    why = "steady.achieved_per_s = 0.0: no commit observed while publishing"
+    result = {**_result(runs), "not_measured": {"steady": [why]}}
+    text = report(result, {})
+    assert "## Not measured" in text
+    assert "- **steady**: steady.achieved_per_s = 0.0: no commit observed" in text
+    assert "## Steady offered load" not in text and "end-to-end" not in text
+    assert text.index("## Not measured") < text.index("## Targets")
+    assert "## Not measured" not in report(_result(runs), {})
+
+
+def test_rss_growth_is_the_least_squares_slope_per_minute() -> None:
+    from benchmarks.common import slope_per_minute
+
+    flat = [(float(t), 200.0 + (0.5 if t % 2 else -0.5)) for t in range(0, 600, 5)]
+    assert abs(slope_per_minute(flat) or 0) < 0.05
+    leak = [(float(t), 100.0 + t / 60 * 3) for t in range(0, 600, 5)]  # 3 MiB a minute
+    assert abs((slope_per_minute(leak) or 0) - 3.0) < 1e-9
+    assert slope_per_minute([(1.0, 5.0)]) is None
+
+
+def test_steady_events_opt_into_commit_notices_and_map_back_from_their_ids() -> None:
+    import json
+    import uuid
+
+    from benchmarks.steady import Offered
+    from schemas.ids import IDEMPOTENCY_HEADER, tenant_subject
+
+    offered = Offered(40)
+    seen = set()
+    for i in (0, 7, 39):
+        subject, payload, headers = offered.message(i, "bench.x.events")
+        doc = json.loads(payload)
+        assert headers[IDEMPOTENCY_HEADER] == doc["id"]  # what the worker's notices key on
+        assert headers["Nats-Msg-Id"] == f"{doc['tenant_id']}:{doc['id']}"
+        assert subject == tenant_subject("bench.x.events", doc["tenant_id"])
+        assert offered.index(uuid.UUID(doc["id"])) == i
+        seen.add(doc["id"])
+    assert len(seen) == 3
+    assert offered.index(uuid.uuid4()) is None
+    assert offered.index(uuid.UUID(int=41, version=4)) is None  # beyond the run
