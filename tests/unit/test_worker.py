@@ -265,3 +265,58 @@ async def test_a_stalled_store_is_reported_and_nothing_is_acked_meanwhile(outage
     with pytest.raises(asyncio.CancelledError):
         await task
     assert source.acked == []  # cancelled mid-outage: nothing acked, all redelivered later
+
+
+class ContendedStore(FakeStore):
+    """A FakeStore whose tenants another worker holds now and then: each write reports the
+    tenants ``busy_plan`` names as busy (nothing of theirs written) and checks that no two
+    of this worker's flushes ever hold one tenant at once."""
+
+    def __init__(self, log: list[tuple[str, int]], busy_plan: list[set[str]]) -> None:
+        super().__init__(log)
+        self.busy_plan = busy_plan
+        self.in_flight: set[str] = set()
+        self.order: dict[str, list[int]] = {}
+
+    async def write(self, items: Sequence[Valid]) -> tuple[FlushResult, list[tuple[Valid, str]]]:
+        tenants = {v.event.tenant_id for v in items}
+        assert not tenants & self.in_flight, "two flushes of one worker hold a tenant"
+        self.in_flight |= tenants
+        try:
+            await asyncio.sleep(0)  # let the other flush slots interleave
+            busy = self.busy_plan.pop(0) & tenants if self.busy_plan else set()
+            kept = [v for v in items if v.event.tenant_id not in busy]
+            result, refused = await super().write(kept)
+            result.busy = busy
+            for v in kept:
+                self.order.setdefault(v.event.tenant_id, []).append(v.msg.stream_seq)
+            return result, refused
+        finally:
+            self.in_flight -= tenants
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    tenants=st.lists(st.sampled_from("abcd"), min_size=1, max_size=60),
+    plan=st.lists(st.sets(st.sampled_from("abcd")), max_size=40),
+    chunk=st.integers(1, 9),
+)
+def test_events_of_busy_tenants_are_stored_later_in_order_and_acked_once(
+    tenants: list[str], plan: list[set[str]], chunk: int
+) -> None:
+    """Whatever tenants another worker holds, and for how long: every event is stored
+    once, in its tenant's arrival order, and acked once, after it was stored."""
+    msgs = [message(i + 1, event(t, i + 1)) for i, t in enumerate(tenants)]
+    source = FakeSource([msgs[i : i + chunk] for i in range(0, len(msgs), chunk)])
+    store = ContendedStore(source.log, list(plan))
+    cfg = load_settings({"AUDIT_BATCH_MAX_EVENTS": "5", "AUDIT_BATCH_MAX_LATENCY_MS": "0",
+                         "AUDIT_FLUSH_CONCURRENCY": "3"})  # fmt: skip
+    w = Worker(cfg, store, FakeDeadLetters(), source, Metrics(), now=lambda: NOW,
+               sleep=_no_wait)  # fmt: skip
+    asyncio.run(asyncio.wait_for(w.run(), 30))
+    assert sorted(source.acked) == [m.stream_seq for m in msgs] and not source.naked
+    for seq in source.acked:
+        assert source.log.index(("stored", seq)) < source.log.index(("ack", seq))
+    for t, seqs in store.order.items():
+        assert seqs == sorted(seqs), t
+    assert len(store.rows) == len(msgs) and w.totals["stored"] == len(msgs)
