@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from auditlog import cli_admin, cli_api, cli_ops
+from auditlog import cli_admin, cli_api, cli_ops, cli_viewer
 from infra import logs
 from infra.errors import AuditLogError
 from infra.settings import Settings, load_settings
@@ -283,6 +283,7 @@ cli.add_command(cli_ops.dlq)
 cli.add_command(cli_ops.partitions)
 cli.add_command(cli_ops.publish)
 cli.add_command(cli_ops.doctor)
+cli.add_command(cli_viewer.viewer_token)
 
 
 def main() -> None:

@@ -7,7 +7,8 @@ same validation, chain and checkpoints as any event).
   60 s) with the number of requests and rows, so a polling dashboard or ``auditlog events
   tail`` adds one event a minute, not one per request. Paging through one result set is
   one filter (the page token is not part of it).
-- Exports and every key, retention or legal-hold change are logged one by one.
+- Exports, viewer tokens minted and every key, retention or legal-hold change are logged
+  one by one.
 
 Off the request path: requests only append to memory; a background task publishes every
 second (exports and changes) or when a read window closes. Publishing failures are
@@ -16,10 +17,11 @@ counted in ``auditlog_access_log_dropped_total``, never blocking a read). ``AUDI
 =false`` turns it all off.
 
 Events: ``action`` ``audit_log.read`` / ``audit_log.export`` / ``api_key.create`` /
-``api_key.revoke`` / ``audit_log.retention.update`` / ``audit_log.legal_hold.set`` /
-``audit_log.legal_hold.release``; ``actor`` the key id (``ACTOR_TYPE_API_KEY``; the admin
-token is the key ``admin``); ``category`` ``CATEGORY_COMPLIANCE``; ``metadata`` the
-operation, filters and counts.
+``api_key.revoke`` / ``viewer_token.create`` / ``audit_log.retention.update`` /
+``audit_log.legal_hold.set`` / ``audit_log.legal_hold.release``; ``actor`` the key id
+(``ACTOR_TYPE_API_KEY``; the admin token is the key ``admin``; a viewer token is its
+minting key's id with ``:viewer``); ``category`` ``CATEGORY_COMPLIANCE``; ``metadata``
+the operation, filters and counts.
 """
 
 from __future__ import annotations
@@ -116,6 +118,8 @@ class AccessLog:
         actor: dict[str, str] = {"type": "ACTOR_TYPE_API_KEY", "id": key_id}
         if key_id == "admin":
             actor["display_name"] = "admin token"
+        elif key_id.endswith(":viewer"):
+            actor["display_name"] = "viewer token"
         return msgspec.json.encode({
             "tenant_id": tenant_id, "action": action, "actor": actor,
             "category": "CATEGORY_COMPLIANCE", "severity": "SEVERITY_INFO",

@@ -24,6 +24,7 @@ from infra.metrics import Metrics
 from infra.migrate import is_current
 from infra.settings import Settings
 from infra.signing import load_signer, trusted_verifiers
+from pipeline.indexer import lag_status, read_lag
 from pipeline.stages import limits_for
 from query_api import contract
 from query_api.access_log import AccessLog
@@ -45,6 +46,7 @@ from query_api.state import (
     SETTINGS,
     STARTED,
 )
+from query_api.ui import add_ui_routes
 from query_api.waiters import Waiters
 from query_api.writes import Writes
 
@@ -74,18 +76,29 @@ async def _check_db(pool: asyncpg.Pool) -> str | None:
     return None
 
 
+async def _check_search(pool: asyncpg.Pool, degraded_after_s: float) -> str:
+    try:
+        async with asyncio.timeout(2), pool.acquire() as conn:
+            return lag_status(await read_lag(conn), degraded_after_s)
+    except Exception as exc:
+        return f"degraded: search index lag unknown: {type(exc).__name__}: {exc}"
+
+
 async def readyz(request: web.Request) -> web.Response:
     """Readiness per role, with every check and its reason in the body.
 
     The API (REST, Connect, gRPC) is ready when it can serve reads: PostgreSQL answers and
     migrations are current. NATS away or the pipeline stuck make it ``degraded`` (writes
     answer 503, reads go on), never unready. A pipeline-only worker is ready when its
-    consumer can make progress: PostgreSQL and NATS answer and it is not stalled.
+    consumer can make progress: PostgreSQL and NATS answer and it is not stalled. A search
+    index far behind (``AUDIT_SEARCH_LAG_DEGRADED_S``) is ``degraded``, never unready.
     """
     app = request.app
     checks: dict[str, str] = {}
     db = await _check_db(app[POOL])
     checks["postgresql"] = db or "ok"
+    checks["search"] = (await _check_search(app[POOL], app[SETTINGS].search_lag_degraded_s)
+                        if db is None else "unknown: postgresql unreachable")  # fmt: skip
     nc = app[NATS]
     nats_ok = nc.is_connected
     if nats_ok:
@@ -171,6 +184,7 @@ def create_app(
         app.router.add_get("/openapi.json", openapi_handler)
         add_routes(app)
         add_connect_routes(app)
+        add_ui_routes(app)
     return app
 
 
@@ -182,13 +196,14 @@ def build_service(settings: Settings, pool: asyncpg.Pool, nc: Client,
     writes = Writes(settings=settings, limits=limits_for(settings), pool=pool, nc=nc,
                     publisher=Publisher(nc), waiters=Waiters())  # fmt: skip
     signer = load_signer(settings)
+    secret = token_secret(settings)  # page tokens, and (derived) viewer tokens
     access = AccessLog(writes.publish_own, window_s=settings.access_log_window_s,
                        enabled=settings.access_log, metrics=metrics)  # fmt: skip
     return AuditService(
         settings=settings, pool=pool, metrics=metrics,
-        auth=Authenticator(pool, AdminTokenSource(settings).tokens, limiter),
+        auth=Authenticator(pool, AdminTokenSource(settings).tokens, limiter, secret),
         admission=Admission(settings.heavy_read_concurrency, settings.heavy_read_per_key),
-        token_secret=token_secret(settings), writes=writes,
+        token_secret=secret, writes=writes,
         verifier_key=signer.verifier_key, verifiers=trusted_verifiers(settings), access=access,
     )  # fmt: skip
 

@@ -152,6 +152,14 @@ def _get_event(retries: int, event_id: str, tenant_id: str | None) -> Exchange[A
     return answer["event"]
 
 
+def _viewer_token(retries: int, tenant_id: str, ttl_s: int,
+                  filters: dict[str, Any] | None) -> Exchange[Any]:  # fmt: skip
+    body: dict[str, Any] = {"tenant_id": tenant_id, "ttl_s": ttl_s}
+    if filters:
+        body["filters"] = filters
+    return (yield from call("POST", "/v1/viewer-tokens", retries, None, body))
+
+
 def _page(retries: int, filters: dict[str, Any], token: str) -> Exchange[Any]:
     return (yield from call("GET", "/v1/audit/events", retries,
                             {**filters, "page_token": token}))  # fmt: skip
@@ -223,6 +231,13 @@ class AuditClient:
     def get_event(self, event_id: str, tenant_id: str | None = None) -> dict[str, Any]:
         """One event."""
         return self.run(_get_event(self.retries, event_id, tenant_id))
+
+    def create_viewer_token(self, tenant_id: str, *, ttl_s: int = 900,
+                            filters: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+        """Mint a read-only viewer token for ``tenant_id`` (``{"token", "expires_at",
+        "filters", ...}``), narrowed to ``filters`` (``actor_id``, ``resource_id``,
+        ``severities``...; the holder cannot widen them). Needs read scope or the admin."""
+        return self.run(_viewer_token(self.retries, tenant_id, ttl_s, filters))
 
     def pages(self, **filters: Any) -> Iterator[dict[str, Any]]:
         """Every page of matching events (``{"events": [...], "next_page_token": ...}``)."""
@@ -301,6 +316,12 @@ class AsyncAuditClient:
     async def get_event(self, event_id: str, tenant_id: str | None = None) -> dict[str, Any]:
         """One event."""
         return await self.run(_get_event(self.retries, event_id, tenant_id))
+
+    async def create_viewer_token(
+        self, tenant_id: str, *, ttl_s: int = 900, filters: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Mint a read-only viewer token (see :meth:`AuditClient.create_viewer_token`)."""
+        return await self.run(_viewer_token(self.retries, tenant_id, ttl_s, filters))
 
     async def list_events(self, **filters: Any) -> AsyncIterator[dict[str, Any]]:
         """Every matching event, following ``next_page_token``."""

@@ -177,6 +177,39 @@ class KeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                                    "none: until revoked.")] | None = None  # fmt: skip
 
 
+class ViewerFilters(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+                    omit_defaults=True):  # fmt: skip
+    """A viewer token's fixed filters: every read it makes is narrowed to them. A request
+    may narrow further (a subset of the lists, the same scalar values), never widen: asking
+    for more is a 403 naming the parameter; an event outside them is a 404."""
+
+    severities: Annotated[list[Severity], _d("Only these severities.",
+                                             max_length=MAX_LIST_ITEMS)] | None = None  # fmt: skip
+    categories: Annotated[list[Category], _d("Only these categories.",
+                                             max_length=MAX_LIST_ITEMS)] | None = None  # fmt: skip
+    actions: Annotated[list[Annotated[str, msgspec.Meta(
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}(\.\*)?$")]],
+        _d("Only these actions (exact names, or prefixes written as `user.*`).",
+           max_length=MAX_LIST_ITEMS)] | None = None  # fmt: skip
+    actor_type: Annotated[ActorType, _d("Only this actor type.")] | None = None
+    actor_id: Annotated[Text, _d("Only this actor (e.g. a customer's own user).")] | None = None
+    resource_type: Annotated[Text, _d("Only this resource type (primary or related).")] | None = (
+        None
+    )
+    resource_id: Annotated[Text, _d("Only this primary or related resource id.")] | None = None
+
+
+class ViewerTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /v1/viewer-tokens``."""
+
+    tenant_id: Annotated[str, _d("The tenant the token reads (a tenant key: its own).",
+                                 pattern=TENANT_ID_PATTERN)]  # fmt: skip
+    ttl_s: Annotated[int, _d("Lifetime in seconds; cut to AUDIT_VIEWER_TOKEN_MAX_TTL_S "
+                             "(default 3600): expires_at says when it ends.", ge=10,
+                             le=86400)] = 900  # fmt: skip
+    filters: ViewerFilters | None = None
+
+
 class RetentionBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``PUT /v1/admin/tenants/{tenant_id}/retention``."""
 
@@ -319,6 +352,19 @@ class NewKey(Key):
     """A created key; the token is shown only in this answer."""
 
     token: str
+
+
+class ViewerToken(msgspec.Struct):
+    """A minted viewer token: read-only, one tenant, until ``expires_at``. Listed nowhere;
+    it ends at expiry or when the key that minted it is revoked."""
+
+    token: Annotated[str, _d("Bearer token for the viewer page (`/ui/#token=...`) or any "
+                             "read.")]  # fmt: skip
+    tenant_id: str
+    expires_at: Time
+    filters: ViewerFilters
+    key_id: Annotated[str, _d("What the access trail names its reads: the minting key's id "
+                              "and `:viewer`.")]  # fmt: skip
 
 
 class KeyList(msgspec.Struct):

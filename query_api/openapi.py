@@ -124,6 +124,14 @@ OPERATIONS = (
        "Revoke a key (idempotent; admin token).",
        path_params={"key_id": {"type": "string", "minLength": 1, "maxLength": 64}},
        ok={200: (c.Key, "The key, revoked")}, errors=(401, 403, 404, 503)),
+    Op("post", "/v1/viewer-tokens", "CreateViewerToken",
+       "Mint a short-lived, read-only viewer token for one tenant (a key with read scope, "
+       "or the admin token).",
+       body=c.ViewerTokenRequest, ok={201: (c.ViewerToken, "Minted; listed nowhere")},
+       description="For the viewer page (`/ui/#token=...`) or any read. Bound to the tenant, "
+                   "read-only, ends at expires_at or when the minting key is revoked; "
+                   "its fixed filters narrow every read it makes (a request asking for more "
+                   "is a 403, an event outside them a 404). A viewer token cannot mint one."),
     Op("get", "/v1/admin/tenants/{tenant_id}/retention", "GetTenantPolicy",
        "A tenant's retention and legal hold as they apply now (admin token).",
        path_params={"tenant_id": _TENANT}, ok={200: (c.TenantPolicy, "The policy")}),

@@ -238,6 +238,16 @@ async def revoke_key(request: web.Request) -> web.Response:
     return _json(await _service(request).revoke_key(who, request.match_info["key_id"]))
 
 
+# -- viewer tokens ---------------------------------------------------------------------------
+async def create_viewer_token(request: web.Request) -> web.Response:
+    """POST /v1/viewer-tokens: a short-lived read-only token for the viewer page."""
+    who = await principal(request)
+    only_params(request.query, frozenset())
+    body = _decode(await request.read(), _viewer_body,
+                   '{"tenant_id": ..., "ttl_s": N, "filters": {...}}')  # fmt: skip
+    return _json(await _service(request).create_viewer_token(who, body), status=201)
+
+
 # -- tenant policies -------------------------------------------------------------------------
 class _WholeNumbers:
     """A decoder for bodies with integers that takes 400.0 as 400, as JSON Schema does."""
@@ -254,6 +264,7 @@ class _WholeNumbers:
 
 
 _retention_body = _WholeNumbers(contract.RetentionBody)
+_viewer_body = _WholeNumbers(contract.ViewerTokenRequest)
 _hold_dec = msgspec.json.Decoder(contract.HoldBody)
 
 
@@ -356,6 +367,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/admin/keys", create_key)
     r.add_get("/v1/admin/keys", list_keys)
     r.add_delete("/v1/admin/keys/{key_id}", revoke_key)
+    r.add_post("/v1/viewer-tokens", create_viewer_token)
     r.add_get("/v1/admin/tenants/{tenant_id}/retention", get_retention)
     r.add_put("/v1/admin/tenants/{tenant_id}/retention", put_retention)
     r.add_put("/v1/admin/tenants/{tenant_id}/legal-hold", put_hold)

@@ -10,12 +10,15 @@ contract keeps it so).
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from infra.metrics import Metrics
 from infra.settings import Settings
@@ -37,6 +40,8 @@ from query_api.filters import (
     stats_bucket,
 )
 from query_api.policies import Policies
+from query_api.viewer import encode as encode_viewer
+from query_api.viewer import matches, narrow, new_claims, parse_fixed, public_filters
 from query_api.writes import Writes
 from schemas import tlog
 
@@ -74,6 +79,13 @@ def _size(params: Params, name: str) -> int:
     if not value.isdigit() or not 0 < int(value) <= contract.MAX_SIZE:
         raise bad_request(f"{name} must be a checkpoint size (a positive whole number)", name)
     return int(value)
+
+
+def _whole_log(who: Principal) -> None:
+    """Refuse reads that show the whole log (verify, consistency) to a narrowed viewer."""
+    if who.fixed is not None:
+        raise ApiError(403, "permission_denied", "this viewer token is limited to some events "
+                       "and cannot read the whole log")  # fmt: skip
 
 
 def only_params(params: Params, allowed: frozenset[str]) -> None:
@@ -132,7 +144,7 @@ class AuditService:
     async def list_page(self, who: Principal, params: Params) -> Page:
         """One keyset page of ``who``'s tenant, newest first unless ``order=asc``."""
         who.require("read")
-        q = parse_query(params, LIST_PARAMS)
+        q = narrow(parse_query(params, LIST_PARAMS), who.fixed)
         tenant = who.tenant_for(q.tenant_id)
         fp = cursor.fingerprint(q.fingerprint_parts(tenant))
         after = None
@@ -166,6 +178,8 @@ class AuditService:
         tenant = who.tenant_for(tenant_id)
         async with self._read(tenant) as conn:
             doc = await sql.get_event(conn, tenant, eid)
+        if doc is not None and who.fixed is not None and not matches(json.loads(doc), who.fixed):
+            doc = None  # outside a viewer token's fixed filters: as if it did not exist
         self.access.read(who, tenant, "get", {"id": str(eid)}, int(doc is not None))
         if doc is None:
             raise not_found()
@@ -174,7 +188,7 @@ class AuditService:
     async def stats(self, who: Principal, params: Params) -> contract.Stats:
         """Counts by severity and category and a time histogram over [start, end)."""
         who.require("read")
-        q = parse_query(params, STATS_PARAMS)
+        q = narrow(parse_query(params, STATS_PARAMS), who.fixed)
         tenant = who.tenant_for(q.tenant_id)
         end = q.end_time or datetime.now(UTC)
         start = q.start_time or max(end, TIME_MIN + timedelta(hours=24)) - timedelta(hours=24)
@@ -192,7 +206,7 @@ class AuditService:
     def export_plan(self, who: Principal, params: Params) -> ExportPlan:
         """Authorise and parse an export (errors before anything is streamed)."""
         who.require("read")
-        q = parse_query(params, EXPORT_PARAMS)
+        q = narrow(parse_query(params, EXPORT_PARAMS), who.fixed)
         tenant = who.tenant_for(q.tenant_id)
         query, args = sql.export_query(q, tenant)
         return ExportPlan(tenant, q.format, query, args, filters_of(params))
@@ -215,6 +229,12 @@ class AuditService:
                                    ("audit_log", plan.tenant_id), done)  # fmt: skip
 
     # -- verification --------------------------------------------------------------------
+    async def _within(self, conn: asyncpg.Connection, who: Principal, tenant: str,
+                      eid: Any) -> bool:  # fmt: skip
+        """Is event ``eid`` within ``who``'s fixed filters (and there)?"""
+        doc = await sql.get_event(conn, tenant, eid)
+        return doc is not None and matches(json.loads(doc), who.fixed)
+
     async def public_keys(self) -> contract.PublicKeys:
         """The signing key in use and every key that has signed checkpoints (no auth)."""
         async with self.pool.acquire() as conn:
@@ -228,6 +248,7 @@ class AuditService:
     async def verify(self, who: Principal, tenant_id: str | None) -> LogReport:
         """The tenant's log verified: chain, signed checkpoints, witness copy."""
         who.require("read")
+        _whole_log(who)
         tenant = who.tenant_for(tenant_id)
         witness = await read_witness(self.writes.nc, self.settings, tenant)
         async with (self.admission.admit(who.key_id, "verifications"),
@@ -247,21 +268,25 @@ class AuditService:
         eid = parse_event_id(event_id)
         tenant = who.tenant_for(tenant_id)
         async with self._read(tenant) as conn:
-            found = await proofs.inclusion(conn, tenant, eid)
-        self.access.read(who, tenant, "proof", {"id": str(eid)}, int(not isinstance(found, str)))
-        if found == "not_signed":
+            found: proofs.InclusionProof | proofs.NoProof = proofs.NoProof.NOT_FOUND
+            if who.fixed is None or await self._within(conn, who, tenant, eid):
+                found = await proofs.inclusion(conn, tenant, eid)
+        self.access.read(who, tenant, "proof", {"id": str(eid)},
+                         int(not isinstance(found, proofs.NoProof)))  # fmt: skip
+        if found is proofs.NoProof.NOT_SIGNED:
             why = (
                 "the event is not covered by a signed checkpoint yet (checkpoints follow "
                 "within AUDIT_CHECKPOINT_INTERVAL_S)"
             )
             raise ApiError(404, "not_found", why)
-        if isinstance(found, str):
+        if isinstance(found, proofs.NoProof):
             raise not_found()
         return found
 
     async def consistency(self, who: Principal, params: Params) -> proofs.ConsistencyProof:
         """The consistency proof between two of the tenant's checkpoint sizes."""
         who.require("read")
+        _whole_log(who)
         only_params(params, contract.param_names(contract.ConsistencyParams) | {"from"})
         tenant = who.tenant_for(params.get("tenant_id"))
         old, new = _size(params, "from"), _size(params, "to")
@@ -271,7 +296,7 @@ class AuditService:
         async with self._read(tenant) as conn:
             found = await proofs.consistency(conn, tenant, old, new)
         self.access.read(who, tenant, "consistency", {"from": str(old), "to": str(new)}, 0)
-        if isinstance(found, str):
+        if isinstance(found, proofs.NoProof):
             raise ApiError(404, "not_found", "no signed checkpoint at one of those sizes")
         return found
 
@@ -315,6 +340,32 @@ class AuditService:
         self.access.record(who, tenant_id, "api_key.create", ("api_key", key_id),
                            {"scopes": wanted, "expires_at": expiry})  # fmt: skip
         return contract.NewKey(**row, token=token)
+
+    async def create_viewer_token(
+        self, who: Principal, body: contract.ViewerTokenRequest
+    ) -> contract.ViewerToken:
+        """A viewer token for ``body.tenant_id``: read-only, narrowed to ``body.filters``,
+        until now + ``ttl_s`` (cut to AUDIT_VIEWER_TOKEN_MAX_TTL_S). Minted by the admin
+        token or a key with read scope, never by a viewer token (it could outlive itself)."""
+        who.require("read")
+        if who.viewer:
+            raise ApiError(403, "permission_denied", "a viewer token cannot mint viewer tokens")
+        tenant = who.tenant_for(check_tenant(body.tenant_id))
+        if self.auth.viewer_key is None:
+            raise ApiError(503, "unavailable", "viewer tokens are not enabled on this server")
+        fixed = parse_fixed(msgspec.to_builtins(body.filters) if body.filters else {})
+        filters = public_filters(fixed)
+        ttl = min(body.ttl_s, self.settings.viewer_token_max_ttl_s)
+        expires = int(time.time()) + ttl
+        claims = new_claims(tenant, filters, expires, who.key_id)
+        token = encode_viewer(claims, self.auth.viewer_key)
+        expires_at = datetime.fromtimestamp(expires, UTC)
+        self.access.record(who, tenant, "viewer_token.create", ("audit_log", tenant), {
+            "filters": msgspec.to_builtins(filters), "ttl_s": ttl,
+            "expires_at": expires_at.isoformat().replace("+00:00", "Z"),
+        })  # fmt: skip
+        return contract.ViewerToken(token=token, tenant_id=tenant, expires_at=expires_at,
+                                    filters=filters, key_id=f"{who.key_id}:viewer")  # fmt: skip
 
     # -- tenant policies (admin only) ------------------------------------------------------
     async def policy(self, who: Principal, tenant_id: str) -> contract.TenantPolicy:
