@@ -9,7 +9,7 @@ DEV_STAMP     := $(VENV)/.installed-dev
 STATE_DIR ?= $(or $(AUDIT_STATE_DIR),.auditlog)
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run dev-setup migrate test test-unit test-integration lint bench bench-quick peers-setup bench-peers clean destroy-state
+.PHONY: help install install-dev run dev-setup migrate test test-unit test-integration test-pure lint bench bench-quick peers-setup bench-peers clean destroy-state
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -19,14 +19,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# The service and its runtime dependencies only (what a deployment installs).
-$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+# The service and its runtime dependencies only (what a deployment installs). The install
+# also builds the C extension pipeline._fastpath in place (setup.py) when a C compiler is
+# there, so a changed C source reinstalls.
+$(RUNTIME_STAMP): pyproject.toml setup.py pipeline/_fastpath.c | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	@touch $@
 
 # The service with the dev tools (pytest, ruff, mypy, moto, schemathesis, tansu, ...);
 # a superset of the runtime install, so it satisfies that stamp too.
-$(DEV_STAMP): pyproject.toml | $(BIN)/python
+$(DEV_STAMP): pyproject.toml setup.py pipeline/_fastpath.c | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@ $(RUNTIME_STAMP)
 
@@ -52,6 +54,15 @@ test-unit: $(DEV_STAMP) ## Run the offline unit tests only
 test-integration: $(DEV_STAMP) ## Run the integration tests only
 	$(BIN)/pytest -q tests/integration $(PYTEST_ARGS)
 
+# `make test` runs the pipeline on the compiled hot path (built at install) and compares
+# both paths (tests/unit/test_fastpath.py); this runs the pipeline's own tests again on
+# the pure Python path.
+PURE_TESTS ?= tests/unit/test_stages.py tests/unit/test_worker.py tests/unit/test_chain.py \
+	tests/integration/test_pipeline.py tests/integration/test_storage.py \
+	tests/integration/test_chain_verify.py tests/integration/test_hostile.py
+test-pure: $(DEV_STAMP) ## The pipeline's tests on the pure Python path (AUDIT_PURE_PYTHON=1)
+	AUDIT_PURE_PYTHON=1 $(BIN)/pytest -q -p no:cacheprovider $(PURE_TESTS) $(PYTEST_ARGS)
+
 lint: $(DEV_STAMP) ## ruff, mypy, the layer contracts (import-linter), the deployment files
 	$(BIN)/ruff check schemas infra pipeline query_api auditlog sql tests benchmarks deploy
 	$(BIN)/ruff format --check schemas infra pipeline query_api auditlog sql tests benchmarks deploy
@@ -76,7 +87,8 @@ bench-peers: $(DEV_STAMP) peers-setup ## Ours vs mq-bridge vs Pathway on one pre
 	$(BIN)/python -m benchmarks.peers $(BENCH_ARGS)
 
 clean: ## Remove the virtualenvs, caches and build output (never the state dir)
-	rm -rf $(VENV) $(PEERS_VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
+	rm -rf $(VENV) $(PEERS_VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info \
+	  clients/typescript/node_modules clients/typescript/dist
 	find schemas infra pipeline query_api auditlog sql tests benchmarks -name __pycache__ -type d -prune -exec rm -rf {} +
 	@echo "kept $(STATE_DIR) (the audit log and its keys); deleting it: make destroy-state"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from auditlog import cli_admin, cli_api, cli_ops, cli_viewer
+from auditlog import cli_admin, cli_api, cli_ops, cli_streams, cli_viewer
 from infra import logs
 from infra.errors import AuditLogError
 from infra.settings import Settings, load_settings
@@ -284,6 +284,7 @@ cli.add_command(cli_ops.partitions)
 cli.add_command(cli_ops.publish)
 cli.add_command(cli_ops.doctor)
 cli.add_command(cli_viewer.viewer_token)
+cli.add_command(cli_streams.streams)
 
 
 def main() -> None:

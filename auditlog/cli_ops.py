@@ -21,7 +21,7 @@ from rich.table import Table
 from auditlog.endpoints import api_ssl, api_url, database_url, nats_url
 from infra.errors import AuditLogError
 from infra.migrate import is_current
-from infra.settings import Settings
+from infra.settings import Settings, nats_servers
 from pipeline.dlq import is_truncated, replay_headers, replay_subject
 from pipeline.source_nats import nats_options
 from pipeline.synthetic import synthetic_events, tenant_ids
@@ -43,7 +43,7 @@ async def _nats(settings: Settings) -> Any:
     url = nats_url(settings)
     try:
         return await asyncio.wait_for(
-            nats.connect(url, allow_reconnect=False, connect_timeout=3,
+            nats.connect(nats_servers(url), allow_reconnect=False, connect_timeout=3,
                          max_reconnect_attempts=0, **nats_options(settings)),
             timeout=5)  # fmt: skip
     except (TimeoutError, OSError, nats.errors.Error) as exc:

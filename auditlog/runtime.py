@@ -39,8 +39,11 @@ from pipeline.commits import encode_keys
 from pipeline.dlq_kafka import KafkaDeadLetters
 from pipeline.dlq_nats import NatsDeadLetters
 from pipeline.flush import PgStore
+from pipeline.indexer import SearchIndexer
+from pipeline.nats_streams import ensure_stream
 from pipeline.source_kafka import KafkaSource
-from pipeline.source_nats import JetStreamSource, connect, ensure_stream
+from pipeline.source_nats import JetStreamSource, connect
+from pipeline.streams import StreamAgent
 from pipeline.worker import Worker, waited_for
 from query_api.app import create_app
 
@@ -158,6 +161,18 @@ async def until_up(what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio
             delay = min(delay * 2, 30.0)
 
 
+def commit_announcer(nc: Any, settings: Settings) -> Callable[..., Awaitable[None]]:
+    """A worker's ``on_commit``: the keys it committed (and refused) on the commit subject,
+    where the write API of every replica waits for them."""
+
+    async def announce(stored: list[Any], duplicates: list[Any], rejected: list[Any]) -> None:
+        if stored or duplicates or rejected:
+            payload = encode_keys([*stored, *duplicates], rejected)
+            await nc.publish(settings.commit_subject, payload)
+
+    return announce
+
+
 class Pipeline:
     """One pipeline worker in this process for one source (``nats`` or ``kafka``),
     restarted with backoff if it ever fails.
@@ -239,8 +254,8 @@ class Pipeline:
         status = self.worker.status()
         source = self.worker.source
         if isinstance(source, KafkaSource):
-            if source.broker_error:
-                return f"degraded: kafka broker unreachable ({source.broker_error[:200]})"
+            if source.broker_problem is not None:
+                return f"degraded: kafka broker unreachable ({source.broker_problem[:200]})"
             paused = source.paused()
             if paused and status == "ok":
                 return (f"degraded: kafka partition(s) {', '.join(paused[:10])} paused: a "
@@ -357,6 +372,48 @@ async def _start_checkpointer(settings: Settings, pool: asyncpg.Pool, nc: Any,
     return checkpointer
 
 
+def _start_indexer(settings: Settings, pool: asyncpg.Pool, stack: contextlib.AsyncExitStack,
+                   metrics: Metrics) -> SearchIndexer:  # fmt: skip
+    """Run the search indexer (pipeline/indexer.py) until the stack closes."""
+    indexer = SearchIndexer(settings, pool, metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(indexer.run(stop), name="search-indexer")
+
+    async def finish() -> None:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, timeout=settings.shutdown_timeout_s)
+        except TimeoutError:
+            log.error("the search indexer did not stop in %.0fs", settings.shutdown_timeout_s)
+
+    stack.push_async_callback(finish)
+    log.info("search index kept up to date every %gs", settings.search_index_interval_s)
+    return indexer
+
+
+def _start_streams(settings: Settings, dsn: str, stack: contextlib.AsyncExitStack,
+                   metrics: Metrics) -> StreamAgent:  # fmt: skip
+    """Deliver streams out (pipeline/streams.py) until the stack closes: the streams whose
+    lease this process takes, each from its cursor.
+
+    Raises:
+        ConfigError: the stream key (AUDIT_STREAMS_SECRET_KEY or the state dir's) is bad.
+    """
+    agent = StreamAgent(settings, dsn, metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop), name="streams")
+
+    async def finish() -> None:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, timeout=settings.shutdown_timeout_s)
+        except TimeoutError:
+            log.error("stream delivery did not stop in %.0fs", settings.shutdown_timeout_s)
+
+    stack.push_async_callback(finish)
+    return agent
+
+
 async def _retention_loop(owner_dsn: str, settings: Settings, metrics: Metrics) -> None:
     """Drop what retention allows, every AUDIT_RETENTION_INTERVAL_S (the first round a
     minute after start, or one interval when that is shorter), with the owner's
@@ -435,12 +492,7 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True,
             log.info("stopped while waiting for dependencies")
             return {"stored": 0, "duplicates": 0, "dead_lettered": 0}
         metrics = Metrics()
-
-        async def announce(stored: list[Any], duplicates: list[Any], rejected: list[Any]) -> None:
-            if stored or duplicates or rejected:
-                payload = encode_keys([*stored, *duplicates], rejected)
-                await nc.publish(settings.commit_subject, payload)
-
+        announce = commit_announcer(nc, settings)
         kinds = ((["nats"] if settings.nats_ingest else [])
                  + (["kafka"] if settings.kafka_bootstrap else [])) if ingest else []  # fmt: skip
         pipelines = [Pipeline(settings, pipe_pool, nc, metrics, announce, k) for k in kinds]
@@ -457,6 +509,10 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True,
             if settings.retention_interval_s > 0 and creds.owner:
                 job = _retention_loop(creds.owner, settings, metrics)
                 stack.callback(asyncio.create_task(job, name="retention").cancel)
+        if settings.search_index_interval_s > 0:  # one process at a time indexes (a lease)
+            _start_indexer(settings, pipe_pool, stack, metrics)
+        if ingest and settings.streams_deliver:  # streams out: each under its own lease
+            _start_streams(settings, creds.runtime, stack, metrics)
         tasks = [asyncio.create_task(p.run(), name=f"pipeline-{p.kind}") for p in pipelines]
         stack.push_async_callback(_drain, pipelines, tasks, settings.shutdown_timeout_s)
         reads = cast(asyncpg.Pool, TimedPool(api_pool, settings.db_acquire_timeout_s))
@@ -525,7 +581,7 @@ async def _update_gauges(metrics: Metrics, api_pool: asyncpg.Pool, pipe_pool: as
 async def _source_gauges(metrics: Metrics, worker: Worker) -> None:
     source = worker.source
     kind = getattr(source, "kind", "nats")
-    metrics.last_commit_age.labels(kind).set(worker.stalled_for())
+    metrics.last_progress_age.labels(kind).set(worker.last_progress_age_s())
     if isinstance(source, JetStreamSource | KafkaSource):
         metrics.oldest_unacked.labels(kind).set(source.oldest_held_age_s(time.time_ns()))
     try:
@@ -534,7 +590,7 @@ async def _source_gauges(metrics: Metrics, worker: Worker) -> None:
             metrics.consumer_pending.set(pending)
             metrics.consumer_ack_pending.set(ack_pending)
         elif isinstance(source, KafkaSource):
-            await source.probe()
+            await source.probe_broker()
             metrics.kafka_lag.clear()
             for (topic, partition), lag in (await source.lag()).items():
                 metrics.kafka_lag.labels(topic, str(partition)).set(lag)

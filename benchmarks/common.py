@@ -76,11 +76,18 @@ def bench_servers() -> Iterator[tuple[str, str]]:
             pg = EmbeddedPostgres(root)
             pg.start()
             db = pg.dsn("postgres")
+            with contextlib.suppress(OSError, ValueError):
+                _SCOPE.add(int((pg.data / "postmaster.pid").read_text().split()[0]))
         if not nurl:
             n = EmbeddedNats(root)
             nurl = n.start()
+            if n.pid:
+                _SCOPE.add(n.pid)
+        if pg and n:  # only our own servers' and children's CPU (a shared host runs others')
+            _SCOPE.add(os.getpid())
         yield db, nurl
     finally:
+        _SCOPE.clear()
         if n:
             n.stop()
         if pg:
@@ -252,15 +259,33 @@ def worker_rss_kib(pid: int, field: str = "VmHWM") -> int:
     return best
 
 
+# With embedded servers: the pids whose process trees are this benchmark's (its own, the
+# postmaster's, nats-server's). Empty: every process on the host counts (external servers).
+_SCOPE: set[int] = set()
+
+
+def _in_scope(pid: int, parents: dict[int, int]) -> bool:
+    for _ in range(8):  # postgres backends are children, workers grandchildren
+        if pid in _SCOPE:
+            return True
+        pid = parents.get(pid, 0)
+        if pid <= 1:
+            return False
+    return False
+
+
 def cpu_seconds_by_component() -> dict[str, float]:
     """CPU seconds (user + system) used so far by live processes, grouped as
     ``postgresql``, ``nats-server``, ``tansu`` (the Kafka scenario's broker), ``pipeline``
     (`auditlog pipeline` workers), ``service`` (`auditlog run`: API + worker, or `auditlog
-    api`) and ``load`` (this benchmark process)."""
+    api`) and ``load`` (this benchmark process). With embedded servers only the processes
+    of this benchmark count (other servers on a shared host are not ours)."""
     tick = os.sysconf("SC_CLK_TCK")
     own = os.times()
     out = {"postgresql": 0.0, "nats-server": 0.0, "tansu": 0.0, "pipeline": 0.0,
            "service": 0.0, "peer": 0.0, "load": own.user + own.system}  # fmt: skip
+    procs: list[tuple[int, str, list[str], bytes]] = []
+    parents: dict[int, int] = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -269,8 +294,12 @@ def cpu_seconds_by_component() -> dict[str, float]:
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(d.name)] = int(fields[1])
+        procs.append((int(d.name), stat[stat.index("(") + 1 : stat.rindex(")")], fields, cmd))
+    for pid, comm, fields, cmd in procs:
+        if _SCOPE and not _in_scope(pid, parents):
+            continue
         cpu = (int(fields[11]) + int(fields[12])) / tick
         if comm == "postgres":
             out["postgresql"] += cpu

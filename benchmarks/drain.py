@@ -23,6 +23,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -99,13 +100,41 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
             if proc.poll() is not None:
                 raise RuntimeError("pipeline exited early")
             await asyncio.sleep(0.05)
+        searchable = await until_searchable(dsn, proc)
     finally:
         proc.terminate()
         proc.wait(60)
         await nc.close()
     assert t_first is not None and t_end is not None
-    return _measures(total, await stored_rows(dsn), t_first, t_end, pub_rate, peak_rss,
-                     cpu_first, cpu_end, samples)  # fmt: skip
+    out = _measures(total, await stored_rows(dsn), t_first, t_end, pub_rate, peak_rss,
+                    cpu_first, cpu_end, samples)  # fmt: skip
+    if searchable is not None:  # stored and searchable: the search indexer caught up too
+        t_search, cpu_search = searchable
+        out["searchable_per_s"] = total / (t_search - t_first)
+        out["searchable_after_stored_s"] = t_search - t_end
+        out["cpu_us_per_event_searchable"] = cpu_per_item(cpu_first, cpu_search, total)
+    return out
+
+
+async def until_searchable(dsn: str, proc: subprocess.Popen[bytes],
+                           timeout: float = 300) -> tuple[float, dict[str, float]] | None:  # fmt: skip
+    """When the search index (``audit.search_lag()``, the indexer behind ingestion) has
+    every stored event: (time, CPU by component then), or None without an indexer."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline and proc.poll() is None:
+            try:
+                lag = await conn.fetchval("SELECT events FROM audit.search_lag()")
+            except asyncpg.UndefinedFunctionError:
+                return None  # a schema without the search indexer
+            if lag == 0:
+                return time.perf_counter(), cpu_seconds_by_component()
+            await asyncio.sleep(0.05)
+        print("  the search index never caught up", file=sys.stderr, flush=True)
+        return None
+    finally:
+        await conn.close()
 
 
 def _measures(total: int, rows: int, t_first: float, t_end: float, pub_rate: float,

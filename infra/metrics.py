@@ -72,7 +72,10 @@ class Metrics:
             ["source"],
             registry=r,
         )
-        self.last_commit_age = Gauge(
+        # One quantity, one name: Worker.last_progress_age_s() -> last_progress_age ->
+        # auditlog_pipeline_last_progress_age_seconds (the metric name is what dashboards
+        # and alerts use: keep it).
+        self.last_progress_age = Gauge(
             "auditlog_pipeline_last_progress_age_seconds",
             "Seconds since the worker last settled a batch (0 when it holds nothing)",
             ["source"],
@@ -170,6 +173,51 @@ class Metrics:
             "Start of this process's last checkpoint round that left no tenant unsigned: every"
             " event committed before it is under a signed checkpoint (0: this process never"
             " held the checkpointer lease; take the max over processes)", registry=r,
+        )  # fmt: skip
+        self.search_indexed = Counter(
+            "auditlog_search_indexed_events", "Events added to the search index by this"
+            " process (pipeline/indexer.py)", registry=r,
+        )  # fmt: skip
+        self.search_lag_events = Gauge(
+            "auditlog_search_lag_events",
+            "Events committed and not yet in the search index (exported by the process"
+            " holding the indexer lease, 0 elsewhere: take the max over processes)", registry=r,
+        )  # fmt: skip
+        self.search_lag_seconds = Gauge(
+            "auditlog_search_lag_seconds",
+            "The oldest event not yet in the search index is younger than this (0: none;"
+            " the indexer lease holder exports it, 0 elsewhere: take the max)", registry=r,
+        )  # fmt: skip
+        # Streams out (pipeline/streams.py): per stream, exported by the process holding its
+        # lease (no series elsewhere: take the max over processes).
+        self.stream_lag_events = Gauge(
+            "auditlog_stream_lag_events", "Events of the stream's tenant committed after the"
+            " stream's cursor (not yet delivered or skipped by its filters)", ["stream"],
+            registry=r,
+        )  # fmt: skip
+        self.stream_lag_seconds = Gauge(
+            "auditlog_stream_lag_seconds", "Age (since committed) of the oldest event read and"
+            " not yet delivered (0: caught up)", ["stream"], registry=r,
+        )  # fmt: skip
+        self.stream_delivered = Counter(
+            "auditlog_stream_delivered_events", "Records a stream's receiver took (2xx)",
+            ["stream"], registry=r,
+        )  # fmt: skip
+        self.stream_failures = Counter(
+            "auditlog_stream_delivery_failures", "Delivery attempts that failed (retried after"
+            " a backoff, or the stream paused)", ["stream"], registry=r,
+        )  # fmt: skip
+        self.stream_pauses = Counter(
+            "auditlog_stream_pauses", "Times a stream was paused for failing", ["stream"],
+            registry=r,
+        )  # fmt: skip
+        self.stream_gaps = Counter(
+            "auditlog_stream_gap_records", "Gap records delivered for seqs retention dropped"
+            " before the stream got to them", ["stream"], registry=r,
+        )  # fmt: skip
+        self.streams_paused = Gauge(
+            "auditlog_streams_paused", "Streams paused now (every delivering process exports"
+            " the same count: take the max)", registry=r,
         )  # fmt: skip
         self.http_seconds = Histogram(
             "auditlog_http_request_duration_seconds",

@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -30,6 +31,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # runtime login and may run retention; AUDIT_DATABASE_URL is then the runtime login
     # (may be empty: derived from this URL and the runtime password).
     database_owner_url: str = ""  # AUDIT_DATABASE_OWNER_URL
+    # One nats:// or tls:// URL, or several comma-separated (the nodes of a cluster: the
+    # first that answers is used, the others on reconnects). :func:`nats_servers` splits it.
     nats_url: str = ""  # AUDIT_NATS_URL
     state_dir: str = ".auditlog"  # AUDIT_STATE_DIR
     # Admin bearer tokens, comma-separated (several at once for rotation). Unset: the
@@ -70,6 +73,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Source stream: interest retention (a message goes once the pipeline acked it), and
     # at most this many bytes of backlog; beyond it JetStream refuses publishers.
     stream_max_bytes: int = 4 * 1024**3  # AUDIT_STREAM_MAX_BYTES
+    # Copies of every stream the service makes (AUDIT, AUDIT_DLQ, AUDIT_CHECKPOINTS) on a
+    # NATS cluster; raised in place on existing streams, never lowered (README, "NATS").
+    stream_replicas: int = 1  # AUDIT_STREAM_REPLICAS (1..5)
     # Dead letters (raw payloads): kept this long and at most this many bytes; when full,
     # new dead letters are refused and their messages wait in the source stream.
     dlq_max_age_days: float = 30.0  # AUDIT_DLQ_MAX_AGE_DAYS
@@ -119,10 +125,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     checkpoint_stream: str = "AUDIT_CHECKPOINTS"  # AUDIT_CHECKPOINT_STREAM (the witness copy)
     checkpoint_subject: str = "audit.checkpoints"  # AUDIT_CHECKPOINT_SUBJECT (.<tenant token>)
     checkpoint_file: str = ""  # AUDIT_CHECKPOINT_FILE (also append every signed note here)
+    # The search index is filled behind ingestion (pipeline/indexer.py) this often by the
+    # process holding its lease (0: never; `q` stays exact, slower); /readyz is degraded
+    # while its oldest unindexed event is older than the second bound.
+    search_index_interval_s: float = 0.25  # AUDIT_SEARCH_INDEX_INTERVAL_S (0: off)
+    search_lag_degraded_s: float = 60.0  # AUDIT_SEARCH_LAG_DEGRADED_S
     # Reads, exports and key/policy changes logged into the tenant's own log; reads are
     # summarised per key and filter over this window (query_api/access_log.py).
     access_log: bool = True  # AUDIT_ACCESS_LOG
     access_log_window_s: float = 60.0  # AUDIT_ACCESS_LOG_WINDOW_S
+    # The viewer page (/ui/) and its tokens (query_api/viewer.py): the longest a viewer
+    # token may live, and who may frame the page (CSP frame-ancestors sources).
+    viewer_token_max_ttl_s: int = 3600  # AUDIT_VIEWER_TOKEN_MAX_TTL_S
+    ui_frame_ancestors: str = "'none'"  # AUDIT_UI_FRAME_ANCESTORS
     # Kafka source (pipeline/source_kafka.py): consumed beside NATS when a bootstrap is set.
     kafka_bootstrap: str = ""  # AUDIT_KAFKA_BOOTSTRAP (host:port[,host:port...]; empty: off)
     kafka_topic: str = "audit.events"  # AUDIT_KAFKA_TOPIC
@@ -134,6 +149,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # API rate limit per tenant key (every protocol); 0 disables. The admin token is exempt.
     rate_limit_per_s: float = 1000.0  # AUDIT_RATE_LIMIT_PER_S
     rate_limit_burst: int = 2000  # AUDIT_RATE_LIMIT_BURST
+    # Streams out (pipeline/streams.py): every `auditlog run` / `auditlog pipeline` process
+    # delivers the streams whose lease it holds, unless this is false.
+    streams_deliver: bool = True  # AUDIT_STREAMS_DELIVER
+    # Destinations resolving to non-public addresses (loopback, private, link-local, cloud
+    # metadata...) are refused unless inside these comma-separated networks (CIDR).
+    streams_allow_private: str = ""  # AUDIT_STREAMS_ALLOW_PRIVATE (e.g. 10.0.0.0/8)
+    streams_ca_file: str = ""  # AUDIT_STREAMS_CA_FILE (CA bundle outbound TLS trusts)
+    streams_secret_key: str = ""  # AUDIT_STREAMS_SECRET_KEY (default: <state dir>/streams-key)
+    streams_batch_max_events: int = 500  # AUDIT_STREAMS_BATCH_MAX_EVENTS
+    streams_batch_max_bytes: int = 1_048_576  # AUDIT_STREAMS_BATCH_MAX_BYTES
+    streams_batch_max_latency_ms: int = 1000  # AUDIT_STREAMS_BATCH_MAX_LATENCY_MS
+    streams_poll_ms: int = 250  # AUDIT_STREAMS_POLL_MS (a caught-up stream looks this often)
+    streams_timeout_s: float = 10.0  # AUDIT_STREAMS_TIMEOUT_S (one delivery request)
+    streams_max_response_bytes: int = 65_536  # AUDIT_STREAMS_MAX_RESPONSE_BYTES
+    streams_retry_max_s: float = 30.0  # AUDIT_STREAMS_RETRY_MAX_S (backoff cap)
+    streams_pause_after_s: float = 900.0  # AUDIT_STREAMS_PAUSE_AFTER_S (failing this long)
+    streams_cooldown_s: float = 3600.0  # AUDIT_STREAMS_COOLDOWN_S (0: only an operator resumes)
+    streams_max_per_process: int = 64  # AUDIT_STREAMS_MAX_PER_PROCESS
 
     def __repr__(self) -> str:
         shown = {f: getattr(self, f) for f in self.__struct_fields__}
@@ -145,6 +178,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         shown["nats_password"] = "***" if self.nats_password else ""
         shown["nats_token"] = "***" if self.nats_token else ""
         shown["runtime_password"] = "***" if self.runtime_password else ""
+        shown["streams_secret_key"] = "***" if self.streams_secret_key else ""
         inner = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         return f"Settings({inner})"
 
@@ -162,6 +196,33 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 # Room for several of the largest messages (an event at the limit plus its headers).
 MIN_INFLIGHT_BYTES = 1024 * 1024
+NATS_SCHEMES = ("nats", "tls")
+
+
+def nats_servers(url: str) -> list[str]:
+    """The server URLs of ``AUDIT_NATS_URL``: one URL, or several separated by commas.
+
+    nats-py takes a list but reads a comma-separated string as one (invalid) URL, so every
+    connection the service makes passes this list instead.
+
+    Raises:
+        ValueError: an item is empty or not a ``nats://`` / ``tls://`` URL with a host (and
+            a port from 1 to 65535, when given), saying which.
+    """
+    servers = [item.strip() for item in url.split(",")]
+    for i, item in enumerate(servers, 1):
+        where = f"item {i} of {len(servers)} ({redact_url(item)!r})"
+        try:
+            parts = urlsplit(item)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+        if parts.scheme.lower() not in NATS_SCHEMES or not parts.hostname:
+            raise ValueError(f"{where}: not a nats://host[:port] or tls://host[:port] URL")
+        if port == 0 or parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"{where}: only [user[:password]@]host[:port] after the scheme")
+    return servers
+
 
 _ENV: dict[str, str] = {f: "AUDIT_" + f.upper() for f in Settings.__struct_fields__}
 
@@ -211,6 +272,11 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("AUDIT_RETENTION_ARCHIVE", "s3://<bucket>[/<prefix>], a valid bucket")
     if not 0.1 <= settings.access_log_window_s <= 3600:
         raise ConfigError("AUDIT_ACCESS_LOG_WINDOW_S", "must be between 0.1 and 3600 seconds")
+    if not 10 <= settings.viewer_token_max_ttl_s <= 86400:
+        raise ConfigError("AUDIT_VIEWER_TOKEN_MAX_TTL_S", "must be between 10 and 86400 seconds")
+    if not re.fullmatch(r"[^;,\s][^;,\r\n]*", settings.ui_frame_ancestors):
+        raise ConfigError("AUDIT_UI_FRAME_ANCESTORS", "CSP frame-ancestors sources, e.g. "
+                          "'none', 'self' or https://app.example.com (no ';' or ',')")  # fmt: skip
     if settings.kafka_bootstrap and not re.fullmatch(
         r"[^\s,:]+:\d{1,5}(,[^\s,:]+:\d{1,5})*", settings.kafka_bootstrap
     ):
@@ -225,10 +291,24 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("AUDIT_KAFKA_MAX_MESSAGE_BYTES", "must be between 1024 and 104857600")
     if not 1 <= settings.kafka_session_timeout_s <= 300:
         raise ConfigError("AUDIT_KAFKA_SESSION_TIMEOUT_S", "must be between 1 and 300 seconds")
+    if settings.nats_url:
+        try:
+            nats_servers(settings.nats_url)
+        except ValueError as exc:
+            raise ConfigError("AUDIT_NATS_URL", f"{exc}; one URL or several, comma-separated, "
+                              "e.g. nats://n1:4222,nats://n2:4222") from exc  # fmt: skip
+    if not 1 <= settings.stream_replicas <= 5:
+        raise ConfigError("AUDIT_STREAM_REPLICAS", "must be between 1 and 5 (JetStream's limit)")
+    if settings.stream_replicas > 1 and not settings.nats_url:
+        raise ConfigError("AUDIT_STREAM_REPLICAS", "more than 1 needs a NATS cluster in "
+                          "AUDIT_NATS_URL (the embedded server is a single node)")  # fmt: skip
+    _check_streams(settings)
     if not settings.nats_ingest and not settings.kafka_bootstrap:
         raise ConfigError("AUDIT_NATS_INGEST", "false needs AUDIT_KAFKA_BOOTSTRAP (no source)")
     if settings.checkpoint_interval_s < 0:
         raise ConfigError("AUDIT_CHECKPOINT_INTERVAL_S", "must be 0 (off) or positive")
+    if settings.search_index_interval_s < 0:
+        raise ConfigError("AUDIT_SEARCH_INDEX_INTERVAL_S", "must be 0 (off) or positive")
     if not settings.log_origin or any(c in settings.log_origin for c in " +\n"):
         raise ConfigError("AUDIT_LOG_ORIGIN", "must be non-empty, without spaces or '+'")
     if settings.nats_password and not settings.nats_user:
@@ -252,3 +332,37 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         if path and not os.path.isfile(path):
             raise ConfigError(var, f"no such file: {path}")
     return settings
+
+
+def _check_streams(settings: Settings) -> None:
+    """The AUDIT_STREAMS_* settings (pipeline/streams.py).
+
+    Raises:
+        ConfigError: naming the variable.
+    """
+    import ipaddress
+
+    for net in filter(None, (n.strip() for n in settings.streams_allow_private.split(","))):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ConfigError("AUDIT_STREAMS_ALLOW_PRIVATE", f"{net!r}: {exc}") from exc
+    bounds = (("AUDIT_STREAMS_BATCH_MAX_EVENTS", settings.streams_batch_max_events, 1, 10_000),
+              ("AUDIT_STREAMS_BATCH_MAX_BYTES", settings.streams_batch_max_bytes, 65_536,
+               64 * 1024 * 1024),
+              ("AUDIT_STREAMS_BATCH_MAX_LATENCY_MS", settings.streams_batch_max_latency_ms, 0,
+               600_000),
+              ("AUDIT_STREAMS_POLL_MS", settings.streams_poll_ms, 10, 60_000),
+              ("AUDIT_STREAMS_TIMEOUT_S", settings.streams_timeout_s, 0.1, 300),
+              ("AUDIT_STREAMS_MAX_RESPONSE_BYTES", settings.streams_max_response_bytes, 1024,
+               16 * 1024 * 1024),
+              ("AUDIT_STREAMS_RETRY_MAX_S", settings.streams_retry_max_s, 0.1, 3600),
+              ("AUDIT_STREAMS_PAUSE_AFTER_S", settings.streams_pause_after_s, 0, 30 * 86400),
+              ("AUDIT_STREAMS_COOLDOWN_S", settings.streams_cooldown_s, 0, 30 * 86400),
+              ("AUDIT_STREAMS_MAX_PER_PROCESS", settings.streams_max_per_process, 0,
+               10_000))  # fmt: skip
+    for var, value, low, high in bounds:
+        if not low <= value <= high:
+            raise ConfigError(var, f"must be between {low} and {high}")
+    if settings.streams_ca_file and not os.path.isfile(settings.streams_ca_file):
+        raise ConfigError("AUDIT_STREAMS_CA_FILE", f"no such file: {settings.streams_ca_file}")

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import AsyncGenerator, Iterable
+import uuid
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import asyncpg
 import msgspec
 
+from pipeline.copy_binary import HEADER, TRAILER, claim_row, event_row, linked_row
 from schemas.canonical import GENESIS, canonical_bytes, chain_hash, event_canonical
 from schemas.events import AuditEvent
+from schemas.ids import EPOCH
 
 _enc: Final = msgspec.json.Encoder(order="sorted")
 
@@ -53,45 +57,147 @@ OCCURRED_INDEX: Final = COLUMNS.index("occurred_at")
 RECEIVED_INDEX: Final = COLUMNS.index("received_at")
 
 
-class Prepared(msgspec.Struct, kw_only=True, gc=False):
-    """An event turned into column values and canonical bytes, before it is chained.
+class Prepared(msgspec.Struct, gc=False):
+    """An event in its storage form, built before the flush transaction: its keys, the bytes
+    that are hashed, and its binary COPY row (``pipeline.copy_binary``) waiting for ``seq``
+    and ``hash``. Chaining inside the transaction is one SHA-256 per event
+    (:func:`chain_copy`).
 
-    Everything here is computed outside the flush transaction; chaining inside it is
-    one SHA-256 per event.
+    Built by ``pipeline.stages`` (pure) or ``pipeline._fastpath`` (compiled): the same
+    values either way. Timestamps stay integers (UTC microseconds since 1970-01-01); the
+    enriched event exists only when :attr:`event` is asked for.
+
+    Attributes:
+        tenant_id: the event's tenant.
+        id: the event id (given or derived).
+        occurred_us / received_us: its times.
+        canonical: the hashed bytes (schemas/README.md).
+        row: its ``audit.events`` COPY row without the ``seq`` and ``hash`` values.
+        seq_at: where ``seq`` goes in ``row`` (``hash`` goes at its end).
+        source: the event as decoded (not enriched).
+        key: ``(tenant_id, id.int)``, the worker's dedupe key (cheap to hash).
     """
 
-    event: AuditEvent
-    values: list[Any]
+    tenant_id: str
+    id: uuid.UUID
+    occurred_us: int
+    received_us: int
     canonical: bytes
+    row: bytes
+    seq_at: int
+    source: AuditEvent
+    key: tuple[str, int]
+
+    @property
+    def event(self) -> AuditEvent:
+        """The enriched event (id, times, lower-cased action), made on each call: for tools
+        and tests; the pipeline itself never needs it."""
+        fields = msgspec.structs.asdict(self.source)
+        fields.update(id=self.id, action=self.source.action.lower(),
+                      occurred_at=_datetime(self.occurred_us),
+                      received_at=_datetime(self.received_us))  # fmt: skip
+        return AuditEvent(**fields)
+
+    @property
+    def values(self) -> list[Any]:
+        """Column values in :data:`COLUMNS` order (``seq``/``hash`` None), as
+        ``canonical_bytes`` reads a stored row (JSON columns as text); for tools and tests."""
+        ev = self.event
+        primary = ev.primary_resource
+        actor = ev.actor
+        changes = _enc.encode(ev.changes).decode() if ev.changes is not None else None
+        return [
+            ev.tenant_id, ev.occurred_at, ev.id, None, ev.received_at, ev.action,
+            ev.category, ev.severity, actor.type, actor.id, actor.display_name,
+            primary.type if primary else "", primary.id if primary else "",
+            primary.display_name if primary else "",
+            _enc.encode(ev.related_resources).decode(), ev.description,
+            _enc.encode(ev.metadata).decode(), changes, ev.ip, ev.user_agent, ev.request_id,
+            ev.trace_id, None,
+        ]  # fmt: skip
 
 
-def prepare(event: AuditEvent) -> Prepared:
-    """Column values (``seq``/``hash`` left as None) and canonical bytes of an enriched event."""
-    primary = event.primary_resource
-    actor = event.actor
-    metadata = _enc.encode(event.metadata)
-    changes = _enc.encode(event.changes) if event.changes is not None else None
+def _datetime(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def prepare(event: AuditEvent, *, event_id: uuid.UUID, occurred_us: int, received_us: int,
+            metadata: bytes, changes: bytes | None) -> Prepared:  # fmt: skip
+    """The storage form of a validated event with its server-side values (``metadata`` and
+    ``changes`` as :func:`schemas.events.decode_parts` encoded them).
+
+    Raises:
+        OverflowError: a time outside the years 1-9999.
+    """
+    action = event.action.lower()
     related = _enc.encode(event.related_resources)
-    occurred, received = event.occurred_at, event.received_at
-    assert occurred is not None and received is not None and event.id is not None
-    values = [
-        event.tenant_id, occurred, event.id, None, received, event.action,
-        event.category, event.severity, actor.type, actor.id,
-        actor.display_name, primary.type if primary else "", primary.id if primary else "",
-        primary.display_name if primary else "", related.decode(), event.description,
-        metadata.decode(), changes.decode() if changes is not None else None, event.ip,
-        event.user_agent, event.request_id, event.trace_id, None,
-    ]  # fmt: skip
-    return Prepared(event=event, values=values,
-                    canonical=event_canonical(event, metadata, changes, related))  # fmt: skip
+    canonical = event_canonical(event, event_id=event_id, action=action,
+                                occurred_us=occurred_us, received_us=received_us,
+                                metadata=metadata, changes=changes, related=related)  # fmt: skip
+    row, seq_at = event_row(event, event_id=event_id.bytes, action=action,
+                            occurred_us=occurred_us, received_us=received_us,
+                            metadata=metadata, changes=changes, related=related)  # fmt: skip
+    return Prepared(event.tenant_id, event_id, occurred_us, received_us, canonical, row, seq_at,
+                    event, (event.tenant_id, event_id.int))  # fmt: skip
 
 
 def link(prepared: Prepared, seq: int, prev_hash: bytes) -> tuple[Any, ...]:
-    """Assign ``seq`` and the chained hash; return the COPY record in :data:`COLUMNS` order."""
+    """Assign ``seq`` and the chained hash; return the row's values in :data:`COLUMNS`
+    order (as a stored row reads back). For tools and tests: the flush uses
+    :func:`chain_copy`."""
     values = prepared.values
     values[SEQ_INDEX] = seq
     values[HASH_INDEX] = hashlib.sha256(prev_hash + prepared.canonical).digest()
     return tuple(values)
+
+
+def month_of(us: int) -> int:
+    """``year * 12 + month - 1`` of a UTC instant (microseconds since 1970): its partition."""
+    day = us // 86_400_000_000
+    month = _months.get(day)
+    if month is None:
+        if len(_months) >= 4096:
+            _months.clear()
+        ts = _datetime(us)
+        month = _months[day] = ts.year * 12 + ts.month - 1
+    return month
+
+
+_months: dict[int, int] = {}
+
+
+def claims_copy(items: Sequence[Prepared]) -> bytes:
+    """Binary COPY data of the claim rows (``copy_binary.CLAIM_COLUMNS`` of
+    ``audit.event_ids``) of ``items``."""
+    return b"".join([HEADER, *[claim_row(p.row, p.seq_at) for p in items], TRAILER])
+
+
+def chain_copy(items: Sequence[Prepared], heads: Mapping[str, tuple[int, bytes]]
+               ) -> tuple[dict[int, bytes], dict[str, tuple[int, bytes]]]:  # fmt: skip
+    """Chain ``items`` in order after their tenants' heads (``seq`` + 1, SHA-256 over the
+    previous hash and the canonical bytes) and write their COPY data.
+
+    Args:
+        items: prepared events; every tenant among them has a head.
+        heads: tenant -> (last seq, last hash) as locked in the transaction.
+
+    Returns:
+        (month (:func:`month_of`) -> binary COPY data of that month's rows, in order;
+        tenant -> its new (last seq, last hash)).
+    """
+    moved: dict[str, tuple[int, bytes]] = {}
+    rows: dict[int, list[bytes]] = {}
+    for p in items:
+        tenant = p.tenant_id
+        seq, prev = moved.get(tenant) or heads[tenant]
+        digest = hashlib.sha256(prev + p.canonical).digest()
+        moved[tenant] = (seq + 1, digest)
+        month = month_of(p.occurred_us)
+        part = rows.get(month)
+        if part is None:
+            part = rows[month] = [HEADER]
+        part.append(linked_row(p.row, p.seq_at, seq + 1, digest))
+    return {m: b"".join(part) + TRAILER for m, part in rows.items()}, moved
 
 
 class ChainBreak(msgspec.Struct, frozen=True, kw_only=True):

@@ -26,11 +26,12 @@ from typing import Any, TypeVar
 
 import asyncpg
 import nats.js.api as jsapi
-from nats.js.errors import BadRequestError, NoStreamResponseError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from infra.metrics import Metrics
 from infra.settings import Settings
 from infra.signing import Signer
+from pipeline.nats_streams import create_stream, ensure_replicas
 from schemas import tlog
 from schemas.ids import tenant_token
 
@@ -54,18 +55,19 @@ def witness_subject(settings: Settings, tenant_id: str) -> str:
 
 
 async def ensure_checkpoint_stream(nc: Any, settings: Settings) -> None:
-    """Create the witness stream when missing (file storage, no age or size limit)."""
+    """Create the witness stream when missing (file storage, no age or size limit, with
+    ``AUDIT_STREAM_REPLICAS`` copies), or raise its replicas (``pipeline.nats_streams``)."""
     js = nc.jetstream()
-    config = jsapi.StreamConfig(
-        name=settings.checkpoint_stream, subjects=[settings.checkpoint_subject + ".*"],
-        storage=jsapi.StorageType.FILE, retention=jsapi.RetentionPolicy.LIMITS,
-        discard=jsapi.DiscardPolicy.OLD,
-    )  # fmt: skip
     try:
-        await js.stream_info(settings.checkpoint_stream)
-    except Exception:
-        with contextlib.suppress(BadRequestError):  # made meanwhile by another process
-            await js.add_stream(config)
+        info = await js.stream_info(settings.checkpoint_stream)
+    except NotFoundError:
+        await create_stream(
+            js, settings, name=settings.checkpoint_stream,
+            subjects=[settings.checkpoint_subject + ".*"], storage=jsapi.StorageType.FILE,
+            retention=jsapi.RetentionPolicy.LIMITS, discard=jsapi.DiscardPolicy.OLD,
+        )  # fmt: skip
+    else:
+        await ensure_replicas(js, settings, info)
 
 
 # -- tiles -------------------------------------------------------------------------------

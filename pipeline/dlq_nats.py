@@ -11,7 +11,7 @@ from nats.js.errors import NoStreamResponseError
 
 from infra.settings import Settings
 from pipeline.dlq import dead_letter
-from pipeline.source_nats import ensure_dlq_stream
+from pipeline.nats_streams import ensure_dlq_stream
 from pipeline.stages import Dead
 
 PUBLISH_TIMEOUT_S = 2.0

@@ -27,20 +27,20 @@ other. The worker acknowledges the source only after :meth:`PgStore.write` retur
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from infra.errors import StorageUnavailable
-from pipeline.chain import COLUMNS, HASH_INDEX, OCCURRED_INDEX, Prepared, link
+from pipeline import fastpath
+from pipeline.chain import COLUMNS, Prepared, month_of
+from pipeline.copy_binary import CLAIM_COLUMNS
 from pipeline.sinks import FlushResult, RefusedRowError, RetryableStoreError, StoreError
 from pipeline.stages import Valid
 from schemas.canonical import GENESIS
 from schemas.events import AuditEvent
-from schemas.ids import EventKey
+from schemas.ids import EPOCH, EventKey
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,22 @@ COPY_CLAIM_MIN = 500
 
 def partition_name(ts: datetime) -> str:
     """Name of the month partition holding ``ts`` (UTC), as ``audit.ensure_partition`` makes."""
+    ts = ts.astimezone(UTC)
     return f"events_{ts.year:04d}_{ts.month:02d}"
+
+
+def month_partition(month: int) -> str:
+    """:func:`partition_name` of a month given as ``pipeline.chain.month_of`` counts it."""
+    return f"events_{month // 12:04d}_{month % 12 + 1:02d}"
+
+
+def _month(item: AuditEvent | Prepared) -> int:
+    if isinstance(item, Prepared):
+        return month_of(item.occurred_us)
+    ts = item.occurred_at
+    assert ts is not None
+    ts = ts.astimezone(UTC)
+    return ts.year * 12 + ts.month - 1
 
 
 def classify(exc: BaseException) -> type[StoreError]:
@@ -121,8 +136,10 @@ class PartitionCache:
     def __init__(self) -> None:
         self._known: set[str] = set()
 
-    async def ensure(self, pool: asyncpg.Pool, events: Iterable[AuditEvent]) -> dict[str, str]:
-        """Make sure every month in ``events`` has a partition (idempotent, concurrent-safe).
+    async def ensure(self, pool: asyncpg.Pool,
+                     events: Iterable[AuditEvent | Prepared]) -> dict[str, str]:  # fmt: skip
+        """Make sure every month of ``events`` (enriched events, or prepared ones) has a
+        partition (idempotent, concurrent-safe).
 
         Returns:
             partition name → why it cannot be made, for months PostgreSQL refuses for good
@@ -131,13 +148,11 @@ class PartitionCache:
         Raises:
             Exception: a transient error (:class:`RetryableStoreError`): try again later.
         """
-        months: dict[tuple[int, int], datetime] = {}
-        for ev in events:
-            ts = ev.occurred_at
-            assert ts is not None
-            months.setdefault((ts.year, ts.month), ts)
+        months = {_month(ev) for ev in events}
         missing = {
-            name: ts for ts in months.values() if (name := partition_name(ts)) not in self._known
+            name: datetime(m // 12, m % 12 + 1, 1, tzinfo=UTC)
+            for m in months
+            if (name := month_partition(m)) not in self._known
         }
         refused: dict[str, str] = {}
         if not missing:
@@ -186,35 +201,22 @@ async def _claim(conn: asyncpg.Connection, items: Sequence[Prepared]) -> set[Eve
     """Claim the batch's keys; return the keys claimed, or None when all were new."""
     # Unsorted on purpose: keys collide between workers only for redeliveries, and a
     # rare deadlock is detected by PostgreSQL (40P01) and the batch retried.
-    rows = [(p.event.tenant_id, p.event.id, p.event.occurred_at) for p in items]
-    if len(rows) >= COPY_CLAIM_MIN:
+    if len(items) >= COPY_CLAIM_MIN:
         try:
             async with conn.transaction():  # a savepoint
-                await conn.copy_records_to_table(
-                    "event_ids", records=rows, columns=("tenant_id", "id", "occurred_at"),
-                    schema_name="audit",
+                await conn.copy_to_table(
+                    "event_ids", source=memoryview(fastpath.claims_copy(items)),
+                    columns=CLAIM_COLUMNS, schema_name="audit", format="binary",
                 )  # fmt: skip
             return None
         except asyncpg.UniqueViolationError:
             pass
     # Small batches (or a collision): one statement, no savepoint round trips.
     claimed = await conn.fetch(
-        _CLAIM_IDS, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
-    )
+        _CLAIM_IDS, [p.tenant_id for p in items], [p.id for p in items],
+        [EPOCH + timedelta(microseconds=p.occurred_us) for p in items],
+    )  # fmt: skip
     return {(r["tenant_id"], r["id"]) for r in claimed}
-
-
-async def _copy(conn: asyncpg.Connection, records: list[tuple[Any, ...]]) -> None:
-    first = records[0][OCCURRED_INDEX]
-    month = (first.year, first.month)
-    if all((r[OCCURRED_INDEX].year, r[OCCURRED_INDEX].month) == month for r in records):
-        by_part = {partition_name(first): records}  # the usual case: one month
-    else:
-        by_part = defaultdict(list)
-        for rec in records:
-            by_part[partition_name(rec[OCCURRED_INDEX])].append(rec)
-    for part, recs in by_part.items():
-        await conn.copy_records_to_table(part, records=recs, columns=COLUMNS, schema_name="audit")
 
 
 async def write_batch(conn: asyncpg.Connection, items: Sequence[Prepared],
@@ -229,41 +231,37 @@ async def write_batch(conn: asyncpg.Connection, items: Sequence[Prepared],
     result = FlushResult()
     if not items:
         return result
-    tenants = sorted({p.event.tenant_id for p in items})
+    tenants = sorted({p.tenant_id for p in items})
     await (heads_made or HeadCache()).ensure(conn, tenants)
     async with conn.transaction():
         heads = await _lock_free_heads(conn, tenants)
         if len(heads) < len(tenants):
             result.busy.update(t for t in tenants if t not in heads)
-            items = [p for p in items if p.event.tenant_id in heads]
+            items = [p for p in items if p.tenant_id in heads]
             if not items:
                 return result
         claimed = await _claim(conn, items)
         if claimed is not None:
             fresh = []
             for p in items:
-                key = (p.event.tenant_id, p.event.id)
+                key = (p.tenant_id, p.id)
                 if key in claimed:
                     fresh.append(p)
                 else:
-                    result.duplicates.append(key)  # type: ignore[arg-type]
+                    result.duplicates.append(key)
             items = fresh
         if not items:
             return result
-        moved: dict[str, tuple[int, bytes]] = {}
-        records = result.records
-        for p in items:
-            tenant = p.event.tenant_id
-            seq, prev = moved.get(tenant) or heads[tenant]
-            rec = link(p, seq + 1, prev)
-            moved[tenant] = (seq + 1, rec[HASH_INDEX])
-            records.append(rec)
-            result.stored.append((tenant, p.event.id))  # type: ignore[arg-type]
-        await _copy(conn, records)
+        by_month, moved = fastpath.chain_copy(items, heads)
+        for month, data in by_month.items():
+            await conn.copy_to_table(month_partition(month), source=memoryview(data),
+                                     columns=COLUMNS, schema_name="audit", format="binary")  # fmt: skip
         names = list(moved)
         await conn.execute(
             _MOVE_HEADS, names, [moved[t][0] for t in names], [moved[t][1] for t in names]
         )
+    result.stored = [(p.tenant_id, p.id) for p in items]
+    result.oldest_received_us = min(p.received_us for p in items)
     return result
 
 
@@ -284,13 +282,13 @@ class PgStore:
     async def write(self, items: Sequence[Valid]) -> tuple[FlushResult, list[tuple[Valid, str]]]:
         """See :meth:`pipeline.sinks.Store.write`."""
         try:
-            refused = await self.partitions.ensure(self.pool, [v.event for v in items])
+            refused = await self.partitions.ensure(self.pool, [v.prepared for v in items])
             keep = list(items)
             out: list[tuple[Valid, str]] = []
             if refused:
                 keep = []
                 for v in items:
-                    why = refused.get(partition_name(v.event.occurred_at))  # type: ignore[arg-type]
+                    why = refused.get(month_partition(month_of(v.prepared.occurred_us)))
                     if why is None:
                         keep.append(v)
                     else:

@@ -14,7 +14,7 @@ from typing import Final
 
 from nats.js.api import Header, StatusCode
 
-__all__ = ["PULL_ENDED", "Header", "JsErrorCode", "StatusCode", "status_of"]
+__all__ = ["PULL_ENDED", "PULL_UNANSWERED", "Header", "JsErrorCode", "StatusCode", "status_of"]
 
 
 class JsErrorCode(enum.IntEnum):
@@ -24,6 +24,17 @@ class JsErrorCode(enum.IntEnum):
     NO_MESSAGE_FOUND = 10037
     # JSStorageResourcesExceededErr: the server cannot reserve the stream's max_bytes.
     STORAGE_RESOURCES_EXCEEDED = 10047
+    # JSClusterNoPeersErrF: no suitable peers for placement (fewer servers than replicas).
+    NO_SUITABLE_PEERS = 10005
+    # JSInsufficientResourcesErr: the cluster lacks the resources (servers up) asked for.
+    INSUFFICIENT_RESOURCES = 10023
+    # JSStreamNameExistErr: stream name already in use with a different configuration.
+    STREAM_NAME_IN_USE = 10058
+    # JSStreamReplicasNotSupportedErr: replicas > 1 not supported in non-clustered mode.
+    REPLICAS_NOT_SUPPORTED = 10074
+    # JSConsumerReplicasExceedsStream: consumer config replica count exceeds parent stream
+    # (also while a stream's replicas are being raised: its new peers are not placed yet).
+    CONSUMER_REPLICAS_EXCEED_STREAM = 10126
 
 
 # Statuses that end a pull request: nothing to deliver (404, no-wait requests), expired
@@ -32,6 +43,10 @@ class JsErrorCode(enum.IntEnum):
 PULL_ENDED: Final = frozenset(
     {StatusCode.NO_MESSAGES, StatusCode.REQUEST_TIMEOUT, StatusCode.CONFLICT}
 )
+# A request that reached no one (503 No Responders): on a cluster, the consumer has no
+# leader (an election after its leader's node died). It ended, but asking again at once
+# would spin until a leader is elected: the source waits a little first.
+PULL_UNANSWERED: Final = StatusCode.SERVICE_UNAVAILABLE
 
 
 def status_of(headers: dict[str, str] | None) -> StatusCode | None:

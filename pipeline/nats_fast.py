@@ -11,7 +11,11 @@ into four internals instead, checked against the nats-py releases in
   call, overridden by :class:`FastClient` to hand chosen subscriptions' frames to a sink;
 - ``Client._process_headers(raw)``: parses a raw ``NATS/1.0`` header block;
 - ``Client._send_command(bytes)``: queues protocol bytes for the next flush;
-- ``Subscription._id``: a subscription's sid.
+- ``Subscription._id``: a subscription's sid;
+- ``Client._ps``, the client's ``Parser`` (``buf``, ``state``, ``parse()``): replaced by
+  :class:`FastParser`, which gives runs of complete ``MSG``/``HMSG`` frames of chosen
+  subscriptions to the compiled scanner (``pipeline.fastpath.scan_msgs``) and every other
+  frame or line, exactly as it is, to nats-py's parser.
 
 :func:`internals_problems` says what changed when an upgrade moves any of them, and
 ``tests/unit/test_nats_fast.py`` fails loudly on it (without these the source still works:
@@ -27,10 +31,53 @@ from typing import Any, Final
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
+
+from pipeline.fastpath import scan_msgs
 
 # nats-py releases whose internals were read and found as used here (2.13.0 - 2.16.0).
 CHECKED_VERSIONS: Final = ((2, 13), (2, 16))
 RawSink = Callable[[bytes, bytes, bytes, bytes], Awaitable[None]]
+# Frames scanned in C: each a ``pipeline.stages.Message`` (a JetStream message without
+# headers) or the frame as (subject, reply, payload, raw headers or None) for the RawSink.
+BatchSink = Callable[[list[Any]], Awaitable[None]]
+
+
+class FastParser(Parser):
+    """nats-py's parser, with runs of complete frames for batch sinks scanned in C.
+
+    At a control line, the compiled scanner takes every complete ``MSG``/``HMSG`` frame of a
+    subscription with a batch sink (:meth:`FastClient.register_sink`) in one call; it stops
+    at an incomplete frame (the next read completes it) or at the first frame or line that
+    is not one of those, which nats-py's own ``parse`` then reads, alone. Without the
+    compiled extension this is nats-py's parser.
+    """
+
+    nc: FastClient
+
+    async def parse(self, data: bytes = b"") -> None:
+        self.buf.extend(data)
+        sinks = self.nc._batch_sinks
+        while scan_msgs is not None and sinks and self.buf and self.state == AWAITING_CONTROL_LINE:
+            used, groups, other = scan_msgs(self.buf, sinks)
+            if used:
+                del self.buf[:used]
+                for sid, items, nbytes in groups:
+                    self.nc.stats["in_msgs"] += len(items)
+                    self.nc.stats["in_bytes"] += nbytes
+                    sink = sinks.get(sid)
+                    if sink is not None:  # else unsubscribed meanwhile: nats-py drops those too
+                        await sink(items)
+            if other <= 0:
+                return  # all read, or the rest waits for the next read
+            buf = self.buf
+            rest = buf[other:]
+            del buf[other:]
+            await super().parse()  # that one frame or line, as nats-py reads it
+            if self.buf is not buf:  # the connection was reset meanwhile: drop the rest
+                return
+            buf.extend(rest)
+        await super().parse()
 
 
 class FastClient(Client):
@@ -43,14 +90,21 @@ class FastClient(Client):
     def __init__(self) -> None:
         super().__init__()
         self._raw_sinks: dict[int, RawSink] = {}
+        self._batch_sinks: dict[int, BatchSink] = {}
+        self._ps = FastParser(self)
 
-    def register_sink(self, sub: Subscription, sink: RawSink) -> None:
-        """Deliver messages of ``sub`` to ``sink``."""
+    def register_sink(self, sub: Subscription, sink: RawSink,
+                      batch: BatchSink | None = None) -> None:  # fmt: skip
+        """Deliver messages of ``sub`` to ``sink``; with ``batch``, runs of them scanned in C
+        (when the extension runs) to ``batch``."""
         self._raw_sinks[sub._id] = sink
+        if batch is not None:
+            self._batch_sinks[sub._id] = batch
 
     def unregister_sink(self, sub: Subscription) -> None:
         """Stop raw delivery for ``sub``."""
         self._raw_sinks.pop(sub._id, None)
+        self._batch_sinks.pop(sub._id, None)
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes

@@ -27,7 +27,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -39,17 +38,13 @@ FIRST_BACKOFF_S = 0.005
 MAX_BACKOFF_S = 0.2
 
 
-@dataclass
-class _Waiting(Generic[T]):
-    item: T
-    tenant: Hashable | None
-    not_before: float = 0.0
-    skips: int = 0
-
-
 class TenantOrder(Generic[T]):
     """Items waiting for a flush, released so that each tenant's items stay in order and a
     tenant is in one flush at a time.
+
+    Per batch, not per item, where it can be: items wait in a list beside a list of their
+    tenants; only items that came back from a skip carry a backoff (by ``id``), and with
+    none of those and no flush running, :meth:`take` is two slices.
 
     Args:
         tenant_of: the item's tenant, or None for items that need no order (dead letters).
@@ -60,12 +55,16 @@ class TenantOrder(Generic[T]):
                  clock: Clock = time.monotonic) -> None:  # fmt: skip
         self._tenant_of = tenant_of
         self._clock = clock
-        self._waiting: list[_Waiting[T]] = []
+        self._items: list[T] = []
+        self._tenants: list[Hashable | None] = []  # the items' tenants, same positions
+        self._retry: dict[int, tuple[float, int]] = {}  # id(item) -> (not before, skips)
         self._in_flight: Counter[Hashable] = Counter()
         self._skips: dict[int, int] = {}  # id(item) -> consecutive skips, while in flight
+        # id(batch) -> (the batch, its tenants), from take() until done()
+        self._flights: dict[int, tuple[list[T], set[Hashable]]] = {}
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return len(self._items)
 
     @property
     def in_flight(self) -> frozenset[Hashable]:
@@ -74,8 +73,9 @@ class TenantOrder(Generic[T]):
 
     def offer(self, items: Iterable[T]) -> None:
         """Newly taken items, in the order the worker took them."""
-        tenant_of = self._tenant_of
-        self._waiting.extend(_Waiting(i, tenant_of(i)) for i in items)
+        items = list(items)
+        self._items.extend(items)
+        self._tenants.extend(map(self._tenant_of, items))
 
     def take(self, max_items: int) -> list[T]:
         """Up to ``max_items`` items ready now, in order; their tenants become in flight.
@@ -83,63 +83,98 @@ class TenantOrder(Generic[T]):
         An item is ready when its tenant is not in flight, no earlier item of its tenant
         still waits, and its backoff (if it came back from a skip) has passed.
         """
-        now = self._clock()
-        blocked: set[Hashable] = set(self.in_flight)
-        taken: list[_Waiting[T]] = []
-        keep: list[_Waiting[T]] = []
-        for w in self._waiting:
-            if len(taken) >= max_items:
-                keep.append(w)
-                continue
-            t = w.tenant
-            if t is None:
-                taken.append(w)
-            elif t in blocked or w.not_before > now:
-                blocked.add(t)  # newer items of t wait behind this one
-                keep.append(w)
-            else:
-                taken.append(w)
-        self._waiting = keep
-        for t in {w.tenant for w in taken if w.tenant is not None}:
+        items, tenants = self._items, self._tenants
+        if not self._retry and not self._in_flight:  # all ready: the first max_items
+            taken, taken_tenants = items[:max_items], tenants[:max_items]
+            del items[:max_items], tenants[:max_items]
+        else:
+            taken, taken_tenants = self._take_ready(max_items)
+        if not taken:
+            return taken
+        flying = set(taken_tenants)
+        flying.discard(None)
+        for t in flying:
             self._in_flight[t] += 1
-        for w in taken:
-            if w.skips:
-                self._skips[id(w.item)] = w.skips
-        return [w.item for w in taken]
+        if self._retry:
+            for item in taken:
+                back = self._retry.pop(id(item), None)
+                if back is not None:
+                    self._skips[id(item)] = back[1]
+        self._flights[id(taken)] = (taken, flying)
+        return taken
+
+    def _take_ready(self, max_items: int) -> tuple[list[T], list[Hashable | None]]:
+        now = self._clock()
+        blocked: set[Hashable | None] = set(self.in_flight)
+        retry = self._retry
+        taken: list[T] = []
+        taken_tenants: list[Hashable | None] = []
+        keep: list[T] = []
+        keep_tenants: list[Hashable | None] = []
+        items, tenants = self._items, self._tenants
+        for i, (item, t) in enumerate(zip(items, tenants, strict=True)):
+            if len(taken) >= max_items:
+                keep += items[i:]
+                keep_tenants += tenants[i:]
+                break
+            if t is not None:
+                back = retry.get(id(item)) if retry else None
+                if t in blocked or (back is not None and back[0] > now):
+                    blocked.add(t)  # newer items of t wait behind this one
+                    keep.append(item)
+                    keep_tenants.append(t)
+                    continue
+            taken.append(item)
+            taken_tenants.append(t)
+        self._items, self._tenants = keep, keep_tenants
+        return taken, taken_tenants
 
     def done(self, flushed: Sequence[T], skipped: Sequence[T]) -> None:
         """A flush of ``flushed`` (what :meth:`take` returned) ended; ``skipped`` (a subset,
         in order) were not stored because another worker held their tenant: they wait
         again, before every newer item of their tenant, after a backoff."""
-        for t in {self._tenant_of(i) for i in flushed} - {None}:
+        flight = self._flights.pop(id(flushed), None)
+        if flight is not None and flight[0] is flushed:
+            tenants = flight[1]
+        else:
+            if flight is not None:  # another list at that address: not ours to drop
+                self._flights[id(flight[0])] = flight
+            tenants = {self._tenant_of(i) for i in flushed} - {None}
+        for t in tenants:
             self._in_flight[t] -= 1
             if self._in_flight[t] <= 0:
                 del self._in_flight[t]
         now = self._clock()
-        back: list[_Waiting[T]] = []
+        back: list[T] = []
         for item in skipped:
             skips = self._skips.pop(id(item), 0) + 1
             delay = min(FIRST_BACKOFF_S * 2 ** (skips - 1), MAX_BACKOFF_S)
-            back.append(_Waiting(item, self._tenant_of(item), now + delay, skips))
-        for item in flushed:
-            self._skips.pop(id(item), None)
+            self._retry[id(item)] = (now + delay, skips)
+            back.append(item)
+        if self._skips:
+            for item in flushed:
+                self._skips.pop(id(item), None)
         # Skipped items are older than anything of their tenant still waiting (their
         # tenant was in flight, so newer items waited): they go first.
-        self._waiting[:0] = back
+        if back:
+            self._items[:0] = back
+            self._tenants[:0] = map(self._tenant_of, back)
 
     def next_ready_in(self) -> float | None:
         """Seconds until a waiting item whose tenant is free becomes ready (0: now), or
         None when every waiting item waits for a running flush (or nothing waits)."""
         now = self._clock()
         blocked = set(self.in_flight)
+        retry = self._retry
         soonest: float | None = None
-        for w in self._waiting:
-            if w.tenant is not None and w.tenant in blocked:
+        for item, t in zip(self._items, self._tenants, strict=True):
+            if t is not None and t in blocked:
                 continue
-            left = max(0.0, w.not_before - now)
+            back = retry.get(id(item)) if retry else None
+            left = max(0.0, back[0] - now) if back is not None else 0.0
             soonest = left if soonest is None else min(soonest, left)
-            if w.tenant is not None:
-                blocked.add(w.tenant)
+            if t is not None:
+                blocked.add(t)
             if soonest == 0.0:
                 break
         return soonest

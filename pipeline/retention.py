@@ -8,7 +8,8 @@ it is covered by a signed checkpoint (its leaves are in the stored tree). Droppi
    gaps (``audit.retention_gaps``: the hash before the run and the run's last hash), so
    verification and proofs continue across them;
 2. the month's claims (``audit.event_ids``) are deleted, in batches (row locks only);
-3. the partition is detached ``CONCURRENTLY`` (no lock that blocks ingestion) and dropped.
+3. the partition is detached ``CONCURRENTLY`` (no lock that blocks ingestion) and dropped,
+   then the month's search partition (``audit.search``) likewise.
 
 One runner at a time: a round (:func:`run_job`, ``auditlog retention apply``) holds the
 retention lease, a session-level PostgreSQL advisory lock on the database, from its plan
@@ -288,6 +289,7 @@ async def drop(owner_dsn: str, settings: Settings, signer: Signer, month: Month,
         await conn.execute(f"ALTER TABLE audit.events DETACH PARTITION audit.{month.name}"
                            " CONCURRENTLY")  # fmt: skip
         await conn.execute(f"DROP TABLE audit.{month.name}")
+        await drop_search_months(conn)
         await conn.execute(
             "INSERT INTO audit.dropped_partitions (name, events, bytes) VALUES ($1, $2, $3)",
             month.name, month.events, month.bytes,
@@ -297,3 +299,24 @@ async def drop(owner_dsn: str, settings: Settings, signer: Signer, month: Month,
         return month.events
     finally:
         await conn.close()
+
+
+async def drop_search_months(conn: asyncpg.Connection) -> list[str]:
+    """Detach (``CONCURRENTLY``) and drop every month of ``audit.search`` whose events
+    partition is gone: the one just dropped, and any a failed round left behind. Events
+    first, then their search documents: no indexed event is ever unfindable meanwhile, and
+    the indexer finds no event of a dropped month to index again.
+
+    Returns:
+        The search partitions dropped.
+    """
+    names = await conn.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'audit.search'::regclass AND to_regclass("
+        " 'audit.events' || substr(c.relname, length('search') + 1)) IS NULL ORDER BY 1"
+    )
+    for r in names:
+        await conn.execute(f"ALTER TABLE audit.search DETACH PARTITION audit.{r['relname']}"
+                           " CONCURRENTLY")  # fmt: skip
+        await conn.execute(f"DROP TABLE audit.{r['relname']}")
+    return [r["relname"] for r in names]

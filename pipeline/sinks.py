@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 from pipeline.stages import Dead, Valid
 from schemas.ids import EventKey
@@ -24,15 +24,16 @@ class FlushResult:
     Attributes:
         stored: keys committed by this call, in batch order.
         duplicates: keys that were already stored (dropped).
-        records: the rows committed (values in ``pipeline.chain.COLUMNS`` order).
         busy: tenants whose chain head another flush held: none of their events were
             written or claimed; the caller stores them again later, in the same order.
+        oldest_received_us: the earliest ``received_at`` of the events stored (UTC
+            microseconds since 1970; 0 when none were).
     """
 
     stored: list[EventKey] = field(default_factory=list)
     duplicates: list[EventKey] = field(default_factory=list)
-    records: list[tuple[Any, ...]] = field(default_factory=list)
     busy: set[str] = field(default_factory=set)
+    oldest_received_us: int = 0
 
 
 class StoreError(Exception):

@@ -22,29 +22,32 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import nats.js.api as jsapi
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import APIError, BadRequestError, NotFoundError
 
+from infra.errors import ConfigError
 from infra.metrics import Metrics
-from infra.settings import Settings
+from infra.settings import Settings, nats_servers
 from pipeline.deliveries import Deliveries
-from pipeline.nats_codes import PULL_ENDED, JsErrorCode, StatusCode, status_of
+from pipeline.nats_codes import PULL_ENDED, PULL_UNANSWERED, StatusCode, status_of
 from pipeline.nats_fast import FastClient, parse_headers, send_commands
+
+# The streams moved to pipeline.nats_streams; these names stay importable from here.
+from pipeline.nats_streams import (  # noqa: F401
+    EVENT_MAX_MSG_SIZE,
+    HEADER_ROOM,
+    ensure_dlq_stream,
+    ensure_stream,
+)
 from pipeline.pull_credit import PullCredit
 from pipeline.stages import Message
-from schemas.events import MAX_EVENT_BYTES
 
 log = logging.getLogger(__name__)
 
 _ACK = b"+ACK"
 _IN_PROGRESS = b"+WPI"
-
-
-# Header room a stream allows beyond the largest event (ours plus a producer's own).
-HEADER_ROOM = 16 * 1024
-EVENT_MAX_MSG_SIZE = MAX_EVENT_BYTES + HEADER_ROOM
+# After a pull request reached no consumer leader (503), the pause before the next one.
+UNANSWERED_PAUSE_S = 0.25
 
 
 def nats_options(settings: Settings | None) -> dict[str, Any]:
@@ -73,14 +76,27 @@ def nats_options(settings: Settings | None) -> dict[str, Any]:
 
 
 async def connect(url: str, name: str, settings: Settings | None = None) -> Client:
-    """Connect to NATS with reconnects forever (the pipeline must outlive NATS restarts)."""
+    """Connect to NATS with reconnects forever (the pipeline must outlive NATS restarts).
+
+    ``url`` is one URL or several, comma-separated (``AUDIT_NATS_URL``): the nodes of a
+    cluster, tried in random order until one answers; once connected the client also
+    learns the cluster's other nodes from the server, and reconnects to any of them.
+
+    Raises:
+        ConfigError: ``url`` is not a list of ``nats://`` / ``tls://`` URLs (retrying
+            cannot help, unlike a server that does not answer).
+    """
+    try:
+        servers = nats_servers(url)
+    except ValueError as exc:
+        raise ConfigError("AUDIT_NATS_URL", str(exc)) from exc
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats: %s", exc)
 
     nc = FastClient()
     await nc.connect(
-        url,
+        servers,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
@@ -89,119 +105,6 @@ async def connect(url: str, name: str, settings: Settings | None = None) -> Clie
         **nats_options(settings),
     )
     return nc
-
-
-async def _add_stream(js: Any, **config: Any) -> None:
-    """``add_stream``; when the server cannot reserve ``max_bytes`` (a small disk), the
-    stream is made without a byte limit and a warning says so (it still works)."""
-    try:
-        await js.add_stream(**config)
-    except APIError as exc:
-        if exc.err_code != JsErrorCode.STORAGE_RESOURCES_EXCEEDED or not config.get("max_bytes"):
-            raise
-        log.warning("stream %s: the server cannot reserve max_bytes=%d (%s); made without a "
-                    "byte limit", config["name"], config["max_bytes"], exc.description)  # fmt: skip
-        config["max_bytes"] = -1
-        await js.add_stream(**config)
-
-
-async def ensure_dlq_stream(nc: Client, settings: Settings) -> None:
-    """Create the dead-letter stream if it is missing (no size limit beyond max_payload)."""
-    js = nc.jetstream()
-    try:
-        await js.stream_info(settings.dlq_stream)
-    except NotFoundError:
-        await _add_stream(
-            js,
-            name=settings.dlq_stream,
-            subjects=[settings.dlq_subject],
-            storage=jsapi.StorageType.FILE,
-            retention=jsapi.RetentionPolicy.LIMITS,
-            duplicate_window=120.0,
-            max_age=settings.dlq_max_age_days * 86400,
-            max_bytes=settings.dlq_max_bytes,
-            discard=jsapi.DiscardPolicy.NEW,
-        )
-        log.info("created stream %s (%s)", settings.dlq_stream, settings.dlq_subject)
-
-
-async def ensure_stream(nc: Client, settings: Settings) -> None:
-    """Create or upgrade the event stream, the dead-letter stream and the durable consumer.
-
-    The event stream takes ``<subject>`` and the tenant-bound ``<subject>.*``, refuses
-    messages larger than an event at its limit plus header room (``max_msg_size``), and
-    never discards a message the pipeline has not acked: interest retention (a message
-    goes once acked), no age limit, a byte limit (``AUDIT_STREAM_MAX_BYTES``) beyond which
-    JetStream refuses publishers instead of dropping backlog. An existing stream is
-    moved to that (NATS >= 2.10 edits these in place; older servers keep it as it is,
-    with a warning); operators' other settings are left alone.
-    """
-    js = nc.jetstream()
-    subjects = [settings.subject, settings.subject + ".*"]
-    try:
-        info = await js.stream_info(settings.stream)
-    except NotFoundError:
-        await _add_stream(
-            js,
-            name=settings.stream,
-            subjects=subjects,
-            storage=jsapi.StorageType.FILE,
-            retention=jsapi.RetentionPolicy.INTEREST,
-            discard=jsapi.DiscardPolicy.NEW,
-            max_bytes=settings.stream_max_bytes,
-            duplicate_window=120.0,
-            max_msg_size=EVENT_MAX_MSG_SIZE,
-        )
-        log.info("created stream %s (%s)", settings.stream, ", ".join(subjects))
-    else:
-        config = info.config
-        have = list(config.subjects or [])
-        size = config.max_msg_size or -1
-        old = (any(s not in have for s in subjects) or not 0 < size <= EVENT_MAX_MSG_SIZE
-               or config.retention != jsapi.RetentionPolicy.INTEREST
-               or (config.max_age or 0) > 0)  # fmt: skip
-        if old:
-            config.subjects = have + [s for s in subjects if s not in have]
-            config.max_msg_size = EVENT_MAX_MSG_SIZE if not 0 < size <= EVENT_MAX_MSG_SIZE else size
-            # Retention moves to interest only once the durable consumer exists (below):
-            # a stream without interest would drop its backlog at the switch.
-            config.max_age = 0
-            if not (config.max_bytes or 0) > 0:
-                config.max_bytes = settings.stream_max_bytes
-                config.discard = jsapi.DiscardPolicy.NEW
-            try:
-                await js.update_stream(config)
-                log.info("upgraded stream %s: subjects %s, max_msg_size %d, no max_age",
-                         settings.stream, config.subjects, config.max_msg_size)  # fmt: skip
-            except BadRequestError as exc:
-                log.warning("stream %s kept as it is (could not upgrade it: %s); see the "
-                            "README, 'Upgrading'", settings.stream, exc)  # fmt: skip
-    await ensure_dlq_stream(nc, settings)
-    consumer = jsapi.ConsumerConfig(
-        durable_name=settings.consumer,
-        ack_policy=jsapi.AckPolicy.EXPLICIT,
-        deliver_policy=jsapi.DeliverPolicy.ALL,
-        ack_wait=settings.ack_wait_s,
-        max_ack_pending=-1,
-        max_deliver=-1,
-        max_waiting=4096,
-    )
-    try:
-        await js.add_consumer(settings.stream, consumer)
-    except BadRequestError as exc:
-        # NATS < 2.10 cannot edit an existing consumer's filter: it keeps working, but
-        # consumes only the subject it was made for (no tenant-bound subjects).
-        log.warning("consumer %s kept as it is (could not update it: %s)", settings.consumer, exc)
-    info = await js.stream_info(settings.stream)
-    if info.config.retention != jsapi.RetentionPolicy.INTEREST:
-        info.config.retention = jsapi.RetentionPolicy.INTEREST
-        try:
-            await js.update_stream(info.config)
-            log.info("stream %s now keeps each message until the pipeline acked it (interest "
-                     "retention)", settings.stream)  # fmt: skip
-        except BadRequestError as exc:
-            log.warning("stream %s keeps its retention (could not change it: %s); see the "
-                        "README, 'Upgrading'", settings.stream, exc)  # fmt: skip
 
 
 def parse_ack_subject(reply: str) -> tuple[int, int, int]:
@@ -246,6 +149,7 @@ class JetStreamSource:
         self._inbox = ""
         self._puller: asyncio.Task[None] | None = None
         self._beater: asyncio.Task[None] | None = None
+        self._paused_until = 0.0  # no pull request before (monotonic): see PULL_UNANSWERED
 
     async def start(self) -> None:
         """Subscribe the reply inbox and start issuing pull requests."""
@@ -254,7 +158,7 @@ class JetStreamSource:
             self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
         )
         if isinstance(self.nc, FastClient):
-            self.nc.register_sink(self._sub, self._on_raw)
+            self.nc.register_sink(self._sub, self._on_raw, self._on_batch)
         self._puller = asyncio.create_task(self._pull_loop(), name="jetstream-pull")
         self._beater = asyncio.create_task(self._heartbeat_loop(), name="jetstream-heartbeat")
 
@@ -285,6 +189,21 @@ class JetStreamSource:
             self.metrics.redeliveries.labels("nats").inc()
         self._deliveries.deliver(msg)
 
+    async def _on_batch(self, items: list[Any]) -> None:
+        """Frames scanned in C (``pipeline.nats_fast``): ``Message`` objects, built there as
+        :meth:`_deliver` builds them, delivered in one go; any other frame (headers, a
+        status) through :meth:`_on_raw`, in order."""
+        credit, deliveries = self._credit, self._deliveries
+        for item in items:
+            if type(item) is not Message:
+                await self._on_raw(*item)
+                continue
+            if credit.delivered(item.size):  # filled its request: room for the next one
+                deliveries.room.set()
+            if item.delivered > 1 and self.metrics is not None:
+                self.metrics.redeliveries.labels("nats").inc()
+            deliveries.deliver(item)
+
     async def _on_raw(self, subject: bytes, reply: bytes, data: bytes, raw_headers: bytes) -> None:
         headers = await parse_headers(self.nc, raw_headers)
         if not reply:
@@ -297,9 +216,12 @@ class JetStreamSource:
         # A status message for a pull request (no reply subject); pending counts in its
         # headers say how much of the request went undelivered.
         status = status_of(headers)
-        if status in PULL_ENDED:
+        if status in PULL_ENDED or status is PULL_UNANSWERED:
             self._credit.ended()
-            if status is StatusCode.CONFLICT:
+            if status is PULL_UNANSWERED:  # no consumer leader yet: ask again after a pause
+                self._paused_until = time.monotonic() + UNANSWERED_PAUSE_S
+                log.debug("pull request reached no consumer leader (an election?)")
+            elif status is StatusCode.CONFLICT:  # e.g. 409 Leadership Change
                 log.debug("pull request ended: %s %s", status.value, headers)
             self._deliveries.room.set()
 
@@ -312,29 +234,49 @@ class JetStreamSource:
         self._deliver(msg.subject, msg.reply, msg.data, msg.headers, size)
 
     async def _pull_loop(self) -> None:
-        room = self._deliveries.room
+        """Issue pull requests until :meth:`stop`; nothing but a stop ends it (an error is
+        logged and the loop goes on: a source that stopped pulling would stall silently)."""
         while not self._deliveries.stopping:
-            # The largest single message the server may deliver.
-            largest = int(getattr(self.nc, "max_payload", 0) or 1 << 20)
-            # Requests whose status got lost (a reconnect) end at the server when they
-            # expire: only then is their credit free again.
-            self._credit.forget_expired(time.monotonic())
-            request = self._credit.next_request(largest)
-            if request is None:
-                room.clear()
-                with contextlib.suppress(TimeoutError):  # look at expiries now and then
-                    await asyncio.wait_for(room.wait(), timeout=0.5)
-                continue
-            body = {"batch": request.batch, "expires": int(request.expires_s * 1e9),
-                    "max_bytes": request.max_bytes}  # fmt: skip
             try:
-                await self.nc.publish(self._pull_subject, json.dumps(body).encode(),
-                                      reply=self._inbox)  # fmt: skip
-            except Exception as exc:  # reconnecting: try again shortly
-                log.warning("pull request failed: %s", exc)
+                await self._pull_once()
+            except Exception:
+                log.exception("pull loop error (pulling again shortly)")
                 await asyncio.sleep(0.5)
-                continue
-            self._credit.sent(request, time.monotonic())
+
+    async def _pull_once(self) -> None:
+        """Publish the next pull request when the credit allows, else wait for room.
+
+        Requests go out only while connected: nats-py buffers what is published during a
+        reconnect and sends it afterwards, when the credit of those requests may already
+        have been forgotten as expired (their expiry runs from when they were counted as
+        sent), and a burst of stale requests would overrun both budgets.
+        """
+        room = self._deliveries.room
+        now = time.monotonic()
+        # Requests whose status got lost (a reconnect, their consumer leader's node gone)
+        # end at the server when they expire: only then is their credit free again.
+        self._credit.forget_expired(now)
+        if now < self._paused_until or not getattr(self.nc, "is_connected", True):
+            await asyncio.sleep(min(max(self._paused_until - now, 0.05), 0.5))
+            return
+        # The largest single message the server may deliver.
+        largest = int(getattr(self.nc, "max_payload", 0) or 1 << 20)
+        request = self._credit.next_request(largest)
+        if request is None:
+            room.clear()
+            with contextlib.suppress(TimeoutError):  # look at expiries now and then
+                await asyncio.wait_for(room.wait(), timeout=0.5)
+            return
+        body = {"batch": request.batch, "expires": int(request.expires_s * 1e9),
+                "max_bytes": request.max_bytes}  # fmt: skip
+        try:
+            await self.nc.publish(self._pull_subject, json.dumps(body).encode(),
+                                  reply=self._inbox)  # fmt: skip
+        except Exception as exc:  # reconnecting: try again shortly
+            log.warning("pull request failed: %s", exc)
+            await asyncio.sleep(0.5)
+            return
+        self._credit.sent(request, time.monotonic())
 
     def chunks(self) -> AsyncIterator[list[Message]]:
         """Yield messages in chunks as they arrive, until :meth:`stop`."""

@@ -26,11 +26,11 @@ from typing import Any, Protocol
 
 from infra.metrics import Metrics
 from infra.settings import Settings
+from pipeline import fastpath
 from pipeline.agents import Agent, Stream
-from pipeline.chain import RECEIVED_INDEX
 from pipeline.ordering import TenantOrder
 from pipeline.sinks import DeadLetters, FlushResult, RefusedRowError, Store, StoreError
-from pipeline.stages import Dead, Deduplicator, Message, Valid, limits_for, position, process
+from pipeline.stages import Dead, Deduplicator, Message, Valid, limits_for, position
 from schemas.ids import IDEMPOTENCY_HEADER, EventKey
 
 log = logging.getLogger(__name__)
@@ -138,10 +138,11 @@ class Worker:
     async def _process(self, stream: Stream[Any]) -> AsyncIterator[list[Any]]:
         received = self._received
         limits = self._limits
+        prepare_batch = fastpath.prepare_batch
         async for chunk in stream:
             now = self.now()
             received.inc(len(chunk))
-            yield [process(m, now, limits) for m in chunk]
+            yield prepare_batch(chunk, now, limits)
 
     async def run(self) -> None:
         """Start the source and run until it is stopped and everything in flight is settled.
@@ -152,6 +153,7 @@ class Worker:
         it skips the tenants another worker holds, and their items are offered again
         (``pipeline.flush``), so adding flushes or workers adds throughput.
         """
+        fastpath.log_choice()  # compiled or pure Python, and why
         await self.source.start()
         processed = Agent("process", self._process)(Stream(self.source.chunks(), "source"))
         within = self.settings.batch_max_latency_ms / 1000
@@ -248,10 +250,13 @@ class Worker:
         if held:
             kept = [d.msg for d in dead if id(d.msg) in held]
             await self.source.nak(kept, _nak_delay(kept))
-        await self.source.ack([x.msg for x in batch
-                               if id(x.msg) not in held and id(x.msg) not in later])  # fmt: skip
+        if held or later:
+            await self.source.ack([x.msg for x in batch
+                                   if id(x.msg) not in held and id(x.msg) not in later])  # fmt: skip
+        else:
+            await self.source.ack([x.msg for x in batch])
         self.last_progress = time.monotonic()
-        dupe_keys: list[EventKey] = [(v.event.tenant_id, v.event.id) for v in dupes]  # type: ignore[misc]
+        dupe_keys: list[EventKey] = [(v.prepared.tenant_id, v.prepared.id) for v in dupes]
         dupe_keys.extend(result.duplicates)
         self.dedup.remember(result.stored)
         self._account(result, dupe_keys, len(dead) - len(held))
@@ -264,7 +269,7 @@ class Worker:
         """Tell ``on_commit`` (those of the keys ``notify`` picks). Never raises."""
         notify = self.notify
         if notify is not None:
-            picked = {(v.event.tenant_id, v.event.id) for v in valid if notify(v.msg)}
+            picked = {(v.prepared.tenant_id, v.prepared.id) for v in valid if notify(v.msg)}
             stored = [k for k in stored if k in picked]
             dupe_keys = [k for k in dupe_keys if k in picked]
             rejected = [(d, k) for d, k in rejected if notify(d.msg)]
@@ -281,12 +286,10 @@ class Worker:
         self.totals["stored"] += len(result.stored)
         self.totals["duplicates"] += len(dupe_keys)
         self.totals["dead_lettered"] += n_dead
-        if result.records:
-            m.batch_size.observe(len(result.records))
-            now = time.time()
+        if result.stored:
+            m.batch_size.observe(len(result.stored))
             # One observation per batch of its oldest event keeps this cheap.
-            oldest = min(r[RECEIVED_INDEX] for r in result.records)
-            self._lag.observe(max(0.0, now - oldest.timestamp()))
+            self._lag.observe(max(0.0, time.time() - result.oldest_received_us / 1e6))
 
     async def _store(
         self, items: list[Valid]
@@ -329,15 +332,17 @@ class Worker:
                 await self.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 5.0)
                 continue
-            if part.records:
+            if part.stored:
                 self.metrics.flush_seconds.observe(time.perf_counter() - started)
             rejected.extend(_refused(v, why) for v, why in refused)
             if part.busy:
-                skipped.extend(v for v in group if v.event.tenant_id in part.busy)
+                skipped.extend(v for v in group if v.prepared.tenant_id in part.busy)
                 self.metrics.flush_skipped_tenants.inc(len(part.busy))
             total.stored.extend(part.stored)
             total.duplicates.extend(part.duplicates)
-            total.records.extend(part.records)
+            if part.oldest_received_us and (not total.oldest_received_us
+                                            or part.oldest_received_us < total.oldest_received_us):
+                total.oldest_received_us = part.oldest_received_us
             delay = 0.1
         if len(skipped) > 1:  # bisection may have visited groups out of batch order
             rank = {id(v): i for i, v in enumerate(items)}
@@ -422,12 +427,12 @@ def _finished(running: set[asyncio.Task[None]], wake: asyncio.Event,
 
 def _tenant_of(item: Valid | Dead) -> str | None:
     """The tenant whose order ``item`` takes part in (dead letters: none)."""
-    return item.event.tenant_id if isinstance(item, Valid) else None
+    return item.prepared.tenant_id if isinstance(item, Valid) else None
 
 
 def _refused(item: Valid, why: str) -> tuple[Dead, EventKey]:
     dead = Dead(msg=item.msg, reason="db_rejected", message=why, stage="flush")
-    return dead, (item.event.tenant_id, item.event.id)  # type: ignore[return-value]
+    return dead, (item.prepared.tenant_id, item.prepared.id)
 
 
 def _nak_delay(msgs: list[Message]) -> float:

@@ -26,6 +26,8 @@ from infra.settings import Settings
 from infra.signing import load_signer, trusted_verifiers
 from pipeline.indexer import lag_status, read_lag
 from pipeline.stages import limits_for
+from pipeline.stream_secrets import SecretBox
+from pipeline.stream_store import status_summary
 from query_api import contract
 from query_api.access_log import AccessLog
 from query_api.admission import Admission
@@ -34,6 +36,7 @@ from query_api.openapi import render as render_openapi
 from query_api.publisher import Publisher
 from query_api.ratelimit import RateLimiter
 from query_api.rest import add_routes, error_middleware, metrics_middleware
+from query_api.rest_streams import add_stream_routes
 from query_api.rpc import add_connect_routes
 from query_api.service import AuditService
 from query_api.state import (
@@ -45,7 +48,9 @@ from query_api.state import (
     SERVICE,
     SETTINGS,
     STARTED,
+    STREAMS,
 )
+from query_api.streams import StreamService
 from query_api.ui import add_ui_routes
 from query_api.waiters import Waiters
 from query_api.writes import Writes
@@ -84,6 +89,23 @@ async def _check_search(pool: asyncpg.Pool, degraded_after_s: float) -> str:
         return f"degraded: search index lag unknown: {type(exc).__name__}: {exc}"
 
 
+async def _check_streams(pool: asyncpg.Pool) -> str:
+    """``ok``, or ``degraded: ...`` naming streams out that are paused or failing (a
+    receiver's trouble: never a reason to be unready)."""
+    try:
+        async with asyncio.timeout(2), pool.acquire() as conn:
+            rows = await status_summary(conn)
+    except Exception as exc:
+        return f"degraded: streams unknown: {type(exc).__name__}: {exc}"
+    if not rows:
+        return "ok"
+    parts = [f"{r['stream_id']} of {r['tenant_id']} paused: {r['paused_reason']}"
+             if r["state"] == "paused" else
+             f"{r['stream_id']} of {r['tenant_id']} failing ({r['failures']} attempts): "
+             f"{r['last_error']}" for r in rows]  # fmt: skip
+    return "degraded: " + "; ".join(p[:300] for p in parts)
+
+
 async def readyz(request: web.Request) -> web.Response:
     """Readiness per role, with every check and its reason in the body.
 
@@ -91,7 +113,8 @@ async def readyz(request: web.Request) -> web.Response:
     migrations are current. NATS away or the pipeline stuck make it ``degraded`` (writes
     answer 503, reads go on), never unready. A pipeline-only worker is ready when its
     consumer can make progress: PostgreSQL and NATS answer and it is not stalled. A search
-    index far behind (``AUDIT_SEARCH_LAG_DEGRADED_S``) is ``degraded``, never unready.
+    index far behind (``AUDIT_SEARCH_LAG_DEGRADED_S``), or a stream out paused or failing
+    (``streams``, naming them), is ``degraded``, never unready.
     """
     app = request.app
     checks: dict[str, str] = {}
@@ -99,6 +122,8 @@ async def readyz(request: web.Request) -> web.Response:
     checks["postgresql"] = db or "ok"
     checks["search"] = (await _check_search(app[POOL], app[SETTINGS].search_lag_degraded_s)
                         if db is None else "unknown: postgresql unreachable")  # fmt: skip
+    checks["streams"] = (await _check_streams(app[POOL]) if db is None
+                         else "unknown: postgresql unreachable")  # fmt: skip
     nc = app[NATS]
     nats_ok = nc.is_connected
     if nats_ok:
@@ -182,7 +207,10 @@ def create_app(
         app[SERVICE] = build_service(settings, pool, nc, metrics)
         app.cleanup_ctx.append(_commit_subscription)
         app.router.add_get("/openapi.json", openapi_handler)
+        app[STREAMS] = StreamService(settings, pool, SecretBox.from_settings(settings),
+                                     app[SERVICE].access)  # fmt: skip
         add_routes(app)
+        add_stream_routes(app)
         add_connect_routes(app)
         add_ui_routes(app)
     return app

@@ -416,3 +416,167 @@ class TenantPolicy(msgspec.Struct, kw_only=True):
     archive: Annotated[bool, _d("The tenant's archive override; null: the global one.")] | None
     archive_before_drop: Annotated[bool, _d("Whether a month of this tenant is archived (and "
                                             "verified) before it is dropped.")]  # fmt: skip
+
+
+# -- streams out (admin token; pipeline/streams.py delivers them) ----------------------------
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = (r"(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]"
+         r"|6553[0-5]))?")  # fmt: skip
+_URL_CHARS = r"(?:[A-Za-z0-9._~!$&'()*+,;=:@/-]|%[0-9A-Fa-f]{2})"
+HTTPS_URL_PATTERN = (rf"^https://{_LABEL}(?:\.{_LABEL})*{_PORT}(?:/{_URL_CHARS}*)?"
+                     rf"(?:\?(?:{_URL_CHARS}|\?)*)?$")  # fmt: skip
+STREAM_ID_PATTERN = "^st_[0-9a-f]{16}$"
+HttpsUrl = Annotated[str, _d(
+    "An https:// URL (plain http is refused). A host written as a non-public address "
+    "(loopback, private, link-local, metadata) or `localhost` is refused unless "
+    "AUDIT_STREAMS_ALLOW_PRIVATE allows it; names are checked when delivering, against every "
+    "address they resolve to.", pattern=HTTPS_URL_PATTERN, max_length=2048)]  # fmt: skip
+StreamSecret = Annotated[str, msgspec.Meta(pattern="^[!-~]{16,256}$")]
+
+
+class StreamFilters(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+                    omit_defaults=True):  # fmt: skip
+    """Which of the tenant's events a stream delivers (all when empty)."""
+
+    severities: Annotated[list[Severity], _d("Only these severities.",
+                                             max_length=MAX_LIST_ITEMS)] | None = None  # fmt: skip
+    categories: Annotated[list[Category], _d("Only these categories.",
+                                             max_length=MAX_LIST_ITEMS)] | None = None  # fmt: skip
+    actions: Annotated[list[Annotated[str, msgspec.Meta(
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}(\.\*)?$")]],
+        _d("Only these actions (exact names, or prefixes written as `user.*`).",
+           max_length=MAX_LIST_ITEMS)] | None = None  # fmt: skip
+
+
+class WebhookDestination(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
+                         tag="webhook", tag_field="kind"):  # fmt: skip
+    """JSON batches POSTed to ``url``, signed (``Audit-Signature``) with a secret the server
+    makes and shows once."""
+
+    url: HttpsUrl
+
+
+class SplunkHecDestination(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
+                           tag="splunk_hec", tag_field="kind"):  # fmt: skip
+    """A Splunk HTTP Event Collector (``/services/collector/event`` unless ``url`` names a
+    path), authenticated with ``Authorization: Splunk <token>``."""
+
+    url: HttpsUrl
+    token: Annotated[StreamSecret, _d("The HEC token; never returned.")]
+    index: Annotated[str, _d("Splunk index (the token's default when left out).",
+                             pattern="^[a-z0-9_][a-z0-9_-]{0,79}$")] | None = None  # fmt: skip
+    source_type: Annotated[str, _d("sourcetype of every event (default auditlog).",
+                                   pattern="^[A-Za-z0-9_:.-]{1,100}$")] | None = None  # fmt: skip
+
+
+class S3Destination(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
+                    tag="s3", tag_field="kind"):  # fmt: skip
+    """One gzipped NDJSON object per batch in an S3 bucket (or an S3-compatible server at
+    ``endpoint``), keys sorting by time."""
+
+    bucket: Annotated[str, msgspec.Meta(pattern="^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+    access_key_id: Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9]{4,128}$")]
+    secret_access_key: Annotated[StreamSecret, _d("Never returned.")]
+    prefix: Annotated[str, _d("Key prefix.", pattern="^[A-Za-z0-9._/-]{0,256}$")] = ""
+    region: Annotated[str, msgspec.Meta(pattern="^[a-z0-9-]{1,32}$")] = "us-east-1"
+    endpoint: Annotated[HttpsUrl, _d("An S3-compatible server (AWS: none).")] | None = None
+
+
+class StreamRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /v1/admin/tenants/{tenant_id}/streams``. Answers at once: the destination is
+    not contacted (deliveries report failures)."""
+
+    destination: WebhookDestination | SplunkHecDestination | S3Destination
+    filters: StreamFilters | None = None
+    description: Annotated[str, msgspec.Meta(max_length=200, pattern="^[^\\x00]*$")] = ""
+    start: Annotated[Literal["now", "beginning"], _d(
+        "now: events committed from now on; beginning: the tenant's whole log "
+        "first.")] = "now"  # fmt: skip
+
+
+class RotateSecretRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST .../streams/{stream_id}:rotate-secret``."""
+
+    secret: Annotated[StreamSecret, _d(
+        "The new HEC token or S3 secret access key (required for those); for a webhook, the "
+        "new signing secret (the server makes one when left out).")] | None = None  # fmt: skip
+    overlap_s: Annotated[int, _d(
+        "Webhook: how long the previous signing secret stays valid beside the new one "
+        "(deliveries carry a v1= signature for each).", ge=0, le=604800)] = 86400  # fmt: skip
+
+
+class WebhookTarget(msgspec.Struct, tag="webhook", tag_field="kind"):
+    url: str
+
+
+class SplunkHecTarget(msgspec.Struct, tag="splunk_hec", tag_field="kind"):
+    url: str
+    index: str | None
+    source_type: str | None
+
+
+class S3Target(msgspec.Struct, tag="s3", tag_field="kind"):
+    bucket: str
+    prefix: str
+    region: str
+    endpoint: str | None
+    access_key_id: str
+
+
+class Stream(msgspec.Struct, kw_only=True):
+    """A stream as listed: where it delivers and how far it got (never its secrets)."""
+
+    stream_id: Annotated[str, msgspec.Meta(pattern=STREAM_ID_PATTERN)]
+    tenant_id: str
+    description: str
+    destination: WebhookTarget | SplunkHecTarget | S3Target
+    filters: StreamFilters
+    state: Literal["active", "paused"]
+    paused_reason: str | None
+    paused_until: Annotated[Time, _d("When it is tried again by itself; null while paused: "
+                                     "until resumed.")] | None  # fmt: skip
+    cursor: Annotated[int, _d("Every event of the tenant up to this seq is delivered.", ge=0)]
+    lag_events: Annotated[int, _d("The tenant's events committed after the cursor.", ge=0)]
+    last_delivered_at: Time | None
+    failures: Annotated[int, _d("Consecutive failed attempts.", ge=0)]
+    last_error: str | None
+    last_error_at: Time | None
+    secret_rotated_at: Time | None
+    created_at: Time
+
+
+class NewStream(Stream, kw_only=True):
+    """A created stream; a webhook's signing secret is shown only here."""
+
+    signing_secret: Annotated[str, _d("Webhook: verify each delivery's Audit-Signature with "
+                                      "it (shown once).")] | None  # fmt: skip
+
+
+class StreamAttempt(msgspec.Struct):
+    attempted_at: Time
+    first_seq: int
+    last_seq: int
+    records: int
+    ok: bool
+    status: int | None
+    error: str | None
+    duration_ms: int
+
+
+class StreamDetail(Stream, kw_only=True):
+    """A stream with its latest delivery attempts, newest first."""
+
+    attempts: list[StreamAttempt]
+
+
+class StreamList(msgspec.Struct):
+    streams: list[Stream]
+
+
+class RotatedSecret(msgspec.Struct):
+    """A rotation's answer: a webhook's new signing secret is shown only here."""
+
+    stream: Stream
+    signing_secret: str | None
+    previous_valid_until: Annotated[Time, _d("Webhook: the previous secret stays valid (and "
+                                             "signed with) until then.")] | None  # fmt: skip

@@ -24,7 +24,8 @@ from schemas.events import json_schema
 CHECKED_IN = Path(__file__).resolve().parent.parent / "schemas" / "openapi.json"
 REF = "#/components/schemas/{name}"
 _ERRORS = {400: "Invalid argument", 401: "Missing or invalid bearer token",
-           403: "Not allowed for this token", 404: "Not found", 413: "Body too large",
+           403: "Not allowed for this token", 404: "Not found",
+           409: "Conflicts with the current state (see the message)", 413: "Body too large",
            429: "Too many requests (see Retry-After)",
            503: "Storage or event log unavailable (see Retry-After)"}  # fmt: skip
 
@@ -59,6 +60,13 @@ _PINNED = ("Check the signed note against a verifier key you pinned beforehand, 
            "band (from the operator, or GET /v1/audit/public-key once, then kept), never "
            "against a key from the same answers: whoever could forge the proof could also "
            "change the key the server returns.")  # fmt: skip
+
+_STREAM_PATH = {"tenant_id": _TENANT,
+                "stream_id": {"type": "string", "pattern": c.STREAM_ID_PATTERN}}  # fmt: skip
+_STREAM_REF = {"tenant_id": "$response.body#/tenant_id", "stream_id": "$response.body#/stream_id"}
+_STREAM_LINKS = {"GetCreatedStream": {"operationId": "GetStream", "parameters": _STREAM_REF},
+                 "DeleteCreatedStream": {"operationId": "DeleteStream",
+                                         "parameters": _STREAM_REF}}  # fmt: skip
 
 OPERATIONS = (
     Op("post", "/v1/audit/events", "WriteEvent",
@@ -146,6 +154,37 @@ OPERATIONS = (
     Op("delete", "/v1/admin/tenants/{tenant_id}/legal-hold", "ReleaseLegalHold",
        "Release a tenant's legal hold (admin token).",
        path_params={"tenant_id": _TENANT}, ok={200: (c.TenantPolicy, "The policy")}),
+    Op("post", "/v1/admin/tenants/{tenant_id}/streams", "CreateStream",
+       "Stream the tenant's events out: a webhook, a Splunk HEC or an S3 bucket (admin token).",
+       path_params={"tenant_id": _TENANT}, body=c.StreamRequest,
+       ok={201: (c.NewStream, "Created; a webhook's signing secret is shown only here")},
+       errors=(400, 401, 403, 409, 503), links=_STREAM_LINKS,
+       description="Answers at once: the destination is not contacted (deliveries report "
+                   "failures in the stream's state). Delivery is at least once, in the "
+                   "tenant's seq order, every record carrying its id; secrets are never "
+                   "returned. 409 when the tenant has the most streams allowed."),
+    Op("get", "/v1/admin/tenants/{tenant_id}/streams", "ListStreams",
+       "The tenant's streams and how far each got (admin token).",
+       path_params={"tenant_id": _TENANT}, ok={200: (c.StreamList, "OK")}),
+    Op("get", "/v1/admin/tenants/{tenant_id}/streams/{stream_id}", "GetStream",
+       "One stream with its latest delivery attempts (admin token).",
+       path_params=_STREAM_PATH, ok={200: (c.StreamDetail, "OK")},
+       errors=(400, 401, 403, 404, 503)),
+    Op("delete", "/v1/admin/tenants/{tenant_id}/streams/{stream_id}", "DeleteStream",
+       "Delete a stream; its delivery stops within a second (admin token).",
+       path_params=_STREAM_PATH, ok={200: (c.Stream, "The stream as it was")},
+       errors=(400, 401, 403, 404, 503)),
+    Op("post", "/v1/admin/tenants/{tenant_id}/streams/{stream_id}:resume", "ResumeStream",
+       "Resume a paused stream now (idempotent; admin token).",
+       path_params=_STREAM_PATH, ok={200: (c.Stream, "The stream, active")},
+       errors=(400, 401, 403, 404, 503)),
+    Op("post", "/v1/admin/tenants/{tenant_id}/streams/{stream_id}:rotate-secret",
+       "RotateStreamSecret",
+       "A new webhook signing secret (the previous one stays valid for overlap_s), or a new "
+       "HEC token or S3 key (admin token).",
+       path_params=_STREAM_PATH, body=c.RotateSecretRequest,
+       ok={200: (c.RotatedSecret, "Rotated; a new webhook secret is shown only here")},
+       errors=(400, 401, 403, 404, 503)),
     Op("get", "/healthz", "Health", "The process is alive.", public=True,
        ok={200: (c.Health, "Alive")}, errors=()),
     Op("get", "/readyz", "Ready", "Readiness with every check and its reason.", public=True,

@@ -5,6 +5,21 @@ Queries run inside :func:`tenant_tx`: a read-only transaction with ``audit.tenan
 set, so PostgreSQL row-level security confines them to that tenant whatever the WHERE
 clause says. The explicit ``tenant_id = $1`` is still there: it is what lets the primary
 key ``(tenant_id, occurred_at, id)`` serve newest-first keyset pages.
+
+Text search (``q``) matches what ``audit.search_text(...) @@ websearch_to_tsquery('simple',
+q)`` matches, by one of two plans, both exact:
+
+- *walk*: the newest candidates (the other filters, in page order), at most
+  :data:`WALK_PER_ROW` per row asked, tested with that expression; when the page fills
+  there, it is the answer (common words: a few hundred rows, as before);
+- *keys*: ``audit.search_keys(q)``, the tenant's matching events from the search index
+  (``sql/009_search_index.sql``) plus its not-yet-indexed tail, joined to the events in
+  page order. Rare words cost what they match, not the tenant's size (under row-level
+  security no GIN index can serve ``@@`` directly: it is not leakproof).
+
+While a tenant's unindexed tail is longer than the walk (a backfill after the upgrade, an
+indexer far behind), pages come from the expression alone, as before the search table.
+Stats and exports always take the keys.
 """
 
 from __future__ import annotations
@@ -22,7 +37,11 @@ from query_api.cursor import Cursor
 from query_api.filters import EventQuery
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-SEARCH_EXPR = "audit.search_text(action, description, actor_display_name, resource_display_name)"
+SEARCH_COLUMNS = ("action", "description", "actor_display_name", "resource_display_name")
+SEARCH_EXPR = f"audit.search_text({', '.join(SEARCH_COLUMNS)})"  # what `q` matches
+# A page of n rows first walks up to WALK_PER_ROW * (n + 1) newest candidates: matches
+# rarer than 1 in WALK_PER_ROW go through the search index instead.
+WALK_PER_ROW = 20
 CSV_COLUMNS = (
     "id", "tenant_id", "seq", "occurred_at", "received_at", "action", "category",
     "severity", "actor_type", "actor_id", "actor_display_name", "resource_type",
@@ -51,6 +70,19 @@ class Where:
     def __init__(self, tenant_id: str) -> None:
         self.params: list[Any] = [tenant_id]
         self.conds: list[str] = ["tenant_id = $1"]
+        self.search: str | None = None  # the tsquery of `q`, matched by the FROM clause
+
+    def source(self, keys_order: str = "", keys_cond: str = "") -> str:
+        """The FROM clause: the events (alias ``e``), joined to the keys that ``q``
+        matches when it is given (in ``keys_order``, e.g. ``DESC``, where order matters;
+        ``keys_cond`` on their ``k_at``/``k_id`` narrows them first)."""
+        if self.search is None:
+            return "audit.events e"
+        where = f" WHERE {keys_cond}" if keys_cond else ""
+        order = f" ORDER BY k_at {keys_order}, k_id {keys_order}" if keys_order else ""
+        return (f"(SELECT k_at, k_id FROM audit.search_keys({self.search}) AS k(k_at, k_id)"
+                f"{where}{order}) k JOIN audit.events e ON e.occurred_at = k.k_at"
+                " AND e.id = k.k_id")  # fmt: skip
 
     def bind(self, value: Any) -> str:
         """Add a parameter; return its placeholder."""
@@ -99,7 +131,7 @@ def build_where(q: EventQuery, tenant_id: str) -> Where:
         contains = w.bind(json.dumps([related]))
         w.add(f"(({' AND '.join(primary)}) OR related_resources @> {contains}::jsonb)")
     if q.q:
-        w.add(f"{SEARCH_EXPR} @@ websearch_to_tsquery('simple', {w.bind(q.q)})")
+        w.search = f"websearch_to_tsquery('simple', {w.bind(q.q)})"
     return w
 
 
@@ -114,27 +146,78 @@ async def list_events(
     """
     w = build_where(q, tenant_id)
     desc = q.order == "desc"
+    direction = "DESC" if desc else "ASC"
     if q.after_seq is not None:  # commit order: the tenant's chain position
         w.add(f"seq > {w.bind(q.after_seq)}")
-        direction = "DESC" if desc else "ASC"
         return await conn.fetch(
             "SELECT audit.event_json(e)::text AS doc, occurred_at, id, seq"
-            f" FROM audit.events e WHERE {w.sql} ORDER BY seq {direction}"
+            f" FROM {w.source()} WHERE {w.sql} ORDER BY seq {direction}"
             f" LIMIT {w.bind(q.page_size + 1)}",
             *w.params,
         )
+    keys_cond = ""
     if after is not None:
         op = "<" if desc else ">"
         ts = w.bind(EPOCH + timedelta(microseconds=after.occurred_us))
-        w.add(f"(occurred_at, id) {op} ({ts}::timestamptz, {w.bind(after.event_id)}::uuid)")
-    direction = "DESC" if desc else "ASC"
+        key = f"({ts}::timestamptz, {w.bind(after.event_id)}::uuid)"
+        w.add(f"(occurred_at, id) {op} {key}")
+        keys_cond = f"(k_at, k_id) {op} {key}"
+    limit = w.bind(q.page_size + 1)
+    if w.search is not None:
+        rows = await _walk(conn, w, direction, limit, q.page_size)
+        if rows is not None:
+            return rows
     sql = (
         "SELECT audit.event_json(e)::text AS doc, occurred_at, id"
-        f" FROM audit.events e WHERE {w.sql}"
-        f" ORDER BY occurred_at {direction}, id {direction}"
-        f" LIMIT {w.bind(q.page_size + 1)}"
+        f" FROM {w.source(direction, keys_cond)} WHERE {w.sql}"
+        f" ORDER BY occurred_at {direction}, id {direction} LIMIT {limit}"
     )
     return await conn.fetch(sql, *w.params)
+
+
+_TAIL = (
+    "SELECT h.last_seq - coalesce(p.indexed_seq, 0) FROM audit.chain_heads h"
+    " LEFT JOIN audit.search_progress p ON p.tenant_id = h.tenant_id WHERE h.tenant_id = $1"
+)
+
+
+async def _walk(conn: asyncpg.Connection, w: Where, direction: str, limit: str,
+                page_size: int) -> list[asyncpg.Record] | None:  # fmt: skip
+    """The page (``page_size + 1`` rows at most) from the newest candidates in page order
+    (every filter but ``q``) tested with :data:`SEARCH_EXPR`, or None when the walk's
+    budget (:data:`WALK_PER_ROW` candidates per row asked) ran out first: then the index
+    answers.
+
+    Unless the tenant's unindexed tail is longer than that budget (a backfill, or an
+    indexer far behind): the index's answer would test the whole tail with the same
+    expression anyway, so the expression alone answers, unbounded, with the plan from
+    before the search table.
+    """
+    budget = WALK_PER_ROW * (page_size + 1)
+    # The candidates carry their row (``e``): a join back to the events for the page's
+    # JSON measured slower, planning its partitions twice. ``n`` numbers the candidates;
+    # the last one comes back even when it does not match, to say the budget ran out.
+    rows = await conn.fetch(
+        "SELECT audit.event_json(c.e)::text AS doc, c.occurred_at, c.id, c.hit, c.n FROM ("
+        f" SELECT cand.e, occurred_at, id, {SEARCH_EXPR} @@ {w.search} AS hit,"
+        f" row_number() OVER (ORDER BY occurred_at {direction}, id {direction}) AS n FROM ("
+        f" SELECT e, occurred_at, id, {', '.join(SEARCH_COLUMNS)} FROM audit.events e"
+        f" WHERE {w.sql} ORDER BY occurred_at {direction}, id {direction} LIMIT {budget}"
+        f") cand) c WHERE hit OR n = {budget}"
+        f" ORDER BY c.occurred_at {direction}, c.id {direction} LIMIT {limit} + 1",
+        *w.params,
+    )
+    hits = [r for r in rows if r["hit"]]
+    if len(hits) > page_size or not any(r["n"] == budget for r in rows):
+        return hits[: page_size + 1]  # a full page, or every candidate was tested
+    if (await conn.fetchval(_TAIL, w.params[0]) or 0) > budget:
+        return await conn.fetch(
+            "SELECT audit.event_json(e)::text AS doc, occurred_at, id FROM audit.events e"
+            f" WHERE {w.sql} AND {SEARCH_EXPR} @@ {w.search}"
+            f" ORDER BY occurred_at {direction}, id {direction} LIMIT {limit}",
+            *w.params,
+        )
+    return None
 
 
 async def get_event(conn: asyncpg.Connection, tenant_id: str, event_id: Any) -> str | None:
@@ -166,7 +249,7 @@ async def stats(
         f" grouping(date_bin({width}, occurred_at, {origin})) AS gb,"
         f" severity, category, date_bin({width}, occurred_at, {origin}) AS bucket,"
         " count(*) AS n"
-        f" FROM audit.events WHERE {w.sql}"
+        f" FROM {w.source()} WHERE {w.sql}"
         f" GROUP BY GROUPING SETS ((severity), (category), (date_bin({width}, occurred_at,"
         f" {origin})), ())",
         *w.params,
@@ -200,7 +283,7 @@ def export_query(q: EventQuery, tenant_id: str) -> tuple[str, list[Any]]:
     else:
         cols = "audit.event_json(e)::text"
     sql = (
-        f"SELECT {cols} FROM audit.events e WHERE {w.sql}"
+        f"SELECT {cols} FROM {w.source(direction)} WHERE {w.sql}"
         f" ORDER BY occurred_at {direction}, id {direction}"
     )
     return sql, w.params

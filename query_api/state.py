@@ -11,6 +11,7 @@ from nats.aio.client import Client
 from infra.metrics import Metrics
 from infra.settings import Settings
 from query_api.service import AuditService
+from query_api.streams import StreamService
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -21,3 +22,4 @@ CONSUMER_BOUND: web.AppKey[Callable[[], bool]] = web.AppKey("consumer_bound")
 PIPELINE_STATUS: web.AppKey[Callable[[], str]] = web.AppKey("pipeline_status")
 STARTED = web.AppKey("started", float)
 SERVICE = web.AppKey("service", AuditService)  # the API only (not pipeline-only workers)
+STREAMS = web.AppKey("streams", StreamService)  # the API only: streams out (admin)

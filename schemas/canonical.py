@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
 
-from schemas.events import AuditEvent, ResourceRef
+from schemas.events import Actor, AuditEvent, ResourceRef
 
 GENESIS: Final = bytes(32)
 _enc: Final = msgspec.json.Encoder(order="sorted")
@@ -114,35 +114,82 @@ def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:
     return hashlib.sha256(prev_hash + canonical).digest()
 
 
-def event_canonical(event: AuditEvent, metadata: bytes, changes: bytes | None,
-                    related: bytes) -> bytes:  # fmt: skip
-    """:func:`canonical_bytes` of an enriched event, from its already encoded JSON parts
-    (sorted-key compact JSON of ``metadata``, ``changes`` or None, ``related_resources``).
+class _EventCanonical(msgspec.Struct, frozen=True, gc=False):
+    """:class:`_Canonical` as the pipeline fills it: the event's own actor and resource
+    Structs (their fields encode sorted too) and timestamps already in their text form."""
 
-    Equal to ``canonical_bytes`` of the row the event is stored as (tested); computed
-    from the event so the pipeline encodes each part once.
+    action: str
+    actor: Actor
+    category: str
+    changes: msgspec.Raw
+    description: str
+    id: uuid.UUID
+    ip: str
+    metadata: msgspec.Raw
+    occurred_at: str
+    primary_resource: ResourceRef | None
+    received_at: str
+    related_resources: msgspec.Raw
+    request_id: str
+    severity: str
+    tenant_id: str
+    trace_id: str
+    user_agent: str
+
+
+_NAIVE_EPOCH: Final = datetime(1970, 1, 1)
+_US: Final = timedelta(microseconds=1)
+# The instants a datetime holds (years 1-9999), in microseconds since 1970-01-01 UTC.
+MIN_US: Final = (datetime.min - _NAIVE_EPOCH) // _US
+MAX_US: Final = (datetime.max - _NAIVE_EPOCH) // _US
+_second_text: dict[int, str] = {}
+
+
+def canonical_ts(us: int) -> str:
+    """The hashed form of a UTC instant given in microseconds since 1970-01-01:
+    ``2026-11-26T04:57:36.123456Z``, or ``2026-11-26T04:57:36Z`` when the microsecond is
+    zero (what msgspec writes for a UTC datetime; schemas/README.md).
+
+    Raises:
+        OverflowError: outside the years 1-9999 (as a datetime would).
     """
-    primary = event.primary_resource
-    actor = event.actor
-    occurred, received = event.occurred_at, event.received_at
-    assert occurred is not None and received is not None and event.id is not None
-    doc = _Canonical(
-        action=event.action,
-        actor=_Actor(actor.display_name, actor.id, actor.type),
+    if not MIN_US <= us <= MAX_US:
+        raise OverflowError(f"date value out of range: {us} microseconds since 1970")
+    sec, frac = divmod(us, 1_000_000)
+    text = _second_text.get(sec)
+    if text is None:  # events of a batch share few seconds: format each once
+        if len(_second_text) >= 4096:
+            _second_text.clear()
+        text = _second_text[sec] = (_NAIVE_EPOCH + timedelta(seconds=sec)).isoformat()
+    return f"{text}.{frac:06d}Z" if frac else text + "Z"
+
+
+def event_canonical(event: AuditEvent, *, event_id: uuid.UUID, action: str, occurred_us: int,
+                    received_us: int, metadata: bytes, changes: bytes | None,
+                    related: bytes) -> bytes:  # fmt: skip
+    """:func:`canonical_bytes` of an event as the pipeline enriches it (its ``id``,
+    lower-cased ``action``, ``occurred_at`` and ``received_at`` given apart, so the decoded
+    Struct is never copied), from its already encoded JSON parts (sorted-key compact JSON
+    of ``metadata``, ``changes`` or None, ``related_resources``).
+
+    Equal to ``canonical_bytes`` of the row the event is stored as (tested).
+    """
+    return _enc.encode(_EventCanonical(
+        action=action,
+        actor=event.actor,
         category=event.category,
         changes=msgspec.Raw(changes) if changes is not None else _NULL,
         description=event.description,
-        id=event.id,
+        id=event_id,
         ip=event.ip,
         metadata=msgspec.Raw(metadata),
-        occurred_at=occurred,
-        primary_resource=_Ref(primary.display_name, primary.id, primary.type) if primary else None,
-        received_at=received,
+        occurred_at=canonical_ts(occurred_us),
+        primary_resource=event.primary_resource,
+        received_at=canonical_ts(received_us),
         related_resources=msgspec.Raw(related),
         request_id=event.request_id,
         severity=event.severity,
         tenant_id=event.tenant_id,
         trace_id=event.trace_id,
         user_agent=event.user_agent,
-    )
-    return _enc.encode(doc)
+    ))  # fmt: skip

@@ -13,7 +13,6 @@ import itertools
 import os
 import shutil
 import tempfile
-import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,8 +24,12 @@ from infra.db import with_database
 from infra.migrate import migrate
 from infra.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
-README_EVENT = (ROOT / "tests" / "data" / "readme_event.json").read_bytes()
+# Re-exported for test modules that still import them from here (helpers live in
+# tests/support/; this conftest is for fixtures).
+from tests.support.clock import FakeClock  # noqa: F401
+from tests.support.databases import create_database
+from tests.support.events import README_EVENT, ROOT  # noqa: F401
+
 _counter = itertools.count(1)
 
 
@@ -105,18 +108,6 @@ async def template_db(pg_server_url: str) -> str:
     return name
 
 
-async def create_database(pg_server_url: str, template: str | None) -> str:
-    """Create a fresh database (from ``template`` when given); return its DSN."""
-    name = f"auditlog_t{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        tpl = f' TEMPLATE "{template}"' if template else ""
-        await admin.execute(f'CREATE DATABASE "{name}"{tpl}')
-    finally:
-        await admin.close()
-    return with_database(pg_server_url, name)
-
-
 @pytest.fixture
 async def db_url(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
     """DSN of a fresh, migrated database for one test (dropped afterwards)."""
@@ -162,13 +153,3 @@ def settings_factory(nats_url: str, tmp_path_factory):
         return Settings(**base)  # type: ignore[arg-type]
 
     return make
-
-
-class FakeClock:
-    """A monotonic clock that moves only when a test sets ``now``."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now

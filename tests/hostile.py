@@ -12,7 +12,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.conftest import README_EVENT
+from tests.support.events import README_EVENT
 
 BASE: dict[str, Any] = json.loads(README_EVENT)
 FULL: dict[str, Any] = {

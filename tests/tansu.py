@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import socket
 import subprocess
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+
+from tests.support.waits import eventually, eventually_sync
 
 
 def free_port() -> int:
@@ -44,15 +45,18 @@ class Tansu:
              "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tansu exited ({self.proc.returncode}); see {self.log_path}")
+        proc = self.proc
+
+        def connect_error() -> int:
+            if proc.poll() is not None:
+                raise RuntimeError(f"tansu exited ({proc.returncode}); see {self.log_path}")
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"tansu did not listen on {self.port}; see {self.log_path}")
+                return s.connect_ex(("127.0.0.1", self.port))
+
+        eventually_sync(
+            connect_error, lambda err: err == 0, timeout=20, interval=0.05,
+            what=f"tansu accepting on {self.port} (see {self.log_path}); connect errno",
+        )  # fmt: skip
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -100,22 +104,28 @@ async def produce(bootstrap: str, topic: str, values: list[bytes],
 
 
 async def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 30) -> list:
-    """Read ``topic`` from the start until ``expected`` records came (or ``timeout``)."""
+    """Read ``topic`` from the start until ``expected`` records came.
+
+    Raises:
+        AssertionError: fewer within ``timeout`` (those read).
+    """
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
     await consumer.start()
     out: list = []
+
+    async def read() -> list:
+        for records in (await consumer.getmany(timeout_ms=500)).values():
+            out.extend(records)
+        return out
+
     try:
-        deadline = time.monotonic() + timeout
-        while len(out) < expected and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                out.extend(records)
+        return await eventually(read, lambda got: len(got) >= expected, timeout=timeout,
+                                interval=0, what=f"{expected} records of {topic}")  # fmt: skip
     finally:
         await consumer.stop()
-    return out
 
 
 OffsetReader = Callable[[], Awaitable[dict[int, int]]]

@@ -1,224 +1,62 @@
-"""Helpers for integration tests: a running worker, publishing, reading results."""
+"""Fixtures of the integration tests: the HTTP app (``api``), the app with a pipeline
+worker (``stack``) and a gRPC channel to it. Helpers are in ``tests/support/``."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import time
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-
-import asyncpg
-import nats
+import grpc
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from nats.aio.client import Client
 
-from infra.db import create_pool
-from infra.metrics import Metrics
-from infra.settings import Settings
-from pipeline.commits import encode_keys
-from pipeline.dlq_kafka import KafkaDeadLetters
-from pipeline.dlq_nats import NatsDeadLetters
-from pipeline.flush import PartitionCache, PgStore, write_batch
-from pipeline.source_kafka import KafkaSource
-from pipeline.source_nats import JetStreamSource, connect, ensure_stream, nats_options
-from pipeline.stages import Message, Valid, process
-from pipeline.worker import Worker
-from query_api.app import create_app
-from tests.conftest import README_EVENT
+from auditlog.embedded import free_port
+from query_api.rpc import start_grpc
+from tests.support.api import ADMIN
 
-pytestmark = pytest.mark.integration
-NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-def make_event(tenant: str, i: int, **fields: object):
-    """The README's event for ``tenant``, ``i`` minutes before NOW, validated and prepared
-    for :func:`store` (``fields`` override the document's)."""
-    doc = json.loads(README_EVENT)
-    doc.update(tenant_id=tenant, description=f"event number {i}")
-    doc["occurred_at"] = (NOW - timedelta(minutes=i)).isoformat()
-    doc.update(fields)
-    out = process(Message(data=json.dumps(doc).encode()), datetime.now(UTC))
-    assert isinstance(out, Valid), out
-    return out.prepared
+# Re-exported for test modules that still import helpers from here; import them from
+# tests.support.service (this conftest is for fixtures).
+from tests.support.service import (  # noqa: F401
+    DAY,
+    NOT_TRAIL,
+    NOW,
+    PRODUCED,
+    TRAIL_ACTIONS,
+    Running,
+    admin_count,
+    dead_letters,
+    due_month,
+    make_event,
+    publish_all,
+    running_kafka_worker,
+    running_worker,
+    serving_app,
+    store,
+    wait_count,
+)
 
 
-async def store(pool, items) -> None:
-    """Write prepared events as the pipeline does (partitions first, then the chain)."""
-    await PartitionCache().ensure(pool, [p.event for p in items])
-    async with pool.acquire() as conn:
-        for i in range(0, len(items), 2000):
-            await write_batch(conn, items[i : i + 2000])
-
-
-@dataclass
-class Running:
-    settings: Settings
-    worker: Worker
-    nc: Client
-    pool: asyncpg.Pool
-    metrics: Metrics
-
-
-@contextlib.asynccontextmanager
-async def running_worker(settings: Settings, **worker_kw: object) -> AsyncIterator[Running]:
-    """A Worker running in this event loop until the block ends (then drained)."""
-    pool = await create_pool(settings.database_url, max_size=4)
-    nc = await connect(settings.nats_url, "test-worker", settings)
-    await ensure_stream(nc, settings)
-    metrics = Metrics()
-    source = JetStreamSource(nc, settings, max_inflight=3 * settings.batch_max_events)
-
-    async def announce(stored: list, duplicates: list, rejected: list) -> None:
-        if stored or duplicates or rejected:
-            payload = encode_keys([*stored, *duplicates], rejected)
-            await nc.publish(settings.commit_subject, payload)
-
-    worker_kw.setdefault("on_commit", announce)
-    worker = Worker(settings, PgStore(pool), NatsDeadLetters(nc, settings), source, metrics,
-                    **worker_kw)  # fmt: skip
-    task = asyncio.create_task(worker.run())
-    try:
-        yield Running(settings, worker, nc, pool, metrics)
-    finally:
-        await worker.stop()
-        await asyncio.wait_for(task, 30)
-        await nc.close()
-        await pool.close()
-
-
-@contextlib.asynccontextmanager
-async def running_kafka_worker(settings: Settings, **worker_kw: object) -> AsyncIterator[Running]:
-    """A Worker over the Kafka source (a faust App in this event loop) until the block
-    ends (then drained, offsets committed, the app stopped). ``nc`` is None."""
-    pool = await create_pool(settings.database_url, max_size=4)
-    metrics = Metrics()
-    source = KafkaSource(settings, max_inflight=3 * settings.batch_max_events, metrics=metrics)
-    worker = Worker(settings, PgStore(pool), KafkaDeadLetters(source.app, settings), source,
-                    metrics, **worker_kw)  # type: ignore[arg-type]  # fmt: skip
-    task = asyncio.create_task(worker.run())
-    try:
-        yield Running(settings, worker, None, pool, metrics)  # type: ignore[arg-type]
-    finally:
-        await worker.stop()
-        await asyncio.wait_for(task, 30)
-        await source.close()
-        await pool.close()
-
-
-@contextlib.asynccontextmanager
-async def serving_app(settings: Settings, pool_size: int = 4) -> AsyncIterator[TestClient]:
-    """The HTTP app (``create_app``) on a test server, with its own pool and NATS
-    connection (``client.pool``, ``client.nc``); everything is closed afterwards."""
-    pool = await create_pool(settings.database_url, max_size=pool_size)
-    nc = await nats.connect(settings.nats_url)
-    client = TestClient(TestServer(create_app(settings, pool, nc, Metrics())))
-    await client.start_server()
-    client.pool = pool  # type: ignore[attr-defined]
-    client.nc = nc  # type: ignore[attr-defined]
-    try:
+@pytest.fixture
+async def api(db_url, settings_factory, tmp_path):
+    """The HTTP app (no worker), ``ADMIN`` its admin token."""
+    settings = settings_factory(db_url, admin_token=ADMIN, state_dir=str(tmp_path))
+    async with serving_app(settings) as client:
         yield client
-    finally:
-        await client.close()
-        await nc.close()
-        await pool.close()
 
 
-async def publish_all(
-    nc: Client, subject: str, payloads: Iterable[bytes], headers: list[dict | None] | None = None
-) -> int:
-    """Publish with JetStream acks (bounded concurrency); return how many were acked."""
-    js = nc.jetstream()
-    items = list(payloads)
-    hdrs = headers or [None] * len(items)
-    sem = asyncio.Semaphore(256)
-
-    async def one(data: bytes, h: dict | None) -> None:
-        async with sem:
-            await js.publish(subject, data, headers=h)
-
-    await asyncio.gather(*(one(d, h) for d, h in zip(items, hdrs, strict=True)))
-    return len(items)
+@pytest.fixture
+async def stack(db_url, settings_factory, tmp_path):
+    """A running pipeline worker and the HTTP app, sharing NATS subjects (``ADMIN`` the
+    admin token, ``stack.db_url`` the database)."""
+    settings = settings_factory(db_url, admin_token=ADMIN, state_dir=str(tmp_path),
+                                batch_max_latency_ms=5)  # fmt: skip
+    async with running_worker(settings), serving_app(settings) as client:
+        client.db_url = db_url  # type: ignore[attr-defined]
+        yield client
 
 
-# The service's own access-trail events (query_api/access_log.py; on by default in
-# `auditlog run`): tests that count what producers sent leave them out.
-TRAIL_ACTIONS = ("audit_log.read", "audit_log.export", "api_key.create", "api_key.revoke",
-                 "audit_log.retention.update", "audit_log.legal_hold.set",
-                 "audit_log.legal_hold.release")  # fmt: skip
-NOT_TRAIL = "action NOT IN (" + ", ".join(f"'{a}'" for a in TRAIL_ACTIONS) + ")"
-PRODUCED = f"SELECT count(*) FROM audit.events WHERE {NOT_TRAIL}"
-
-
-async def admin_count(dsn: str, sql: str = PRODUCED, *args) -> int:
-    """A count as the superuser (default: every stored event but the access trail)."""
-    conn = await asyncpg.connect(dsn)  # the superuser: RLS does not apply
-    try:
-        return int(await conn.fetchval(sql, *args))
-    finally:
-        await conn.close()
-
-
-async def wait_count(dsn: str, expected: int, timeout: float = 60.0) -> int:
-    """Poll until audit.events holds ``expected`` rows (or ``timeout``); return the count
-    (-1 while PostgreSQL is unreachable: fault tests poll through outages)."""
-    deadline = time.monotonic() + timeout
-    n = -1
-    while time.monotonic() < deadline:
-        try:
-            n = await admin_count(dsn)
-        except (OSError, asyncpg.PostgresError):
-            n = -1
-        if n >= expected:
-            return n
-        await asyncio.sleep(0.1)
-    return n
-
-
-async def dead_letters(nats_url: str, settings: Settings) -> list[nats.aio.msg.Msg]:
-    """Every message in the dead-letter stream, in order."""
-    nc = await nats.connect(nats_url, **nats_options(settings))
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(settings.dlq_stream)
-        out = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            out.append(await js.get_msg(settings.dlq_stream, seq))
-        return out
-    finally:
-        await nc.close()
-
-
-DAY = 24 * 60  # make_event's offsets are minutes before NOW
-
-
-async def due_month(settings: Settings, tenant: str) -> str:
-    """Give ``tenant`` events in a month long past and one recent, signed checkpoints over
-    them (``settings``' signing key) and a 30-day retention: that month is then due for
-    retention. Returns its partition's name."""
-    from infra.signing import load_signer
-    from pipeline import retention
-    from pipeline.checkpoints import Checkpointer
-
-    pool = await create_pool(settings.database_url, max_size=2)
-    try:
-        for minutes_ago in (100 * DAY + 1, 100 * DAY, 5):  # one batch each: seq follows
-            await store(pool, [make_event(tenant, minutes_ago)])
-        checkpointer = Checkpointer(settings, pool, None, load_signer(settings))
-        await checkpointer.register_key()
-        await checkpointer.cycle()
-    finally:
-        await pool.close()
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await conn.execute("SET session_replication_role = replica")
-        await conn.execute("INSERT INTO audit.tenant_policies (tenant_id, retention_days)"
-                           " VALUES ($1, 30)", tenant)  # fmt: skip
-        due = [m.name for m in await retention.plan(conn, settings) if m.due]
-    finally:
-        await conn.close()
-    assert len(due) == 1, due
-    return due[0]
+@pytest.fixture
+async def grpc_channel(stack):
+    """A gRPC channel to ``stack``'s app, served on a free port."""
+    port = free_port()
+    server = await start_grpc(stack.server.app, "127.0.0.1", port)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield channel
+    await channel.close()
+    await server.stop(grace=1)

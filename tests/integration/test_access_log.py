@@ -3,13 +3,13 @@ the real pipeline (NATS, worker, PostgreSQL), summarised per key and filter."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
-from tests.integration.conftest import running_worker, serving_app
-from tests.integration.test_query_api import ADMIN, auth
+from tests.support.api import ADMIN, auth
+from tests.support.service import running_worker, serving_app
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 TENANT = "acc-t1"
@@ -27,16 +27,15 @@ async def stack(db_url, settings_factory, tmp_path):
 async def _trail(api, tenant: str, want: int) -> list[dict]:
     """The tenant's access events (admin-read, so reading them is logged too: the helper
     filters on the compliance category and stops once ``want`` are there)."""
-    found: list[dict] = []
-    for _ in range(100):
+
+    async def events() -> list[dict]:
         r = await api.get("/v1/audit/events", headers=auth(ADMIN), params={
             "tenant_id": tenant, "categories": "CATEGORY_COMPLIANCE", "order": "asc",
             "page_size": "100"})  # fmt: skip
-        found = (await r.json())["events"]
-        if len(found) >= want:
-            return found
-        await asyncio.sleep(0.1)
-    return found
+        return (await r.json())["events"]
+
+    return await eventually(events, lambda found: len(found) >= want, timeout=10, interval=0.1,
+                            what=f"{want} access event(s) in {tenant}'s log")  # fmt: skip
 
 
 async def test_reads_exports_and_changes_are_logged_in_the_tenants_own_log(stack) -> None:

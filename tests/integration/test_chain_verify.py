@@ -8,7 +8,7 @@ import pytest
 from infra.db import create_pool
 from pipeline.chain import verify_tenant
 from pipeline.flush import PartitionCache, write_batch
-from tests.integration.test_storage import _event
+from tests.support.events import storage_event
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 async def _store(db_url: str, n: int) -> None:
     pool = await create_pool(db_url, max_size=1)
     try:
-        items = [_event("t-chain") for _ in range(n)]
+        items = [storage_event("t-chain") for _ in range(n)]
         await PartitionCache().ensure(pool, [p.event for p in items])
         async with pool.acquire() as conn:
             await write_batch(conn, items[: n // 2])

@@ -8,13 +8,15 @@ import nats
 import pytest
 
 from query_api.client import AsyncAuditClient, AuditApiError, AuditClient, publish_event
-from tests.integration.test_write_api import ADMIN, readme, stack  # noqa: F401  (fixture)
+from tests.support.api import ADMIN
+from tests.support.events import readme
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 TENANT = readme()["tenant_id"]
 
 
-async def test_sync_client(stack) -> None:  # noqa: F811
+async def test_sync_client(stack) -> None:
     client = AuditClient(str(stack.make_url("")), ADMIN, retries=1)
     # The product page's writeEvent example, translated.
     event = {"tenant_id": TENANT, "action": "security.password_reset",
@@ -34,7 +36,7 @@ async def test_sync_client(stack) -> None:  # noqa: F811
     assert info.value.status == 400 and info.value.field == "event.severity"
 
 
-async def test_async_client_and_publisher(stack) -> None:  # noqa: F811
+async def test_async_client_and_publisher(stack) -> None:
     async with AsyncAuditClient(str(stack.make_url("")), ADMIN) as client:
         fixed = readme(id="0195f3c2-0000-7000-8000-000000000001")
         first = await client.write_event(fixed)
@@ -48,7 +50,7 @@ async def test_async_client_and_publisher(stack) -> None:  # noqa: F811
         assert info.value.status == 400
 
 
-async def test_nats_publisher_helper(stack, nats_url) -> None:  # noqa: F811
+async def test_nats_publisher_helper(stack, nats_url) -> None:
     from query_api.state import SETTINGS
 
     settings = stack.server.app[SETTINGS]
@@ -58,10 +60,6 @@ async def test_nats_publisher_helper(stack, nats_url) -> None:  # noqa: F811
     finally:
         await nc.close()
     async with AsyncAuditClient(str(stack.make_url("")), ADMIN) as client:
-        for _ in range(100):
-            try:
-                got = await client.get_event(event_id, TENANT)
-                break
-            except AuditApiError:
-                await asyncio.sleep(0.05)
+        got = await eventually(lambda: client.get_event(event_id, TENANT), timeout=5,
+                               ignore=(AuditApiError,), what="the event readable")  # fmt: skip
         assert got["description"] == "via nats"

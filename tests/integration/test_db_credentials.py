@@ -14,8 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +31,10 @@ from infra.metrics import Metrics
 from infra.settings import Settings
 from infra.signing import load_signer
 from pipeline import retention
-from tests.conftest import create_database
-from tests.integration.conftest import due_month
+from tests.support.databases import create_database
+from tests.support.metrics import sample
+from tests.support.service import due_month
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 PASSWORD = "runtime-password-for-tests-0123"
@@ -83,13 +84,13 @@ class Process:
             return r.status, await r.text()
 
     async def ready(self, timeout: float = 90) -> None:
-        async def answered() -> bool:
+        async def readyz() -> tuple[int, str]:
             assert self.popen.poll() is None, self.output()
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                return (await self.get("/readyz"))[0] == 200
-            return False
+            return await self.get("/readyz")
 
-        await until(answered, timeout, f"not ready:\n{self.output()}")
+        await eventually(readyz, lambda r: r[0] == 200, timeout=timeout, interval=0.1,
+                         ignore=(aiohttp.ClientError, TimeoutError),
+                         what=f"/readyz of {self.log.name} answers 200")  # fmt: skip
 
     async def dropped(self) -> float:
         """``auditlog_retention_partitions_dropped_total`` on its /metrics."""
@@ -115,13 +116,6 @@ def auditlog(command: str, env: dict[str, str], log: Path) -> Iterator[Process]:
             except subprocess.TimeoutExpired:
                 popen.kill()
                 popen.wait()
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float, why: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, why
-        await asyncio.sleep(0.1)
 
 
 async def fetchval(dsn: str, sql: str, *args: object) -> object:
@@ -158,22 +152,17 @@ async def test_two_processes_with_retention_due_drop_the_month_once(
             await a.ready()
             await b.ready()
 
-            async def waiting() -> bool:
-                return bool(await blocker.fetchval(
-                    "SELECT count(*) FROM pg_locks WHERE NOT granted"
-                    " AND relation = 'audit.retention_gaps'::regclass"))  # fmt: skip
-
-            async def skipped() -> bool:
-                return "holds the retention lease" in a.output() + b.output()
-
-            await until(waiting, 30, "no drop started")
-            await until(skipped, 30, "no round met the lease")
+            await eventually(lambda: blocker.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                " AND relation = 'audit.retention_gaps'::regclass"), timeout=30, interval=0.1,
+                what="a drop started (waiting on the lock)")  # fmt: skip
+            await eventually(lambda: a.output() + b.output(),
+                             lambda out: "holds the retention lease" in out, timeout=30,
+                             interval=0.1, what="a round met the lease")  # fmt: skip
             await block.rollback()
-
-            async def gone() -> bool:
-                return await blocker.fetchval("SELECT to_regclass($1)", f"audit.{name}") is None
-
-            await until(gone, 30, f"{name} was not dropped")
+            await eventually(lambda: blocker.fetchval("SELECT to_regclass($1)", f"audit.{name}"),
+                             lambda rel: rel is None, timeout=30, interval=0.1,
+                             what=f"{name} dropped")  # fmt: skip
             await asyncio.sleep(2)  # more rounds in both: nothing is due any more
             counted = [await a.dropped(), await b.dropped()]
         logs = [a.output(), b.output()]
@@ -206,11 +195,8 @@ async def test_a_runtime_login_waits_for_migrations_and_never_runs_retention(
         load_signer(settings)  # the key the processes are pointed at
         env = env_for(settings, tmp_path / "api", AUDIT_DATABASE_URL=runtime)
         with auditlog("api", env, tmp_path / "api.log") as api:
-
-            async def waits() -> bool:
-                return "SchemaNotCurrent" in api.output()
-
-            await until(waits, 60, api.output())
+            await eventually(api.output, lambda out: "SchemaNotCurrent" in out, timeout=60,
+                             interval=0.1, what="the api waiting for migrations")  # fmt: skip
             applied = await fetchval(owner, "SELECT to_regclass('audit.events')")
             assert applied is None  # the runtime login applied nothing
             refused = await asyncio.to_thread(cli, "migrate", env=env)
@@ -285,7 +271,7 @@ async def test_the_retention_lease_admits_one_runner(db_url: str, settings_facto
         assert refused.returncode == 1
         assert "holds the retention lease; nothing dropped" in refused.stderr
         assert "(pid " in refused.stderr and "auditlog retention" in refused.stderr
-    assert metrics.retention_dropped._value.get() == 0
+    assert sample(metrics, "auditlog_retention_partitions_dropped_total") == 0
     applied = await asyncio.to_thread(cli, "retention", "apply", env=env)
     assert applied.returncode == 0, applied.stderr
     assert f"dropped {name}" in applied.stdout

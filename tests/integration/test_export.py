@@ -15,8 +15,8 @@ import pytest
 from infra.db import create_pool
 from pipeline.flush import PartitionCache, write_batch
 from pipeline.stages import Message, Valid, process
-from tests.conftest import README_EVENT
-from tests.integration.conftest import serving_app
+from tests.support.events import README_EVENT
+from tests.support.service import serving_app
 
 pytestmark = pytest.mark.integration
 ADMIN = "export-admin-token-0123456789abcdef"

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -31,8 +30,10 @@ from infra.migrate import migrate
 from infra.settings import Settings
 from pipeline.chain import verify_tenant
 from pipeline.source_nats import connect, ensure_stream
-from tests.integration.conftest import NOT_TRAIL, admin_count, publish_all, wait_count
-from tests.integration.test_pipeline import event
+from tests.support.events import event
+from tests.support.processes import stop_all
+from tests.support.service import NOT_TRAIL, admin_count, publish_all, wait_count
+from tests.support.waits import drained, eventually
 
 pytestmark = pytest.mark.integration
 TENANTS = [f"t-fm-{i}" for i in range(7)]
@@ -91,7 +92,7 @@ async def publish(rig: Rig, n: int, start: int = 0) -> None:
 
 async def assert_exact(rig: Rig, total: int, procs: list[subprocess.Popen[bytes]]) -> None:
     assert await wait_count(rig.dsn, total, timeout=180) == total
-    await asyncio.sleep(1.5)  # nothing more may arrive
+    await drained(rig.settings)  # every delivery settled: nothing more will arrive
     assert await admin_count(rig.dsn) == total
     dupes = await admin_count(rig.dsn, "SELECT count(*) FROM (SELECT 1 FROM audit.events "
                               "GROUP BY tenant_id, id HAVING count(*) > 1) d")  # fmt: skip
@@ -107,17 +108,6 @@ async def assert_exact(rig: Rig, total: int, procs: list[subprocess.Popen[bytes]
         await conn.close()
     for p in procs:
         assert p.poll() is None, p.stderr.read().decode()[-3000:] if p.stderr else ""
-
-
-def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def children(pid: int) -> list[int]:
@@ -249,12 +239,12 @@ async def test_exports_beyond_admission_get_429_while_ingestion_goes_on(rig: Rig
         await assert_exact(rig, total, [service])
         # Each export that ran is in its tenant's access trail, one by one (the service
         # publishes it when the export ends; 429s never started).
-        for _ in range(100):
-            logged = await admin_count(rig.dsn, "SELECT count(*) FROM audit.events"
-                                       " WHERE action = 'audit_log.export'")  # fmt: skip
-            if logged >= statuses.count(200):
-                break
-            await asyncio.sleep(0.1)
+        logged = await eventually(
+            lambda: admin_count(rig.dsn, "SELECT count(*) FROM audit.events"
+                                " WHERE action = 'audit_log.export'"),
+            lambda n: n >= statuses.count(200), timeout=10, interval=0.1,
+            what=f"{statuses.count(200)} exports in the access trail",
+        )  # fmt: skip
         assert logged == statuses.count(200)
     finally:
         stop_all([service])
@@ -271,13 +261,11 @@ def readyz(port: int) -> tuple[int, dict]:
 
 
 async def wait_readyz(port: int, want: int, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status, body = await asyncio.to_thread(readyz, port)
-        if status == want:
-            return body
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"/readyz never answered {want}")
+    """The body of /readyz once it answers ``want``."""
+    _, body = await eventually(lambda: asyncio.to_thread(readyz, port), lambda r: r[0] == want,
+                               timeout=timeout, interval=0.2,
+                               what=f"/readyz on {port} answers {want}")  # fmt: skip
+    return body
 
 
 async def test_readyz_of_a_pipeline_worker(rig: Rig) -> None:

@@ -9,14 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nats.errors
 import pytest
 
 from auditlog.embedded import EmbeddedPostgres, free_port
 from infra.db import ensure_database
 from infra.migrate import migrate
 from infra.settings import Settings
-from tests.integration.conftest import admin_count, publish_all, running_worker, wait_count
-from tests.integration.test_pipeline import event
+from tests.support.events import event
+from tests.support.metrics import sample
+from tests.support.service import admin_count, publish_all, running_worker, wait_count
+from tests.support.waits import drained, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -53,10 +56,8 @@ async def test_kill_9_mid_stream_then_restart(db_url, settings_factory) -> None:
     try:
         await publish_all(nc, settings.subject, payloads[:3000])
         # Kill once rows are landing: mid-stream, with batches in flight.
-        for _ in range(300):
-            if await admin_count(db_url) > 200:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: admin_count(db_url), lambda n: n > 200, timeout=30,
+                         interval=0.02, what="rows landing")  # fmt: skip
         proc.kill()
         proc.wait()
         partial = await admin_count(db_url)
@@ -64,7 +65,7 @@ async def test_kill_9_mid_stream_then_restart(db_url, settings_factory) -> None:
         await publish_all(nc, settings.subject, payloads[3000:])
         proc = spawn_worker(settings)
         assert await wait_count(db_url, total, timeout=120) == total
-        await asyncio.sleep(1.0)  # nothing more may arrive (no duplicates)
+        await drained(settings, nc)  # every delivery settled: nothing more will arrive
         assert await admin_count(db_url) == total
         distinct = await admin_count(db_url, "SELECT count(DISTINCT description) FROM audit.events")
         assert distinct == total
@@ -88,14 +89,12 @@ async def test_sigterm_drains_and_exits_zero(db_url, settings_factory) -> None:
     try:
         await publish_all(nc, settings.subject, [event("t-term", i) for i in range(300)])
         js = nc.jetstream()
-        for _ in range(600):  # until the worker holds all 300, none of them stored
-            try:
-                info = await js.consumer_info(settings.stream, settings.consumer)
-                if info.num_ack_pending == 300:
-                    break
-            except Exception:  # the worker has not made its consumer yet
-                pass
-            await asyncio.sleep(0.05)
+        # Until the worker holds all 300, none of them stored (not found: no consumer yet).
+        info = await eventually(
+            lambda: js.consumer_info(settings.stream, settings.consumer),
+            lambda i: i.num_ack_pending == 300, timeout=30, ignore=(nats.errors.Error,),
+            what="300 messages held by the worker",
+        )  # fmt: skip
         assert info.num_ack_pending == 300 and info.num_pending == 0
         assert await admin_count(db_url) == 0  # a batch is pending in the worker
         proc.send_signal(signal.SIGTERM)
@@ -130,7 +129,7 @@ async def test_postgres_down_for_ten_seconds(tmp_path: Path, settings_factory) -
             await asyncio.to_thread(pg.start)
             await publish_all(run.nc, settings.subject, payloads[2000:])
             assert await wait_count(dsn, total, timeout=90) == total
-            assert run.metrics.flush_retries.labels("retry")._value.get() > 0
+            assert sample(run.metrics, "auditlog_flush_retries_total", kind="retry") > 0
         assert await admin_count(dsn) == total
     finally:
         pg.stop()

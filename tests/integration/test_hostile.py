@@ -7,9 +7,7 @@ holds back only the message concerned.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -23,8 +21,9 @@ from infra.metrics import Metrics
 from pipeline.source_nats import EVENT_MAX_MSG_SIZE
 from query_api.app import create_app
 from schemas.ids import tenant_subject
-from tests.integration.conftest import admin_count, dead_letters, running_worker, wait_count
-from tests.integration.test_pipeline import event as pipeline_event
+from tests.support.events import event as pipeline_event
+from tests.support.service import admin_count, dead_letters, running_worker, wait_count
+from tests.support.waits import drained, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -42,15 +41,6 @@ def deep_metadata(levels: int) -> bytes:
 async def publish(nc, subject: str, data: bytes, headers: dict | None = None) -> int:
     ack = await nc.jetstream().publish(subject, data, headers=headers)
     return ack.seq
-
-
-async def wait_for(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.1)
-    return False
 
 
 async def test_poison_of_every_kind_then_valid_events(db_url, settings_factory, nats_url) -> None:
@@ -92,12 +82,9 @@ async def test_poison_of_every_kind_then_valid_events(db_url, settings_factory, 
             subject = settings.subject if i % 2 else tenant_subject(settings.subject, "tenant-h")
             await publish(run.nc, subject, event(i=i))
         assert await wait_count(db_url, 25) == 25
-
-        async def all_dead() -> bool:
-            return run.worker.totals["dead_lettered"] >= len(poison)
-
-        assert await wait_for(all_dead)
-        await asyncio.sleep(0.3)
+        await eventually(lambda: run.worker.totals["dead_lettered"], lambda n: n >= len(poison),
+                         what="every poison message dead-lettered")  # fmt: skip
+        await drained(settings, run.nc)  # nothing more will arrive
         assert not run.worker.totals["stored"] > 25
         assert run.worker.status() == "ok"
     letters = await dead_letters(nats_url, settings)
@@ -131,11 +118,8 @@ async def test_missing_dead_letter_stream_is_created(db_url, settings_factory, n
         await publish(run.nc, settings.subject, b"[1, 2")
         await publish(run.nc, settings.subject, event())
         assert await wait_count(db_url, 1) == 1
-
-        async def dead() -> bool:
-            return run.worker.totals["dead_lettered"] == 1
-
-        assert await wait_for(dead)
+        await eventually(lambda: run.worker.totals["dead_lettered"], lambda n: n == 1,
+                         what="the poison message dead-lettered")  # fmt: skip
     letters = await dead_letters(nats_url, settings)
     assert [m.data for m in letters] == [b"[1, 2"]
 
@@ -158,11 +142,8 @@ async def test_refusing_dead_letter_stream_holds_only_that_message(
             for i in range(10):
                 await publish(run.nc, settings.subject, event(i=i))
             assert await wait_count(db_url, 10) == 10
-
-            async def degraded() -> bool:
-                return run.worker.status().startswith("degraded")
-
-            assert await wait_for(degraded)
+            await eventually(lambda: run.worker.status(), lambda s: s.startswith("degraded"),
+                             what="the worker degraded")  # fmt: skip
             ready = await (await http.get("/readyz")).json()
             assert ready["status"] == "degraded"
             assert ready["checks"]["pipeline"].startswith("degraded: 1 dead letter")
@@ -179,10 +160,8 @@ async def test_refusing_dead_letter_stream_holds_only_that_message(
             info.config.max_msgs = -1
             await js.update_stream(info.config)
 
-            async def recovered() -> bool:
-                return run.worker.status() == "ok"
-
-            assert await wait_for(recovered, timeout=40)
+            await eventually(lambda: run.worker.status(), lambda s: s == "ok", timeout=40,
+                             what="the worker recovered")  # fmt: skip
             assert (await (await http.get("/readyz")).json())["status"] == "ready"
     letters = await dead_letters(nats_url, settings)
     assert sorted(m.data for m in letters) == [b"bad one", b"bad two"]
@@ -243,11 +222,8 @@ async def test_a_partition_that_cannot_be_made_dead_letters_only_its_events(
             if i in (0, 3, 6):
                 await publish(run.nc, settings.subject, bad[i // 3])
         assert await wait_count(db_url, 10) == 10
-
-        async def all_dead() -> bool:
-            return run.worker.totals["dead_lettered"] >= 3
-
-        assert await wait_for(all_dead)
+        await eventually(lambda: run.worker.totals["dead_lettered"], lambda n: n >= 3,
+                         what="the 3 events of the refused month dead-lettered")  # fmt: skip
     letters = await dead_letters(nats_url, settings)
     assert sorted(m.data for m in letters) == sorted(bad)
     for m in letters:

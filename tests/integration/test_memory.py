@@ -7,20 +7,19 @@ messages at the stream's size limit (dead letters), far more bytes than the budg
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from auditlog.embedded import free_port
 from pipeline.source_nats import EVENT_MAX_MSG_SIZE, connect, ensure_stream
-from tests.conftest import README_EVENT
-from tests.integration.conftest import admin_count, publish_all
+from tests.support.events import README_EVENT
+from tests.support.service import admin_count, publish_all
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -79,15 +78,17 @@ async def test_worker_rss_stays_bounded_at_the_size_limit(db_url, settings_facto
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         js = nc.jetstream()
         peak = 0.0
-        deadline = time.monotonic() + 180
+
+        async def backlog() -> tuple[int, int]:  # sampling the worker's RSS meanwhile
+            nonlocal peak
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            peak = max(peak, peak_rss_mib(proc.pid))
+            info = await js.consumer_info(settings.stream, settings.consumer)
+            return info.num_pending, info.num_ack_pending
+
         try:
-            while time.monotonic() < deadline:
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-                peak = max(peak, peak_rss_mib(proc.pid))
-                info = await js.consumer_info(settings.stream, settings.consumer)
-                if info.num_pending == 0 and info.num_ack_pending == 0:
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(backlog, lambda b: b == (0, 0), timeout=180,
+                             what="the backlog drained: (pending, ack pending)")  # fmt: skip
             peak = max(peak, peak_rss_mib(proc.pid))
         finally:
             proc.terminate()

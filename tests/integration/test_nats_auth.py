@@ -7,7 +7,6 @@ README describes: the service connects with its own credentials (``AUDIT_NATS_US
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import subprocess
@@ -20,8 +19,9 @@ from nats.errors import Error as NatsError
 
 from auditlog.embedded import free_port, nats_server_binary
 from schemas.ids import tenant_subject
-from tests.conftest import README_EVENT
-from tests.integration.conftest import admin_count, dead_letters, running_worker, wait_count
+from tests.support.events import README_EVENT
+from tests.support.service import admin_count, dead_letters, running_worker, wait_count
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -62,12 +62,12 @@ def event(tenant: str) -> bytes:
 
 
 async def connect_as(url: str, user: str) -> nats.NATS:
-    for _ in range(50):  # the server may still be starting
-        with contextlib.suppress(OSError, NatsError):
-            return await nats.connect(url, user=user, password=f"{user}-pw",
-                                      allow_reconnect=False, error_cb=_quiet)  # fmt: skip
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"cannot connect as {user}")
+    """A connection as ``user`` (the server may still be starting)."""
+    return await eventually(
+        lambda: nats.connect(url, user=user, password=f"{user}-pw", allow_reconnect=False,
+                             error_cb=_quiet),
+        timeout=10, interval=0.1, ignore=(OSError, NatsError), what=f"connected as {user}",
+    )  # fmt: skip
 
 
 async def _quiet(exc: Exception) -> None:  # permission violations are expected here
@@ -93,10 +93,8 @@ async def test_a_producer_cannot_write_into_another_tenant(db_url, settings_fact
                 # Allowed subject, another tenant's event: dead-lettered, never stored.
                 await js_a.publish(tenant_subject(settings.subject, "tenant-a"), event("tenant-b"))
                 assert await wait_count(db_url, 2) == 2
-                for _ in range(100):
-                    if await _dead(url, settings):
-                        break
-                    await asyncio.sleep(0.1)
+                await eventually(lambda: _dead(url, settings), timeout=10, interval=0.1,
+                                 what="a dead letter")  # fmt: skip
             finally:
                 await a.close()
                 await b.close()

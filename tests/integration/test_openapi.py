@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -24,8 +23,10 @@ from schemathesis.specs.openapi import stateful
 from auditlog.embedded import free_port
 from infra.db import create_pool
 from query_api.openapi import CHECKED_IN, OPERATIONS, render
-from tests.conftest import ROOT, create_database
-from tests.integration.test_query_api import make_event, store
+from tests.support.databases import create_database
+from tests.support.events import ROOT
+from tests.support.service import make_event, store
+from tests.support.waits import eventually_sync
 
 pytestmark = pytest.mark.integration
 ADMIN = "schemathesis-admin-token-0123456789"
@@ -62,13 +63,13 @@ def live_service(pg_server_url, template_db, nats_url, tmp_path_factory):
                AUDIT_COMMIT_SUBJECT=f"{tag}.committed", AUDIT_WRITE_TIMEOUT_S="5")  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "auditlog.cli", "run"], env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.2)
+
+    def healthz() -> int:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
+            return r.status
+
+    eventually_sync(healthz, timeout=60, interval=0.2, ignore=(OSError,),
+                    what=f"{url}/healthz answers")  # fmt: skip
     yield url
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)

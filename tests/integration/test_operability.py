@@ -21,7 +21,8 @@ import nats
 import pytest
 
 from auditlog.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from tests.integration.test_runtime import get, start, stop, wait_ready
+from tests.support.processes import get, start, stop, wait_ready
+from tests.support.waits import eventually_sync
 
 pytestmark = pytest.mark.integration
 ADMIN = "operability-admin-token-0123456789"
@@ -70,15 +71,6 @@ def scrape(port: int) -> str:
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
         return r.read().decode()
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def assert_csv_equals_export(port: int, cli_csv: str) -> None:
@@ -147,7 +139,8 @@ def test_publish_then_list_and_metrics_move_exactly(service) -> None:
     asyncio.run(bad())
     stored = "auditlog_events_stored_total"
     dead = "auditlog_events_dead_lettered_total"
-    wait_for(lambda: metric(scrape(port), dead) - metric(before, dead) == 2)
+    eventually_sync(lambda: metric(scrape(port), dead) - metric(before, dead), lambda n: n == 2,
+                    what="two more dead letters counted")  # fmt: skip
     after = scrape(port)
     assert metric(after, stored) - metric(before, stored) == 5
     assert metric(after, dead, 'reason="malformed_json"') - metric(
@@ -198,8 +191,13 @@ def test_dead_letters_list_show_replay(service) -> None:
         await nc.close()
 
     asyncio.run(bad())
-    wait_for(lambda: "fix-me-1" in cli(state, port, "dlq", "show", "1", check=False).stdout
-             or "action" in cli(state, port, "dlq", "list").stdout)  # fmt: skip
+
+    def dead_letter() -> tuple[str, str]:  # (`dlq show 1`, `dlq list` when show lacks it)
+        shown = cli(state, port, "dlq", "show", "1", check=False).stdout
+        return shown, "" if "fix-me-1" in shown else cli(state, port, "dlq", "list").stdout
+
+    eventually_sync(dead_letter, lambda out: "fix-me-1" in out[0] or "action" in out[1],
+                    what="the dead letter listed")  # fmt: skip
     listing = cli(state, port, "dlq", "list").stdout
     seq = max(int(m) for m in re.findall(r"^│\s*(\d+)\s*│", listing, re.M))
     shown = cli(state, port, "dlq", "show", str(seq)).stdout
@@ -211,8 +209,9 @@ def test_dead_letters_list_show_replay(service) -> None:
     fixed.write_text(json.dumps(doc))
     out = cli(state, port, "dlq", "replay", str(seq), "--fixed-file", str(fixed)).stdout
     assert "replayed 1 dead letter(s) and removed them" in out
-    wait_for(lambda: "t-dlq" in cli(state, port, "events", "list", "--tenant-id", "t-dlq",
-                                     "-o", "ndjson").stdout)  # fmt: skip
+    eventually_sync(lambda: cli(state, port, "events", "list", "--tenant-id", "t-dlq",
+                                "-o", "ndjson").stdout,
+                    lambda out: "t-dlq" in out, what="the replayed event listed")  # fmt: skip
     assert cli(state, port, "dlq", "show", str(seq), check=False).returncode != 0
 
 
@@ -246,19 +245,19 @@ def test_readyz_follows_nats_and_postgres(service) -> None:
 
     # NATS away: the API still serves reads (ready, but degraded: writes answer 503).
     EmbeddedNats(state).stop()
-    wait_for(lambda: body()["checks"]["nats"] != "ok")
+    eventually_sync(body, lambda b: b["checks"]["nats"] != "ok", what="/readyz: nats not ok")
     assert status() == 200 and body()["status"] == "degraded"
     assert "writes answer 503" in body()["checks"]["nats"]
     bad = cli(state, port, "doctor", check=False)
     assert bad.returncode == 1 and "UNHEALTHY" in bad.stdout
     EmbeddedNats(state).start()
-    wait_for(lambda: body()["status"] == "ready")
+    eventually_sync(body, lambda b: b["status"] == "ready", what="/readyz: ready")
     pg = EmbeddedPostgres(state)
     pg.stop()
-    wait_for(lambda: status() == 503)
+    eventually_sync(status, lambda s: s == 503, what="/readyz answers 503")
     assert "postgresql" in get(f"http://127.0.0.1:{port}/readyz")[1]["checks"]["postgresql"]
     pg.start()
-    wait_for(lambda: status() == 200, timeout=60)
+    eventually_sync(status, lambda s: s == 200, timeout=60, what="/readyz answers 200")
 
 
 def test_cli_manages_retention_and_legal_holds(service) -> None:

@@ -12,24 +12,18 @@ import pytest
 
 from pipeline.chain import verify_tenant
 from pipeline.source_nats import connect, ensure_stream
-from tests.conftest import README_EVENT
-from tests.integration.conftest import (
+from tests.support.events import event
+from tests.support.metrics import sample
+from tests.support.service import (
     admin_count,
     dead_letters,
     publish_all,
     running_worker,
     wait_count,
 )
+from tests.support.waits import drained, eventually
 
 pytestmark = pytest.mark.integration
-
-
-def event(tenant: str = "tenant-1", i: int = 0, **extra: object) -> bytes:
-    doc = json.loads(README_EVENT)
-    doc["tenant_id"] = tenant
-    doc["description"] = f"event {i}"
-    doc.update(extra)
-    return json.dumps(doc).encode()
 
 
 INVALID = {
@@ -56,10 +50,9 @@ async def test_valid_and_invalid_interleaved(db_url, settings_factory, nats_url)
     async with running_worker(settings) as run:
         await publish_all(run.nc, settings.subject, payloads)
         assert await wait_count(db_url, len(valid)) == len(valid)
-        for _ in range(100):
-            if run.worker.totals["dead_lettered"] == len(INVALID):
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: run.worker.totals["dead_lettered"],
+                         lambda n: n == len(INVALID), timeout=5,
+                         what=f"{len(INVALID)} dead-lettered")  # fmt: skip
     letters = await dead_letters(nats_url, settings)
     assert len(letters) == len(INVALID)
     got = {m.data: m.headers for m in letters}
@@ -71,7 +64,7 @@ async def test_valid_and_invalid_interleaved(db_url, settings_factory, nats_url)
     missing = got[next(d for d, r in INVALID.items() if r == "missing_field")]
     assert missing["Audit-Dlq-Field"] == "tenant_id"
     assert await admin_count(db_url) == len(valid)
-    assert run.metrics.stored.labels("nats")._value.get() == len(valid)
+    assert sample(run.metrics, "auditlog_events_stored_total", source="nats") == len(valid)
 
 
 async def test_same_event_three_times_and_after_restart(db_url, settings_factory) -> None:
@@ -94,10 +87,8 @@ async def test_same_event_three_times_and_after_restart(db_url, settings_factory
         acks = [await js.publish(settings.subject, with_id, headers={"Nats-Msg-Id": "again-1"}),
                 await js.publish(settings.subject, keyed, headers=keyed_again)]  # fmt: skip
         assert not any(a.duplicate for a in acks)  # NATS took both: storage is the guard
-        for _ in range(200):
-            if run.worker.totals["duplicates"] >= 2:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: run.worker.totals["duplicates"], lambda n: n >= 2,
+                         timeout=10, what="both republished events seen as duplicates")  # fmt: skip
         assert run.worker.totals == {"stored": 0, "duplicates": 2, "dead_lettered": 0}
     assert await admin_count(db_url) == 2
 
@@ -115,9 +106,9 @@ async def test_duplicate_after_nats_window(db_url, settings_factory) -> None:
     ack = await js.publish(settings.subject, body, headers={"Nats-Msg-Id": "k-1"})
     assert not ack.duplicate  # NATS accepted it again
     await nc.close()
-    async with running_worker(settings):
+    async with running_worker(settings) as run:
         assert await wait_count(db_url, 1) == 1
-        await asyncio.sleep(0.5)
+        await drained(settings, run.nc)  # both deliveries settled: nothing more will arrive
     assert await admin_count(db_url) == 1
 
 
@@ -138,10 +129,8 @@ async def test_row_postgres_rejects_goes_to_dlq(db_url, settings_factory, nats_u
     async with running_worker(settings) as run:
         await publish_all(run.nc, settings.subject, payloads)
         assert await wait_count(db_url, 20) == 20
-        for _ in range(100):
-            if run.worker.totals["dead_lettered"]:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: run.worker.totals["dead_lettered"], timeout=5,
+                         what="the refused event dead-lettered")  # fmt: skip
     letters = await dead_letters(nats_url, settings)
     assert [m.data for m in letters] == [poisoned]
     assert letters[0].headers["Audit-Dlq-Reason"] == "db_rejected"

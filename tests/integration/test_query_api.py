@@ -12,22 +12,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from tests.conftest import README_EVENT  # noqa: F401  (imported from here elsewhere)
-from tests.integration.conftest import NOW, make_event, serving_app, store
+from tests.support.api import ADMIN, auth
+from tests.support.service import NOW, make_event, serving_app, store
 
 pytestmark = pytest.mark.integration
-ADMIN = "admin-token-for-tests-0123456789"
-
-
-@pytest.fixture
-async def api(db_url, settings_factory, tmp_path):
-    settings = settings_factory(db_url, admin_token=ADMIN, state_dir=str(tmp_path))
-    async with serving_app(settings) as client:
-        yield client
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def new_key(client, tenant: str, scopes=("read",)) -> str:

@@ -15,11 +15,10 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from auditlog.embedded import free_port
-from query_api.rpc import start_grpc
 from schemas.audit.v1 import audit_pb2 as pb
 from schemas.audit.v1 import audit_pb2_grpc
-from tests.integration.test_write_api import ADMIN, readme, stack  # noqa: F401  (fixture)
+from tests.support.api import ADMIN
+from tests.support.events import readme
 
 pytestmark = pytest.mark.integration
 SERVICE = "audit.v1.AuditService"
@@ -41,7 +40,7 @@ async def call(client: ConnectClient, name: str, request, token: str = ADMIN):
 
 
 @pytest.mark.parametrize("proto_json", [False, True], ids=["binary", "json"])
-async def test_connect_official_client(stack, proto_json: bool) -> None:  # noqa: F811
+async def test_connect_official_client(stack, proto_json: bool) -> None:
     base = str(stack.make_url("")).rstrip("/")
     client = ConnectClient(base, proto_json=proto_json)
     wrote = await call(client, "WriteEvent", pb.WriteEventRequest(event=event_msg()))
@@ -73,17 +72,7 @@ async def test_connect_official_client(stack, proto_json: bool) -> None:  # noqa
     assert info.value.code == Code.NOT_FOUND
 
 
-@pytest.fixture
-async def grpc_channel(stack):  # noqa: F811
-    port = free_port()
-    server = await start_grpc(stack.server.app, "127.0.0.1", port)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield channel
-    await channel.close()
-    await server.stop(grace=1)
-
-
-async def test_grpc_service_health_and_reflection(stack, grpc_channel) -> None:  # noqa: F811
+async def test_grpc_service_health_and_reflection(stack, grpc_channel) -> None:
     stub = audit_pb2_grpc.AuditServiceStub(grpc_channel)
     md = (("authorization", f"Bearer {ADMIN}"),)
     wrote = await stub.WriteEvent(pb.WriteEventRequest(event=event_msg()), metadata=md, timeout=10)
@@ -124,7 +113,7 @@ async def test_grpc_service_health_and_reflection(stack, grpc_channel) -> None: 
 
 
 async def test_same_event_id_from_two_tenants_is_stored_once_per_tenant(
-    stack,  # noqa: F811
+    stack,
     grpc_channel,
 ) -> None:
     """Within NATS's duplicate window, over every write protocol: never the other's shadow."""

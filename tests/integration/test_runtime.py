@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,52 +15,11 @@ import nats
 import pytest
 
 from auditlog.embedded import _listening, free_port
-from tests.conftest import README_EVENT
+from tests.support.events import README_EVENT
+from tests.support.processes import get, start, stop, wait_ready
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
-
-
-def get(url: str, token: str = "") -> tuple[int, dict]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                    timeout=5) as resp:  # fmt: skip
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def start(state: Path, port: int, command: str = "run",
-          **extra_env: str) -> subprocess.Popen[bytes]:  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
-    env.update(AUDIT_STATE_DIR=str(state), AUDIT_HTTP_PORT=str(port),
-               AUDIT_GRPC_PORT=str(free_port()), **extra_env)  # fmt: skip
-    return subprocess.Popen(
-        [sys.executable, "-m", "auditlog.cli", command],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-        try:
-            status, body = get(f"http://127.0.0.1:{port}/readyz")
-            if status == 200:
-                return body
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("service not ready in time")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
-    return proc.stdout.read().decode() if proc.stdout else ""
 
 
 async def count_rows(state: Path) -> int:
@@ -84,8 +41,8 @@ async def test_run_serves_survives_restart_and_stops(tmp_path: Path) -> None:
     proc = start(state, port)
     try:
         body = wait_ready(port, proc)
-        assert body["checks"] == {"postgresql": "ok", "nats": "ok", "consumer": "ok",
-                                  "pipeline": "ok"}  # fmt: skip
+        assert body["checks"] == {"postgresql": "ok", "search": "ok", "nats": "ok",
+                                  "consumer": "ok", "pipeline": "ok"}  # fmt: skip
         assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         # First start: an admin token exists (0600) and works; no token is refused.
         token_path = state / "admin-tokens"
@@ -99,11 +56,8 @@ async def test_run_serves_survives_restart_and_stops(tmp_path: Path) -> None:
         nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
         await nc.jetstream().publish("audit.events", README_EVENT)
         await nc.close()
-        for _ in range(100):
-            if await count_rows(state) == 1:
-                break
-            await asyncio.sleep(0.1)
-        assert await count_rows(state) == 1
+        await eventually(lambda: count_rows(state), lambda n: n == 1, timeout=15, interval=0.1,
+                         what="the published event stored")  # fmt: skip
     finally:
         out = stop(proc)
     assert "listening on http://127.0.0.1:" in out and "embedded postgresql" in out
@@ -188,12 +142,14 @@ async def test_api_and_pipeline_run_as_separate_processes(tmp_path: Path) -> Non
         assert await count_rows(state) == 0
         worker = start(state, free_port(), **env, command="pipeline",
                        AUDIT_METRICS_PORT=str(free_port()))  # fmt: skip
-        for _ in range(300):
-            if await count_rows(state) == 1:
-                break
+
+        async def stored() -> int:
             assert worker.poll() is None
-            await asyncio.sleep(0.1)
-        assert await count_rows(state) == 1  # the worker took what waited in JetStream
+            return await count_rows(state)
+
+        # The worker takes what waited in JetStream.
+        await eventually(stored, lambda n: n == 1, timeout=40, interval=0.1,
+                         what="the waiting write stored")  # fmt: skip
         status, answer = post(url, {"event": second}, token)
         assert status == 200 and answer["event_id"] == second["id"], answer
         assert await count_rows(state) == 2

@@ -11,20 +11,11 @@ import pytest
 from infra.db import create_pool
 from infra.migrate import applied_versions, load_migrations, migrate
 from pipeline.flush import write_batch
-from pipeline.stages import Limits, Message, process
-from tests.conftest import README_EVENT, create_database
+from tests.support.databases import create_database
+from tests.support.events import storage_event
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
-
-
-def _event(tenant: str, occurred: str | None = None) -> object:
-    body = README_EVENT.replace(b"7e4e4e93-94ec-45bd-87ce-88ce3f689e3c", tenant.encode())
-    if occurred:
-        body = body.replace(b'"action"', f'"occurred_at": "{occurred}", "action"'.encode())
-    # Storage-level tests write any month: the pipeline's occurred_at bounds opened wide.
-    wide = Limits(max_age=timedelta(days=36500), max_future_skew=timedelta(days=800))
-    out = process(Message(data=body), datetime.now(UTC), wide)
-    return out.prepared  # type: ignore[union-attr]
 
 
 async def test_migrations_fresh_twice_and_concurrently(pg_server_url: str) -> None:
@@ -54,7 +45,7 @@ async def test_app_role_cannot_change_events(db_url: str, sql: str) -> None:
     pool = await create_pool(db_url, max_size=1)
     try:
         async with pool.acquire() as conn:
-            await write_batch(conn, [_event("t-1")])
+            await write_batch(conn, [storage_event("t-1")])
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 async with conn.transaction():
                     await conn.execute("SELECT set_config('audit.tenant_id', 't-1', true)")
@@ -66,7 +57,7 @@ async def test_app_role_cannot_change_events(db_url: str, sql: str) -> None:
 async def test_trigger_refuses_changes_even_for_the_owner(db_url: str) -> None:
     pool = await create_pool(db_url, max_size=1)
     async with pool.acquire() as conn:
-        await write_batch(conn, [_event("t-1")])
+        await write_batch(conn, [storage_event("t-1")])
     await pool.close()
     conn = await asyncpg.connect(db_url)  # the superuser, who owns everything
     try:
@@ -88,7 +79,10 @@ async def test_row_level_security_hides_other_tenants(db_url: str) -> None:
     pool = await create_pool(db_url, max_size=1)
     try:
         async with pool.acquire() as conn:
-            await write_batch(conn, [_event("tenant-a"), _event("tenant-a"), _event("tenant-b")])
+            await write_batch(
+                conn,
+                [storage_event("tenant-a"), storage_event("tenant-a"), storage_event("tenant-b")],
+            )
             # No tenant set: nothing is visible.
             assert await conn.fetchval("SELECT count(*) FROM audit.events") == 0
             for tenant, expected in (("tenant-a", 2), ("tenant-b", 1), ("tenant-c", 0)):
@@ -113,8 +107,8 @@ async def test_row_level_security_hides_other_tenants(db_url: str) -> None:
 
 async def test_partitions_appear_on_demand(db_url: str) -> None:
     next_year = datetime.now(UTC).year + 1
-    old = _event("t-1", "2019-03-04T05:06:07.123456Z")
-    future = _event("t-1", f"{next_year}-12-31T23:59:59Z")
+    old = storage_event("t-1", "2019-03-04T05:06:07.123456Z")
+    future = storage_event("t-1", f"{next_year}-12-31T23:59:59Z")
     from pipeline.flush import PartitionCache
 
     pool = await create_pool(db_url, max_size=2)
@@ -155,16 +149,16 @@ async def test_partitions_are_made_ahead(db_url: str) -> None:
         for i in range(4):
             ts = now + timedelta(days=31 * i)
             expected.add(f"events_{ts.year:04d}_{ts.month:02d}")
-        for _ in range(100):
+
+        async def names() -> set[str]:
             async with pool.acquire() as conn:
-                names = {r["name"] for r in await conn.fetch("SELECT name FROM audit.partitions")}
-            if expected <= names:
-                break
-            await asyncio.sleep(0.05)
+                return {r["name"] for r in await conn.fetch("SELECT name FROM audit.partitions")}
+
+        await eventually(names, lambda made: expected <= made, timeout=5,
+                         what=f"partitions {sorted(expected)} made")  # fmt: skip
         task.cancel()
     finally:
         await pool.close()
-    assert expected <= names
 
 
 async def test_the_runtime_login_cannot_alter_drop_or_disable_triggers(db_url) -> None:
@@ -214,13 +208,18 @@ async def test_a_flush_skips_heads_another_holds_and_never_waits(db_url: str) ->
     pool = await create_pool(db_url, max_size=2)
     try:
         async with pool.acquire() as conn:
-            await write_batch(conn, [_event("hot"), _event("cold")])  # heads exist
+            await write_batch(conn, [storage_event("hot"), storage_event("cold")])  # heads exist
         async with pool.acquire() as holder, pool.acquire() as flusher:
             async with holder.transaction():
                 await holder.execute(
                     "SELECT 1 FROM audit.chain_heads WHERE tenant_id = 'hot' FOR UPDATE"
                 )
-                batch = [_event("hot"), _event("cold"), _event("new-tenant"), _event("hot")]
+                batch = [
+                    storage_event("hot"),
+                    storage_event("cold"),
+                    storage_event("new-tenant"),
+                    storage_event("hot"),
+                ]
                 result = await asyncio.wait_for(write_batch(flusher, batch), 5)
                 assert result.busy == {"hot"}
                 assert sorted(t for t, _ in result.stored) == ["cold", "new-tenant"]

@@ -15,7 +15,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import warnings
@@ -35,7 +34,8 @@ from infra.db import ensure_database, with_database
 from infra.settings import Settings
 from schemas.audit.v1 import audit_pb2 as pb
 from schemas.audit.v1 import audit_pb2_grpc
-from tests.conftest import create_database
+from tests.support.databases import create_database
+from tests.support.waits import eventually_sync
 from tests.tlscerts import Pki, make_pki
 
 pytestmark = pytest.mark.integration
@@ -101,16 +101,14 @@ def service(pg_server_url: str, template_db: str, nats_url: str, state: Path,
     proc = subprocess.Popen([sys.executable, "-m", "auditlog.cli", "api"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def readyz() -> tuple[int, Any]:
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            assert time.monotonic() < deadline, "service not ready in time"
-            try:
-                if get(f"https://127.0.0.1:{port}/readyz", client)[0] == 200:
-                    break
-            except (OSError, http.client.HTTPException):
-                pass
-            time.sleep(0.2)
+            return get(f"https://127.0.0.1:{port}/readyz", client)
+
+        eventually_sync(readyz, lambda r: r[0] == 200, timeout=60, interval=0.2,
+                        ignore=(OSError, http.client.HTTPException),
+                        what=f"/readyz on {port} answers 200")  # fmt: skip
         yield Service(port, grpc_port, env)
     finally:
         proc.send_signal(signal.SIGTERM)

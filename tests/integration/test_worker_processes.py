@@ -5,7 +5,6 @@ every chain verifies, and no stall longer than the stated bound (ack wait + 5 s)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -22,8 +21,9 @@ from infra.settings import Settings
 from pipeline.chain import verify_tenant
 from pipeline.source_nats import connect, ensure_stream
 from schemas.ids import tenant_token
-from tests.conftest import README_EVENT
-from tests.integration.conftest import publish_all
+from tests.support.events import README_EVENT
+from tests.support.service import publish_all
+from tests.support.waits import drained, eventually
 
 pytestmark = pytest.mark.integration
 N = 30_000
@@ -94,22 +94,22 @@ async def test_workers_drain_kill_one_start_another(
             await publish_all(nc, settings.subject, [_event(i) for i in range(N)])
         # The backlog is all there first, so the kill lands mid-drain.
         procs.extend(_spawn(env) for _ in range(workers))
-        for _ in range(1200):  # the workers start (a minute at most)
-            if await _count(admin):
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("no worker stored anything within 60 s")
+        await eventually(lambda: _count(admin), timeout=60,
+                         what="a worker stored something (they start)")  # fmt: skip
         last, last_change, longest = -1, time.monotonic(), 0.0
         killed = False
         samples = lock_samples = 0
-        deadline = time.monotonic() + 240
-        while (count := await _count(admin)) < N:
+
+        async def progress() -> int:
+            """The count, sampling stalls and lock waits; kills a worker at a third."""
+            nonlocal last, last_change, longest, killed, samples, lock_samples
+            count = await _count(admin)
             now = time.monotonic()
-            assert now < deadline, f"{count} of {N} stored after 240 s"
             if count != last:
                 longest = max(longest, now - last_change)
                 last, last_change = count, now
+            if count >= N:
+                return count
             if not killed and count >= N // 3:  # kill -9 one worker mid-drain, start another
                 procs[0].send_signal(signal.SIGKILL)
                 procs[0].wait(10)
@@ -118,11 +118,14 @@ async def test_workers_drain_kill_one_start_another(
             active, waiting = await _lock_waits(admin)
             samples += active
             lock_samples += waiting
-            await asyncio.sleep(0.05)
+            return count
+
+        await eventually(progress, lambda count: count >= N, timeout=240,
+                         what=f"all {N} stored")  # fmt: skip
         longest = max(longest, time.monotonic() - last_change)
         assert killed
         assert longest <= STALL_BOUND_S, f"no progress for {longest:.1f} s"
-        await asyncio.sleep(1.0)  # redeliveries of the killed worker's messages settle
+        await drained(settings, nc)  # the killed worker's messages redelivered and settled
         assert await _count(admin) == N
         dupes = await admin.fetchval(
             "SELECT count(*) FROM (SELECT 1 FROM audit.events GROUP BY tenant_id, id"

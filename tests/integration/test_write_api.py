@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 
@@ -10,31 +9,12 @@ import asyncpg
 import pytest
 
 from query_api.state import SETTINGS
-from tests.conftest import README_EVENT
-from tests.integration.conftest import admin_count, running_worker, serving_app
+from tests.support.api import ADMIN, auth
+from tests.support.events import readme
+from tests.support.service import admin_count, serving_app
+from tests.support.waits import drained, eventually
 
 pytestmark = pytest.mark.integration
-ADMIN = "write-admin-token-0123456789abcdef"
-
-
-def auth(token: str = ADMIN) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-async def stack(db_url, settings_factory, tmp_path):
-    """A running pipeline worker and the HTTP app, sharing NATS subjects."""
-    settings = settings_factory(db_url, admin_token=ADMIN, state_dir=str(tmp_path),
-                                batch_max_latency_ms=5)  # fmt: skip
-    async with running_worker(settings), serving_app(settings) as client:
-        client.db_url = db_url  # type: ignore[attr-defined]
-        yield client
-
-
-def readme(**changes: object) -> dict:
-    doc = json.loads(README_EVENT)
-    doc.update(changes)
-    return doc
 
 
 async def test_sync_write_then_immediate_read(stack) -> None:
@@ -98,7 +78,7 @@ async def test_invalid_and_unauthorised_writes_store_nothing(stack) -> None:
     r = await stack.post("/v1/audit/events", json={"event": readme(tenant_id="own")},
                          headers=auth(key["token"]))  # fmt: skip
     assert r.status == 200
-    await asyncio.sleep(0.2)
+    await drained(stack.server.app[SETTINGS], stack.nc)  # nothing more will be stored
     assert await admin_count(stack.db_url) == 1
 
 
@@ -123,7 +103,7 @@ async def test_batch_with_some_invalid_events(stack) -> None:
         err = (await r.json())["error"]
         assert r.status == 400 and err["field"] == "events.1", err
         assert err["message"] == f"events[1] must be an object (one event), not {kind}"
-    await asyncio.sleep(0.2)
+    await drained(stack.server.app[SETTINGS], stack.nc)  # nothing more will be stored
     assert await admin_count(stack.db_url) == 8
 
 
@@ -132,11 +112,8 @@ async def test_wait_false_answers_after_jetstream_ack(stack) -> None:
     assert r.status == 202
     body = await r.json()
     assert body["committed"] is False and uuid.UUID(body["event_id"])
-    for _ in range(100):
-        if await admin_count(stack.db_url) == 1:
-            break
-        await asyncio.sleep(0.05)
-    assert await admin_count(stack.db_url) == 1
+    await eventually(lambda: admin_count(stack.db_url), lambda n: n == 1, timeout=5,
+                     what="the event stored")  # fmt: skip
 
 
 async def test_row_postgres_refuses_is_refused_synchronously(stack) -> None:
@@ -206,10 +183,6 @@ async def test_a_forged_nats_msg_id_cannot_shadow_a_write(stack) -> None:
                              json={"event": readme(tenant_id="tenant-b", id=own)})  # fmt: skip
         assert r.status in (200, 202), await r.text()
         assert (await r.json())["event_id"] == own
-    for _ in range(100):
-        if await admin_count(stack.db_url, "SELECT count(*) FROM audit.events WHERE id = $1",
-                             uuid.UUID(own)) == 1:  # fmt: skip
-            break
-        await asyncio.sleep(0.05)
+    await drained(settings, stack.nc)  # the forged message and both writes settled
     assert await admin_count(stack.db_url, "SELECT count(*) FROM audit.events WHERE id = $1",
                              uuid.UUID(own)) == 1  # fmt: skip

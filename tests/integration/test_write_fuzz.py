@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.hostile import HOSTILE, VALID_BYTES
-from tests.integration.test_rpc import grpc_channel  # noqa: F401  (fixture)
-from tests.integration.test_write_api import ADMIN, auth, readme, stack  # noqa: F401
+from tests.support.api import ADMIN, auth
+from tests.support.events import readme
 
 pytestmark = pytest.mark.integration
 EXAMPLES = 250
@@ -48,7 +48,7 @@ BODIES = st.one_of(HOSTILE.map(_event_body), HOSTILE, st.binary(max_size=200),
                              HOSTILE, VALID_BYTES))  # fmt: skip
 
 
-async def test_rest_and_connect_never_answer_5xx(stack) -> None:  # noqa: F811
+async def test_rest_and_connect_never_answer_5xx(stack) -> None:
     routes = [("/v1/audit/events", "application/json"),
               ("/v1/audit/events:batch", "application/json"),
               ("/audit.v1.AuditService/WriteEvent", "application/json"),
@@ -72,7 +72,7 @@ async def test_rest_and_connect_never_answer_5xx(stack) -> None:  # noqa: F811
     assert r.status == 200, await r.text()
 
 
-async def test_grpc_never_answers_internal(stack, grpc_channel) -> None:  # noqa: F811
+async def test_grpc_never_answers_internal(stack, grpc_channel) -> None:
     md = (("authorization", f"Bearer {ADMIN}"),)
     calls = {name: grpc_channel.unary_unary(f"/audit.v1.AuditService/{name}")
              for name in ("WriteEvent", "WriteEvents")}  # fmt: skip

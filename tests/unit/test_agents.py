@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from pipeline.agents import Batcher, Stream, TakeBuffer
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
 
 
 def test_batcher_releases_full_batches_at_once() -> None:

@@ -12,7 +12,7 @@ import msgspec
 from pipeline.chain import COLUMNS, link, verify_rows
 from pipeline.stages import Message, Valid, process
 from schemas.canonical import GENESIS, canonical_bytes, chain_hash
-from tests.conftest import README_EVENT
+from tests.support.events import README_EVENT
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, 5, tzinfo=UTC)
 

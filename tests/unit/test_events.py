@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from schemas import events
 from schemas.events import EventValidationError, decode_event
 from schemas.generate import SCHEMA_PATH, render
-from tests.conftest import README_EVENT
 from tests.hostile import HOSTILE
+from tests.support.events import README_EVENT
 
 # Every reason the decoder gives (documented in schemas/README.md).
 REASONS = {"malformed_json", "invalid_field", "missing_field", "unknown_field", "unknown_enum",

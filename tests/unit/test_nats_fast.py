@@ -7,8 +7,15 @@ Fails loudly on a nats-py upgrade that moves them: read the new release's
 
 from __future__ import annotations
 
+import asyncio
+import os
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nats.aio.client import Client
+from nats.protocol.parser import Parser
 
 from pipeline import nats_fast
 
@@ -29,3 +36,96 @@ def test_a_changed_internal_is_reported(monkeypatch, name: str) -> None:
 def test_a_nats_py_outside_the_checked_range_is_reported(monkeypatch) -> None:
     monkeypatch.setattr(nats_fast, "version", lambda _: "2.99.0")
     assert any("outside the checked" in p for p in nats_fast.internals_problems())
+
+
+# ---- the compiled frame scanner against nats-py's own parser -----------------------------
+ACK_SUBJECTS = st.one_of(
+    st.builds("$JS.ACK.AUDIT.pipeline.{}.{}.{}.{}.{}".format, st.integers(1, 9),
+              st.integers(1, 2**64), st.integers(1, 2**63), st.integers(0, 2**64),
+              st.integers(0, 99)),
+    st.builds("$JS.ACK.dom.acc.AUDIT.pipeline.{}.{}.{}.{}.{}.tok".format, st.integers(1, 9),
+              st.integers(1, 2**40), st.integers(1, 2**40), st.integers(1, 2**63),
+              st.integers(0, 9)),
+    st.sampled_from(["$JS.ACK.a.b.1.+2.3.4.5", "$JS.ACK.a.b.1.2_0.3.4.5", "x.y", "$JS.ACK.é.b.1.2.3.4.5"]),
+)  # fmt: skip
+PAYLOADS = st.binary(max_size=40) | st.sampled_from([b"", b"\r\n", b"MSG x 1 2\r\n", b"\xff\xfe"])
+HEADERS = st.sampled_from([
+    b"NATS/1.0\r\nNats-Msg-Id: k1\r\nAudit-Idempotency-Key: k2\r\n\r\n",
+    b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 3\r\n\r\n",
+    b"NATS/1.0 100 Idle Heartbeat\r\n\r\n", b"NATS/1.0 409 Leadership Change\r\n\r\n",
+])  # fmt: skip
+OURS, OTHER = 7, 9
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["msg", "msg", "msg", "hmsg", "status", "other", "line"]))
+    sid = OTHER if kind == "other" else OURS
+    subject = draw(st.sampled_from(["audit.events", "audit.events.acme", "a"]))
+    data = draw(PAYLOADS)
+    if kind == "line":
+        return draw(st.sampled_from([b"PING\r\n", b"PONG\r\n", b"+OK\r\n", b"INFO {}\r\n"]))
+    if kind in ("msg", "other"):
+        reply = draw(ACK_SUBJECTS)
+        sep = draw(st.sampled_from([" ", "  ", "\t"]))
+        return f"MSG{sep}{subject} {sid} {reply} {len(data)}\r\n".encode() + data + b"\r\n"
+    headers = draw(HEADERS)
+    reply = "" if kind == "status" else " " + draw(ACK_SUBJECTS)
+    head = f"HMSG {subject} {sid}{reply} {len(headers)} {len(headers) + len(data)}\r\n"
+    return head.encode() + headers + data + b"\r\n"
+
+
+def _run(stream: bytes, cuts: list[int], batch: bool) -> tuple[list[Any], list[Any]]:
+    """What a JetStream source delivers from ``stream`` read in pieces, and every other
+    thing the client saw, with (``batch``) or without the compiled scanner."""
+    from infra.settings import load_settings
+    from pipeline.source_nats import JetStreamSource
+
+    seen: list[Any] = []
+
+    class Client(nats_fast.FastClient):
+        async def _process_msg(self, sid, subject, reply, data, headers) -> None:  # type: ignore[no-untyped-def]
+            if sid != OURS:
+                seen.append(("msg", sid, subject, reply, data, headers))
+            await super()._process_msg(sid, subject, reply, data, headers)
+
+        async def _process_ping(self) -> None:
+            seen.append("ping")
+
+        async def _process_pong(self) -> None:
+            seen.append("pong")
+
+        async def _process_info(self, info, initial_connection=False) -> None:  # type: ignore[no-untyped-def]
+            seen.append(("info", info))
+
+    async def go() -> list[Any]:
+        nc = Client()
+        source = JetStreamSource(nc, load_settings({}), max_inflight=10**9)
+
+        class Sub:
+            _id = OURS
+
+        nc.register_sink(Sub, source._on_raw, source._on_batch if batch else None)  # type: ignore[arg-type]
+        parser = nc._ps if batch else Parser(nc)
+        at = 0
+        for cut in [*cuts, len(stream)]:
+            await parser.parse(stream[at : at + cut])
+            at += cut
+        await parser.parse(stream[at:])
+        return list(source._deliveries._buffer)
+
+    delivered = asyncio.run(go())
+    return delivered, seen
+
+
+@pytest.mark.skipif(nats_fast.scan_msgs is None and os.environ.get("CI") != "true",
+                    reason="the C extension pipeline._fastpath is not built")  # fmt: skip
+@settings(max_examples=400, deadline=None)
+@given(st.lists(frames(), max_size=12), st.lists(st.integers(1, 300), max_size=8))
+def test_scanned_frames_deliver_exactly_what_nats_py_parses(stream: list[bytes],
+                                                            cuts: list[int]) -> None:  # fmt: skip
+    """Any mix of the source's frames (with or without headers, statuses, odd reply
+    subjects), other subscriptions' frames and protocol lines, cut anywhere: the same
+    messages, in the same order, and everything else seen the same."""
+    data = b"".join(stream)
+    assert _run(data, cuts, batch=True) == _run(data, cuts, batch=False)

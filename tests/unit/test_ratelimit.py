@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from query_api.ratelimit import RateLimited, RateLimiter, retry_after_header
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
 
 
 def test_burst_then_refusal_then_refill() -> None:

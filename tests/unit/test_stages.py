@@ -20,8 +20,8 @@ from schemas.ids import (
     tenant_subject,
     uuid7_from,
 )
-from tests.conftest import README_EVENT
 from tests.hostile import HOSTILE
+from tests.support.events import README_EVENT
 
 BASE_TENANT = json.loads(README_EVENT)["tenant_id"]
 

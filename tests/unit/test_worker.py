@@ -92,19 +92,20 @@ class FakeStore:
         if self.outages:
             self.outages -= 1
             raise RetryableStoreError("08006: connection lost")
-        if any(v.event.description == "refuse" for v in items):
+        if any(v.prepared.source.description == "refuse" for v in items):
             raise RefusedRowError("23514: check violation")
         result = FlushResult()
         for v in items:
-            key = (v.event.tenant_id, v.event.id)
+            key = (v.prepared.tenant_id, v.prepared.id)
             if key in self.rows:
-                result.duplicates.append(key)  # type: ignore[arg-type]
+                result.duplicates.append(key)
                 continue
-            seq = self.heads.get(v.event.tenant_id, 0) + 1
-            self.heads[v.event.tenant_id] = seq
+            seq = self.heads.get(v.prepared.tenant_id, 0) + 1
+            self.heads[v.prepared.tenant_id] = seq
             self.rows[key] = seq
-            result.stored.append(key)  # type: ignore[arg-type]
-            result.records.append((v.event.tenant_id, None, None, seq, v.event.received_at))
+            result.stored.append(key)
+            received = v.prepared.received_us
+            result.oldest_received_us = min(result.oldest_received_us or received, received)
             self.log.append(("stored", v.msg.stream_seq))
         return result, []
 

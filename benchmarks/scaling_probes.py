@@ -1,0 +1,189 @@
+"""What the *scaling* scenario reads while an arm drains (``benchmarks.scaling``): the
+search structure's progress, ``pg_stat_activity`` lock waits, and CPU time by process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import psutil
+
+from benchmarks.scaling_report import COMPONENTS
+
+_SEARCH_TABLES = """
+SELECT c.relname AS name, array_agg(a.attname::text ORDER BY a.attnum) AS columns
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE n.nspname = 'audit' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND c.relname LIKE '%search%'
+GROUP BY c.relname ORDER BY c.relname
+"""
+_QUEUE_WORDS = ("queue", "pending", "backlog", "outbox", "todo")
+
+
+class SearchProbe:
+    """Whether the search structure has caught up with the stored events."""
+
+    def __init__(self, describe: str, sql: str) -> None:
+        self.describe, self.sql = describe, sql
+
+    async def caught_up(self, conn: asyncpg.Connection, events: int) -> bool:
+        args = (events,) if "$1" in self.sql else ()
+        return bool(await conn.fetchval(self.sql, *args))
+
+
+async def search_probe(conn: asyncpg.Connection, override: str | None) -> SearchProbe | None:
+    """The code's search structure behind the pipeline, if its migrations made one: tables
+    of schema ``audit`` named ``*search*``. Caught up, by the first that applies:
+
+    1. a per-tenant watermark (a table with ``tenant_id`` and a ``*_seq`` column): it
+       reached every chain head's ``last_seq``;
+    2. a queue (``*queue*``, ``*pending*``, ...): empty;
+    3. tables with an ``id`` column (a row per event): as many rows as events.
+    """
+    if override:
+        return SearchProbe(f"--searchable-sql {override!r}", override)
+    rows = await conn.fetch(_SEARCH_TABLES)
+    if not rows:
+        return None
+    names = ", ".join(f"audit.{r['name']}" for r in rows)
+    for r in rows:
+        seq = [c for c in r["columns"] if c.endswith("_seq")]
+        if "tenant_id" in r["columns"] and seq:
+            t, col = r["name"], seq[0]
+            sql = (f'SELECT NOT EXISTS (SELECT 1 FROM audit.chain_heads h LEFT JOIN audit."{t}"'
+                   f' s USING (tenant_id) WHERE h.last_seq > coalesce(s."{col}", 0))')  # fmt: skip
+            return SearchProbe(f"{names}: caught up when audit.{t}.{col} reached every "
+                               "chain head's last_seq", sql)  # fmt: skip
+    queues = [r["name"] for r in rows if any(w in r["name"] for w in _QUEUE_WORDS)]
+    if queues:
+        sql = " AND ".join(f'NOT EXISTS (SELECT 1 FROM audit."{q}")' for q in queues)
+        return SearchProbe(f"{names}: caught up when {', '.join(queues)} empty", f"SELECT {sql}")
+    per_event = [r["name"] for r in rows if "id" in r["columns"]]
+    if not per_event:
+        return None
+    sql = " AND ".join(f'(SELECT count(*) FROM audit."{n}") >= $1' for n in per_event)
+    return SearchProbe(f"{names}: caught up when {', '.join(per_event)} hold a row per event",
+                       f"SELECT {sql}")  # fmt: skip
+
+
+class LockSampler:
+    """Samples ``pg_stat_activity`` of one database every ``interval`` s while open."""
+
+    SQL = """
+    SELECT coalesce(wait_event_type, 'running') || ':' || coalesce(wait_event, '') AS w,
+           count(*) FILTER (WHERE state = 'active') AS active,
+           count(*) FILTER (WHERE query LIKE '%SKIP LOCKED%') AS skip
+    FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() GROUP BY 1
+    """
+
+    def __init__(self, conn: asyncpg.Connection, database: str, interval: float) -> None:
+        self.conn, self.database, self.interval = conn, database, interval
+        self.open = False
+        self.samples = 0
+        self.waits: Counter[str] = Counter()
+        self.skip_locked_seen = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LockSampler:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            rows = await self.conn.fetch(self.SQL, self.database)
+            if self.open:
+                self.samples += 1
+                for r in rows:
+                    if r["active"]:
+                        self.waits[r["w"]] += r["active"]
+                self.skip_locked_seen += sum(r["skip"] for r in rows)
+            due = max(due + self.interval, loop.time())
+            await asyncio.sleep(due - loop.time())
+
+    def result(self) -> dict[str, Any]:
+        active = sum(self.waits.values())
+        lock = sum(n for w, n in self.waits.items() if w.startswith("Lock:"))
+        return {"share": lock / active if active else 0.0, "samples": self.samples,
+                "active_seen": active, "lock_seen": lock,
+                "by_wait": {w: round(n / active, 4) for w, n in self.waits.most_common(8)}
+                if active else {}, "skip_locked_queries_seen": self.skip_locked_seen}  # fmt: skip
+
+
+def nats_process(url: str) -> psutil.Process | None:
+    """The local nats-server listening on ``url``'s port (None if not on this host)."""
+    port = urlsplit(url.split(",")[0]).port or 4222
+    for p in psutil.process_iter(["name"]):
+        if not (p.info["name"] or "").startswith("nats-server"):
+            continue
+        with contextlib.suppress(psutil.Error):
+            for c in p.net_connections("tcp"):
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
+                    return p
+    return None
+
+
+class CpuProbe:
+    """CPU seconds (user + system) of each process of an arm, by component."""
+
+    def __init__(self, pipeline_pid: int, workers: int, postmaster: psutil.Process | None,
+                 nats_proc: psutil.Process | None) -> None:  # fmt: skip
+        self.pipeline = psutil.Process(pipeline_pid)
+        # `auditlog pipeline --workers N>1` supervises N worker processes it spawned.
+        self.root = "supervisor" if workers > 1 else "workers"
+        self.postmaster, self.nats = postmaster, nats_proc
+
+    def _procs(self) -> list[tuple[str, psutil.Process]]:
+        out = [("benchmark", psutil.Process()), (self.root, self.pipeline)]
+        with contextlib.suppress(psutil.Error):
+            out += [("workers", p) for p in self.pipeline.children(recursive=True)]
+        if (pm := self.postmaster) is not None:
+            with contextlib.suppress(psutil.Error):
+                out += [("postgresql", p) for p in [pm, *pm.children(recursive=True)]]
+        if self.nats is not None:
+            out.append(("nats-server", self.nats))
+        return out
+
+    def snapshot(self) -> dict[int, tuple[str, float]]:
+        snap = {}
+        for group, p in self._procs():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                snap[p.pid] = (group, t.user + t.system)
+        return snap
+
+
+def cpu_split(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+              events: int) -> tuple[dict[str, float], list[float], float]:  # fmt: skip
+    """(µs per event by component with ``total`` of :data:`COMPONENTS`, µs per
+    event of each worker process busiest first, CPU seconds of everything). ``workers``
+    counts every pipeline process, the supervisor too (also shown apart)."""
+    by: Counter[str] = Counter()
+    per_worker = []
+    for pid, (group, t) in after.items():
+        used = t - before.get(pid, (group, 0.0))[1]
+        by[group] += used
+        if group == "workers" and used > 0.001:
+            per_worker.append(round(used / events * 1e6, 1))
+    by["workers"] += by.get("supervisor", 0.0)
+    out = {k: round(v / events * 1e6, 1) for k, v in by.items()}
+    out["total"] = round(sum(out.get(k, 0.0) for k in COMPONENTS), 1)
+    return out, sorted(per_worker, reverse=True), sum(by.values())
+
+
+def host_cpu_seconds() -> float:
+    """CPU seconds every process of the host has used (all cores, idle and iowait not)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)

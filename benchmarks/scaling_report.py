@@ -1,0 +1,265 @@
+"""The *scaling* scenario's figures: medians per arm, the issue's targets, the projection
+to a bigger host and the Markdown report. Pure functions over the scenario's JSON (no
+servers), so a saved result re-renders: ``python -m benchmarks.scaling --report FILE``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+# CPU components of an arm, in the order the tables show them; "total" is their sum (the
+# benchmark's own process, which publishes and samples, is reported apart and not in it).
+COMPONENTS = ("workers", "postgresql", "nats-server")
+LOCK_SHARE_TARGET = 0.05  # lock-wait share with 4 workers
+CPU_SPREAD_TARGET = 0.10  # worker CPU per event, 4 workers against 1
+
+
+def group_key(arm: dict[str, Any]) -> tuple[str, bool, int, int]:
+    """(code, hot tenant, workers, slots): arms repeated with the same key are one group."""
+    return arm["code"], bool(arm["hot_tenant"]), int(arm["workers"]), int(arm["slots"])
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(vals) if vals else None
+
+
+def groups(arms: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median figures of each (code, hot, workers, slots) over its repeats, in first-run
+    order. A group's ``runs`` lists every repeat's events/s (stored and searchable)."""
+    by: dict[tuple[str, bool, int, int], list[dict[str, Any]]] = {}
+    for arm in arms:
+        by.setdefault(group_key(arm), []).append(arm)
+    out = []
+    for (code, hot, workers, slots), runs in by.items():
+        cpu_keys = {k for r in runs for k in r["cpu_us_per_event"]}
+        out.append({
+            "code": code, "hot_tenant": hot, "workers": workers, "slots": slots,
+            "repeats": len(runs),
+            "events_per_s": _median(r["events_per_s"] for r in runs),
+            "searchable_per_s": _median(r["searchable_per_s"] for r in runs),
+            "runs_per_s": [round(r["events_per_s"]) for r in runs],
+            "runs_searchable_per_s": [round(r["searchable_per_s"] or 0) for r in runs],
+            "lock_share": _median(r["lock"]["share"] for r in runs),
+            "lock_samples": sum(r["lock"]["samples"] for r in runs),
+            "lock_kinds": _lock_kinds(runs),
+            "cpu_us_per_event": {k: _median(r["cpu_us_per_event"].get(k) for r in runs)
+                                 for k in sorted(cpu_keys)},
+            "worker_process_us": _median_list([r["worker_process_us"] for r in runs]),
+            "cores_busy": _median(r["cores_busy"] for r in runs),
+            "other_cores_busy": _median(r.get("other_cores_busy") for r in runs),
+        })  # fmt: skip
+    return out
+
+
+def _lock_kinds(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Median share of active backend samples per heavyweight-lock wait event (``Lock:
+    transactionid``, ``Lock:tuple``: row locks; ``Lock:extend``: relation extension)."""
+    kinds = {k for r in runs for k in r["lock"].get("by_wait", {}) if k.startswith("Lock:")}
+    out = {k[5:]: _median(r["lock"]["by_wait"].get(k, 0.0) for r in runs) for k in kinds}
+    return {k: v for k, v in sorted(out.items(), key=lambda kv: -(kv[1] or 0)) if v}
+
+
+def _median_list(lists: list[list[float]]) -> list[float]:
+    """Element-wise median of equally long lists (each arm's worker processes, busiest
+    first); shorter lists (a process missed) leave their positions to the others."""
+    width = max((len(x) for x in lists), default=0)
+    return [round(_median(x[i] for x in lists if i < len(x)) or 0.0, 1) for i in range(width)]
+
+
+def find(gs: Sequence[dict[str, Any]], code: str, workers: int, slots: int,
+         hot: bool = False) -> dict[str, Any] | None:  # fmt: skip
+    """The group of ``code`` with ``workers`` processes and ``slots`` flush slots."""
+    for g in gs:
+        if (g["code"], g["hot_tenant"], g["workers"], g["slots"]) == (code, hot, workers, slots):
+            return g
+    return None
+
+
+def targets(gs: Sequence[dict[str, Any]], sweep_slots: int,
+            code: str = "new") -> list[dict[str, Any]]:  # fmt: skip
+    """The issue's done-when checks that this run measured, for ``code`` (``base`` beside).
+
+    Each: ``code``, ``what``, ``value``, ``base`` (None when not run), ``goal``, ``unit``
+    and ``met``.
+    """
+    out: list[dict[str, Any]] = []
+
+    def add(what: str, value: float, base: float | None, goal: str, unit: str,
+            met: bool) -> None:  # fmt: skip
+        out.append({"code": code, "what": what, "value": value, "base": base, "goal": goal,
+                    "unit": unit, "met": met})  # fmt: skip
+
+    one = find(gs, code, 1, sweep_slots)
+    sweep = [g for g in gs if g["code"] == code and not g["hot_tenant"]
+             and g["slots"] == sweep_slots]  # fmt: skip
+    most = max(sweep, key=lambda g: g["workers"], default=None)
+    if most and most["workers"] > 1 and most["lock_share"] is not None:
+        base = find(gs, "base", most["workers"], sweep_slots)
+        add(f"lock-wait share, {most['workers']} workers", most["lock_share"],
+            base and base["lock_share"], f"<= {LOCK_SHARE_TARGET:.0%}", "share",
+            most["lock_share"] <= LOCK_SHARE_TARGET)  # fmt: skip
+    for hot in (False, True):
+        a, b = find(gs, code, 1, sweep_slots, hot), find(gs, code, 2, sweep_slots, hot)
+        if a and b and a["events_per_s"] and b["events_per_s"]:
+            ratio = b["events_per_s"] / a["events_per_s"]
+            base = _ratio(find(gs, "base", 2, sweep_slots, hot),
+                          find(gs, "base", 1, sweep_slots, hot), "events_per_s")  # fmt: skip
+            add("2 workers / 1 worker, events/s" + (" (hot tenant)" if hot else ""), ratio,
+                base, ">= 1.00", "ratio", ratio >= 1.0)  # fmt: skip
+    if one and most and most["workers"] > 1:
+        w1, wn = one["cpu_us_per_event"].get("workers"), most["cpu_us_per_event"].get("workers")
+        if w1 and wn:
+            base = _ratio(find(gs, "base", most["workers"], sweep_slots),
+                          find(gs, "base", 1, sweep_slots), "cpu_us_per_event.workers")  # fmt: skip
+            add(f"worker CPU µs/event, {most['workers']} workers / 1 worker - 1", wn / w1 - 1,
+                None if base is None else base - 1, f"within ±{CPU_SPREAD_TARGET:.0%}",
+                "change", abs(wn / w1 - 1) <= CPU_SPREAD_TARGET)  # fmt: skip
+    base1 = find(gs, "base", 1, sweep_slots)
+    if one and base1 and one["searchable_per_s"] and base1["searchable_per_s"]:
+        value, base = one["searchable_per_s"], base1["searchable_per_s"]
+        add("1 worker, events/s until stored and searchable (medians)", value, base,
+            ">= base", "rate", value >= base)  # fmt: skip
+    return out
+
+
+def _ratio(num: dict[str, Any] | None, den: dict[str, Any] | None, path: str) -> float | None:
+    def get(g: dict[str, Any] | None) -> float | None:
+        v: Any = g
+        for part in path.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        return v if isinstance(v, int | float) else None
+
+    a, b = get(num), get(den)
+    return a / b if a is not None and b else None
+
+
+def projection(gs: Sequence[dict[str, Any]], sweep_slots: int, cores: int = 16,
+               code: str = "new") -> dict[str, Any] | None:  # fmt: skip
+    """What ``cores`` cores would reach, from ``code``'s measured CPU per event.
+
+    Model (a projection, not a measurement): ingest is CPU-bound, so the host reaches
+    ``cores * 1e6 / total µs per event``, derated by the lock-wait share measured with the
+    most workers (time a flush's backend cannot work). Computed from the 1-worker split
+    (least contention) and from the most-workers split (which carries the cost of more
+    processes); each needs at least ``rate * worker µs / 1e6`` worker processes (one
+    Python thread each). A hot tenant is bound by its chain (one flush at a time), not by
+    cores: its measured rate is carried over as it is.
+    """
+    news = [g for g in gs if g["code"] == code and not g["hot_tenant"]
+            and g["slots"] == sweep_slots and g["cpu_us_per_event"].get("total")]  # fmt: skip
+    if not news:
+        return None
+    news.sort(key=lambda g: g["workers"])
+    share = news[-1]["lock_share"] or 0.0
+    cases = []
+    for g in {id(x): x for x in (news[0], news[-1])}.values():
+        cpu = g["cpu_us_per_event"]
+        rate = cores * 1e6 / cpu["total"] * (1 - share)
+        cases.append({
+            "from_workers": g["workers"], "cpu_us_per_event": cpu, "events_per_s": rate,
+            "worker_processes": math.ceil(rate * cpu.get("workers", 0) / 1e6),
+            "postgresql_cores": rate * cpu.get("postgresql", 0) / 1e6,
+            "nats_cores": rate * cpu.get("nats-server", 0) / 1e6,
+        })  # fmt: skip
+    hot = find(gs, code, 1, sweep_slots, hot=True)
+    return {"code": code, "cores": cores, "lock_share": share, "cases": cases,
+            "hot_tenant_per_s": hot and hot["events_per_s"]}  # fmt: skip
+
+
+def _n(v: float | None, fmt: str = "{:,.0f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def _cpu(cpu: dict[str, float | None]) -> str:
+    parts = [_n(cpu.get(k), "{:.1f}") for k in COMPONENTS]
+    return " / ".join(parts) + f" = {_n(cpu.get('total'), '{:.1f}')}"
+
+
+def _others(g: dict[str, Any]) -> str:
+    other = g.get("other_cores_busy")
+    return f" (+{other:.2f} others)" if other and other >= 0.05 else ""
+
+
+def _lock(g: dict[str, Any]) -> str:
+    kinds = ", ".join(f"{k} {v:.1%}" for k, v in list(g.get("lock_kinds", {}).items())[:2])
+    return _n(g["lock_share"], "{:.1%}") + (f" ({kinds})" if kinds else "")
+
+
+def table(gs: Sequence[dict[str, Any]]) -> list[str]:
+    """The Markdown table of every group (medians)."""
+    lines = ["| code | tenants | workers | slots | events/s stored | events/s stored + "
+             "searchable | CPU µs/event: workers / PostgreSQL / nats-server = total | "
+             "µs/event per worker process | cores busy | lock-wait share | runs (events/s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for g in gs:
+        lines.append(
+            f"| {g['code']} | {'1 (hot)' if g['hot_tenant'] else 'many'} | {g['workers']} "
+            f"| {g['slots']} | {_n(g['events_per_s'])} | {_n(g['searchable_per_s'])} "
+            f"| {_cpu(g['cpu_us_per_event'])} "
+            f"| {', '.join(f'{x:.1f}' for x in g['worker_process_us']) or '—'} "
+            f"| {_n(g['cores_busy'], '{:.2f}')}{_others(g)} | {_lock(g)} "
+            f"| {', '.join(f'{x:,}' for x in g['runs_per_s'])} |"
+        )
+    return lines
+
+
+_TARGET_FORMATS = {"share": "{:.1%}", "change": "{:+.1%}", "ratio": "{:.2f}", "rate": "{:,.0f}"}
+
+
+def _fmt_target(t: dict[str, Any], v: float | None) -> str:
+    return "—" if v is None else _TARGET_FORMATS[t["unit"]].format(v)
+
+
+def projection_text(p: dict[str, Any] | None) -> list[str]:
+    """The projection paragraph (labelled as one)."""
+    if not p:
+        return []
+    lines = [f"**Projection** (not measured) for {p['cores']} cores, from this run's CPU "
+             f"per event of `{p['code']}`: ingest is CPU-bound, so a host reaches about "
+             f"cores * 10^6 / (total µs per event), derated by the lock-wait share "
+             f"({p['lock_share']:.1%}) measured with the most workers:", ""]  # fmt: skip
+    for c in p["cases"]:
+        cpu = c["cpu_us_per_event"]
+        lines.append(
+            f"- from the {c['from_workers']}-worker split ({_cpu(cpu)} µs): "
+            f"**≈ {c['events_per_s']:,.0f} events/s**, needing ≥ {c['worker_processes']} "
+            f"worker processes, ≈ {c['postgresql_cores']:.1f} cores of PostgreSQL and "
+            f"≈ {c['nats_cores']:.1f} of nats-server;"
+        )
+    if p.get("hot_tenant_per_s"):
+        hot = p["hot_tenant_per_s"]
+        lines.append(f"- one hot tenant stays near its measured {hot:,.0f} events/s whatever "
+                     "the cores: its chain admits one flush at a time.")  # fmt: skip
+    return [*lines, ""]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The scenario's Markdown report."""
+    cfg, gs = result["config"], result["groups"]
+    m = result.get("machine", {})
+    lines = [f"# Scaling, {result.get('started', '')}", "",
+             f"Command: `{result.get('command', '')}`", "",
+             f"{m.get('cores', '?')} cores, {m.get('postgresql', '?')}, nats-server "
+             f"{m.get('nats_server', '?')}, Python {m.get('python', '?')}; "
+             f"{cfg['events']:,} events per arm ({cfg['tenants']:,} tenants; hot tenant: 1), "
+             f"batches of {cfg['batch']:,}, {cfg['repeats']} repeat(s), codes alternated "
+             "arm by arm.", ""]  # fmt: skip
+    for name, tree in result.get("trees", {}).items():
+        lines.append(f"- {name}: {tree['describe']} (`pipeline.flush` imported from "
+                     f"`{tree['flush_module']}`); search structure: {tree['search']}")  # fmt: skip
+    lines += ["", *table(gs), ""]
+    ts = result.get("targets", [])
+    if ts:
+        lines += ["| target | code | value | base | goal | verdict |", "|---|---|---|---|---|---|"]
+        for t in ts:
+            verdict = "met" if t["met"] else "**missed**"
+            lines.append(f"| {t['what']} | {t['code']} | {_fmt_target(t, t['value'])} | "
+                         f"{_fmt_target(t, t['base'])} | {t['goal']} | {verdict} |")  # fmt: skip
+        lines.append("")
+    for p in result.get("projections", {}).values():
+        lines += projection_text(p)
+    return "\n".join(lines) + "\n"

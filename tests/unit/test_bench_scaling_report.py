@@ -1,0 +1,65 @@
+"""The scaling benchmark's medians, targets and projection (pure: synthetic arms)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.scaling_report import groups, markdown, projection, targets
+
+
+def _arm(code: str, workers: int, rate: float, lock: float, worker_us: float,
+         hot: bool = False, slots: int = 2) -> dict:  # fmt: skip
+    cpu = {"workers": worker_us, "postgresql": 30.0, "nats-server": 10.0, "benchmark": 2.0}
+    cpu["total"] = worker_us + 40.0
+    return {"code": code, "workers": workers, "slots": slots, "hot_tenant": hot, "repeat": 0,
+            "events_per_s": rate, "searchable_per_s": rate * 0.9,
+            "lock": {"share": lock, "samples": 100}, "cpu_us_per_event": cpu,
+            "worker_process_us": [worker_us / workers] * workers, "cores_busy": 2.0}  # fmt: skip
+
+
+ARMS = [
+    _arm("base", 1, 20_000, 0.20, 30.0), _arm("new", 1, 21_000, 0.00, 30.0),
+    _arm("base", 4, 12_000, 0.70, 36.0), _arm("new", 4, 22_000, 0.02, 32.0),
+    _arm("base", 1, 18_000, 0.22, 30.0), _arm("new", 1, 23_000, 0.00, 31.0),
+    _arm("base", 2, 15_000, 0.60, 33.0), _arm("new", 2, 21_500, 0.01, 31.0),
+    _arm("new", 1, 5_000, 0.0, 30.0, hot=True), _arm("new", 2, 4_000, 0.0, 40.0, hot=True),
+]  # fmt: skip
+
+
+def test_groups_take_medians_over_repeats() -> None:
+    gs = groups(ARMS)
+    one = next(g for g in gs if (g["code"], g["workers"], g["hot_tenant"]) == ("new", 1, False))
+    assert one["repeats"] == 2 and one["events_per_s"] == 22_000
+    assert one["cpu_us_per_event"]["workers"] == 30.5 and one["runs_per_s"] == [21_000, 23_000]
+
+
+def test_targets_judge_the_new_code_with_the_base_beside() -> None:
+    found = {t["what"]: t for t in targets(groups(ARMS), 2)}
+    lock = found["lock-wait share, 4 workers"]
+    assert lock["met"] and lock["value"] == 0.02 and lock["base"] == 0.70
+    assert lock["code"] == "new"
+    two = found["2 workers / 1 worker, events/s"]
+    assert not two["met"] and two["value"] == pytest.approx(21_500 / 22_000)
+    assert not found["2 workers / 1 worker, events/s (hot tenant)"]["met"]
+    cpu = found["worker CPU µs/event, 4 workers / 1 worker - 1"]
+    assert cpu["met"] and cpu["value"] == pytest.approx(32 / 30.5 - 1)
+    search = found["1 worker, events/s until stored and searchable (medians)"]
+    assert search["met"] and search["base"] == pytest.approx(19_000 * 0.9)
+
+
+def test_projection_scales_cpu_per_event_to_the_cores_and_is_labelled() -> None:
+    p = projection(groups(ARMS), 2, cores=16)
+    assert p is not None and p["lock_share"] == 0.02
+    first = p["cases"][0]
+    assert first["from_workers"] == 1
+    assert first["events_per_s"] == pytest.approx(16e6 / 70.5 * 0.98)
+    assert first["worker_processes"] == 7  # 222k/s x 30.5 µs = 6.8 cores of workers
+    assert p["hot_tenant_per_s"] == 5_000
+    result = {
+        "config": {"events": 1000, "tenants": 1000, "batch": 5000, "repeats": 2},
+        "groups": groups(ARMS),
+        "targets": targets(groups(ARMS), 2),
+        "projections": {"new": p},
+    }
+    text = markdown(result)
+    assert "**Projection** (not measured)" in text and "| new | 1 (hot) | 2 | 2 |" in text
