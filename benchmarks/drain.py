@@ -116,8 +116,9 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
     return out
 
 
-async def until_searchable(dsn: str, proc: subprocess.Popen[bytes],
-                           timeout: float = 300) -> tuple[float, dict[str, float]] | None:  # fmt: skip
+async def until_searchable(
+    dsn: str, proc: subprocess.Popen[bytes], timeout: float = 300
+) -> tuple[float, dict[str, float]] | None:
     """When the search index (``audit.search_lag()``, the indexer behind ingestion) has
     every stored event: (time, CPU by component then), or None without an indexer."""
     conn = await asyncpg.connect(dsn)

@@ -63,14 +63,16 @@ def event_row(event: AuditEvent, *, event_id: bytes, action: str, occurred_us: i
         metadata / changes / related: the stored JSON texts (changes None: NULL).
     """
     tenant = event.tenant_id.encode()
-    head = b"".join((_EVENT_COUNT, _i32(len(tenant)), tenant,
-                     _ts_field(8, occurred_us - PG_EPOCH_US), _UUID_LEN, event_id, _SEQ_LEN))  # fmt: skip
+    occurred = _ts_field(8, occurred_us - PG_EPOCH_US)
+    head = b"".join((_EVENT_COUNT, _i32(len(tenant)), tenant, occurred, _UUID_LEN, event_id,
+                     _SEQ_LEN))  # fmt: skip
     actor = event.actor
     primary = event.primary_resource
     parts = [head, _ts_field(8, received_us - PG_EPOCH_US)]
     for value in (action, event.category, event.severity, actor.type, actor.id,
                   actor.display_name, primary.type if primary else "",
-                  primary.id if primary else "", primary.display_name if primary else ""):  # fmt: skip
+                  primary.id if primary else "",
+                  primary.display_name if primary else ""):  # fmt: skip
         _text(parts, value)
     parts += (_i32(len(related) + 1), _JSONB_VERSION, related)
     _text(parts, event.description)

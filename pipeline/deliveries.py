@@ -67,12 +67,9 @@ class Deliveries:
 
     def settle(self, msgs: Iterable[Message]) -> list[Message]:
         """Stop holding ``msgs``; returns those that were held (each once)."""
-        out = []
-        for m in msgs:
-            held = self.held.pop(m.ack, None)
-            if held is not None:
-                self.held_bytes -= held.size
-                out.append(held)
+        pop = self.held.pop
+        out = [held for m in msgs if (held := pop(m.ack, None)) is not None]
+        self.held_bytes -= sum([m.size for m in out])
         self.room.set()
         return out
 

@@ -76,7 +76,8 @@ def _choose() -> tuple[ModuleType | None, str]:
         return None, f"pure Python ({PURE_ENV} is set)"
     if BUILT is None:
         return None, (f"pure Python: the C extension pipeline._fastpath is not built "
-                      f"({_NOT_BUILT}); reinstall with a C compiler present to build it")  # fmt: skip
+                      f"({_NOT_BUILT}); reinstall with a C compiler present to build "
+                      "it")  # fmt: skip
     return BUILT, f"compiled: pipeline._fastpath (SHA-256 by {BUILT.SHA256})"
 
 
@@ -99,21 +100,20 @@ def compiled_prepare_batch(msgs: Sequence[Message], now: datetime,
     """:func:`pure_prepare_batch`, compiled (the extension must be built)."""
     assert BUILT is not None
     low, high = occurred_bounds(limits)
-    return BUILT.prepare_batch(msgs, now, limits, micros(now), low, high,  # type: ignore[no-any-return]
-                                  limits.subject)  # fmt: skip
+    return BUILT.prepare_batch(msgs, now, limits, micros(now), low, high, limits.subject)
 
 
 def compiled_claims_copy(items: Sequence[Prepared]) -> bytes:
     """:func:`pure_claims_copy`, compiled."""
     assert BUILT is not None
-    return BUILT.claims_copy(items)  # type: ignore[no-any-return]
+    return BUILT.claims_copy(items)
 
 
 def compiled_chain_copy(items: Sequence[Prepared], heads: Mapping[str, tuple[int, bytes]]
                         ) -> tuple[dict[int, bytes], dict[str, tuple[int, bytes]]]:  # fmt: skip
     """:func:`pure_chain_copy`, compiled."""
     assert BUILT is not None
-    return BUILT.chain_copy(items, heads)  # type: ignore[no-any-return]
+    return BUILT.chain_copy(items, heads)
 
 
 ScanMsgs = Callable[[bytearray, dict[int, Any]], tuple[int, list[tuple[int, list[Any], int]], int]]

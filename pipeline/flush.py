@@ -148,7 +148,14 @@ class PartitionCache:
         Raises:
             Exception: a transient error (:class:`RetryableStoreError`): try again later.
         """
-        months = {_month(ev) for ev in events}
+        items = list(events)
+        occurred = [p.occurred_us for p in items if isinstance(p, Prepared)]
+        if len(occurred) == len(items) and occurred and month_of(min(occurred)) == month_of(
+            max(occurred)
+        ):
+            months = {month_of(occurred[0])}  # the usual batch: one month, found per batch
+        else:
+            months = {_month(ev) for ev in items}
         missing = {
             name: datetime(m // 12, m % 12 + 1, 1, tzinfo=UTC)
             for m in months
@@ -255,7 +262,8 @@ async def write_batch(conn: asyncpg.Connection, items: Sequence[Prepared],
         by_month, moved = fastpath.chain_copy(items, heads)
         for month, data in by_month.items():
             await conn.copy_to_table(month_partition(month), source=memoryview(data),
-                                     columns=COLUMNS, schema_name="audit", format="binary")  # fmt: skip
+                                     columns=COLUMNS, schema_name="audit",
+                                     format="binary")  # fmt: skip
         names = list(moved)
         await conn.execute(
             _MOVE_HEADS, names, [moved[t][0] for t in names], [moved[t][1] for t in names]

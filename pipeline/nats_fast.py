@@ -133,7 +133,11 @@ async def send_commands(nc: Client, subjects: list[str], payload: bytes) -> None
     if send is None:  # pragma: no cover - a nats-py without the internal: public path
         for subject in subjects:
             await nc.publish(subject, payload)
-    else:
+    elif subjects and payload.isascii():
+        # One str join of every frame (acks, NAKs and progress are ASCII), encoded once.
+        tail = f" {len(payload)}\r\n{payload.decode()}\r\n"
+        await send(("PUB " + (tail + "PUB ").join(subjects) + tail).encode())
+    elif subjects:
         tail = b" %d\r\n%s\r\n" % (len(payload), payload)
         await send(b"".join(b"PUB " + s.encode() + tail for s in subjects))
     await nc.flush()
@@ -168,4 +172,8 @@ def internals_problems() -> list[str]:
         Subscription.__init__
     ):
         problems.append("Subscription no longer keeps its sid in _id")
+    if _params(Parser.parse) != ["self", "data"] or "self._ps" not in inspect.getsource(
+        Client.__init__
+    ):
+        problems.append("Client._ps / Parser.parse(data) changed (FastParser replaces them)")
     return problems

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import ssl
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -194,8 +195,10 @@ async def send_hec(out: Outbound, url: str, token: str, batch: fmt.Batch,
                    source_type: str = "auditlog", index: str = "") -> Outcome:  # fmt: skip
     """POST the batch to a Splunk HTTP Event Collector (``Authorization: Splunk <token>``)."""
     body = fmt.hec_body(batch, source_type, index)
+    # HEC wants a GUID channel when the token has indexer acknowledgement on: one per stream.
+    channel = str(uuid.uuid5(uuid.NAMESPACE_URL, f"auditlog:stream:{batch.stream_id}"))
     headers = {"Authorization": f"Splunk {token}", "Content-Type": "application/json",
-               "X-Splunk-Request-Channel": batch.stream_id}  # fmt: skip
+               "X-Splunk-Request-Channel": channel}  # fmt: skip
     return await out.send("POST", hec_url(url), body, headers)
 
 

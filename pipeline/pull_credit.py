@@ -179,6 +179,11 @@ class PullCredit:
         self._held -= 1
         self._held_bytes -= size
 
+    def settled_many(self, count: int, nbytes: int) -> None:
+        """:meth:`settled` of ``count`` messages of ``nbytes`` bytes in all (a batch)."""
+        self._held -= count
+        self._held_bytes -= nbytes
+
     def forget_expired(self, now: float) -> bool:
         """Forget the open requests the server has surely ended by ``now`` (their expiry
         plus :data:`STATUS_GRACE_S` passed) whose status never came.

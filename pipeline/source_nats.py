@@ -286,8 +286,8 @@ class JetStreamSource:
         await send_commands(self.nc, [m.ack for m in msgs], payload)
 
     def _settled(self, msgs: list[Message]) -> None:
-        for m in self._deliveries.settle(msgs):
-            self._credit.settled(m.size)
+        settled = self._deliveries.settle(msgs)
+        self._credit.settled_many(len(settled), sum([m.size for m in settled]))
 
     async def _reply_safely(self, msgs: list[Message], payload: bytes, what: str) -> bool:
         # Never raises: with NATS away, an unsent ack means a redelivery later (the claim

@@ -251,8 +251,8 @@ class Worker:
             kept = [d.msg for d in dead if id(d.msg) in held]
             await self.source.nak(kept, _nak_delay(kept))
         if held or later:
-            await self.source.ack([x.msg for x in batch
-                                   if id(x.msg) not in held and id(x.msg) not in later])  # fmt: skip
+            keep = held | later
+            await self.source.ack([x.msg for x in batch if id(x.msg) not in keep])
         else:
             await self.source.ack([x.msg for x in batch])
         self.last_progress = time.monotonic()
@@ -340,9 +340,10 @@ class Worker:
                 self.metrics.flush_skipped_tenants.inc(len(part.busy))
             total.stored.extend(part.stored)
             total.duplicates.extend(part.duplicates)
-            if part.oldest_received_us and (not total.oldest_received_us
-                                            or part.oldest_received_us < total.oldest_received_us):
-                total.oldest_received_us = part.oldest_received_us
+            if part.stored:
+                total.oldest_received_us = min(
+                    total.oldest_received_us or part.oldest_received_us, part.oldest_received_us
+                )
             delay = 0.1
         if len(skipped) > 1:  # bisection may have visited groups out of batch order
             rank = {id(v): i for i, v in enumerate(items)}

@@ -425,8 +425,9 @@ def decode_parts(raw: bytes | memoryview) -> tuple[AuditEvent, bytes, bytes | No
             event: AuditEvent | None = _known_decoder.decode(raw)
         except Exception:  # the full decode below names it
             event = None
-        if (event is not None and event.tenant_id in KNOWN_TENANTS
-                and event.action in KNOWN_ACTIONS and event.actor.type != _UNSPECIFIED_ACTOR):  # fmt: skip
+        known = (event is not None and event.tenant_id in KNOWN_TENANTS
+                 and event.action in KNOWN_ACTIONS)  # fmt: skip
+        if known and event is not None and event.actor.type != _UNSPECIFIED_ACTOR:
             metadata = _encoder.encode(event.metadata)
             changes = None if event.changes is None else _encoder.encode(event.changes)
             if len(metadata) <= MAX_METADATA_BYTES and (

@@ -182,8 +182,9 @@ def test_wheel_installed_outside_the_checkout_migrates_and_serves(
                                     stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
         try:
             body = wait_ready(port, proc, log)
-            assert body["checks"] == {"postgresql": "ok", "search": "ok", "nats": "ok",
-                                      "consumer": "ok", "pipeline": "ok"}, body  # fmt: skip
+            assert body["checks"] == {"postgresql": "ok", "search": "ok", "streams": "ok",
+                                      "nats": "ok", "consumer": "ok",
+                                      "pipeline": "ok"}, body  # fmt: skip
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -41,8 +41,8 @@ async def test_run_serves_survives_restart_and_stops(tmp_path: Path) -> None:
     proc = start(state, port)
     try:
         body = wait_ready(port, proc)
-        assert body["checks"] == {"postgresql": "ok", "search": "ok", "nats": "ok",
-                                  "consumer": "ok", "pipeline": "ok"}  # fmt: skip
+        assert body["checks"] == {"postgresql": "ok", "search": "ok", "streams": "ok",
+                                  "nats": "ok", "consumer": "ok", "pipeline": "ok"}  # fmt: skip
         assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         # First start: an admin token exists (0600) and works; no token is refused.
         token_path = state / "admin-tokens"

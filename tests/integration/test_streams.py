@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -165,6 +166,7 @@ def hec_records(rx: Receiver, token: str) -> list[dict]:
     for req in rx.taken():
         assert req.path == "/services/collector/event"
         assert req.headers["Authorization"] == f"Splunk {token}"
+        uuid.UUID(req.headers["X-Splunk-Request-Channel"])  # a GUID, as HEC's acks want
         for line in req.body.split(b"\n"):
             obj = json.loads(line)
             assert isinstance(obj["time"], int | float) and obj["sourcetype"] == "auditlog"
@@ -324,8 +326,10 @@ async def test_a_failing_receiver_delays_only_its_own_stream(streams_settings, p
         failures = metrics.registry.get_sample_value(
             "auditlog_stream_delivery_failures_total", {"stream": a1["stream_id"]})  # fmt: skip
         assert failures and failures >= 3
-        assert stormy["ingest_lag_s"] <= max(2 * calm["ingest_lag_s"], calm["ingest_lag_s"] + 0.1)
-        assert stormy["healthy_stream_lag_s"] <= max(1.0, 2 * calm["healthy_stream_lag_s"])
+        # The faults last 4.5 s (timeouts of 1 s among them): had they leaked into ingestion
+        # or the other streams, these would grow by seconds, not by scheduling noise.
+        assert stormy["ingest_lag_s"] <= max(2 * calm["ingest_lag_s"], calm["ingest_lag_s"] + 0.25)
+        assert stormy["healthy_stream_lag_s"] <= max(1.5, 2 * calm["healthy_stream_lag_s"])
         for stream, rx, tenant in ((a1, bad, tenants[0]), (a2, good, tenants[0]),
                                    (b, good, tenants[1])):  # fmt: skip
             sent = webhook_records(rx, stream["stream_id"], stream["signing_secret"])

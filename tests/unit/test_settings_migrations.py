@@ -8,7 +8,7 @@ import pytest
 
 from infra.errors import ConfigError, MigrationError
 from infra.migrate import load_migrations
-from infra.settings import load_settings
+from infra.settings import load_settings, nats_servers
 
 
 def test_settings_from_env_with_secrets_hidden() -> None:
@@ -38,12 +38,37 @@ def test_settings_from_env_with_secrets_hidden() -> None:
         ({"AUDIT_KAFKA_SESSION_TIMEOUT_S": "0"}, "AUDIT_KAFKA_SESSION_TIMEOUT_S"),
         ({"AUDIT_NATS_INGEST": "false"}, "AUDIT_NATS_INGEST"),
         ({"AUDIT_NATS_INGEST": "maybe"}, "AUDIT_NATS_INGEST"),
+        ({"AUDIT_NATS_URL": "nats://n1:4222 nats://n2:4222"}, "AUDIT_NATS_URL"),
+        ({"AUDIT_NATS_URL": "nats://n1:4222,"}, "AUDIT_NATS_URL"),
+        ({"AUDIT_NATS_URL": "nats://n1:4222,http://n2"}, "AUDIT_NATS_URL"),
+        ({"AUDIT_NATS_URL": "nats://n1:99999"}, "AUDIT_NATS_URL"),
+        ({"AUDIT_NATS_URL": "n1:4222"}, "AUDIT_NATS_URL"),
+        (
+            {"AUDIT_NATS_URL": "nats://n1:4222", "AUDIT_STREAM_REPLICAS": "0"},
+            "AUDIT_STREAM_REPLICAS",
+        ),
+        (
+            {"AUDIT_NATS_URL": "nats://n1:4222", "AUDIT_STREAM_REPLICAS": "6"},
+            "AUDIT_STREAM_REPLICAS",
+        ),
+        ({"AUDIT_STREAM_REPLICAS": "3"}, "AUDIT_STREAM_REPLICAS"),  # embedded: one node
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], var: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert info.value.setting == var and var in str(info.value)
+
+
+def test_nats_url_takes_a_list_of_nodes() -> None:
+    url = "nats://n1:4222, tls://svc:s3cret@n2,nats://[::1]:4223"
+    s = load_settings({"AUDIT_NATS_URL": url, "AUDIT_STREAM_REPLICAS": "3"})
+    assert s.stream_replicas == 3 and s.nats_url == url
+    assert nats_servers(url) == ["nats://n1:4222", "tls://svc:s3cret@n2", "nats://[::1]:4223"]
+    with pytest.raises(ConfigError) as info:
+        load_settings({"AUDIT_NATS_URL": "nats://n1,nats://svc:s3cret@n2:port"})
+    assert "item 2 of 2" in str(info.value) and "s3cret" not in str(info.value)
+    assert load_settings().stream_replicas == 1
 
 
 def test_kafka_settings() -> None:
