@@ -89,7 +89,7 @@ FIGURES = {
 # Run in a code tree (cwd and PYTHONPATH there): that code's own stream set-up, and where
 # its modules come from.
 PREPARE = """
-import asyncio, contextlib, json
+import asyncio, contextlib, importlib, json, os, sys
 import nats
 import pipeline.flush
 from infra.settings import load_settings
@@ -103,11 +103,29 @@ async def main():
             await nc.jetstream().delete_stream(name)
     await ensure_stream(nc, s)
     await nc.close()
-    print(json.dumps({"flush_module": pipeline.flush.__file__, "consumer": s.consumer}))
+    return s.consumer
 
-asyncio.run(main())
+consumer = asyncio.run(main())
+for name in ("auditlog.cli", "auditlog.runtime", "pipeline.worker", "pipeline.fastpath"):
+    with contextlib.suppress(ImportError):
+        importlib.import_module(name)
+checkout, tree = os.environ["SCALING_CHECKOUT"], os.path.realpath(os.getcwd()) + os.sep
+leaks = sorted(n for n, m in list(sys.modules.items())
+               if (f := os.path.realpath(getattr(m, "__file__", None) or "/"))
+               .startswith(checkout + os.sep) and not f.startswith(tree)
+               and not f.startswith(os.path.realpath(sys.prefix) + os.sep))
+fast = sys.modules.get("pipeline.fastpath")
+print(json.dumps({"flush_module": pipeline.flush.__file__, "consumer": consumer,
+                  "leaks": leaks, "fastpath": getattr(fast, "KIND", None)}))
 """
-
+# Put first on an arm's PYTHONPATH after its tree: the venv's editable install of this
+# checkout adds a meta-path finder that would serve modules missing from the tree (a
+# compiled extension built here only, say) from this checkout; this drops it.
+SITECUSTOMIZE = """
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path
+                    if "__editable__" not in (getattr(f, "__module__", "") or "")]
+"""
 NO_SEARCH = "none (stored = searchable: the index is in the ingest transaction)"
 
 
@@ -171,6 +189,7 @@ def code_trees(codes: list[str], refs: dict[str, str | None]):  # type: ignore[n
                 sha = _git("-C", str(path), "rev-parse", "--short", "HEAD")
                 out[code] = Tree(code, path, f"commit {sha} (`{ref}`), worktree {path}")
             made.append(path)
+            build_extensions(out[code])
         yield out
     finally:
         for path in made:
@@ -178,6 +197,14 @@ def code_trees(codes: list[str], refs: dict[str, str | None]):  # type: ignore[n
                 if (path / ".git").is_file():
                     _git("worktree", "remove", "--force", str(path))
             shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def build_extensions(tree: Tree) -> None:
+    """Build a tree's C extensions in place, as installing that code would (``setup.py``;
+    a failed build leaves the code on its pure Python path, which the tree reports)."""
+    if (tree.path / "setup.py").is_file():
+        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                       cwd=tree.path, capture_output=True, timeout=600)  # fmt: skip
 
 
 def _describe_checkout() -> str:
@@ -193,7 +220,8 @@ def arm_env(tree: Tree, dsn: str, nurl: str, slots: int, state: Path,
 
     tag = f"SC{os.getpid()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
-    env.update(PYTHONPATH=str(tree.path), AUDIT_DATABASE_URL=dsn, AUDIT_NATS_URL=nurl,
+    env.update(PYTHONPATH=f"{tree.path}{os.pathsep}{state / 'site'}", AUDIT_DATABASE_URL=dsn,
+               SCALING_CHECKOUT=os.path.realpath(ROOT), AUDIT_NATS_URL=nurl,
                AUDIT_STREAM=f"BENCH_{tag}", AUDIT_SUBJECT=f"bench.{tag}.events",
                AUDIT_DLQ_STREAM=f"BENCH_DLQ_{tag}", AUDIT_DLQ_SUBJECT=f"bench.{tag}.dlq",
                AUDIT_COMMIT_SUBJECT=f"bench.{tag}.committed",
@@ -230,9 +258,9 @@ async def prepare(server: str, tree: Tree, env: dict[str, str]) -> dict[str, Any
         await admin.close()
     _in_tree(tree, env, "-m", "auditlog.cli", "migrate")
     info: dict[str, Any] = json.loads(_in_tree(tree, env, "-c", PREPARE).strip().splitlines()[-1])
-    if not _inside(info["flush_module"], tree.path):
+    if not _inside(info["flush_module"], tree.path) or info["leaks"]:
         raise RuntimeError(f"{tree.name}: pipeline.flush came from {info['flush_module']}, "
-                           f"not from {tree.path}")  # fmt: skip
+                           f"and {info['leaks']} from {ROOT}, not from {tree.path}")  # fmt: skip
     return info
 
 
@@ -242,7 +270,7 @@ def check_imports(pipeline_pid: int, tree: Tree) -> None:
     root = psutil.Process(pipeline_pid)
     for p in [root, *root.children(recursive=True)]:
         with contextlib.suppress(psutil.NoSuchProcess):
-            cwd, path = p.cwd(), p.environ().get("PYTHONPATH")
+            cwd, path = p.cwd(), p.environ().get("PYTHONPATH", "").split(os.pathsep)[0]
             if os.path.realpath(cwd) != os.path.realpath(tree.path) or path != str(tree.path):
                 where = (cwd, path)
                 raise RuntimeError(f"pipeline process {p.pid} runs with cwd/PYTHONPATH "
@@ -368,7 +396,7 @@ async def run_arm(arm: Arm, tree: Tree, srv: Servers, payloads: list[bytes],
         "lock": sampler.result(), "cpu_us_per_event": split, "worker_process_us": per_worker,
         "cores_busy": cpu_s / (t_cpu - t0),
         "other_cores_busy": max(0.0, (host1 - marks["host0"] - cpu_s) / (t_cpu - t0)),
-        "flush_module": info["flush_module"],
+        "flush_module": info["flush_module"], "fastpath": info["fastpath"],
         "search": probe.describe if probe else None,
     }  # fmt: skip
 
@@ -413,6 +441,8 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         events[True] = ids_for(list(synthetic_events(opts.events, tenant_ids(1))))[0]
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     state = Path(tempfile.mkdtemp(prefix="auditlog-scaling-state-"))
+    (state / "site").mkdir()
+    (state / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
     results: list[dict[str, Any]] = []
     try:
         with code_trees(list(opts.code), opts.code) as trees, bench_servers() as (server, nurl):
@@ -428,6 +458,7 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
                     results.append(out)
                     seen.setdefault(arm.code, {"describe": trees[arm.code].describe,
                                                "flush_module": out["flush_module"],
+                                               "fastpath": out["fastpath"],
                                                "search": out["search"] or NO_SEARCH})  # fmt: skip
             finally:
                 await srv.sampler_conn.close()

@@ -249,8 +249,9 @@ def markdown(result: dict[str, Any]) -> str:
              f"batches of {cfg['batch']:,}, {cfg['repeats']} repeat(s), codes alternated "
              "arm by arm.", ""]  # fmt: skip
     for name, tree in result.get("trees", {}).items():
+        fast = f", fast path {tree['fastpath']}" if tree.get("fastpath") else ""
         lines.append(f"- {name}: {tree['describe']} (`pipeline.flush` imported from "
-                     f"`{tree['flush_module']}`); search structure: {tree['search']}")  # fmt: skip
+                     f"`{tree['flush_module']}`{fast}); search: {tree['search']}")  # fmt: skip
     lines += ["", *table(gs), ""]
     ts = result.get("targets", [])
     if ts:

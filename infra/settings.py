@@ -74,7 +74,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # at most this many bytes of backlog; beyond it JetStream refuses publishers.
     stream_max_bytes: int = 4 * 1024**3  # AUDIT_STREAM_MAX_BYTES
     # Copies of every stream the service makes (AUDIT, AUDIT_DLQ, AUDIT_CHECKPOINTS) on a
-    # NATS cluster; raised in place on existing streams, never lowered (README, "NATS").
+    # NATS cluster; raised in place on existing streams, never lowered (README, "NATS cluster").
     stream_replicas: int = 1  # AUDIT_STREAM_REPLICAS (1..5)
     # Dead letters (raw payloads): kept this long and at most this many bytes; when full,
     # new dead letters are refused and their messages wait in the source stream.

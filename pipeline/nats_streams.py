@@ -7,8 +7,8 @@ Three streams: the events (``AUDIT``, :func:`ensure_stream`), the dead letters
 makes an acknowledged publish survive one node's disk (invariant 1).
 
 Existing streams get their replicas raised in place (:func:`ensure_replicas`: NATS >= 2.10
-adds peers to a live stream and catches them up while it keeps serving; consumers that
-inherit the stream's replicas, as the pipeline's does, follow). Replicas are never lowered
+adds peers to a live stream and catches them up while it keeps serving), and the pipeline's
+durable consumer gets its stream's (:func:`_ensure_consumer`). Replicas are never lowered
 here: a process started without the setting (default 1) must not drop copies the cluster
 was given; ``nats stream edit <name> --replicas N`` lowers them on purpose.
 

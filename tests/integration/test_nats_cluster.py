@@ -22,6 +22,7 @@ import asyncpg
 import nats.errors
 import pytest
 
+from auditlog.embedded import free_port
 from infra.errors import ConfigError
 from infra.settings import Settings
 from infra.signing import load_signer
@@ -218,9 +219,11 @@ async def test_r3_streams_ride_out_leader_kills(db_url: str, settings_factory,
 
 async def test_a_single_server_refuses_replicas(nats_url: str, settings_factory) -> None:
     """Replicas asked of a server that is not clustered are a configuration error, for a
-    new stream and for an existing one alike (no retry can help)."""
+    new stream and for an existing one alike (no retry can help). The connection is made
+    through a list whose other node is down (it starts all the same)."""
     settings = settings_factory("postgresql://unused@127.0.0.1/x", stream_replicas=3)
-    nc = await connect(nats_url, "replicas-refused")
+    down = f"nats://127.0.0.1:{free_port()}"
+    nc = await asyncio.wait_for(connect(f"{down},{nats_url}", "replicas-refused"), 30)
     try:
         with pytest.raises(ConfigError) as new:
             await ensure_stream(nc, settings)

@@ -12,4 +12,9 @@ no test module imports another).
 - :mod:`tests.support.databases`: fresh test databases.
 - :mod:`tests.support.processes`: ``auditlog`` as a subprocess: start, wait ready, stop.
 - :mod:`tests.support.clock`: a clock that moves only when a test moves it.
+- :mod:`tests.support.workers`: ``auditlog pipeline`` processes for fault tests (metrics
+  scraped), stall measurement, publishing retried until every event is acknowledged.
+- :mod:`tests.support.nats_cluster`: a NATS cluster of local nodes that can be killed -9.
+- :mod:`tests.support.pg_standby`: a PostgreSQL primary with a synchronous standby; the
+  primary killed -9, the standby promoted.
 """

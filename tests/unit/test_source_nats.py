@@ -2,7 +2,7 @@
 is disconnected (nats-py would buffer it and send it stale after the reconnect), a 503 (no
 consumer leader: an election) ends a request and pauses the next one, a 409 (e.g.
 Leadership Change) ends it and the next goes out at once, and an error inside the loop
-does not end it."""
+does not end it. A URL list that does not parse is a configuration error, not an outage."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import json
 import time
 from typing import Any
 
+import pytest
 from nats.aio.msg import Msg
 
+from infra.errors import ConfigError
 from infra.settings import Settings
 from pipeline.pull_credit import REQUEST_EXPIRES_S
-from pipeline.source_nats import UNANSWERED_PAUSE_S, JetStreamSource
+from pipeline.source_nats import UNANSWERED_PAUSE_S, JetStreamSource, connect
 from tests.support.waits import eventually
 
 
@@ -113,3 +115,10 @@ async def test_an_error_inside_the_pull_loop_does_not_end_it() -> None:
         assert nc.payload_errors == 0
     finally:
         await source.stop()
+
+
+async def test_a_url_list_that_does_not_parse_is_a_configuration_error() -> None:
+    # Not an outage to wait out: the start stops, naming the variable.
+    with pytest.raises(ConfigError) as info:
+        await connect("nats://n1:4222;nats://n2:4222", "test")
+    assert info.value.setting == "AUDIT_NATS_URL"
