@@ -64,8 +64,8 @@ test-pure: $(DEV_STAMP) ## The pipeline's tests on the pure Python path (AUDIT_P
 	AUDIT_PURE_PYTHON=1 $(BIN)/pytest -q -p no:cacheprovider $(PURE_TESTS) $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP) ## ruff, mypy, the layer contracts (import-linter), the deployment files
-	$(BIN)/ruff check schemas infra pipeline query_api auditlog sql tests benchmarks deploy
-	$(BIN)/ruff format --check schemas infra pipeline query_api auditlog sql tests benchmarks deploy
+	$(BIN)/ruff check schemas infra ledger pipeline query_api auditlog sql tests benchmarks deploy
+	$(BIN)/ruff format --check schemas infra ledger pipeline query_api auditlog sql tests benchmarks deploy
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python deploy/validate.py

@@ -27,8 +27,8 @@ from auditlog.endpoints import database_url
 from infra.errors import AuditLogError
 from infra.settings import Settings
 from infra.signing import read_keys_file
-from pipeline.checkpoints import origin
-from pipeline.proofs import build_bundle
+from ledger.checkpoints import origin
+from ledger.proofs import build_bundle
 from schemas import bundle
 
 

@@ -16,7 +16,7 @@ from auditlog.endpoints import owner_url
 from infra.errors import AuditLogError
 from infra.settings import Settings
 from infra.signing import load_signer
-from pipeline import retention
+from ledger import retention
 
 
 async def _plan(dsn: str, settings: Settings) -> list[retention.Month]:

@@ -31,16 +31,16 @@ from auditlog.credentials import Credentials, prepare
 from infra.db import TimedPool, create_pool
 from infra.errors import ConfigError, MigrationError
 from infra.metrics import Metrics
+from infra.nats_streams import ensure_stream
 from infra.settings import Settings, redact_url
 from infra.signing import load_signer
 from infra.tls import server_context, server_pem
-from pipeline.checkpoints import Checkpointer
+from ledger.checkpoints import Checkpointer
 from pipeline.commits import encode_keys
 from pipeline.dlq_kafka import KafkaDeadLetters
 from pipeline.dlq_nats import NatsDeadLetters
 from pipeline.flush import PgStore
 from pipeline.indexer import SearchIndexer
-from pipeline.nats_streams import ensure_stream
 from pipeline.source_kafka import KafkaSource
 from pipeline.source_nats import JetStreamSource, connect
 from pipeline.streams import StreamAgent
@@ -419,7 +419,7 @@ async def _retention_loop(owner_dsn: str, settings: Settings, metrics: Metrics) 
     minute after start, or one interval when that is shorter), with the owner's
     credentials. A round runs only in the process holding the retention lease (one at a
     time in the deployment); errors are logged and retried next time."""
-    from pipeline.retention import run_job
+    from ledger.retention import run_job
 
     await asyncio.sleep(min(60.0, settings.retention_interval_s))
     while True:

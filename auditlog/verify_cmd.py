@@ -14,8 +14,8 @@ from auditlog.endpoints import database_url, nats_url
 from infra.errors import AuditLogError
 from infra.settings import Settings
 from infra.signing import trusted_verifiers
+from ledger.verify import LogReport, Witness, read_witness, verify_log
 from pipeline.source_nats import connect
-from pipeline.verify import LogReport, Witness, read_witness, verify_log
 
 
 async def _witness(settings: Settings, tenant_id: str) -> Witness:

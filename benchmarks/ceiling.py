@@ -28,9 +28,10 @@ import asyncpg
 
 from benchmarks.common import bench_servers, emit, fresh_database, synthetic_events, tenant_ids
 from infra.db import create_pool
-from pipeline.chain import COLUMNS, link
+from pipeline.chain import link
 from pipeline.flush import PartitionCache, partition_name
 from pipeline.stages import Message, Valid, process
+from schemas.rows import COLUMNS
 
 _OLD_SEARCH_INDEX = (
     "CREATE INDEX events_search ON audit.events USING gin (audit.search_text("

@@ -6,12 +6,22 @@ by this service and by two peers, one after the other in one run, with the ratio
 
 - **ours**: `auditlog pipeline --workers 1` (validation, dedupe, chain, search index,
   claims), from first delivery until nothing is pending or unacked (``benchmarks.drain``).
-- **mq-bridge** and **Pathway** (``benchmarks/peer_runner.py`` in ``.venv-peers``): each
-  stores each message as it is into a plain table of its own (``payload``/``data`` plus an
-  ``id bigserial`` this benchmark adds to count rows cheaply), from the first delivery
-  (any consumer of the stream has delivered a message, as for ours) until all N are stored
-  (the count is confirmed with ``count(*)``). Pathway reads a whole minibatch before it
-  writes, so timing it from its first stored row would leave the reading out.
+- **mq-bridge** and **Pathway** (``benchmarks/peer_runner.py`` in ``.venv-peers``), each
+  twice:
+
+  - *raw*: each message stored as it is into a plain table of its own (``payload``/``data``
+    plus an ``id bigserial`` this benchmark adds to count rows cheaply);
+  - *like for like*: the event's columns (``audit.events``' but ``seq`` and ``hash``) into
+    a table like ours: partitioned by month on ``occurred_at``, primary key ``(tenant_id,
+    occurred_at, id)``, an index on ``(tenant_id, id)`` (ours: the claims) and the same
+    full-text GIN index (``audit.search_doc``), kept in the insert (searchable at commit;
+    ours is timed until its indexer caught up: ``searchable_per_s``). Plus ``n bigserial``
+    to count rows (and Pathway's own ``time``/``diff`` columns);
+
+  each timed from the first delivery (any consumer of the stream has delivered a
+  message, as for ours) until all N are stored (the count is confirmed with
+  ``count(*)``). Pathway reads a whole minibatch before it writes, so timing it from its
+  first stored row would leave the reading out.
 
 CPU time per event is split by process (PostgreSQL, nats-server, the consumer). The peers
 need their own virtualenv, never the service's (``make test`` does not need them); when
@@ -52,6 +62,34 @@ TABLES = {
     "mq-bridge": "CREATE TABLE peer_rows (id bigserial, payload bytea)",
     "pathway": "CREATE TABLE peer_rows (id bigserial, data text, time bigint, diff smallint)",
 }
+COUNTERS = {"raw": "peer_rows_id_seq", "like": "peer_rows_n_seq"}
+# The like-for-like table: ours (sql/001, sql/009) but seq/hash, with the same indexes.
+LIKE_TABLE = """
+CREATE TABLE peer_rows (
+    tenant_id text NOT NULL, occurred_at timestamptz NOT NULL DEFAULT now(),
+    {id_col} {id_type} NOT NULL, received_at timestamptz NOT NULL DEFAULT now(),
+    action text NOT NULL, category text NOT NULL, severity text NOT NULL,
+    actor_type text NOT NULL, actor_id text NOT NULL,
+    actor_display_name text NOT NULL DEFAULT '', resource_type text NOT NULL DEFAULT '',
+    resource_id text NOT NULL DEFAULT '', resource_display_name text NOT NULL DEFAULT '',
+    related_resources jsonb NOT NULL DEFAULT '[]', description text NOT NULL DEFAULT '',
+    metadata json NOT NULL DEFAULT '{{}}', changes json, ip text NOT NULL DEFAULT '',
+    user_agent text NOT NULL DEFAULT '', request_id text NOT NULL DEFAULT '',
+    trace_id text NOT NULL DEFAULT '', n bigserial, {extra}
+    PRIMARY KEY (tenant_id, occurred_at, {id_col})
+) PARTITION BY RANGE (occurred_at);
+CREATE TABLE peer_rows_m PARTITION OF peer_rows
+    FOR VALUES FROM (date_trunc('month', now())) TO (date_trunc('month', now()) + '2 months');
+CREATE INDEX peer_rows_tenant_id ON peer_rows (tenant_id, {id_col});
+CREATE INDEX peer_rows_search ON peer_rows USING gin (audit.search_doc(tenant_id, action,
+    description, actor_display_name, resource_display_name)) WITH (fastupdate = on);
+"""
+# (event id column, its type, extra columns): Pathway names no column ``id`` (its own row
+# key) and writes strings, and adds its time/diff columns.
+LIKE_EXTRA = {
+    "mq-bridge": ("id", "uuid", ""),
+    "pathway": ("event_id", "text", "time bigint, diff smallint,"),
+}
 
 
 def peers_python() -> Path | None:
@@ -60,9 +98,10 @@ def peers_python() -> Path | None:
     return path if path.exists() else None
 
 
-async def drain_peer(peer: str, python: Path, server: str, nurl: str,
-                     payloads: list[bytes]) -> dict[str, object]:  # fmt: skip
-    """One peer draining ``payloads`` (preloaded into a fresh stream) into a fresh table."""
+async def drain_peer(peer: str, python: Path, server: str, nurl: str, payloads: list[bytes],
+                     mode: str = "raw") -> dict[str, object]:  # fmt: skip
+    """One peer draining ``payloads`` (preloaded into a fresh stream) into a fresh table
+    (``mode``: ``raw`` or ``like``, see the module docstring)."""
     tag = f"P{os.getpid()}{peer.replace('-', '')}"
     dsn = await fresh_database(server, f"bench_peer_{peer.replace('-', '_')}")
     stream, subject = f"BENCH_{tag}", f"bench.{tag}.events"
@@ -73,11 +112,16 @@ async def drain_peer(peer: str, python: Path, server: str, nurl: str,
     await js.add_stream(name=stream, subjects=[subject])
     pub_rate = await fast_publish(nurl, subject, payloads)
     conn = await asyncpg.connect(dsn)
-    await conn.execute(TABLES[peer])
+    if mode == "like":
+        id_col, id_type, extra = LIKE_EXTRA[peer]
+        await conn.execute(LIKE_TABLE.format(id_col=id_col, id_type=id_type, extra=extra))
+    else:
+        await conn.execute(TABLES[peer])
     total = len(payloads)
     proc = subprocess.Popen(
         [str(python), str(ROOT / "benchmarks" / "peer_runner.py"), peer, "--nats", nurl,
-         "--stream", stream, "--subject", subject, "--dsn", dsn, "--table", "peer_rows"],
+         "--stream", stream, "--subject", subject, "--dsn", dsn, "--table", "peer_rows",
+         "--mode", mode],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     t_first = t_end = None
@@ -90,7 +134,7 @@ async def drain_peer(peer: str, python: Path, server: str, nurl: str,
         while time.perf_counter() < deadline:
             now = time.perf_counter()
             last = await conn.fetchval(
-                "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM peer_rows_id_seq"
+                f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {COUNTERS[mode]}"
             )
             if t_first is None and (last or await _delivered(js, stream)):
                 t_first, cpu_first = now, cpu_seconds_by_component()
@@ -136,7 +180,13 @@ async def main() -> None:
     ap.add_argument("--events", type=int, default=500_000)
     ap.add_argument("--tenants", type=int, default=1000)
     ap.add_argument("--only", default="ours," + ",".join(PEERS))
+    ap.add_argument(
+        "--modes",
+        default="raw,like",
+        help="peer runs: raw (bytes as they are), like (ours' table, see above)",
+    )
     args = ap.parse_args()
+    modes = args.modes.split(",")
     wanted = args.only.split(",")
     # The same events for everyone, each with its id (peers store them as they are).
     payloads = with_ids(list(synthetic_events(args.events, tenant_ids(args.tenants))))[0]
@@ -152,14 +202,21 @@ async def main() -> None:
             out["ours"].pop("series", None)  # type: ignore[attr-defined]
         for peer in PEERS:
             if peer in wanted and python is not None:
-                out[peer] = await drain_peer(peer, python, server, nurl, payloads)
+                if "raw" in modes:
+                    out[peer] = await drain_peer(peer, python, server, nurl, payloads)
+                if "like" in modes:
+                    out[f"{peer}_like"] = await drain_peer(peer, python, server, nurl,
+                                                           payloads, "like")  # fmt: skip
     ours = out.get("ours")
     if isinstance(ours, dict):
+        # Raw: ours until stored; like for like: ours until stored and searchable.
+        searchable = ours.get("searchable_per_s") or ours["events_per_s"]
         for peer in PEERS:
-            theirs = out.get(peer)
-            if isinstance(theirs, dict):
-                out[f"ours_over_{peer}"] = ours["events_per_s"] / theirs["events_per_s"]
-    ran = [k for k in ("ours", *PEERS) if k in out]
+            for key, rate in ((peer, ours["events_per_s"]), (f"{peer}_like", searchable)):
+                theirs = out.get(key)
+                if isinstance(theirs, dict):
+                    out[f"ours_over_{key}"] = rate / theirs["events_per_s"]
+    ran = [k for k in ("ours", *PEERS, *(f"{p}_like" for p in PEERS)) if k in out]
     emit(out, {f"{k}.events_per_s": "no drain time measured" for k in ran})
 
 

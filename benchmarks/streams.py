@@ -45,10 +45,10 @@ from benchmarks.common import (
     tenant_ids,
 )
 from infra.db import create_pool
+from infra.nats_streams import ensure_stream
 from infra.settings import Settings
 from pipeline import stream_store
 from pipeline.flush import PartitionCache, write_batch
-from pipeline.nats_streams import ensure_stream
 from pipeline.stages import Message, Valid, process
 from pipeline.stream_secrets import SecretBox
 from pipeline.streams import StreamAgent

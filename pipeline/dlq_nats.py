@@ -9,9 +9,9 @@ from typing import Any
 
 from nats.js.errors import NoStreamResponseError
 
+from infra.nats_streams import ensure_dlq_stream
 from infra.settings import Settings
 from pipeline.dlq import dead_letter
-from pipeline.nats_streams import ensure_dlq_stream
 from pipeline.stages import Dead
 
 PUBLISH_TIMEOUT_S = 2.0

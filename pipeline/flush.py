@@ -34,13 +34,14 @@ import asyncpg
 
 from infra.errors import StorageUnavailable
 from pipeline import fastpath
-from pipeline.chain import COLUMNS, Prepared, month_of
+from pipeline.chain import Prepared, month_of
 from pipeline.copy_binary import CLAIM_COLUMNS
 from pipeline.sinks import FlushResult, RefusedRowError, RetryableStoreError, StoreError
 from pipeline.stages import Valid
 from schemas.canonical import GENESIS
 from schemas.events import AuditEvent
 from schemas.ids import EPOCH, EventKey
+from schemas.rows import COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +151,10 @@ class PartitionCache:
         """
         items = list(events)
         occurred = [p.occurred_us for p in items if isinstance(p, Prepared)]
-        if len(occurred) == len(items) and occurred and month_of(min(occurred)) == month_of(
-            max(occurred)
+        if (
+            len(occurred) == len(items)
+            and occurred
+            and month_of(min(occurred)) == month_of(max(occurred))
         ):
             months = {month_of(occurred[0])}  # the usual batch: one month, found per batch
         else:

@@ -27,18 +27,18 @@ from nats.aio.msg import Msg
 
 from infra.errors import ConfigError
 from infra.metrics import Metrics
-from infra.settings import Settings, nats_servers
-from pipeline.deliveries import Deliveries
-from pipeline.nats_codes import PULL_ENDED, PULL_UNANSWERED, StatusCode, status_of
-from pipeline.nats_fast import FastClient, parse_headers, send_commands
+from infra.nats_codes import PULL_ENDED, PULL_UNANSWERED, StatusCode, status_of
 
-# The streams moved to pipeline.nats_streams; these names stay importable from here.
-from pipeline.nats_streams import (  # noqa: F401
+# The streams moved to infra.nats_streams; these names stay importable from here.
+from infra.nats_streams import (  # noqa: F401
     EVENT_MAX_MSG_SIZE,
     HEADER_ROOM,
     ensure_dlq_stream,
     ensure_stream,
 )
+from infra.settings import Settings, nats_servers
+from pipeline.deliveries import Deliveries
+from pipeline.nats_fast import FastClient, parse_headers, send_commands
 from pipeline.pull_credit import PullCredit
 from pipeline.stages import Message
 

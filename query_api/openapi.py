@@ -16,8 +16,8 @@ from typing import Any
 
 import msgspec
 
-from pipeline import proofs
-from pipeline.verify import LogReport
+from ledger import proofs
+from ledger.verify import LogReport
 from query_api import contract as c
 from schemas.events import json_schema
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from pipeline.nats_codes import StatusCode, status_of
+from infra.nats_codes import StatusCode, status_of
 
 
 class PublishError(Exception):

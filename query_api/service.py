@@ -22,8 +22,8 @@ import msgspec
 
 from infra.metrics import Metrics
 from infra.settings import Settings
-from pipeline import proofs
-from pipeline.verify import LogReport, read_witness, verify_log
+from ledger import proofs
+from ledger.verify import LogReport, read_witness, verify_log
 from query_api import contract, cursor, sql
 from query_api.access_log import AccessLog, filters_of
 from query_api.admission import Admission

@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from infra.db import create_pool
-from pipeline.chain import verify_tenant
+from ledger.chain import verify_tenant
 from pipeline.flush import PartitionCache, write_batch
 from tests.support.events import storage_event
 

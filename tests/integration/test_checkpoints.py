@@ -26,12 +26,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from infra.db import create_pool
 from infra.settings import Settings
 from infra.signing import Signer, load_signer, trusted_verifiers
-from pipeline.chain import COLUMNS, ROW_SELECT
-from pipeline.checkpoints import Checkpointer, origin
+from ledger.checkpoints import Checkpointer, origin
+from ledger.verify import LogReport, read_witness, verify_log
 from pipeline.source_nats import connect
-from pipeline.verify import LogReport, read_witness, verify_log
 from schemas import tlog
 from schemas.canonical import canonical_bytes, chain_hash
+from schemas.rows import COLUMNS, ROW_SELECT
 from tests.support.service import make_event, store
 from tests.support.waits import eventually
 
@@ -188,7 +188,7 @@ async def test_a_rewrite_that_recomputes_every_later_hash_and_the_head_is_found(
                        rig.tenant, prev))  # fmt: skip
     await rig.superuser(*statements)
     async with rig.pool.acquire() as conn:  # the chain alone no longer tells
-        from pipeline.chain import verify_tenant
+        from ledger.chain import verify_tenant
 
         assert (await verify_tenant(conn, rig.tenant)).ok
     report = await rig.verify()
@@ -260,7 +260,7 @@ async def test_checkpoint_completion_is_exported_only_by_the_lease_holder(
     """auditlog_checkpoint_completed_timestamp_seconds moves when a round signs everything,
     and stays put in a process that did not get the lease (the alert takes the max)."""
     from infra.metrics import Metrics
-    from pipeline.checkpoints import LEASE_KEY
+    from ledger.checkpoints import LEASE_KEY
 
     settings = settings_factory(db_url)
     pool = await create_pool(db_url, max_size=2)
@@ -328,7 +328,7 @@ async def test_the_cli_exit_codes(rig: Rig, tmp_path) -> None:
 
 
 async def test_inclusion_and_consistency_proofs_check_out_for_a_third_party(rig: Rig) -> None:
-    from pipeline import proofs
+    from ledger import proofs
     from query_api.sql import tenant_tx
 
     await store(rig.pool, [make_event(rig.tenant, 100 + i) for i in range(600)])
@@ -417,7 +417,7 @@ async def test_a_restore_from_an_older_backup_reports_truncation(rig: Rig) -> No
 
 
 async def test_the_api_serves_the_key_the_report_and_proofs(rig: Rig) -> None:
-    from pipeline import proofs
+    from ledger import proofs
     from tests.support.service import serving_app
 
     settings = rig.settings.replace(admin_token="checkpoint-admin-token-0123456789")

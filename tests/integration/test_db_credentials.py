@@ -30,7 +30,7 @@ from infra.db import ensure_runtime_role, holds_owner_rights, runtime_role
 from infra.metrics import Metrics
 from infra.settings import Settings
 from infra.signing import load_signer
-from pipeline import retention
+from ledger import retention
 from tests.support.databases import create_database
 from tests.support.metrics import sample
 from tests.support.service import due_month

@@ -28,7 +28,7 @@ from auditlog.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from infra.db import ensure_database
 from infra.migrate import migrate
 from infra.settings import Settings
-from pipeline.chain import verify_tenant
+from ledger.chain import verify_tenant
 from pipeline.source_nats import connect, ensure_stream
 from tests.support.events import event
 from tests.support.processes import stop_all

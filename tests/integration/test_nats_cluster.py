@@ -24,10 +24,10 @@ import pytest
 
 from auditlog.embedded import free_port
 from infra.errors import ConfigError
+from infra.nats_streams import ensure_stream
 from infra.settings import Settings
 from infra.signing import load_signer
-from pipeline.chain import verify_tenant
-from pipeline.nats_streams import ensure_stream
+from ledger.chain import verify_tenant
 from pipeline.source_nats import connect
 from schemas.ids import msg_id_for
 from tests.support.events import README_EVENT

@@ -18,8 +18,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from infra.nats_streams import ensure_stream
 from infra.signing import load_signer
-from pipeline.nats_streams import ensure_stream
 from pipeline.source_nats import connect
 from schemas.ids import msg_id_for
 from tests.support.events import README_EVENT

@@ -10,7 +10,7 @@ import asyncpg
 import nats.js.api as jsapi
 import pytest
 
-from pipeline.chain import verify_tenant
+from ledger.chain import verify_tenant
 from pipeline.source_nats import connect, ensure_stream
 from tests.support.events import event
 from tests.support.metrics import sample

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from pipeline.checkpoints import origin
+from ledger.checkpoints import origin
 from tests.support.api import ADMIN, auth
 from tests.support.metrics import sample
 from tests.support.service import make_event, store
@@ -139,7 +139,7 @@ class Log:
 
     def __init__(self, settings, pool, tenant: str) -> None:
         from infra.signing import load_signer
-        from pipeline.checkpoints import Checkpointer
+        from ledger.checkpoints import Checkpointer
 
         self.settings, self.pool, self.tenant = settings, pool, tenant
         self.signer = load_signer(settings)
@@ -160,7 +160,7 @@ class Log:
             await conn.close()
 
     async def plan(self):
-        from pipeline import retention
+        from ledger import retention
 
         conn = await asyncpg.connect(self.settings.database_url)
         try:
@@ -169,7 +169,7 @@ class Log:
             await conn.close()
 
     async def apply(self) -> list[str]:
-        from pipeline import retention
+        from ledger import retention
 
         due = [m for m in await self.plan() if m.due]
         for m in due:
@@ -178,14 +178,14 @@ class Log:
 
     async def verify(self):
         from infra.signing import trusted_verifiers
-        from pipeline.verify import Witness, verify_log
+        from ledger.verify import Witness, verify_log
 
         async with self.pool.acquire() as conn:
             return await verify_log(conn, self.settings, self.tenant,
                                     trusted_verifiers(self.settings), Witness(None))  # fmt: skip
 
     async def bundle(self, from_seq: int, to_seq: int | None):
-        from pipeline.proofs import build_bundle
+        from ledger.proofs import build_bundle
         from query_api.sql import tenant_tx
 
         async with tenant_tx(self.pool, self.tenant) as conn:
@@ -245,7 +245,7 @@ async def test_dropping_a_prefix_keeps_the_log_verifiable(log: Log) -> None:
     report = await log.verify()
     assert report.status == "intact" and (report.events, report.dropped) == (5, 5), report
     # Proofs for what is left still check out (seq 6's predecessor is in the gap record).
-    from pipeline import proofs
+    from ledger import proofs
     from query_api.sql import tenant_tx
     from schemas import tlog
 
@@ -308,7 +308,7 @@ async def test_a_legal_hold_or_a_longer_retention_keeps_the_month(log: Log) -> N
 
 async def test_the_retention_job_drops_and_reports_in_metrics(log: Log) -> None:
     from infra.metrics import Metrics
-    from pipeline.retention import run_job
+    from ledger.retention import run_job
 
     await log.add([OLD + 1, OLD, 5])
     await log.superuser("INSERT INTO audit.tenant_policies (tenant_id, retention_days)"
@@ -358,7 +358,7 @@ async def test_a_month_is_archived_and_verified_before_it_is_dropped(log: Log, t
 
 async def test_no_drop_without_a_verified_archive(log: Log, tmp_path, monkeypatch) -> None:
     from infra.errors import ArchiveError
-    from pipeline import archive, retention
+    from ledger import archive, retention
 
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("a file where the archive directory should be")
@@ -439,7 +439,7 @@ async def test_ingestion_goes_on_while_a_month_is_dropped(log: Log) -> None:
     import json
     import time
 
-    from pipeline import retention
+    from ledger import retention
     from schemas.ids import tenant_subject
     from tests.support.events import README_EVENT
     from tests.support.service import admin_count, running_worker
@@ -505,8 +505,8 @@ async def test_ingestion_goes_on_while_a_month_is_dropped(log: Log) -> None:
 async def test_a_drop_takes_the_months_search_index_with_it(log: Log) -> None:
     """The search documents of a dropped month (``audit.search``, pipeline/indexer.py) go
     with its events; a search partition that a failed round left behind goes next time."""
+    from ledger.retention import drop_search_months
     from pipeline.indexer import SearchIndexer
-    from pipeline.retention import drop_search_months
     from query_api import sql
     from query_api.filters import EventQuery
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from pipeline.chain import verify_tenant
+from ledger.chain import verify_tenant
 from pipeline.dlq_kafka import KafkaDeadLetters
 from pipeline.stages import Dead
 from tests.support.events import event

@@ -485,7 +485,7 @@ async def test_a_cursor_moves_past_a_range_retention_dropped_with_a_gap_record(
     """Retention drops the month holding seqs 1-2 of a tenant: its stream (from the
     beginning) gets a gap record for them, carrying the signed gap note, then seq 3."""
     from infra.signing import load_signer
-    from pipeline import retention
+    from ledger import retention
 
     settings = streams_settings()
     await due_month(settings, "tenant-g")

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from auditlog.cli import cli
 from infra.signing import load_signer
-from pipeline.checkpoints import Checkpointer
+from ledger.checkpoints import Checkpointer
 from query_api.client import AsyncAuditClient
 from query_api.state import SERVICE, SETTINGS
 from query_api.viewer import Claims, derive_key, encode

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from infra.settings import Settings
 from infra.signing import load_signer
-from pipeline.checkpoints import Checkpointer
+from ledger.checkpoints import Checkpointer
 from query_api.state import SERVICE
 from query_api.viewer import Claims, derive_key, encode
 from schemas import tlog

@@ -18,7 +18,7 @@ import pytest
 
 from auditlog.embedded import free_port
 from infra.settings import Settings
-from pipeline.chain import verify_tenant
+from ledger.chain import verify_tenant
 from pipeline.source_nats import connect, ensure_stream
 from schemas.ids import tenant_token
 from tests.support.events import README_EVENT

@@ -193,8 +193,8 @@ async def due_month(settings: Settings, tenant: str) -> str:
     them (``settings``' signing key) and a 30-day retention: that month is then due for
     retention. Returns its partition's name."""
     from infra.signing import load_signer
-    from pipeline import retention
-    from pipeline.checkpoints import Checkpointer
+    from ledger import retention
+    from ledger.checkpoints import Checkpointer
 
     pool = await create_pool(settings.database_url, max_size=2)
     try:

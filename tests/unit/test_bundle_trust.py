@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from auditlog.cli import cli
 from infra.errors import ArchiveError
 from infra.signing import Signer, read_keys_file
-from pipeline.archive import archive_month
+from ledger.archive import archive_month
 from schemas import bundle, tlog
 from schemas.canonical import GENESIS, canonical_bytes, chain_hash
 

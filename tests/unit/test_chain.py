@@ -9,9 +9,11 @@ from typing import Any
 
 import msgspec
 
-from pipeline.chain import COLUMNS, link, verify_rows
+from ledger.chain import verify_rows
+from pipeline.chain import link
 from pipeline.stages import Message, Valid, process
 from schemas.canonical import GENESIS, canonical_bytes, chain_hash
+from schemas.rows import COLUMNS
 from tests.support.events import README_EVENT
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, 5, tzinfo=UTC)

@@ -313,4 +313,5 @@ def test_dockerfile_builds_a_non_root_runtime_image_of_the_wheel() -> None:
     tops = {p.split(".")[0] for p in meta["tool"]["setuptools"]["packages"]}
     copied = set(re.findall(r"^COPY (\w+) \./\1$", text, re.M))
     assert tops == copied, tops ^ copied
-    assert f"COPY pyproject.toml {meta['project']['readme']} ./" in text
+    # setup.py builds the optional compiled fast path (pipeline/_fastpath.c).
+    assert f"COPY pyproject.toml setup.py {meta['project']['readme']} ./" in text

@@ -31,12 +31,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import fastpath
-from pipeline.chain import COLUMNS, Prepared, month_of
+from pipeline.chain import Prepared, month_of
 from pipeline.copy_binary import HEADER, TRAILER
 from pipeline.stages import Dead, Limits, Message, Valid
 from schemas import events
 from schemas.canonical import canonical_bytes
 from schemas.ids import IDEMPOTENCY_HEADER, tenant_subject
+from schemas.rows import COLUMNS
 from tests.hostile import HOSTILE, JSON_VALUES, camel_doc
 from tests.support.events import README_EVENT
 

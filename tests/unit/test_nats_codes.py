@@ -1,9 +1,9 @@
-"""pipeline.nats_codes: statuses parse to nats.py's named codes; the pull-ending ones are
+"""infra.nats_codes: statuses parse to nats.py's named codes; the pull-ending ones are
 exactly 404, 408 and 409; the JetStream error codes are nats-server's."""
 
 from __future__ import annotations
 
-from pipeline.nats_codes import PULL_ENDED, PULL_UNANSWERED, JsErrorCode, StatusCode, status_of
+from infra.nats_codes import PULL_ENDED, PULL_UNANSWERED, JsErrorCode, StatusCode, status_of
 
 
 def test_statuses_parse_to_named_codes() -> None:

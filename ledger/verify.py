@@ -28,11 +28,11 @@ import asyncpg
 import msgspec
 from nats.js.errors import NotFoundError
 
+from infra.nats_codes import JsErrorCode
 from infra.settings import Settings
-from pipeline.chain import ChainVerifier, stream_rows
-from pipeline.checkpoints import Tiles, origin, witness_subject
-from pipeline.nats_codes import JsErrorCode
-from pipeline.retention import gap_text
+from ledger.chain import ChainVerifier, stream_rows
+from ledger.checkpoints import Tiles, origin, witness_subject
+from ledger.retention import gap_text
 from schemas import tlog
 
 Status = Literal["intact", "tampered", "unverifiable"]

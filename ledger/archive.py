@@ -26,8 +26,8 @@ import asyncpg
 
 from infra.errors import ArchiveError
 from infra.settings import Settings
-from pipeline.checkpoints import origin
-from pipeline.proofs import build_bundle
+from ledger.checkpoints import origin
+from ledger.proofs import build_bundle
 from schemas import bundle
 from schemas.ids import tenant_token
 

@@ -2,7 +2,7 @@
 
 Three streams: the events (``AUDIT``, :func:`ensure_stream`), the dead letters
 (``AUDIT_DLQ``, :func:`ensure_dlq_stream`) and the witness copy of signed checkpoints
-(``AUDIT_CHECKPOINTS``, ``pipeline.checkpoints``). Each is made with
+(``AUDIT_CHECKPOINTS``, ``ledger.checkpoints``). Each is made with
 ``AUDIT_STREAM_REPLICAS`` copies (:func:`create_stream`); on a NATS cluster that is what
 makes an acknowledged publish survive one node's disk (invariant 1).
 
@@ -35,8 +35,8 @@ from nats.aio.client import Client
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from infra.errors import ConfigError
+from infra.nats_codes import JsErrorCode
 from infra.settings import Settings
-from pipeline.nats_codes import JsErrorCode
 from schemas.events import MAX_EVENT_BYTES
 
 log = logging.getLogger(__name__)

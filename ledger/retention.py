@@ -32,9 +32,9 @@ import asyncpg
 from infra.errors import ArchiveError
 from infra.settings import Settings
 from infra.signing import Signer, trusted_keys
-from pipeline import archive
-from pipeline.chain import hash_before
-from pipeline.checkpoints import origin
+from ledger import archive
+from ledger.chain import hash_before
+from ledger.checkpoints import origin
 from schemas import tlog
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ def gap_text(settings: Settings, tenant: str, first: int, last: int, prev: bytes
 async def drop(owner_dsn: str, settings: Settings, signer: Signer, month: Month,
                on_archived: Callable[[str], None] | None = None) -> int:  # fmt: skip
     """Drop one due month (see the module docstring), after archiving ``month.archive``'s
-    events and verifying the archives (``pipeline.archive``); returns the events removed.
+    events and verifying the archives (``ledger.archive``); returns the events removed.
 
     Raises:
         ArchiveError: an archive could not be written or did not verify: nothing dropped.

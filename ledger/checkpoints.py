@@ -29,9 +29,9 @@ import nats.js.api as jsapi
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from infra.metrics import Metrics
+from infra.nats_streams import create_stream, ensure_replicas
 from infra.settings import Settings
 from infra.signing import Signer
-from pipeline.nats_streams import create_stream, ensure_replicas
 from schemas import tlog
 from schemas.ids import tenant_token
 
@@ -56,7 +56,7 @@ def witness_subject(settings: Settings, tenant_id: str) -> str:
 
 async def ensure_checkpoint_stream(nc: Any, settings: Settings) -> None:
     """Create the witness stream when missing (file storage, no age or size limit, with
-    ``AUDIT_STREAM_REPLICAS`` copies), or raise its replicas (``pipeline.nats_streams``)."""
+    ``AUDIT_STREAM_REPLICAS`` copies), or raise its replicas (``infra.nats_streams``)."""
     js = nc.jetstream()
     try:
         info = await js.stream_info(settings.checkpoint_stream)

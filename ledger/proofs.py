@@ -1,6 +1,6 @@
 """Proofs for a third party: an event's inclusion under a signed checkpoint, and the
 consistency of two checkpoints (the log only grew). Logarithmic: node hashes come from
-the stored tiles (``pipeline.checkpoints.Tiles``).
+the stored tiles (``ledger.checkpoints.Tiles``).
 
 An event's leaf is its chain hash, ``SHA-256(prev_hash || canonical bytes)``: a proof
 carries the canonical bytes and the previous hash, so the checker recomputes the leaf from
@@ -20,10 +20,11 @@ from datetime import UTC, datetime
 import asyncpg
 import msgspec
 
-from pipeline.chain import ROW_SELECT, hash_before
-from pipeline.checkpoints import Tiles
+from ledger.chain import hash_before
+from ledger.checkpoints import Tiles
 from schemas import bundle, tlog
 from schemas.canonical import canonical_bytes
+from schemas.rows import ROW_SELECT
 
 
 class NoProof(enum.Enum):
