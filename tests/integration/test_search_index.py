@@ -38,6 +38,7 @@ from query_api.cursor import Cursor
 from query_api.filters import EventQuery
 from tests.support.databases import create_database
 from tests.support.events import README_EVENT, ROOT
+from tests.support.metrics import sample
 from tests.support.service import (
     DAY,
     make_event,
@@ -266,13 +267,13 @@ async def test_one_indexer_at_a_time_and_the_lag_is_exported(db_url) -> None:
             # Hold the lease as an indexer transaction does: the others skip their round.
             assert await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", LEASE_KEY)
             assert await second.cycle() is None
-            assert b.search_lag_events._value.get() == 0  # not the holder: 0
+            assert sample(b, "auditlog_search_lag_events") == 0  # not the holder: 0
         done = await asyncio.gather(first.cycle(), second.cycle())
         assert sorted(d or 0 for d in done) == [0, 300] or sum(d or 0 for d in done) == 300
         assert await _superuser(db_url, "SELECT count(*) FROM audit.search") == 300  # once each
         holder = a if done[0] else b
-        assert holder.search_lag_events._value.get() == 0
-        assert holder.search_indexed._value.get() == 300
+        assert sample(holder, "auditlog_search_lag_events") == 0
+        assert sample(holder, "auditlog_search_indexed_events_total") == 300
         # Behind: the holder exports the events due and a bound of the oldest one's age.
         await _superuser(db_url, "UPDATE audit.search_indexer SET caught_up_at = now()"
                          " - interval '90 seconds'")  # fmt: skip
@@ -358,7 +359,7 @@ async def test_an_event_committed_under_a_drain_is_found_at_once_and_indexed_wit
             while stored < len(bulk):  # markers while the drain runs
                 markers.append(asyncio.create_task(marker()))
                 await asyncio.sleep(0.2)
-                stored = int(w.metrics.stored.labels("nats")._value.get())
+                stored = int(sample(w.metrics, "auditlog_events_stored_total", source="nats"))
             rate = stored / (time.monotonic() - began)
             results = await asyncio.gather(*markers)
             await drain
