@@ -28,10 +28,15 @@ import asyncpg
 
 from benchmarks.common import bench_servers, emit, fresh_database, synthetic_events, tenant_ids
 from infra.db import create_pool
-from pipeline.chain import link
-from pipeline.flush import PartitionCache, partition_name
-from pipeline.stages import Message, Valid, process
+from pipeline import fastpath
+from pipeline.copy_binary import CLAIM_COLUMNS
+from pipeline.flush import _MAKE_HEADS, _MOVE_HEADS, PartitionCache, month_partition
+from pipeline.indexer import BATCH_ROWS
+from pipeline.stages import Message, Valid
+from schemas.canonical import GENESIS
 from schemas.rows import COLUMNS
+
+INDEX_INTERVAL_S = 0.25  # AUDIT_SEARCH_INDEX_INTERVAL_S's default
 
 _OLD_SEARCH_INDEX = (
     "CREATE INDEX events_search ON audit.events USING gin (audit.search_text("
@@ -47,33 +52,40 @@ VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {
 
 
 async def ceiling(server: str, payloads: list[bytes], batch: int, conns: int,
-                  drop: tuple[str, ...] = (), claims: bool = False) -> float:  # fmt: skip
-    """Rows/s of COPYing pre-built records into audit.events partitions (no pipeline);
+                  drop: tuple[str, ...] = (), claims: bool = False,
+                  searchable: bool = False) -> float:  # fmt: skip
+    """Rows/s of COPYing the pipeline's own binary COPY data (``pipeline.fastpath``: each
+    batch chained after the previous one) into audit.events partitions (no pipeline);
     ``drop``: schema changes (SQL run as the owner) first; ``claims``: audit.event_ids rows
-    in the same transactions."""
+    in the same transactions; ``searchable``: measured the way the drain is until stored
+    and searchable: each transaction also moves the chain heads, and the search indexer
+    (``audit.index_search``, as ``pipeline.indexer`` runs it) runs beside the COPYs; the
+    clock stops when every row is stored and indexed."""
     dsn = await fresh_database(server, "bench_ceiling")
     now = datetime.now(UTC)
-    seqs: dict[str, int] = {}
-    records = []
-    events = []
-    for i, p in enumerate(payloads):
-        v = process(Message(data=p, stream_seq=i + 1, timestamp_ns=time.time_ns()), now)
-        assert isinstance(v, Valid)
-        events.append(v.event)
-        s = seqs[v.event.tenant_id] = seqs.get(v.event.tenant_id, 0) + 1
-        records.append(link(v.prepared, s, bytes(32)))
+    stamp = time.time_ns()
+    msgs = [Message(data=p, stream_seq=i + 1, timestamp_ns=stamp) for i, p in enumerate(payloads)]
+    items = [v.prepared for v in fastpath.prepare_batch(msgs, now) if isinstance(v, Valid)]
+    heads: dict[str, tuple[int, bytes]] = {}
+    chunks = []
+    for i in range(0, len(items), batch):
+        part = items[i : i + batch]
+        by_month, moved = fastpath.chain_copy(
+            part, {p.tenant_id: heads.get(p.tenant_id, (0, GENESIS)) for p in part}
+        )
+        heads.update(moved)
+        chunks.append((by_month, fastpath.claims_copy(part), moved))
     owner = await asyncpg.connect(dsn)  # the migrations' owner (the pool's role may not)
     try:
         for change in drop:
             await owner.execute(change)
     finally:
         await owner.close()
-    pool = await create_pool(dsn, max_size=conns)
-    await PartitionCache().ensure(pool, events)
-    claim_rows = [(e.tenant_id, e.id, e.occurred_at) for e in events]
-    part = partition_name(events[0].occurred_at)  # type: ignore[arg-type]
-    chunks = [(records[i : i + batch], claim_rows[i : i + batch])
-              for i in range(0, len(records), batch)]  # fmt: skip
+    pool = await create_pool(dsn, max_size=conns + 1)
+    await PartitionCache().ensure(pool, items)
+    if searchable:  # the heads exist before the clock starts, as HeadCache makes them once
+        async with pool.acquire() as conn:
+            await conn.execute(_MAKE_HEADS, sorted(heads), GENESIS)
     queue: asyncio.Queue = asyncio.Queue()
     for c in chunks:
         queue.put_nowait(c)
@@ -81,18 +93,41 @@ async def ceiling(server: str, payloads: list[bytes], batch: int, conns: int,
     async def copier() -> None:
         async with pool.acquire() as conn:
             while not queue.empty():
-                c, ids = queue.get_nowait()
+                by_month, claim_data, moved = queue.get_nowait()
                 async with conn.transaction():
                     if claims:
-                        await conn.copy_records_to_table(
-                            "event_ids", records=ids, columns=("tenant_id", "id", "occurred_at"),
-                            schema_name="audit")  # fmt: skip
-                    await conn.copy_records_to_table(part, records=c, columns=COLUMNS,
-                                                     schema_name="audit")  # fmt: skip
+                        await conn.copy_to_table(
+                            "event_ids", source=memoryview(claim_data), columns=CLAIM_COLUMNS,
+                            schema_name="audit", format="binary")  # fmt: skip
+                    for month, data in by_month.items():
+                        await conn.copy_to_table(month_partition(month), source=memoryview(data),
+                                                 columns=COLUMNS, schema_name="audit",
+                                                 format="binary")  # fmt: skip
+                    if searchable:
+                        names = list(moved)
+                        await conn.execute(_MOVE_HEADS, names, [moved[t][0] for t in names],
+                                           [moved[t][1] for t in names])  # fmt: skip
+
+    async def indexer(stored: asyncio.Event) -> None:
+        async with pool.acquire() as conn:
+            while True:
+                async with conn.transaction():
+                    step = await conn.fetchrow("SELECT indexed, more FROM "
+                                               "audit.index_search($1)", BATCH_ROWS)  # fmt: skip
+                if stored.is_set() and not await conn.fetchval(
+                        "SELECT events FROM audit.search_lag()"):  # fmt: skip
+                    return
+                if not (step and step["more"]):
+                    await asyncio.sleep(INDEX_INTERVAL_S)
 
     t0 = time.perf_counter()
+    stored = asyncio.Event()
+    indexing = asyncio.create_task(indexer(stored)) if searchable else None
     await asyncio.gather(*(copier() for _ in range(conns)))
-    rate = len(records) / (time.perf_counter() - t0)
+    stored.set()
+    if indexing is not None:
+        await indexing
+    rate = len(items) / (time.perf_counter() - t0)
     await pool.close()
     return rate
 
@@ -108,12 +143,18 @@ async def main() -> None:
         action="store_true",
         help="also without each secondary index, and with claims (2 rounds)",
     )
+    ap.add_argument(
+        "--searchable",
+        action="store_true",
+        help="until stored and searchable: heads moved, the search indexer beside",
+    )
     args = ap.parse_args()
     payloads = list(synthetic_events(args.events, tenant_ids(args.tenants)))
     out: dict[str, object] = {"events": args.events, "connections": args.connections}
     with bench_servers() as (server, _nurl):
         if not args.breakdown:
-            out["ceiling_per_s"] = await ceiling(server, payloads, args.batch, args.connections)
+            out["ceiling_per_s"] = await ceiling(server, payloads, args.batch, args.connections,
+                                                 searchable=args.searchable)  # fmt: skip
         else:
             rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
             for _ in range(2):  # alternated: drift on a noisy host hits every variant

@@ -322,6 +322,11 @@ async def main() -> None:
         if not args.skip_ceiling:
             out["ceiling_per_s"] = await ceiling(server, payloads, args.batch, 1)
             out["drain_over_ceiling"] = out["drain"]["events_per_s"] / out["ceiling_per_s"]  # type: ignore[index]
+            searchable = out["drain"].get("searchable_per_s")  # type: ignore[attr-defined]
+            if searchable:  # both until stored and searchable (the search indexer caught up)
+                best = await ceiling(server, payloads, args.batch, 1, searchable=True)
+                out["ceiling_searchable_per_s"] = best
+                out["searchable_over_ceiling"] = searchable / best
     emit(out, FIGURES if args.skip_ceiling else {**FIGURES, **CEILING})
 
 

@@ -138,10 +138,19 @@ def checks(runs: dict[str, Any]) -> list[Check]:
         if "ceiling_per_s" in runs.get("drain_1_worker", {}):
             ratio = best / runs["drain_1_worker"]["ceiling_per_s"]
             out.append(Check("drain / ceiling (same run)", ratio, 0.7, True, "x", "{:.2f}"))
-        worker = runs.get("drain_1_worker", {}).get("drain", {}).get("cpu_us_per_event", {})
+        one = runs.get("drain_1_worker", {})
+        worker = one.get("drain", {}).get("cpu_us_per_event", {})
         if "pipeline" in worker:
             out.append(Check("worker CPU per event (1-worker drain)", worker["pipeline"], 10,
                              False, "µs", "{:.1f}"))  # fmt: skip
+        searchable = one.get("drain", {}).get("cpu_us_per_event_searchable", {})
+        if "pipeline" in searchable:  # #28: worker + PostgreSQL (search included) + NATS
+            total = sum(searchable.get(k, 0) for k in ("pipeline", "postgresql", "nats-server"))
+            out.append(Check("total CPU per event, until stored and searchable", total, 45,
+                             False, "µs", "{:.1f}"))  # fmt: skip
+        if "searchable_over_ceiling" in one:
+            out.append(Check("drain / ceiling, both until stored and searchable",
+                             one["searchable_over_ceiling"], 0.7, True, "x", "{:.2f}"))  # fmt: skip
         if "naive" in runs:
             ratio = best / runs["naive"]["naive"]["events_per_s"]
             out.append(Check("drain / naive (same run)", ratio, 3.0, True, "x", "{:.1f}"))
@@ -153,9 +162,16 @@ def checks(runs: dict[str, Any]) -> list[Check]:
     peers = runs.get("peers", {})
     rivals = [peers[k]["events_per_s"] for k in ("mq-bridge", "pathway")
               if isinstance(peers.get(k), dict)]  # fmt: skip
+    like = [peers[k]["events_per_s"] for k in ("mq-bridge_like", "pathway_like")
+            if isinstance(peers.get(k), dict)]  # fmt: skip
+    if "ours" in peers and like:  # ours until stored and searchable, as the peers' index is
+        ours = peers["ours"].get("searchable_per_s") or peers["ours"]["events_per_s"]
+        out.append(Check("ours / best like-for-like peer (same run)", ours / max(like), 1.0,
+                         True, "x", "{:.2f}"))  # fmt: skip
     if "ours" in peers and rivals:
-        out.append(Check("ours / best peer (same run)", peers["ours"]["events_per_s"] / max(rivals),
-                         1.0, True, "x", "{:.2f}"))  # fmt: skip
+        label = "ours / best raw-bytes peer (same run)" if like else "ours / best peer (same run)"
+        out.append(Check(label, peers["ours"]["events_per_s"] / max(rivals),
+                         0.5 if like else 1.0, True, "x", "{:.2f}"))  # fmt: skip
     if "write" in runs:
         w = runs["write"]
         for label, t in (("", w), (" (api + pipeline processes)", w.get("split"))):
@@ -239,16 +255,23 @@ def _peers(runs: dict[str, Any]) -> list[str]:
     lines = ["", "## Peers (same stream, same PostgreSQL, one after the other)", "",
              "| system | rows/s | ours / it | CPU µs/event: PostgreSQL / nats-server / "
              "consumer |", "|---|---|---|---|"]  # fmt: skip
-    for name, key in (("ours (validate, dedupe, chain, index)", "ours"),
-                      ("mq-bridge", "mq-bridge"), ("Pathway", "pathway")):  # fmt: skip
+    searchable = p["ours"].get("searchable_per_s")
+    rows = [("ours (validate, dedupe, chain, index)", "ours", ours),
+            ("mq-bridge", "mq-bridge", ours), ("Pathway", "pathway", ours)]  # fmt: skip
+    if searchable:  # like for like: ours until searchable against the peers' indexed tables
+        rows += [("ours, until stored and searchable", "ours", searchable),
+                 ("mq-bridge, like for like", "mq-bridge_like", searchable),
+                 ("Pathway, like for like", "pathway_like", searchable)]  # fmt: skip
+    for name, key, mine in rows:
         d = p.get(key)
         if not isinstance(d, dict):
             continue
-        cpu = d.get("cpu_us_per_event", {})
+        rate = searchable if name.startswith("ours, until") else d["events_per_s"]
+        cpu = d.get("cpu_us_per_event_searchable" if rate == searchable and key == "ours"
+                    else "cpu_us_per_event", {})  # fmt: skip
         consumer = cpu.get("pipeline", 0) + cpu.get("peer", 0)
         split = f"{cpu.get('postgresql', 0):.0f} / {cpu.get('nats-server', 0):.0f} / {consumer:.0f}"
-        lines.append(f"| {name} | {d['events_per_s']:,.0f} | "
-                     f"{ours / d['events_per_s']:.2f} | {split} |")  # fmt: skip
+        lines.append(f"| {name} | {rate:,.0f} | {mine / rate:.2f} | {split} |")  # fmt: skip
     if p.get("skipped"):
         lines.append(f"\nPeers skipped: {p['skipped']} (`make peers-setup`).")
     return lines

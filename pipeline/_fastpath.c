@@ -26,6 +26,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <datetime.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -140,9 +141,42 @@ static inline int put_field(Buf *b, const char *src, Py_ssize_t n) {
 }
 
 /* ---- attribute access --------------------------------------------------------------- */
+/* msgspec Structs keep their fields in slots (member descriptors of type T_OBJECT_EX, as
+ * __slots__ do). Where (type, name) resolves to such a descriptor, the field is read at
+ * its offset, which is what the descriptor itself does; anything else (a property, a
+ * dict attribute, an unset slot) goes through PyObject_GetAttr. */
+typedef struct {
+    PyTypeObject *type; /* a strong reference: the address is never reused while cached */
+    PyObject *name;
+    Py_ssize_t offset;  /* 0: not a plain slot */
+} SlotCache;
+
+#define SLOT_CACHE 128
+static SlotCache slot_cache[SLOT_CACHE];
+
+static Py_ssize_t slot_offset(PyTypeObject *t, PyObject *name) {
+    PyObject *d = _PyType_Lookup(t, name);
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) return 0;
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    if (m->type != T_OBJECT_EX || (m->flags & READ_RESTRICTED) || m->offset <= 0) return 0;
+    return m->offset;
+}
+
 /* A borrowed reference to an attribute of a msgspec Struct (or another object whose
  * attributes are stored, not computed): the owner keeps it alive. */
 static inline PyObject *attr(PyObject *o, PyObject *name) {
+    PyTypeObject *t = Py_TYPE(o);
+    SlotCache *c = &slot_cache[(((uintptr_t)t >> 4) * 31 + ((uintptr_t)name >> 4)) % SLOT_CACHE];
+    if (c->type != t || c->name != name) {
+        Py_INCREF(t);
+        Py_XSETREF(c->type, t);
+        c->name = name; /* interned by this module, kept for good */
+        c->offset = slot_offset(t, name);
+    }
+    if (c->offset > 0) {
+        PyObject *v = *(PyObject **)((char *)o + c->offset);
+        if (v != NULL) return v;
+    }
     PyObject *v = PyObject_GetAttr(o, name);
     if (v != NULL) Py_DECREF(v);
     return v;
@@ -162,12 +196,29 @@ static const char HEX[] = "0123456789abcdef";
 /* A JSON string: '"' and '\' escaped with a backslash, \b \t \n \f \r as such, the other
  * control characters as \u00XX (lower-case hex), everything else (DEL, non-ASCII as
  * UTF-8) as is. */
+/* Whether any of the 8 bytes of w needs an escape (< 0x20, '"', '\\'). */
+static inline int word_needs_escape(uint64_t w) {
+    const uint64_t ones = UINT64_C(0x0101010101010101), highs = UINT64_C(0x8080808080808080);
+    uint64_t quote = w ^ (ones * '"'), slash = w ^ (ones * '\\');
+    uint64_t low = (w - ones * 0x20) & ~w;  /* bytes < 0x20 (and no false alarms above 0x7f) */
+    uint64_t zq = (quote - ones) & ~quote, zs = (slash - ones) & ~slash;
+    return ((low | zq | zs) & highs) != 0;
+}
+
 static int put_json_utf8(Buf *b, const char *s, Py_ssize_t n) {
     if (buf_reserve(b, 2 + 6 * n) < 0) return -1;
     char *o = b->p + b->n;
     *o++ = '"';
     Py_ssize_t run = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (((i & 7) == 0) && i + 8 <= n) { /* 8 plain bytes at a time */
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (!word_needs_escape(w)) {
+                i += 7;
+                continue;
+            }
+        }
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\') continue;
         if (i > run) {

@@ -43,12 +43,6 @@ _NULL: Final = _i32(-1)
 _JSONB_VERSION: Final = b"\x01"
 
 
-def _text(parts: list[bytes], value: str) -> None:
-    data = value.encode()
-    parts.append(_i32(len(data)))
-    parts.append(data)
-
-
 def event_row(event: AuditEvent, *, event_id: bytes, action: str, occurred_us: int,
               received_us: int, metadata: bytes, changes: bytes | None,
               related: bytes) -> tuple[bytes, int]:  # fmt: skip
@@ -62,26 +56,35 @@ def event_row(event: AuditEvent, *, event_id: bytes, action: str, occurred_us: i
         occurred_us / received_us: UTC microseconds since 1970-01-01.
         metadata / changes / related: the stored JSON texts (changes None: NULL).
     """
-    tenant = event.tenant_id.encode()
-    occurred = _ts_field(8, occurred_us - PG_EPOCH_US)
-    head = b"".join((_EVENT_COUNT, _i32(len(tenant)), tenant, occurred, _UUID_LEN, event_id,
-                     _SEQ_LEN))  # fmt: skip
+    # Unrolled, one join: the fastest Python found for this (measured against a loop over
+    # the fields and against one NUL-joined encode split afterwards).
+    i32 = _i32
     actor = event.actor
     primary = event.primary_resource
-    parts = [head, _ts_field(8, received_us - PG_EPOCH_US)]
-    for value in (action, event.category, event.severity, actor.type, actor.id,
-                  actor.display_name, primary.type if primary else "",
-                  primary.id if primary else "",
-                  primary.display_name if primary else ""):  # fmt: skip
-        _text(parts, value)
-    parts += (_i32(len(related) + 1), _JSONB_VERSION, related)
-    _text(parts, event.description)
-    parts += (_i32(len(metadata)), metadata)
-    parts += (_i32(len(changes)), changes) if changes is not None else (_NULL,)
-    for value in (event.ip, event.user_agent, event.request_id, event.trace_id):
-        _text(parts, value)
-    parts.append(_HASH_LEN)
-    return b"".join(parts), len(head)
+    tenant = event.tenant_id.encode()
+    head = b"".join((_EVENT_COUNT, i32(len(tenant)), tenant,
+                     _ts_field(8, occurred_us - PG_EPOCH_US), _UUID_LEN, event_id,
+                     _SEQ_LEN))  # fmt: skip
+    act, cat, sev = action.encode(), event.category.encode(), event.severity.encode()
+    a_type, a_id, a_name = actor.type.encode(), actor.id.encode(), actor.display_name.encode()
+    if primary is None:
+        p_type = p_id = p_name = b""
+    else:
+        p_type, p_id = primary.type.encode(), primary.id.encode()
+        p_name = primary.display_name.encode()
+    desc, ip, agent = event.description.encode(), event.ip.encode(), event.user_agent.encode()
+    request, trace = event.request_id.encode(), event.trace_id.encode()
+    row = b"".join((
+        head, _ts_field(8, received_us - PG_EPOCH_US), i32(len(act)), act, i32(len(cat)), cat,
+        i32(len(sev)), sev, i32(len(a_type)), a_type, i32(len(a_id)), a_id, i32(len(a_name)),
+        a_name, i32(len(p_type)), p_type, i32(len(p_id)), p_id, i32(len(p_name)), p_name,
+        i32(len(related) + 1), _JSONB_VERSION, related, i32(len(desc)), desc,
+        i32(len(metadata)), metadata,
+        _NULL if changes is None else i32(len(changes)), changes or b"",
+        i32(len(ip)), ip, i32(len(agent)), agent, i32(len(request)), request, i32(len(trace)),
+        trace, _HASH_LEN,
+    ))  # fmt: skip
+    return row, len(head)
 
 
 def claim_row(row: bytes, seq_at: int) -> bytes:

@@ -138,8 +138,8 @@ async def send_commands(nc: Client, subjects: list[str], payload: bytes) -> None
         tail = f" {len(payload)}\r\n{payload.decode()}\r\n"
         await send(("PUB " + (tail + "PUB ").join(subjects) + tail).encode())
     elif subjects:
-        tail = b" %d\r\n%s\r\n" % (len(payload), payload)
-        await send(b"".join(b"PUB " + s.encode() + tail for s in subjects))
+        frame_tail = b" %d\r\n%s\r\n" % (len(payload), payload)
+        await send(b"".join(b"PUB " + s.encode() + frame_tail for s in subjects))
     await nc.flush()
 
 
