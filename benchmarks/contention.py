@@ -43,17 +43,21 @@ FIGURES = {
 
 
 async def wait_rows(dsn: str, target: int, timeout: float = 900) -> tuple[float, float]:
-    """(time the count first moved, time it reached ``target``), by polling."""
+    """(time the count first moved, time it reached ``target``), by polling. The count
+    moved after the poll before the one that saw it move: that poll's time is the start (a
+    drain committed between two polls, in one batch, has a rate and no zero division)."""
     start = await stored_rows(dsn)
     t_first = None
     deadline = time.perf_counter() + timeout
+    polled = time.perf_counter()
     while time.perf_counter() < deadline:
         n = await stored_rows(dsn)
         now = time.perf_counter()
         if t_first is None and n > start:
-            t_first = now
+            t_first = polled
         if n >= target:
-            return t_first or now, now
+            return t_first if t_first is not None else polled, now
+        polled = now
         await asyncio.sleep(0.05)
     raise TimeoutError(f"{target} rows not reached")
 

@@ -662,16 +662,18 @@ static PyObject *fast_one(Batch *bt, PyObject *msg) {
                     &seq_at) < 0)
         goto done;
 
-    PyObject *args[9] = {tenant, id, PyLong_FromLongLong(occurred),
+    PyObject *args[8] = {tenant, id, PyLong_FromLongLong(occurred),
                          PyLong_FromLongLong(received),
                          PyBytes_FromStringAndSize(bt->canon.p, bt->canon.n),
                          PyBytes_FromStringAndSize(bt->row.p, bt->row.n),
-                         PyLong_FromSsize_t(seq_at), ev, PyTuple_Pack(2, tenant, id_int)};
+                         PyLong_FromSsize_t(seq_at), PyTuple_Pack(2, tenant, id_int)};
+    /* (str, int) cannot be part of a cycle (the collector would untrack it itself at its
+     * first pass): untracked now, the dedupe window's keys never make the collector run. */
+    if (args[7] != NULL) PyObject_GC_UnTrack(args[7]);
     PyObject *prepared = NULL;
-    if (args[2] && args[3] && args[4] && args[5] && args[6] && args[8])
-        prepared = PyObject_Vectorcall(cfg_prepared, args, 9, NULL);
-    for (int k = 2; k < 7; k++) Py_XDECREF(args[k]);
-    Py_XDECREF(args[8]);
+    if (args[2] && args[3] && args[4] && args[5] && args[6] && args[7])
+        prepared = PyObject_Vectorcall(cfg_prepared, args, 8, NULL);
+    for (int k = 2; k < 8; k++) Py_XDECREF(args[k]);
     if (prepared != NULL) {
         PyObject *vargs[2] = {msg, prepared};
         result = PyObject_Vectorcall(cfg_valid, vargs, 2, NULL);

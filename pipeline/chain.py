@@ -23,6 +23,7 @@ from schemas.ids import EPOCH
 from schemas.rows import HASH_INDEX, SEQ_INDEX
 
 _enc: Final = msgspec.json.Encoder(order="sorted")
+_event_decoder: Final = msgspec.json.Decoder(AuditEvent)
 
 
 class Prepared(msgspec.Struct, gc=False):
@@ -42,8 +43,10 @@ class Prepared(msgspec.Struct, gc=False):
         canonical: the hashed bytes (schemas/README.md).
         row: its ``audit.events`` COPY row without the ``seq`` and ``hash`` values.
         seq_at: where ``seq`` goes in ``row`` (``hash`` goes at its end).
-        source: the event as decoded (not enriched).
         key: ``(tenant_id, id.int)``, the worker's dedupe key (cheap to hash).
+
+    The decoded event itself is not kept: it is freed while the batch is prepared (its
+    fields are in ``canonical`` and ``row``), not after the flush.
     """
 
     tenant_id: str
@@ -53,18 +56,13 @@ class Prepared(msgspec.Struct, gc=False):
     canonical: bytes
     row: bytes
     seq_at: int
-    source: AuditEvent
     key: tuple[str, int]
 
     @property
     def event(self) -> AuditEvent:
-        """The enriched event (id, times, lower-cased action), made on each call: for tools
-        and tests; the pipeline itself never needs it."""
-        fields = msgspec.structs.asdict(self.source)
-        fields.update(id=self.id, action=self.source.action.lower(),
-                      occurred_at=_datetime(self.occurred_us),
-                      received_at=_datetime(self.received_us))  # fmt: skip
-        return AuditEvent(**fields)
+        """The enriched event (id, times, lower-cased action), decoded from the canonical
+        bytes on each call: for tools and tests; the pipeline itself never needs it."""
+        return _event_decoder.decode(self.canonical)
 
     @property
     def values(self) -> list[Any]:
@@ -106,7 +104,7 @@ def prepare(event: AuditEvent, *, event_id: uuid.UUID, occurred_us: int, receive
                             occurred_us=occurred_us, received_us=received_us,
                             metadata=metadata, changes=changes, related=related)  # fmt: skip
     return Prepared(event.tenant_id, event_id, occurred_us, received_us, canonical, row, seq_at,
-                    event, (event.tenant_id, event_id.int))  # fmt: skip
+                    (event.tenant_id, event_id.int))  # fmt: skip
 
 
 def link(prepared: Prepared, seq: int, prev_hash: bytes) -> tuple[Any, ...]:

@@ -52,6 +52,20 @@ class Deliveries:
         self._buffer.append(msg)
         self._wake.set()
 
+    def deliver_many(self, msgs: list[Message]) -> None:
+        """:meth:`deliver` of each of ``msgs``, in order."""
+        held = self.held
+        held_bytes = self.held_bytes
+        for msg in msgs:
+            old = held.get(msg.ack)
+            if old is not None:
+                held_bytes -= old.size
+            held[msg.ack] = msg
+            held_bytes += msg.size
+        self.held_bytes = held_bytes
+        self._buffer += msgs
+        self._wake.set()
+
     def again(self, msgs: Iterable[Message]) -> int:
         """Buffer ``msgs`` once more, those still held (replacing the held copy: the caller
         counted the delivery); returns how many."""

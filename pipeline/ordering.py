@@ -62,6 +62,10 @@ class TenantOrder(Generic[T]):
         self._skips: dict[int, int] = {}  # id(item) -> consecutive skips, while in flight
         # id(batch) -> (the batch, its tenants), from take() until done()
         self._flights: dict[int, tuple[list[T], set[Hashable]]] = {}
+        # While no flush ends or starts, waiting items found not ready stay so: the next
+        # take() looks only at items offered since (the worker calls it per arriving chunk).
+        self._scanned = 0  # items[:_scanned] were looked at and are not ready
+        self._scan_blocked: set[Hashable | None] = set()  # their tenants, and those in flight
 
     def __len__(self) -> int:
         return len(self._items)
@@ -105,14 +109,29 @@ class TenantOrder(Generic[T]):
 
     def _take_ready(self, max_items: int) -> tuple[list[T], list[Hashable | None]]:
         now = self._clock()
-        blocked: set[Hashable | None] = set(self.in_flight)
         retry = self._retry
+        items, tenants = self._items, self._tenants
+        if retry or not self._scanned:  # (backoffs expire with time: look at everything)
+            first, blocked = 0, set(self.in_flight)
+        else:
+            first, blocked = self._scanned, self._scan_blocked
+        for t in tenants[first:]:  # the first ready item, if any
+            if t is None:
+                break
+            back = retry.get(id(items[first])) if retry else None
+            if t not in blocked and (back is None or back[0] <= now):
+                break
+            blocked.add(t)
+            first += 1
+        else:
+            self._scanned, self._scan_blocked = (0, set()) if retry else (first, blocked)
+            return [], []
+        self._scanned = 0
         taken: list[T] = []
         taken_tenants: list[Hashable | None] = []
-        keep: list[T] = []
-        keep_tenants: list[Hashable | None] = []
-        items, tenants = self._items, self._tenants
-        for i, (item, t) in enumerate(zip(items, tenants, strict=True)):
+        keep: list[T] = items[:first]
+        keep_tenants: list[Hashable | None] = tenants[:first]
+        for i, (item, t) in enumerate(zip(items[first:], tenants[first:], strict=True), first):
             if len(taken) >= max_items:
                 keep += items[i:]
                 keep_tenants += tenants[i:]
@@ -133,6 +152,7 @@ class TenantOrder(Generic[T]):
         """A flush of ``flushed`` (what :meth:`take` returned) ended; ``skipped`` (a subset,
         in order) were not stored because another worker held their tenant: they wait
         again, before every newer item of their tenant, after a backoff."""
+        self._scanned = 0
         flight = self._flights.pop(id(flushed), None)
         if flight is not None and flight[0] is flushed:
             tenants = flight[1]
@@ -163,6 +183,8 @@ class TenantOrder(Generic[T]):
     def next_ready_in(self) -> float | None:
         """Seconds until a waiting item whose tenant is free becomes ready (0: now), or
         None when every waiting item waits for a running flush (or nothing waits)."""
+        if not self._retry and self._scanned == len(self._items):
+            return None  # take() just found every waiting item behind a running flush
         now = self._clock()
         blocked = set(self.in_flight)
         retry = self._retry

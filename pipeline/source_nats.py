@@ -194,15 +194,20 @@ class JetStreamSource:
         :meth:`_deliver` builds them, delivered in one go; any other frame (headers, a
         status) through :meth:`_on_raw`, in order."""
         credit, deliveries = self._credit, self._deliveries
+        run: list[Message] = []  # Messages in a row, delivered together
         for item in items:
             if type(item) is not Message:
+                deliveries.deliver_many(run)
+                run = []
                 await self._on_raw(*item)
                 continue
             if credit.delivered(item.size):  # filled its request: room for the next one
                 deliveries.room.set()
             if item.delivered > 1 and self.metrics is not None:
                 self.metrics.redeliveries.labels("nats").inc()
-            deliveries.deliver(item)
+            run.append(item)
+        if run:
+            deliveries.deliver_many(run)
 
     async def _on_raw(self, subject: bytes, reply: bytes, data: bytes, raw_headers: bytes) -> None:
         headers = await parse_headers(self.nc, raw_headers)

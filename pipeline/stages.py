@@ -313,8 +313,12 @@ class Deduplicator:
 
     def remember(self, keys: list[EventKey]) -> None:
         """Record committed keys, evicting the oldest beyond capacity."""
+        self.remember_keys([(tenant, event_id.int) for tenant, event_id in keys])
+
+    def remember_keys(self, keys: list[tuple[str, int]]) -> None:
+        """:meth:`remember` of keys as ``Prepared.key`` has them."""
         seen = self._seen
-        seen.update(dict.fromkeys([(tenant, event_id.int) for tenant, event_id in keys]))
+        seen.update(dict.fromkeys(keys))
         excess = len(seen) - self.capacity
         if excess > 0:
             for key in list(itertools.islice(seen, excess)):
@@ -327,8 +331,15 @@ class Deduplicator:
         """
         keys = [item.prepared.key for item in items]
         seen = self._seen
-        if len(set(keys)) == len(keys) and seen.keys().isdisjoint(keys):
-            return list(items), []  # the usual batch: nothing to drop
+        unique = set(keys)
+        if len(unique) == len(keys):
+            known = seen.keys() & unique
+            if not known:
+                return list(items), []  # the usual batch: nothing to drop
+            # Only keys seen before: one set lookup per item, no bookkeeping.
+            pairs = list(zip(items, keys, strict=True))
+            return ([item for item, key in pairs if key not in known],
+                    [item for item, key in pairs if key in known])  # fmt: skip
         fresh: list[Valid] = []
         dupes: list[Valid] = []
         batch: set[tuple[str, int]] = set()

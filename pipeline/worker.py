@@ -258,7 +258,10 @@ class Worker:
         self.last_progress = time.monotonic()
         dupe_keys: list[EventKey] = [(v.prepared.tenant_id, v.prepared.id) for v in dupes]
         dupe_keys.extend(result.duplicates)
-        self.dedup.remember(result.stored)
+        if len(result.stored) == len(fresh):  # all of them (stored is a subset of fresh)
+            self.dedup.remember_keys([v.prepared.key for v in fresh])
+        else:
+            self.dedup.remember(result.stored)
         self._account(result, dupe_keys, len(dead) - len(held))
         if self.on_commit is not None:
             await self._announce(valid, result.stored, dupe_keys, rejected)
@@ -269,9 +272,11 @@ class Worker:
         """Tell ``on_commit`` (those of the keys ``notify`` picks). Never raises."""
         notify = self.notify
         if notify is not None:
-            picked = {(v.prepared.tenant_id, v.prepared.id) for v in valid if notify(v.msg)}
-            stored = [k for k in stored if k in picked]
-            dupe_keys = [k for k in dupe_keys if k in picked]
+            # waited_for needs headers: a drained stream of producer events has none.
+            asked = [v for v in valid if v.msg.headers] if notify is waited_for else valid
+            picked = {(v.prepared.tenant_id, v.prepared.id) for v in asked if notify(v.msg)}
+            stored = [k for k in stored if k in picked] if picked else []
+            dupe_keys = [k for k in dupe_keys if k in picked] if picked else []
             rejected = [(d, k) for d, k in rejected if notify(d.msg)]
         assert self.on_commit is not None
         try:

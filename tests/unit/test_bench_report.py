@@ -205,3 +205,26 @@ def test_steady_events_opt_into_commit_notices_and_map_back_from_their_ids() -> 
     assert len(seen) == 3
     assert offered.index(uuid.uuid4()) is None
     assert offered.index(uuid.UUID(int=41, version=4)) is None  # beyond the run
+
+
+def test_the_hot_path_targets_are_judged_until_stored_and_searchable() -> None:
+    """#28: total CPU (worker + PostgreSQL with search indexing + nats-server) and the drain
+    over the ceiling both until searchable; ours against the best like-for-like peer (ours
+    until searchable) and the best raw-bytes peer (ours until stored)."""
+    one = _drain(20_000)
+    one["drain"]["searchable_per_s"] = 16_000
+    one["drain"]["cpu_us_per_event_searchable"] = {"postgresql": 20, "nats-server": 8,
+                                                   "pipeline": 12}  # fmt: skip
+    peers = {"ours": {**one["drain"]}, "mq-bridge": {"events_per_s": 60_000},
+             "pathway": {"events_per_s": 40_000}, "mq-bridge_like": {"events_per_s": 20_000},
+             "pathway_like": {"events_per_s": 8_000}}  # fmt: skip
+    runs = {"drain_1_worker": {**one, "searchable_over_ceiling": 0.8}, "peers": peers}
+    found = {c.what: c for c in checks(runs)}
+    assert found["total CPU per event, until stored and searchable"].value == 40
+    assert found["total CPU per event, until stored and searchable"].met
+    assert found["drain / ceiling, both until stored and searchable"].value == 0.8
+    assert found["ours / best like-for-like peer (same run)"].value == 16_000 / 20_000
+    assert found["ours / best raw-bytes peer (same run)"].value == 20_000 / 60_000
+    assert found["ours / best raw-bytes peer (same run)"].goal == 0.5
+    text = report(_result(runs), {})
+    assert "| mq-bridge, like for like | 20,000 | 0.80 |" in text

@@ -131,3 +131,92 @@ def test_any_interleaving_keeps_tenant_order_and_loses_nothing(steps: list) -> N
     for tenant in {"a", "b", "c"}:
         seen = [i.n for i in stored if i.tenant == tenant]
         assert seen == sorted(seen), tenant
+
+
+class Reference:
+    """The first TenantOrder, item by item, kept as the specification of the batch one."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.waiting: list[list] = []  # [item, not_before, skips]
+        self.flying: dict[str, int] = {}
+        self.skips: dict[int, int] = {}
+
+    def offer(self, items: list[Item]) -> None:
+        self.waiting += [[i, 0.0, 0] for i in items]
+
+    def take(self, max_items: int) -> list[Item]:
+        now, blocked = self.clock(), {t for t, n in self.flying.items() if n}
+        taken, keep = [], []
+        for w in self.waiting:
+            t = w[0].tenant
+            if len(taken) >= max_items:
+                keep.append(w)
+            elif t is None:
+                taken.append(w)
+            elif t in blocked or w[1] > now:
+                blocked.add(t)
+                keep.append(w)
+            else:
+                taken.append(w)
+        self.waiting = keep
+        for t in {w[0].tenant for w in taken} - {None}:
+            self.flying[t] = self.flying.get(t, 0) + 1
+        for w in taken:
+            if w[2]:
+                self.skips[id(w[0])] = w[2]
+        return [w[0] for w in taken]
+
+    def done(self, flushed: list[Item], skipped: list[Item]) -> None:
+        for t in {i.tenant for i in flushed} - {None}:
+            self.flying[t] -= 1
+        now, back = self.clock(), []
+        for item in skipped:
+            skips = self.skips.pop(id(item), 0) + 1
+            back.append([item, now + min(FIRST_BACKOFF_S * 2 ** (skips - 1), MAX_BACKOFF_S),
+                         skips])  # fmt: skip
+        for item in flushed:
+            self.skips.pop(id(item), None)
+        self.waiting[:0] = back
+
+    def next_ready_in(self) -> float | None:
+        now, blocked = self.clock(), {t for t, n in self.flying.items() if n}
+        soonest = None
+        for item, not_before, _ in self.waiting:
+            if item.tenant is not None and item.tenant in blocked:
+                continue
+            left = max(0.0, not_before - now)
+            soonest = left if soonest is None else min(soonest, left)
+            if item.tenant is not None:
+                blocked.add(item.tenant)
+        return soonest
+
+
+@settings(max_examples=500, deadline=None)
+@given(ops)
+def test_takes_exactly_what_the_item_by_item_reference_takes(steps: list) -> None:
+    clock = Clock()
+    order, ref = _order(clock), Reference(clock)
+    running: list[list[Item]] = []
+    n = 0
+    for step in steps:
+        if step[0] == "offer":
+            items = [Item(t, n + j) for j, t in enumerate(step[1])]
+            n += len(items)
+            order.offer(items)
+            ref.offer(items)
+        elif step[0] == "take":
+            got = order.take(step[1])
+            assert got == ref.take(step[1])
+            if got:
+                running.append(got)
+        elif step[0] == "end" and running:
+            batch = running.pop(step[1] % len(running))
+            skip = {i.tenant for i, s in zip(batch, step[2], strict=False) if s}
+            skipped = [i for i in batch if i.tenant is not None and i.tenant in skip]
+            order.done(batch, skipped)
+            ref.done(batch, skipped)
+        elif step[0] == "tick":
+            clock.now += step[1]
+        assert len(order) == len(ref.waiting)
+        assert order.next_ready_in() == ref.next_ready_in()

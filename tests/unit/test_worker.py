@@ -92,7 +92,7 @@ class FakeStore:
         if self.outages:
             self.outages -= 1
             raise RetryableStoreError("08006: connection lost")
-        if any(v.prepared.source.description == "refuse" for v in items):
+        if any(v.event.description == "refuse" for v in items):
             raise RefusedRowError("23514: check violation")
         result = FlushResult()
         for v in items:
