@@ -36,6 +36,7 @@ from infra.settings import Settings, redact_url
 from infra.signing import load_signer
 from infra.tls import server_context, server_pem
 from ledger.checkpoints import Checkpointer
+from pipeline.bucket_claims import PgBucketClaims
 from pipeline.commits import encode_keys
 from pipeline.dlq_kafka import KafkaDeadLetters
 from pipeline.dlq_nats import NatsDeadLetters
@@ -197,12 +198,13 @@ class Pipeline:
             kafka = KafkaSource(self.settings, max_inflight=inflight, metrics=self.metrics)
             return Worker(self.settings, PgStore(self.pool),
                           KafkaDeadLetters(kafka.app, self.settings), kafka, self.metrics,
-                          on_commit=self.announce, notify=waited_for)  # fmt: skip
+                          on_commit=self.announce, notify=waited_for,
+                          claims=PgBucketClaims(self.pool))  # fmt: skip
         source = JetStreamSource(self.nc, self.settings, max_inflight=inflight,
                                  metrics=self.metrics)  # fmt: skip
         return Worker(self.settings, PgStore(self.pool), NatsDeadLetters(self.nc, self.settings),
                       source, self.metrics, on_commit=self.announce,
-                      notify=waited_for)  # fmt: skip
+                      notify=waited_for, claims=PgBucketClaims(self.pool))  # fmt: skip
 
     async def _close_source(self) -> None:
         close = getattr(self.worker.source, "close", None)

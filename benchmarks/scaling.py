@@ -31,7 +31,11 @@ Measured per arm, from the first delivery:
   ``--searchable-sql`` overrides); without them (the GIN index in the ingest transaction)
   stored is searchable;
 - CPU µs per event of each process (psutil): the pipeline processes, this server's
-  PostgreSQL processes, its nats-server, this benchmark process (apart);
+  PostgreSQL processes, its nats-server, this benchmark process (apart); a pipeline
+  process counts from the later of the first delivery and the moment it listens on its
+  metrics port (worker processes start together and compete for the cores: the first
+  drains while the others still import, ~0.5 s of CPU each, which is start-up, not CPU
+  per event);
 - the lock-wait share: every ``--sample-ms`` (20) ``pg_stat_activity`` of the benchmark
   database; of the active backends seen, the share with ``wait_event_type = 'Lock'``
   (heavyweight locks), summed over samples, while draining.
@@ -359,6 +363,8 @@ async def run_arm(arm: Arm, tree: Tree, srv: Servers, payloads: list[bytes],
         cmd = [sys.executable, "-m", "auditlog.cli", "pipeline", "--workers", str(arm.workers)]
         proc = subprocess.Popen(cmd, cwd=tree.path, env=env, stdout=log, stderr=log)
         cpu = CpuProbe(proc.pid, arm.workers, srv.postmaster, srv.nats_proc)
+        base_port = int(env["AUDIT_METRICS_PORT"])
+        watcher = asyncio.create_task(cpu.watch_ready({base_port + i for i in range(arm.workers)}))
         sampler = LockSampler(srv.sampler_conn, DB_NAME, opts.sample_ms / 1000)
         marks: dict[str, Any] = {}
 
@@ -376,6 +382,7 @@ async def run_arm(arm: Arm, tree: Tree, srv: Servers, payloads: list[bytes],
             t_search = await wait_searchable(conn, probe, total, 60 + 2 * (t_stored - t0))
             cpu1, host1, t_cpu = cpu.snapshot(), host_cpu_seconds(), time.perf_counter()
         finally:
+            watcher.cancel()
             stop(proc)
             log.close()
         rows, chained = await conn.fetchrow(
@@ -386,7 +393,7 @@ async def run_arm(arm: Arm, tree: Tree, srv: Servers, payloads: list[bytes],
     finally:
         await nc.close()
         await conn.close()
-    split, per_worker, cpu_s = cpu_split(marks["cpu0"], cpu1, total)
+    split, per_worker, cpu_s = cpu_split(marks["cpu0"], cpu1, total, cpu.ready)
     return {
         **{k: getattr(arm, k) for k in ("code", "workers", "slots", "hot_tenant", "repeat")},
         "events": total, "rows": rows, "chained": int(chained), "publish_per_s": pub_rate,

@@ -164,16 +164,39 @@ class CpuProbe:
                 snap[p.pid] = (group, t.user + t.system)
         return snap
 
+    async def watch_ready(self, ports: set[int], every_s: float = 0.02) -> None:
+        """Until cancelled: note each pipeline process's CPU seconds when it first listens
+        on one of ``ports`` (its metrics port: imports and set-up done), in
+        :attr:`ready`. Worker processes start together and compete for the cores, so
+        the first one drains while the others still import; their start-up is not CPU
+        per event (see :func:`cpu_split`'s ``ready``)."""
+        self.ready: dict[int, float] = {}
+        while True:
+            for group, p in self._procs():
+                if group not in ("workers", "supervisor") or p.pid in self.ready:
+                    continue
+                with contextlib.suppress(psutil.Error):
+                    listening = {c.laddr.port for c in p.net_connections(kind="tcp")
+                                 if c.status == psutil.CONN_LISTEN}  # fmt: skip
+                    if listening & ports:
+                        t = p.cpu_times()
+                        self.ready[p.pid] = t.user + t.system
+            await asyncio.sleep(every_s)
+
 
 def cpu_split(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
-              events: int) -> tuple[dict[str, float], list[float], float]:  # fmt: skip
+              events: int, ready: dict[int, float] | None = None,
+              ) -> tuple[dict[str, float], list[float], float]:  # fmt: skip
     """(µs per event by component with ``total`` of :data:`COMPONENTS`, µs per
     event of each worker process busiest first, CPU seconds of everything). ``workers``
-    counts every pipeline process, the supervisor too (also shown apart)."""
+    counts every pipeline process, the supervisor too (also shown apart). A process in
+    ``ready`` (CPU seconds when its set-up was done) counts from the later of that and
+    ``before``: start-up that overlapped the drain is not CPU per event."""
     by: Counter[str] = Counter()
     per_worker = []
+    ready = ready or {}
     for pid, (group, t) in after.items():
-        used = t - before.get(pid, (group, 0.0))[1]
+        used = t - max(before.get(pid, (group, 0.0))[1], ready.get(pid, 0.0))
         by[group] += used
         if group == "workers" and used > 0.001:
             per_worker.append(round(used / events * 1e6, 1))

@@ -168,6 +168,12 @@ class Metrics:
             " head (their events are offered again in order; nothing waits on the lock)",
             registry=r,
         )  # fmt: skip
+        self.flush_busy_buckets = Counter(
+            "auditlog_flush_busy_buckets",
+            "Tenant buckets a worker wanted to flush but another worker had claimed (it"
+            " flushed other buckets and tries these again after a short backoff)",
+            registry=r,
+        )  # fmt: skip
         self.checkpoint_completed = Gauge(
             "auditlog_checkpoint_completed_timestamp_seconds",
             "Start of this process's last checkpoint round that left no tenant unsigned: every"

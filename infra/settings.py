@@ -67,7 +67,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: int = 1  # AUDIT_WORKERS
     shutdown_timeout_s: float = 20.0  # AUDIT_SHUTDOWN_TIMEOUT_S
     db_pool_size: int = 8  # AUDIT_DB_POOL_SIZE (the API's pool)
-    pipeline_pool_size: int = 4  # AUDIT_PIPELINE_POOL_SIZE (the pipeline's own pool)
+    pipeline_pool_size: int = 5  # AUDIT_PIPELINE_POOL_SIZE (+1 kept for bucket claims)
     db_acquire_timeout_s: float = 5.0  # AUDIT_DB_ACQUIRE_TIMEOUT_S (API: then 503)
     partitions_ahead_months: int = 2  # AUDIT_PARTITIONS_AHEAD_MONTHS
     # Source stream: interest retention (a message goes once the pipeline acked it), and

@@ -21,7 +21,10 @@ Per batch, in one transaction:
 
 The head row lock stays the correctness mechanism (one tenant's chain is a total order);
 skipping busy heads only keeps flushes of different tenants from queueing behind each
-other. The worker acknowledges the source only after :meth:`PgStore.write` returns.
+other. Skips are rare: before taking a batch, a worker claims its tenant buckets
+(``pipeline.bucket_claims``), so concurrent flushes of different workers hold different
+tenants to begin with. The worker acknowledges the source only after
+:meth:`PgStore.write` returns.
 """
 
 from __future__ import annotations

@@ -81,6 +81,31 @@ class Store(Protocol):
         ...
 
 
+class BucketClaims(Protocol):
+    """Advisory claims on tenant buckets (``pipeline.ordering``), shared by every worker,
+    so that concurrent flushes of different workers take different tenants: a worker
+    flushes only the buckets it claimed, and nobody waits for a claim.
+
+    Claims only steer; the chain-head row locks stay the correctness mechanism (a flush
+    still skips a head someone else holds). Losing the claims (the connection dropped)
+    costs efficiency, never correctness.
+    """
+
+    async def claim(self, buckets: Sequence[int], want: int) -> list[int] | None:
+        """Claim up to ``want`` of ``buckets``, trying them in order and skipping those
+        another worker holds; the claimed ones, in order. None: claims are unavailable
+        now (flush without them). Never raises, never waits on another's claim."""
+        ...
+
+    async def release(self, buckets: Sequence[int]) -> None:
+        """Release ``buckets`` claimed by :meth:`claim` (once per claim). Never raises."""
+        ...
+
+    async def close(self) -> None:
+        """End every claim (the worker stops). Never raises."""
+        ...
+
+
 class DeadLetters(Protocol):
     """Where refused messages go, with their reason."""
 

@@ -29,7 +29,14 @@ from infra.settings import Settings
 from pipeline import fastpath
 from pipeline.agents import Agent, Stream
 from pipeline.ordering import TenantOrder
-from pipeline.sinks import DeadLetters, FlushResult, RefusedRowError, Store, StoreError
+from pipeline.sinks import (
+    BucketClaims,
+    DeadLetters,
+    FlushResult,
+    RefusedRowError,
+    Store,
+    StoreError,
+)
 from pipeline.stages import Dead, Deduplicator, Message, Valid, limits_for, position
 from schemas.ids import IDEMPOTENCY_HEADER, EventKey
 
@@ -108,9 +115,11 @@ class Worker:
         notify: Callable[[Message], bool] | None = None,
         now: Now = _utcnow,
         sleep: Sleep = asyncio.sleep,
+        claims: BucketClaims | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.claims = claims
         self.dead_letters = dead_letters
         self.source = source
         self.metrics = metrics
@@ -148,10 +157,12 @@ class Worker:
         """Start the source and run until it is stopped and everything in flight is settled.
 
         ``take`` groups what ``process`` yields; a :class:`~pipeline.ordering.TenantOrder`
-        releases it to up to ``flush_concurrency`` flushes at once, each tenant in one
-        flush at a time and in order. A flush never waits for another's chain-head locks:
-        it skips the tenants another worker holds, and their items are offered again
-        (``pipeline.flush``), so adding flushes or workers adds throughput.
+        releases it to up to ``flush_concurrency`` flushes at once, each a slice of the
+        tenants (whole tenant buckets, in a ring), each tenant in one flush at a time and
+        in order. Before taking a batch the worker claims its buckets (``claims``:
+        advisory, never waiting), so different workers flush different tenants; a flush
+        never waits for another's chain-head locks either: it skips the tenants another
+        transaction holds, and their items are offered again (``pipeline.flush``).
         """
         fastpath.log_choice()  # compiled or pure Python, and why
         await self.source.start()
@@ -174,37 +185,70 @@ class Worker:
         try:
             while True:
                 await slots.acquire()
-                batch = await self._next_batch(order, wake, reader, running)
+                batch, claimed = await self._next_batch(order, wake, reader, running)
                 if not batch:
                     slots.release()
                     break
-                task = asyncio.create_task(self._flush_slot(batch, slots, order, wake),
-                                           name="flush")  # fmt: skip
+                task = asyncio.create_task(
+                    self._flush_slot(batch, claimed, slots, order, wake), name="flush"
+                )
                 running.add(task)
                 task.add_done_callback(functools.partial(_finished, running, wake))
             await reader  # the stream's own error, if it ended with one
         finally:  # cancelled: what is unsettled is redelivered (storage stays exactly-once)
             for task in (*running, reader):
                 task.cancel()
+            if self.claims is not None:
+                await asyncio.shield(self.claims.close())
 
     async def _next_batch(self, order: TenantOrder[Valid | Dead], wake: asyncio.Event,
-                          reader: asyncio.Task[None],
-                          running: set[asyncio.Task[None]]) -> list[Valid | Dead]:  # fmt: skip
-        """The next batch for a free flush slot; [] once the source ended and nothing is
-        left or in flight."""
+                          reader: asyncio.Task[None], running: set[asyncio.Task[None]]
+                          ) -> tuple[list[Valid | Dead], list[int]]:  # fmt: skip
+        """The next batch for a free flush slot and the buckets claimed for it; [] once
+        the source ended and nothing is left or in flight."""
         while True:
             wake.clear()
-            batch = order.take(self.settings.batch_max_events)
+            batch, claimed = await self._claim_and_take(order)
             if batch:
-                return batch
+                return batch, claimed
             if reader.done() and not len(order) and not running:
-                return []
+                return [], []
             # Wait for new items, a flush to end, or a skipped item's backoff.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), order.next_ready_in())
 
-    async def _flush_slot(self, batch: list[Valid | Dead], slots: asyncio.Semaphore,
-                          order: TenantOrder[Valid | Dead],
+    async def _claim_and_take(self, order: TenantOrder[Valid | Dead]
+                              ) -> tuple[list[Valid | Dead], list[int]]:  # fmt: skip
+        """Claim ready buckets (in the order the ring offers them, as many as a full batch
+        needs, skipping those another worker flushes) and take their items. Without
+        claims (none configured, or unavailable now), take what is ready."""
+        max_items = self.settings.batch_max_events
+        ready = order.ready() if self.claims is not None else []
+        if not ready:
+            return order.take(max_items), []
+        assert self.claims is not None
+        want, count = 0, 0
+        for _, n in ready:
+            want, count = want + 1, count + n
+            if count >= max_items:
+                break
+        buckets = [b for b, _ in ready]
+        claimed = await self.claims.claim(buckets, want)
+        if claimed is None:
+            return order.take(max_items), []
+        got = set(claimed)
+        # Tried and held elsewhere: every bucket before the last claimed one that was not
+        # claimed (or all of them, when fewer than wanted were claimed).
+        tried = buckets if len(claimed) < want else buckets[: buckets.index(claimed[-1]) + 1]
+        busy = [b for b in tried if b not in got]
+        if busy:
+            order.backoff(busy)
+            self.metrics.flush_busy_buckets.inc(len(busy))
+        batch = order.take(max_items, only=got)
+        return batch, claimed
+
+    async def _flush_slot(self, batch: list[Valid | Dead], claimed: list[int],
+                          slots: asyncio.Semaphore, order: TenantOrder[Valid | Dead],
                           wake: asyncio.Event) -> None:  # fmt: skip
         skipped: list[Valid | Dead] = []
         try:
@@ -221,6 +265,9 @@ class Worker:
             order.done(batch, skipped)
             slots.release()
             wake.set()
+            if claimed and self.claims is not None:  # (after done(): a claim counts, so
+                # the next flush of these buckets may have claimed them again meanwhile)
+                await asyncio.shield(self.claims.release(claimed))
 
     async def stop(self) -> None:
         """Stop fetching; the batch in hand is flushed and acked before :meth:`run` returns."""

@@ -1,14 +1,17 @@
-"""TenantOrder: per-tenant order, one flush per tenant at a time, skipped items retried
-first, nothing lost or taken twice — over any interleaving of offers, takes and ends."""
+"""TenantOrder: per-tenant order, one flush per tenant bucket at a time, skipped items
+retried first, nothing lost or taken twice, never stuck — over any interleaving of offers,
+takes and ends."""
 
 from __future__ import annotations
 
+import zlib
+from collections import Counter
 from dataclasses import dataclass
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.ordering import FIRST_BACKOFF_S, MAX_BACKOFF_S, TenantOrder
+from pipeline.ordering import BUCKETS, FIRST_BACKOFF_S, MAX_BACKOFF_S, TenantOrder, bucket_of
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,21 +28,35 @@ class Clock:
         return self.now
 
 
-def _order(clock: Clock) -> TenantOrder[Item]:
-    return TenantOrder(lambda i: i.tenant, clock)
+def _order(clock: Clock, buckets: int = 4) -> TenantOrder[Item]:
+    return TenantOrder(lambda i: i.tenant, clock, buckets=buckets, start=0)
+
+
+def _named(bucket: int, buckets: int, prefix: str) -> str:
+    """A tenant name that falls in ``bucket``."""
+    return next(name for k in range(1000) if bucket_of(name := f"{prefix}{k}", buckets) == bucket)
+
+
+def test_bucket_of_is_stable_and_spreads_tenants() -> None:
+    assert bucket_of("acme", 64) == zlib.crc32(b"acme") % 64  # the same in every process
+    seen = Counter(bucket_of(f"tenant-{k}") for k in range(6400))
+    assert len(seen) == BUCKETS
+    assert max(seen.values()) < 2 * 6400 / BUCKETS
 
 
 def test_worked_example_from_the_module_docstring() -> None:
     clock = Clock()
-    order = _order(clock)
-    t1, u1, t2, t3, u2 = (Item("t", 1), Item("u", 2), Item("t", 3), Item("t", 4), Item("u", 5))
+    order = _order(clock, buckets=2)
+    t, u = _named(0, 2, "t"), _named(1, 2, "u")
+    t1, u1, t2, t3, u2 = (Item(t, 1), Item(u, 2), Item(t, 3), Item(t, 4), Item(u, 5))
     order.offer([t1, u1, t2])
     a = order.take(100)
-    assert a == [t1, u1, t2]
+    assert a == [t1, u1, t2]  # two buckets, in arrival order
     order.offer([t3, u2])
-    assert order.take(100) == []  # t and u in flight
+    assert order.take(100) == []  # both buckets in flight
+    assert order.next_ready_in() is None
     order.done(a, [u1])  # u's head was held by another worker
-    assert order.take(100) == [t3]  # u1 waits its backoff, u2 behind it
+    assert order.take(100) == [t3]  # bucket 1 backs off, u2 behind u1
     assert order.next_ready_in() == FIRST_BACKOFF_S
     clock.now += FIRST_BACKOFF_S
     assert order.take(100) == [u1, u2]
@@ -50,9 +67,24 @@ def test_dead_letters_never_wait() -> None:
     order.offer([Item("t", 1)])
     first = order.take(10)
     order.offer([Item("t", 2), Item(None, 3)])
+    assert order.next_ready_in() == 0.0
     assert [i.n for i in order.take(10)] == [3]
     order.done(first, [])
     assert [i.n for i in order.take(10)] == [2]
+
+
+def test_concurrent_flushes_over_a_backlog_are_full_and_share_no_tenant() -> None:
+    """The regression this module exists for: with thousands of events over 1,000 tenants
+    waiting, a second flush slot used to find every tenant in the first flush and take a
+    few events; now both take full batches of disjoint tenants."""
+    order: TenantOrder[Item] = TenantOrder(lambda i: i.tenant, Clock())
+    order.offer([Item(f"tenant-{k % 1000}", k) for k in range(30_000)])
+    a, b, c = order.take(5000), order.take(5000), order.take(5000)
+    assert len(a) == len(b) == len(c) == 5000
+    tenants = [{i.tenant for i in x} for x in (a, b, c)]
+    assert not tenants[0] & tenants[1] and not tenants[1] & tenants[2]
+    assert not tenants[0] & tenants[2]
+    assert max(len(t) for t in tenants) < 400  # a slice of the tenants, not all of them
 
 
 def test_backoff_doubles_per_consecutive_skip_up_to_the_cap() -> None:
@@ -70,11 +102,23 @@ def test_backoff_doubles_per_consecutive_skip_up_to_the_cap() -> None:
     want = [FIRST_BACKOFF_S, 2 * FIRST_BACKOFF_S, 4 * FIRST_BACKOFF_S]
     assert [round(w, 9) for w in waits[:3]] == want
     assert round(waits[-1], 9) == MAX_BACKOFF_S
+    clock.now += 10
+    batch = order.take(1)
+    order.done(batch, [])  # stored: the next skip starts over
+    order.offer([item2 := Item("hot", 2)])
+    batch = order.take(1)
+    assert batch == [item2]
+    order.done(batch, batch)
+    assert round(order.next_ready_in() or 0, 9) == FIRST_BACKOFF_S
 
 
+TENANTS = ["a", "b", "c", "d", "e", "f", None]
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("offer"), st.lists(st.sampled_from(["a", "b", "c", None]), max_size=6)),
+        st.tuples(
+            st.just("offer"),
+            st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f", None]), max_size=6),
+        ),
         st.tuples(st.just("take"), st.integers(1, 5)),
         st.tuples(st.just("end"), st.integers(0, 3), st.lists(st.booleans(), max_size=6)),
         st.tuples(st.just("tick"), st.floats(0, 0.3)),
@@ -105,11 +149,15 @@ def test_any_interleaving_keeps_tenant_order_and_loses_nothing(steps: list) -> N
             offered.extend(items)
             order.offer(items)
         elif step[0] == "take":
+            ready_in = order.next_ready_in()
             batch = order.take(step[1])
             assert len(batch) <= step[1]
-            busy = {i.tenant for b in running for i in b} - {None}
-            # A tenant is in at most one running flush.
-            assert not busy & {i.tenant for i in batch if i.tenant is not None}
+            numbers = [i.n for i in batch if i.tenant is not None]
+            assert numbers == sorted(numbers)  # arrival order, dead letters first
+            assert bool(batch) == (ready_in == 0.0)  # never stuck, never early
+            busy = {bucket_of(i.tenant, 4) for b in running for i in b if i.tenant is not None}
+            # A tenant (and its bucket) is in at most one running flush.
+            assert not busy & {bucket_of(i.tenant, 4) for i in batch if i.tenant is not None}
             if batch:
                 running.append(batch)
         elif step[0] == "end" and running:
@@ -128,95 +176,6 @@ def test_any_interleaving_keeps_tenant_order_and_loses_nothing(steps: list) -> N
         running.append(batch)
     # Everything stored exactly once, each tenant's items in arrival order.
     assert sorted(i.n for i in stored) == [i.n for i in offered]
-    for tenant in {"a", "b", "c"}:
+    for tenant in {"a", "b", "c", "d", "e", "f"}:
         seen = [i.n for i in stored if i.tenant == tenant]
         assert seen == sorted(seen), tenant
-
-
-class Reference:
-    """The first TenantOrder, item by item, kept as the specification of the batch one."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.waiting: list[list] = []  # [item, not_before, skips]
-        self.flying: dict[str, int] = {}
-        self.skips: dict[int, int] = {}
-
-    def offer(self, items: list[Item]) -> None:
-        self.waiting += [[i, 0.0, 0] for i in items]
-
-    def take(self, max_items: int) -> list[Item]:
-        now, blocked = self.clock(), {t for t, n in self.flying.items() if n}
-        taken, keep = [], []
-        for w in self.waiting:
-            t = w[0].tenant
-            if len(taken) >= max_items:
-                keep.append(w)
-            elif t is None:
-                taken.append(w)
-            elif t in blocked or w[1] > now:
-                blocked.add(t)
-                keep.append(w)
-            else:
-                taken.append(w)
-        self.waiting = keep
-        for t in {w[0].tenant for w in taken} - {None}:
-            self.flying[t] = self.flying.get(t, 0) + 1
-        for w in taken:
-            if w[2]:
-                self.skips[id(w[0])] = w[2]
-        return [w[0] for w in taken]
-
-    def done(self, flushed: list[Item], skipped: list[Item]) -> None:
-        for t in {i.tenant for i in flushed} - {None}:
-            self.flying[t] -= 1
-        now, back = self.clock(), []
-        for item in skipped:
-            skips = self.skips.pop(id(item), 0) + 1
-            back.append([item, now + min(FIRST_BACKOFF_S * 2 ** (skips - 1), MAX_BACKOFF_S),
-                         skips])  # fmt: skip
-        for item in flushed:
-            self.skips.pop(id(item), None)
-        self.waiting[:0] = back
-
-    def next_ready_in(self) -> float | None:
-        now, blocked = self.clock(), {t for t, n in self.flying.items() if n}
-        soonest = None
-        for item, not_before, _ in self.waiting:
-            if item.tenant is not None and item.tenant in blocked:
-                continue
-            left = max(0.0, not_before - now)
-            soonest = left if soonest is None else min(soonest, left)
-            if item.tenant is not None:
-                blocked.add(item.tenant)
-        return soonest
-
-
-@settings(max_examples=500, deadline=None)
-@given(ops)
-def test_takes_exactly_what_the_item_by_item_reference_takes(steps: list) -> None:
-    clock = Clock()
-    order, ref = _order(clock), Reference(clock)
-    running: list[list[Item]] = []
-    n = 0
-    for step in steps:
-        if step[0] == "offer":
-            items = [Item(t, n + j) for j, t in enumerate(step[1])]
-            n += len(items)
-            order.offer(items)
-            ref.offer(items)
-        elif step[0] == "take":
-            got = order.take(step[1])
-            assert got == ref.take(step[1])
-            if got:
-                running.append(got)
-        elif step[0] == "end" and running:
-            batch = running.pop(step[1] % len(running))
-            skip = {i.tenant for i, s in zip(batch, step[2], strict=False) if s}
-            skipped = [i for i in batch if i.tenant is not None and i.tenant in skip]
-            order.done(batch, skipped)
-            ref.done(batch, skipped)
-        elif step[0] == "tick":
-            clock.now += step[1]
-        assert len(order) == len(ref.waiting)
-        assert order.next_ready_in() == ref.next_ready_in()

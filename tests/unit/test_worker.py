@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from infra.metrics import Metrics
 from infra.settings import load_settings
+from pipeline.ordering import bucket_of
 from pipeline.sinks import FlushResult, RefusedRowError, RetryableStoreError
 from pipeline.stages import Dead, Message, Valid
 from pipeline.worker import DLQ_ATTEMPTS, Worker, waited_for
@@ -321,3 +322,90 @@ def test_events_of_busy_tenants_are_stored_later_in_order_and_acked_once(
     for t, seqs in store.order.items():
         assert seqs == sorted(seqs), t
     assert len(store.rows) == len(msgs) and w.totals["stored"] == len(msgs)
+
+
+MANY_TENANTS = [f"tenant-{k}" for k in range(12)]
+
+
+class FakeClaims:
+    """Bucket claims another worker contends for: each claim call consults ``plan`` for
+    the buckets held elsewhere this time (or ``None``: claims unavailable now), counts
+    what this worker holds, and lets the store check every flush against it."""
+
+    def __init__(self, plan: list[set[int] | None]) -> None:
+        self.plan = plan
+        self.held: dict[int, int] = {}
+        self.calls = 0
+        self.unavailable = 0  # claim calls that answered None
+
+    async def claim(self, buckets: Sequence[int], want: int) -> list[int] | None:
+        self.calls += 1
+        await asyncio.sleep(0)
+        elsewhere = self.plan.pop(0) if self.plan else set()
+        if elsewhere is None:
+            self.unavailable += 1
+            return None
+        got = [b for b in buckets if b not in elsewhere][:want]
+        for b in got:
+            self.held[b] = self.held.get(b, 0) + 1
+        return got
+
+    async def release(self, buckets: Sequence[int]) -> None:
+        await asyncio.sleep(0)
+        for b in buckets:
+            assert self.held.get(b, 0) > 0, f"bucket {b} released more often than claimed"
+            self.held[b] -= 1
+
+    async def close(self) -> None:
+        pass
+
+
+class ClaimCheckingStore(FakeStore):
+    """Fails the test if a flush (while claims answer) holds a bucket not claimed."""
+
+    def __init__(self, log: list[tuple[str, int]], claims: FakeClaims) -> None:
+        super().__init__(log)
+        self.claims = claims
+        self.order: dict[str, list[int]] = {}
+
+    async def write(self, items: Sequence[Valid]) -> tuple[FlushResult, list[tuple[Valid, str]]]:
+        if not self.claims.unavailable:
+            for v in items:
+                b = bucket_of(v.prepared.tenant_id)
+                assert self.claims.held.get(b, 0) > 0, f"flushed bucket {b} unclaimed"
+        await asyncio.sleep(0)
+        result, refused = await super().write(items)
+        for v in items:
+            self.order.setdefault(v.event.tenant_id, []).append(v.msg.stream_seq)
+        return result, refused
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    tenants=st.lists(st.sampled_from(MANY_TENANTS), min_size=1, max_size=80),
+    plan=st.lists(st.one_of(st.sets(st.integers(0, 63), max_size=64), st.none()), max_size=30),
+    chunk=st.integers(1, 9),
+)
+def test_a_worker_flushes_only_buckets_it_claimed_and_releases_each_claim_once(
+    tenants: list[str], plan: list[set[int] | None], chunk: int
+) -> None:
+    """Whatever buckets other workers hold, and when claims are unavailable: a flush holds
+    only claimed buckets (while claims answer), every claim is released once, and every
+    event is stored once, in its tenant's arrival order, acked once after it was stored."""
+    msgs = [message(i + 1, event(t, i + 1)) for i, t in enumerate(tenants)]
+    source = FakeSource([msgs[i : i + chunk] for i in range(0, len(msgs), chunk)])
+    claims = FakeClaims(list(plan))
+    store = ClaimCheckingStore(source.log, claims)
+    cfg = load_settings({"AUDIT_BATCH_MAX_EVENTS": "5", "AUDIT_BATCH_MAX_LATENCY_MS": "0",
+                         "AUDIT_FLUSH_CONCURRENCY": "3"})  # fmt: skip
+    w = Worker(cfg, store, FakeDeadLetters(), source, Metrics(), now=lambda: NOW,
+               sleep=_no_wait, claims=claims)  # fmt: skip
+    asyncio.run(asyncio.wait_for(w.run(), 30))
+    assert sorted(source.acked) == [m.stream_seq for m in msgs] and not source.naked
+    for seq in source.acked:
+        assert source.log.index(("stored", seq)) < source.log.index(("ack", seq))
+    for t, seqs in store.order.items():
+        assert seqs == sorted(seqs), t
+    assert len(store.rows) == len(msgs)
+    assert not any(claims.held.values()), claims.held  # every claim released
+    assert claims.calls > 0

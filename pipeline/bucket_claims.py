@@ -1,0 +1,118 @@
+"""PostgreSQL adapter of :class:`~pipeline.sinks.BucketClaims`: session-level advisory
+locks, one per tenant bucket, taken with ``pg_try_advisory_lock`` (never waiting) on one
+connection the worker keeps for them.
+
+Why a session lock on its own connection, not a transaction lock in the flush: the bucket
+must be claimed *before* the worker takes its events (a worker that took events it then
+could not flush prepared, deduplicated and offered them twice: measured with 4 workers,
+~10,000 skipped tenants per worker and 300,000 events, the worker's CPU per event 1.6x
+that of one worker). A dead worker's connection closes and PostgreSQL drops its locks; a
+pooled connection handed back is reset (``pg_advisory_unlock_all``) by asyncpg.
+
+Locks are ``(CLASS_ID, bucket)`` pairs, a key space of their own (the service's other
+advisory locks use single ``bigint`` keys). Session locks count: claiming a bucket this
+session already holds succeeds and needs one more release, which is what lets a flush
+release its claim after the same worker's next flush of that bucket claimed it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+CLASS_ID = 0x61756462  # "audb": the first key of every bucket claim
+# How long the worker waits for a pool connection for its claims before flushing without.
+ACQUIRE_TIMEOUT_S = 0.5
+# After a failure, flush without claims this long before trying again.
+RETRY_AFTER_S = 5.0
+
+_CLAIM = """
+SELECT b FROM unnest($1::int4[]) AS b WHERE pg_try_advisory_lock($2::int4, b) LIMIT $3
+"""
+_RELEASE = "SELECT count(*) FROM unnest($1::int4[]) AS b WHERE pg_advisory_unlock($2::int4, b)"
+
+
+class PgBucketClaims:
+    """Bucket claims on one connection of ``pool``, held from the first claim until
+    :meth:`close` (or a failure: then dropped, and claims pause :data:`RETRY_AFTER_S`).
+
+    Args:
+        pool: the pipeline's pool (one of its connections is kept).
+        clock: monotonic seconds (for the retry pause).
+    """
+
+    def __init__(self, pool: asyncpg.Pool, clock: Any = None) -> None:
+        self._pool = pool
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+        self._paused_until = 0.0
+        self._clock = clock or time.monotonic
+
+    async def claim(self, buckets: Sequence[int], want: int) -> list[int] | None:
+        """See :meth:`pipeline.sinks.BucketClaims.claim`."""
+        if not buckets or want <= 0:
+            return []
+        async with self._lock:
+            conn = await self._connection()
+            if conn is None:
+                return None
+            try:
+                rows = await conn.fetch(_CLAIM, list(buckets), CLASS_ID, want, timeout=5)
+            except Exception as exc:
+                await self._drop(exc)
+                return None
+        return [r[0] for r in rows]
+
+    async def release(self, buckets: Sequence[int]) -> None:
+        """See :meth:`pipeline.sinks.BucketClaims.release`."""
+        if not buckets:
+            return
+        async with self._lock:
+            conn = self._conn
+            if conn is None:  # dropped since: its locks went with it
+                return
+            try:
+                await conn.fetchval(_RELEASE, list(buckets), CLASS_ID, timeout=5)
+            except Exception as exc:
+                await self._drop(exc)
+
+    async def close(self) -> None:
+        """Hand the connection back (its claims end with asyncpg's reset)."""
+        async with self._lock:
+            await self._drop(None)
+
+    async def _connection(self) -> Any:
+        if self._conn is not None:
+            return self._conn
+        if self._clock() < self._paused_until:
+            return None
+        try:
+            self._conn = await self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
+        except Exception as exc:
+            self._paused_until = self._clock() + RETRY_AFTER_S
+            log.info("bucket claims paused (%s): flushing without them", _why(exc))
+            return None
+        return self._conn
+
+    async def _drop(self, exc: BaseException | None) -> None:
+        conn, self._conn = self._conn, None
+        if exc is not None:
+            self._paused_until = self._clock() + RETRY_AFTER_S
+            log.info("bucket claims paused (%s): flushing without them", _why(exc))
+        if conn is None:
+            return
+        try:
+            await self._pool.release(conn, timeout=5)
+        except Exception:  # broken: the pool closes it (and the server drops its locks)
+            conn.terminate()
+
+
+def _why(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

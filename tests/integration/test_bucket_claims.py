@@ -1,0 +1,111 @@
+"""pipeline.bucket_claims against a real PostgreSQL: two workers' claims never overlap,
+nobody waits for a claim, a claim counts (released once per claim), and a worker whose
+claims connection dies loses its claims at once and flushes without them for a while."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from infra.db import create_pool
+from pipeline.bucket_claims import CLASS_ID, PgBucketClaims
+
+pytestmark = pytest.mark.integration
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_two_workers_claim_disjoint_buckets_without_waiting(db_url: str) -> None:
+    pools = [await create_pool(db_url, max_size=2) for _ in range(2)]
+    a, b = (PgBucketClaims(p) for p in pools)
+    try:
+        assert await a.claim([1, 2, 3], 2) == [1, 2]
+        # b wants 1..4: 1 and 2 are a's, so it skips them (no waiting) and takes 3 and 4.
+        got = await asyncio.wait_for(b.claim([1, 2, 3, 4], 2), 2)
+        assert got == [3, 4]
+        assert await b.claim([1, 2], 2) == []  # all held elsewhere: nothing, at once
+        await a.release([1, 2])
+        assert await b.claim([2, 1], 5) == [2, 1]  # in the order asked
+        assert await a.claim([1, 2, 3, 4, 5], 1) == [5]
+    finally:
+        await a.close()
+        await b.close()
+        for p in pools:
+            await p.close()
+
+
+async def test_a_claim_counts_and_close_ends_every_claim(db_url: str) -> None:
+    pools = [await create_pool(db_url, max_size=2) for _ in range(2)]
+    a, b = (PgBucketClaims(p) for p in pools)
+    try:
+        # The same worker's next flush may claim a bucket before the previous flush of
+        # it released its claim: both claims hold until both are released.
+        assert await a.claim([7], 1) == [7]
+        assert await a.claim([7], 1) == [7]
+        await a.release([7])
+        assert await b.claim([7], 1) == []
+        await a.release([7])
+        assert await b.claim([7], 1) == [7]
+        await b.release([7])
+        assert await a.claim([8, 9], 2) == [8, 9]
+        await a.close()  # the connection goes back to the pool, reset: claims end
+        assert await b.claim([8, 9], 2) == [8, 9]
+        # The pool's connection is usable again afterwards (no lock left on it).
+        async with pools[0].acquire() as conn:
+            held = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1"
+                " AND pid = pg_backend_pid()", CLASS_ID)  # fmt: skip
+            assert held == 0
+    finally:
+        await a.close()
+        await b.close()
+        for p in pools:
+            await p.close()
+
+
+async def test_a_dead_claims_connection_frees_its_buckets_and_pauses_claims(db_url: str) -> None:
+    pools = [await create_pool(db_url, max_size=2) for _ in range(2)]
+    clock = Clock()
+    a, b = PgBucketClaims(pools[0], clock), PgBucketClaims(pools[1])
+    admin = await asyncpg.connect(db_url)
+    try:
+        assert await a.claim([1, 2], 2) == [1, 2]
+        pid = await admin.fetchval(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = $1"
+            " AND objid = 1", CLASS_ID)  # fmt: skip
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        # PostgreSQL dropped a's claims with its session: b takes them at once.
+        assert await b.claim([1, 2], 2) == [1, 2]
+        assert await a.claim([3], 1) is None  # noticed: claims unavailable, flush without
+        await a.release([1, 2])  # (nothing to release: never raises)
+        assert await a.claim([3], 1) is None  # paused for a while after a failure
+        clock.now += 10
+        assert await a.claim([3, 1], 2) == [3]  # a fresh connection; 1 is b's
+    finally:
+        await admin.close()
+        await a.close()
+        await b.close()
+        for p in pools:
+            await p.close()
+
+
+async def test_claims_wait_for_no_pool_connection_longer_than_a_moment(db_url: str) -> None:
+    """A pool with no connection to spare: claims say 'unavailable' quickly instead of
+    holding the flush back."""
+    pool = await create_pool(db_url, max_size=1)
+    claims = PgBucketClaims(pool)
+    try:
+        async with pool.acquire():
+            got = await asyncio.wait_for(claims.claim([1], 1), 3)
+        assert got is None
+    finally:
+        await claims.close()
+        await pool.close()
