@@ -10,7 +10,10 @@ that of one worker). A dead worker's connection closes and PostgreSQL drops its 
 pooled connection handed back is reset (``pg_advisory_unlock_all``) by asyncpg.
 
 Locks are ``(CLASS_ID, bucket)`` pairs, a key space of their own (the service's other
-advisory locks use single ``bigint`` keys). Session locks count: claiming a bucket this
+advisory locks use single ``bigint`` keys). Each claiming worker also holds
+``(CLASS_ID, PRESENCE)`` shared, so a claim learns how many workers claim: a worker
+alone flushes its oldest events first (``pipeline.ordering``: cheaper per event), and
+turns to bucket slices once another worker appears. Session locks count: claiming a bucket this
 session already holds succeeds and needs one more release, which is what lets a flush
 release its claim after the same worker's next flush of that bucket claimed it again.
 """
@@ -33,10 +36,18 @@ ACQUIRE_TIMEOUT_S = 0.5
 # After a failure, flush without claims this long before trying again.
 RETRY_AFTER_S = 5.0
 
-_CLAIM = """
-SELECT b FROM unnest($1::int4[]) AS b WHERE pg_try_advisory_lock($2::int4, b) LIMIT $3
+# Not a bucket: every claiming worker holds it shared while it has its connection, so
+# the claim query can say how many workers claim (a worker alone flushes oldest-first).
+PRESENCE = 1 << 20
+
+_CLAIM = f"""
+SELECT array(SELECT b FROM unnest($1::int4[]) AS b
+             WHERE pg_try_advisory_lock({CLASS_ID}, b) LIMIT $2) AS claimed,
+       (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+          AND classid = {CLASS_ID} AND objid = {PRESENCE} AND objsubid = 2) AS workers
 """
-_RELEASE = "SELECT count(*) FROM unnest($1::int4[]) AS b WHERE pg_advisory_unlock($2::int4, b)"
+_PRESENT = f"SELECT pg_advisory_lock_shared({CLASS_ID}, {PRESENCE})"
+_RELEASE = f"SELECT count(*) FROM unnest($1::int4[]) AS b WHERE pg_advisory_unlock({CLASS_ID}, b)"
 
 
 class PgBucketClaims:
@@ -54,6 +65,7 @@ class PgBucketClaims:
         self._lock = asyncio.Lock()
         self._paused_until = 0.0
         self._clock = clock or time.monotonic
+        self.peers = 0  # workers claiming (this one included), as of the last claim
 
     async def claim(self, buckets: Sequence[int], want: int) -> list[int] | None:
         """See :meth:`pipeline.sinks.BucketClaims.claim`."""
@@ -64,11 +76,12 @@ class PgBucketClaims:
             if conn is None:
                 return None
             try:
-                rows = await conn.fetch(_CLAIM, list(buckets), CLASS_ID, want, timeout=5)
+                row = await conn.fetchrow(_CLAIM, list(buckets), want, timeout=5)
             except Exception as exc:
                 await self._drop(exc)
                 return None
-        return [r[0] for r in rows]
+        self.peers = int(row["workers"])
+        return list(row["claimed"])
 
     async def release(self, buckets: Sequence[int]) -> None:
         """See :meth:`pipeline.sinks.BucketClaims.release`."""
@@ -79,7 +92,7 @@ class PgBucketClaims:
             if conn is None:  # dropped since: its locks went with it
                 return
             try:
-                await conn.fetchval(_RELEASE, list(buckets), CLASS_ID, timeout=5)
+                await conn.fetchval(_RELEASE, list(buckets), timeout=5)
             except Exception as exc:
                 await self._drop(exc)
 
@@ -95,9 +108,9 @@ class PgBucketClaims:
             return None
         try:
             self._conn = await self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
+            await self._conn.execute(_PRESENT, timeout=5)
         except Exception as exc:
-            self._paused_until = self._clock() + RETRY_AFTER_S
-            log.info("bucket claims paused (%s): flushing without them", _why(exc))
+            await self._drop(exc)
             return None
         return self._conn
 

@@ -91,6 +91,8 @@ class BucketClaims(Protocol):
     costs efficiency, never correctness.
     """
 
+    peers: int  # workers claiming, this one included, as of the last claim (0: unknown)
+
     async def claim(self, buckets: Sequence[int], want: int) -> list[int] | None:
         """Claim up to ``want`` of ``buckets``, trying them in order and skipping those
         another worker holds; the claimed ones, in order. None: claims are unavailable

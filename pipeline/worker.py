@@ -213,9 +213,12 @@ class Worker:
                 return batch, claimed
             if reader.done() and not len(order) and not running:
                 return [], []
-            # Wait for new items, a flush to end, or a skipped item's backoff.
+            # Wait for new items, a flush to end, or a skipped item's backoff (alone: for
+            # the running flush to end).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), order.next_ready_in())
+                await asyncio.wait_for(
+                    wake.wait(), None if self._alone(order) else order.next_ready_in()
+                )
 
     async def _claim_and_take(self, order: TenantOrder[Valid | Dead]
                               ) -> tuple[list[Valid | Dead], list[int]]:  # fmt: skip
@@ -227,12 +230,23 @@ class Worker:
         if not ready:
             return order.take(max_items), []
         assert self.claims is not None
+        buckets = [b for b, _ in ready]
+        if self._alone(order):
+            return order.take(max_items, only=()), []  # dead letters only
+        if self.claims.peers == 1:  # alone (as of the last claim): oldest first
+            claimed = await self.claims.claim(buckets, len(buckets))
+            if claimed is not None and self.claims.peers == 1:
+                got = set(claimed)
+                if busy := [b for b in buckets if b not in got]:  # (a claim left behind)
+                    order.backoff(busy)
+                return order.take(max_items, only=got, oldest=True), claimed
+            if claimed is not None:  # another worker came: slices from now on
+                await self.claims.release(claimed)
         want, count = 0, 0
         for _, n in ready:
             want, count = want + 1, count + n
             if count >= max_items:
                 break
-        buckets = [b for b, _ in ready]
         claimed = await self.claims.claim(buckets, want)
         if claimed is None:
             return order.take(max_items), []
@@ -246,6 +260,12 @@ class Worker:
             self.metrics.flush_busy_buckets.inc(len(busy))
         batch = order.take(max_items, only=got)
         return batch, claimed
+
+    def _alone(self, order: TenantOrder[Valid | Dead]) -> bool:
+        """Whether this worker is the only one claiming and already flushes: then it
+        flushes one batch at a time, its oldest events first (a second flush would take
+        what the first left: scattered, smaller, measured dearer per event)."""
+        return self.claims is not None and self.claims.peers == 1 and bool(order.in_flight)
 
     async def _flush_slot(self, batch: list[Valid | Dead], claimed: list[int],
                           slots: asyncio.Semaphore, order: TenantOrder[Valid | Dead],

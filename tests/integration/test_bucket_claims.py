@@ -109,3 +109,26 @@ async def test_claims_wait_for_no_pool_connection_longer_than_a_moment(db_url: s
     finally:
         await claims.close()
         await pool.close()
+
+
+async def test_a_claim_says_how_many_workers_claim(db_url: str) -> None:
+    """A worker alone flushes oldest-first; it learns from its claims when another one
+    starts and when it is gone again."""
+    pools = [await create_pool(db_url, max_size=2) for _ in range(2)]
+    a, b = (PgBucketClaims(p) for p in pools)
+    try:
+        assert a.peers == 0  # unknown before the first claim
+        await a.claim([1], 1)
+        assert a.peers == 1
+        await b.claim([2], 1)
+        assert b.peers == 2
+        await a.claim([3], 1)
+        assert a.peers == 2
+        await b.close()
+        await a.claim([4], 1)
+        assert a.peers == 1
+    finally:
+        await a.close()
+        await b.close()
+        for p in pools:
+            await p.close()

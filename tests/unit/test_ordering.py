@@ -119,7 +119,7 @@ ops = st.lists(
             st.just("offer"),
             st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f", None]), max_size=6),
         ),
-        st.tuples(st.just("take"), st.integers(1, 5)),
+        st.tuples(st.just("take"), st.integers(1, 5), st.booleans()),
         st.tuples(st.just("end"), st.integers(0, 3), st.lists(st.booleans(), max_size=6)),
         st.tuples(st.just("tick"), st.floats(0, 0.3)),
     ),
@@ -150,7 +150,7 @@ def test_any_interleaving_keeps_tenant_order_and_loses_nothing(steps: list) -> N
             order.offer(items)
         elif step[0] == "take":
             ready_in = order.next_ready_in()
-            batch = order.take(step[1])
+            batch = order.take(step[1], oldest=step[2])
             assert len(batch) <= step[1]
             numbers = [i.n for i in batch if i.tenant is not None]
             assert numbers == sorted(numbers)  # arrival order, dead letters first
@@ -179,3 +179,18 @@ def test_any_interleaving_keeps_tenant_order_and_loses_nothing(steps: list) -> N
     for tenant in {"a", "b", "c", "d", "e", "f"}:
         seen = [i.n for i in stored if i.tenant == tenant]
         assert seen == sorted(seen), tenant
+
+
+def test_oldest_takes_the_oldest_items_of_every_ready_bucket() -> None:
+    """A worker alone flushes what arrived first, whatever the buckets (flushing
+    together what was allocated together), and keeps each tenant in one flush."""
+    clock = Clock()
+    order: TenantOrder[Item] = TenantOrder(lambda i: i.tenant, clock)
+    items = [Item(f"tenant-{k % 1000}", k) for k in range(12_000)]
+    order.offer(items)
+    first = order.take(5000, oldest=True)
+    assert first == items[:5000]
+    # every bucket gave items: all are in flight until that flush is done
+    assert order.take(5000, oldest=True) == [] and order.next_ready_in() is None
+    order.done(first, [])
+    assert {i.n for i in order.take(5000, oldest=True)} == set(range(5000, 10_000))

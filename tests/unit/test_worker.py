@@ -337,6 +337,7 @@ class FakeClaims:
         self.held: dict[int, int] = {}
         self.calls = 0
         self.unavailable = 0  # claim calls that answered None
+        self.peers = 0  # 1 (alone: the worker takes oldest first) while nothing is held elsewhere
 
     async def claim(self, buckets: Sequence[int], want: int) -> list[int] | None:
         self.calls += 1
@@ -345,6 +346,7 @@ class FakeClaims:
         if elsewhere is None:
             self.unavailable += 1
             return None
+        self.peers = 2 if elsewhere else 1
         got = [b for b in buckets if b not in elsewhere][:want]
         for b in got:
             self.held[b] = self.held.get(b, 0) + 1
