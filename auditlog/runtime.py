@@ -320,7 +320,9 @@ async def _listen(app: web.Application, settings: Settings, http: bool,
         ConfigError: a port cannot be bound, or a TLS file cannot be used.
     """
     context = server_context(settings)
-    runner = web.AppRunner(app, access_log=None)
+    # On stop, requests still running (an export, a tail) get AUDIT_SHUTDOWN_TIMEOUT_S to
+    # finish, then are cancelled (aiohttp's own default waits 60 s).
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     port = settings.http_port if http else settings.metrics_port

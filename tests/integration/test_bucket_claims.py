@@ -9,7 +9,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from infra.db import create_pool
+from infra.db import KEEPALIVES, create_pool
 from pipeline.bucket_claims import CLASS_ID, PgBucketClaims
 
 pytestmark = pytest.mark.integration
@@ -132,3 +132,20 @@ async def test_a_claim_says_how_many_workers_claim(db_url: str) -> None:
         await b.close()
         for p in pools:
             await p.close()
+
+
+async def test_sessions_keep_alive_so_a_vanished_host_loses_its_claims_in_a_minute(
+    db_url: str,
+) -> None:
+    """A worker host that vanishes without closing its connections (power, network): the
+    server probes its sessions and ends them after ~60 s, releasing its claims and locks
+    (not after the kernel's default two hours)."""
+    pool = await create_pool(db_url, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            got = {k: await conn.fetchval(f"SHOW {k}") for k in KEEPALIVES}
+            await conn.execute("RESET ALL")  # (what asyncpg runs when a connection returns)
+            again = {k: await conn.fetchval(f"SHOW {k}") for k in KEEPALIVES}
+        assert got == KEEPALIVES and again == KEEPALIVES
+    finally:
+        await pool.close()
