@@ -184,19 +184,28 @@ class TenantOrder(Generic[T]):
                 break
             q = queues[b]
             if q and not flying[b] and not_before[b] <= now and (only is None or b in only):
-                if len(q) <= room:
-                    pairs += q
-                    queues[b] = []
-                else:
-                    pairs += q[:room]
-                    del q[:room]
-                held.append(b)
-                flying[b] += 1
+                self._cut(b, room, pairs, held)
             b = b + 1 if b + 1 < n else 0
         if len(held) > 1:
             pairs.sort()  # arrival order (numbers are unique: items never compared)
         if held:
             self._next = held[-1] + 1 if held[-1] + 1 < n else 0
+        return self._hand_over(dead, pairs, held)
+
+    def _cut(self, b: int, k: int, pairs: list[tuple[int, T]], held: list[int]) -> None:
+        """Move the first ``k`` items of bucket ``b`` into ``pairs``; ``b`` is in flight."""
+        q = self._queues[b]
+        if k >= len(q):
+            pairs += q
+            self._queues[b] = []
+        else:
+            pairs += q[:k]
+            del q[:k]
+        held.append(b)
+        self._flying[b] += 1
+
+    def _hand_over(self, dead: list[T], pairs: list[tuple[int, T]], held: list[int]) -> list[T]:
+        """The batch of ``dead`` then ``pairs``' items, recorded as a flight of ``held``."""
         taken = dead + [item for _, item in pairs] if dead else [item for _, item in pairs]
         self._waiting -= len(taken)
         if taken:
@@ -230,24 +239,12 @@ class TenantOrder(Generic[T]):
                 continue
             if only is not None and b not in only:
                 continue
-            k = bisect.bisect_left(q, cut, key=_arrival)
-            if k == len(q):
-                pairs += q
-                queues[b] = []
-            else:
-                pairs += q[:k]
-                del q[:k]
-            held.append(b)
-            flying[b] += 1
+            self._cut(b, bisect.bisect_left(q, cut, key=_arrival), pairs, held)
         # Back into arrival order (0.1 µs/item: Timsort merges the buckets' runs): the
         # flush's per-item loops walk memory in allocation order, ~0.7 µs/item cheaper
         # than bucket by bucket.
         pairs.sort()
-        taken = dead + [item for _, item in pairs] if dead else [item for _, item in pairs]
-        self._waiting -= len(taken)
-        if taken:
-            self._flights[id(taken)] = (taken, held, [a for a, _ in pairs])
-        return taken
+        return self._hand_over(dead, pairs, held)
 
     def done(self, flushed: Sequence[T], skipped: Sequence[T]) -> None:
         """A flush of ``flushed`` (what :meth:`take` returned) ended; ``skipped`` (a subset,
