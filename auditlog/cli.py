@@ -6,6 +6,7 @@ Settings come from ``AUDIT_*`` environment variables; flags override them.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ def cli(ctx: click.Context, state_dir: str | None, database_url: str | None,
     except AuditLogError as exc:
         raise click.ClickException(str(exc)) from exc
     logs.configure(settings.log_format, settings.log_level)
+    # A fatal signal (a crash in a C extension, SIGABRT) still leaves the Python traceback
+    # of every thread on stderr, where the process's log goes: never a silent exit.
+    if not faulthandler.is_enabled():
+        faulthandler.enable()
     ctx.obj = settings
 
 

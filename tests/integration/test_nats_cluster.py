@@ -37,6 +37,7 @@ from tests.support.workers import (
     NATS_ERRORS,
     StallMeter,
     WorkerProcess,
+    gone,
     longest_gap,
     pipeline_env,
     publish_acked,
@@ -169,7 +170,7 @@ async def test_r3_streams_ride_out_leader_kills(db_url: str, settings_factory,
         print(f"\nstreams and consumer R3, copies current, {time.monotonic() - began:.1f} s in")
 
         async def count() -> int:
-            assert all(w.alive() for w in workers), [w.tail() for w in workers]
+            assert not gone(workers), gone(workers)
             return int(await admin.fetchval("SELECT count(*) FROM audit.events"))
 
         meter = StallMeter(count, lambda: len(acked))
@@ -202,7 +203,7 @@ async def test_r3_streams_ride_out_leader_kills(db_url: str, settings_factory,
         assert meter.longest <= STALL_BOUND_S, f"nothing stored for {meter.longest:.1f} s"
         assert publishing <= STALL_BOUND_S, f"no publish acknowledged for {publishing:.1f} s"
         for w, stored in zip(workers, stored_before, strict=True):
-            assert w.alive() and w.restarts() == 0, w.tail()
+            assert not w.why_gone() and w.restarts() == 0, w.why_gone() or w.tail()
             assert w.stored() > stored, f"no longer pulling after the faults: {w.tail()}"
         await _chains_verify(db_url)
         # A process asking fewer copies leaves them be.

@@ -25,7 +25,7 @@ from schemas.ids import msg_id_for
 from tests.support.events import README_EVENT
 from tests.support.pg_standby import PrimaryWithStandby
 from tests.support.waits import drained, eventually
-from tests.support.workers import StallMeter, WorkerProcess, pipeline_env, publish_acked
+from tests.support.workers import StallMeter, WorkerProcess, gone, pipeline_env, publish_acked
 
 pytestmark = pytest.mark.integration
 N = 6000
@@ -111,7 +111,7 @@ async def test_primary_killed_standby_promoted(nats_url: str, settings_factory,
         workers = [WorkerProcess(env, tmp_path / f"worker-{i}.log") for i in range(2)]
 
         async def count() -> int:
-            assert all(w.alive() for w in workers), [w.tail() for w in workers]
+            assert not gone(workers), gone(workers)
             return await _count(standby)
 
         publisher = asyncio.create_task(publish_acked(nc, settings.subject, _events(), acked,
@@ -143,7 +143,7 @@ async def test_primary_killed_standby_promoted(nats_url: str, settings_factory,
         assert killed_at < N and meter.longest <= STALL_BOUND_S, meter.longest
         for w, stored in zip(workers, stored_before, strict=True):
             # Reconnected without a restart (of the process or of its worker), and stored.
-            assert w.alive() and w.restarts() == 0, w.tail()
+            assert not w.why_gone() and w.restarts() == 0, w.why_gone() or w.tail()
             assert w.stored() > stored, f"stored nothing after the failover: {w.tail()}"
         await eventually(lambda: _all_checkpointed(standby), timeout=60, interval=0.5,
                          ignore=ignore, what="signed checkpoints over every event")  # fmt: skip

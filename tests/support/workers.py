@@ -87,6 +87,14 @@ class WorkerProcess:
         """Times its worker failed and was restarted in-process."""
         return self.metric("auditlog_internal_errors_total", stage="worker")
 
+    def why_gone(self) -> str:
+        """'' while it runs; else its exit status and the end of its log, whole (an
+        assertion message that pytest does not shorten)."""
+        code = self.proc.poll()
+        if code is None:
+            return ""
+        return f"worker {self.log.name} exited with {code}; its log ends:\n{self.tail()}"
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a minute."""
         if self.alive():
@@ -125,6 +133,11 @@ class StallMeter:
         elif count >= waiting:
             self.last_change = now
         return count
+
+
+def gone(workers: list[WorkerProcess]) -> str:
+    """'' while every worker runs; else why each gone one ended (:meth:`WorkerProcess.why_gone`)."""
+    return "\n".join(filter(None, (w.why_gone() for w in workers)))
 
 
 def longest_gap(times: list[float]) -> float:
