@@ -178,7 +178,17 @@ static inline PyObject *attr(PyObject *o, PyObject *name) {
         if (v != NULL) return v;
     }
     PyObject *v = PyObject_GetAttr(o, name);
-    if (v != NULL) Py_DECREF(v);
+    if (v == NULL) return NULL;
+    if (Py_REFCNT(v) == 1) {
+        /* computed (a property, __getattr__...): nothing else owns it, so the borrowed
+         * pointer would dangle once released. Refused: prepare_batch hands the message to
+         * the pure path, the other callers raise. */
+        Py_DECREF(v);
+        PyErr_Format(PyExc_TypeError, "%.200s.%U is computed, not stored",
+                     Py_TYPE(o)->tp_name, name);
+        return NULL;
+    }
+    Py_DECREF(v); /* stored: the owner keeps it alive */
     return v;
 }
 
@@ -710,13 +720,15 @@ static PyObject *prepare_batch(PyObject *self, PyObject *const *args, Py_ssize_t
     if (PyErr_Occurred()) return NULL;
     bt.base = utf8(args[6], &bt.base_n);
     if (bt.base == NULL) return NULL;
-    PyObject *seq = PySequence_Fast(args[0], "msgs must be a sequence");
+    /* a tuple: process() and event_id_for() run Python code between items, which must not
+     * be able to shrink or change the sequence under the borrowed items and the size n */
+    PyObject *seq = PySequence_Tuple(args[0]);
     if (seq == NULL) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     PyObject *out = PyList_New(n);
     if (out == NULL) goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *msg = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *msg = PyTuple_GET_ITEM(seq, i);
         PyObject *r = fast_one(&bt, msg);
         if (r != NULL) {
             n_compiled++;
@@ -1098,7 +1110,10 @@ static PyObject *scan_msgs(PyObject *self, PyObject *const *args, Py_ssize_t nar
         int64_t sid = parse_digits(tok[2], tl[2]);
         int64_t total = parse_digits(tok[k - 1], tl[k - 1]);
         int64_t hlen = hmsg ? parse_digits(tok[k - 2], tl[k - 2]) : 0;
-        if (sid < 0 || total < 0 || hlen < 0 || hlen > total) {
+        /* total up to INT64_MAX: line_len + total + 2 must not overflow (else the
+         * frame > avail test passes and payload + hlen points past the buffer) */
+        if (sid < 0 || total < 0 || hlen < 0 || hlen > total ||
+            total > PY_SSIZE_T_MAX - line_len - 2) {
             other = line_len;
             break;
         }

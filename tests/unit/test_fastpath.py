@@ -336,3 +336,31 @@ def test_pure_python_is_chosen_by_the_environment_switch() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout  # fmt: skip
     assert out.startswith("True pure Python (AUDIT_PURE_PYTHON is set)")
+
+
+def test_a_message_whose_fields_are_computed_gets_the_pure_paths_outcome() -> None:
+    """The compiled path reads a message's fields as stored slots; an object whose fields
+    are computed on access (properties: nothing else owns the value) once left it reading
+    freed memory. Now such a message goes to the pure path, with its outcome."""
+
+    class Computed:
+        headers = None
+        stream_seq = 1
+        origin = ""
+        created_ns = 0
+        delivered = 1
+        ack = ""
+        timestamp_ns = NOW_NS
+
+        @property
+        def data(self) -> bytes:
+            return bytes(bytearray(README_EVENT))
+
+        @property
+        def subject(self) -> str:
+            return "".join(["audit.", "events"])
+
+    msgs: Any = [Computed(), Message(data=README_EVENT, stream_seq=2)]
+    compiled = fastpath.compiled_prepare_batch(msgs, NOW, LIMITS)
+    assert compiled == fastpath.pure_prepare_batch(msgs, NOW, LIMITS)
+    assert all(isinstance(r, Valid) for r in compiled)

@@ -150,3 +150,28 @@ def test_plain_jetstream_messages_never_reach_the_per_message_path(monkeypatch) 
     delivered, seen = _run(stream, [10, 7], batch=True)
     assert [m.stream_seq for m in delivered] == [1, 2, 3] and seen == []
     assert delivered[0].timestamp_ns == 1795701600123456789
+
+
+# any size, and the edge of INT64_MAX
+_SIZES = st.one_of(st.integers(0, 2**64), st.integers(2**63 - 80, 2**63 + 8))
+
+
+@pytest.mark.skipif(nats_fast.scan_msgs is None and os.environ.get("CI") != "true",
+                    reason="the C extension pipeline._fastpath is not built")  # fmt: skip
+@settings(max_examples=300, deadline=None)
+@given(st.booleans(), _SIZES, _SIZES, st.binary(max_size=64))
+def test_frame_sizes_of_any_magnitude_never_read_past_the_buffer(
+    headers: bool, hlen: int, total: int, rest: bytes
+) -> None:
+    """A MSG/HMSG line from a corrupt or hostile peer may claim any size (up to and past
+    2**63): the scanner never reads outside the bytes it has (a size near INT64_MAX once
+    overflowed its frame length and read far past the buffer). It takes only frames whose
+    bytes are all there, or leaves the line to nats-py's parser."""
+    assert nats_fast.scan_msgs is not None
+    line = (b"HMSG s 1 %d %d\r\n" % (hlen, total)) if headers else (b"MSG s 1 %d\r\n" % total)
+    buf = bytearray(line + rest)
+    consumed, frames, other = nats_fast.scan_msgs(buf, {1: None})
+    # other: -1 waits for more bytes, else how many bytes of line nats-py reads next
+    assert 0 <= consumed <= len(buf) and (other == -1 or 0 <= other <= len(buf) - consumed)
+    if frames:  # a whole frame: its declared size fits in what was there
+        assert total <= len(rest) and consumed >= len(line) + total
