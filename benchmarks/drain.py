@@ -42,6 +42,7 @@ from benchmarks.common import (
     emit,
     fast_publish,
     fresh_database,
+    msg_id_headers,
     start_pipeline,
     stored_rows,
     synthetic_events,
@@ -62,7 +63,10 @@ CEILING = {"ceiling_per_s": "the COPY ceiling was not measured"}
 
 
 async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
-                batch: int) -> dict[str, float]:  # fmt: skip
+                batch: int, msg_id: bool = False) -> dict[str, float]:  # fmt: skip
+    """Preload the stream, then drain it with ``workers`` worker processes. ``msg_id``:
+    publish each event with a ``Nats-Msg-Id`` header as the README's producers do
+    (JetStream then drops a retried duplicate itself)."""
     dsn = await fresh_database(server, "bench_drain")
     tag = f"D{os.getpid()}"
     settings = bench_settings(dsn, nurl, tag, batch_max_events=batch)
@@ -72,10 +76,11 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
         with contextlib.suppress(Exception):
             await js.delete_stream(s)
     await ensure_stream(nc, settings)
-    pub_rate = await fast_publish(nurl, settings.subject, payloads)
+    pub_rate = await fast_publish(nurl, settings.subject, payloads,
+                                  headers=msg_id_headers if msg_id else None)  # fmt: skip
     proc, _ = start_pipeline(settings, workers)
     peak_rss = 0
-    total = len(payloads)
+    total = (await js.stream_info(settings.stream)).state.messages  # what JetStream kept
     t_first = t_end = None
     samples = []
     report = time.perf_counter() + 5
@@ -295,6 +300,9 @@ async def main() -> None:
         default="nats",
         help="drain from JetStream (default) or from a Kafka topic (tansu)",
     )
+    ap.add_argument("--msg-id", action="store_true",
+                    help="publish each event with a Nats-Msg-Id header, as the README's "
+                         "producers do (NATS only)")  # fmt: skip
     ap.add_argument("--event-bytes", type=int, default=0,
                     help="pad each event's metadata to about this size (e.g. 60000: events "
                          "near the 64 KiB limit, to read the worker's peak RSS)")  # fmt: skip
@@ -315,7 +323,9 @@ async def main() -> None:
             out["drain"] = await drain_kafka(server, nurl, mixed, args.workers, args.batch,
                                              latency_ms=args.batch_latency_ms)  # fmt: skip
         else:
-            out["drain"] = await drain(server, nurl, mixed, args.workers, args.batch)
+            out["drain"] = await drain(server, nurl, mixed, args.workers, args.batch,
+                                       args.msg_id)  # fmt: skip
+            out["drain"]["msg_id_headers"] = args.msg_id  # type: ignore[index]
         out["drain"]["source"] = args.source  # type: ignore[index]
         out["drain"]["duplicates_in_input"] = dups  # type: ignore[index]
         out["drain"]["invalid_in_input"] = invalid  # type: ignore[index]

@@ -978,6 +978,7 @@ done:
 /* ---- NATS: MSG frames of the JetStream source, scanned in C ------------------------------ */
 static PyObject *cfg_message;   /* pipeline.stages.Message */
 static PyObject *msg_kwnames;   /* ("data", "stream_seq", "timestamp_ns", "ack", "subject", "delivered", "size") */
+static PyObject *msg_kwnames_h; /* the same and "headers" */
 
 #define MAX_CONTROL_LINE 4096
 
@@ -1023,24 +1024,85 @@ static int ack_numbers(const char *p, Py_ssize_t n, int64_t *seq, int64_t *ts, i
     return (*seq < 0 || *ts < 0 || *delivered < 0) ? -1 : 0;
 }
 
-/* A Message for a MSG frame with a JetStream reply and no headers, else the frame as
- * (subject, reply, data, headers) for the Python path. New reference, NULL on error. */
+/* The header block of an HMSG frame as a dict, as nats-py's Client._process_headers reads
+ * it, for the plain case only: "NATS/1.0\r\n" (no inline status), then lines of
+ * "Name: Value\r\n" in printable ASCII (spaces allowed around name and value, not inside
+ * the name), ending with an empty line; a repeated name keeps its last value. New
+ * reference; NULL without an exception when the block is anything else (the Python path
+ * reads it), NULL with one on error. */
+static PyObject *plain_headers(const char *h, Py_ssize_t n) {
+    static const char first[] = "NATS/1.0\r\n";
+    const Py_ssize_t fn = (Py_ssize_t)sizeof(first) - 1;
+    if (n < fn + 2 || memcmp(h, first, (size_t)fn) != 0 || h[n - 2] != '\r' || h[n - 1] != '\n')
+        return NULL;
+    PyObject *out = PyDict_New();
+    if (out == NULL) return NULL;
+    Py_ssize_t i = fn;
+    while (i < n) {
+        Py_ssize_t end = i, colon = -1;
+        while (end < n && h[end] != '\r') {
+            unsigned char c = (unsigned char)h[end];
+            if (c < 0x20 || c > 0x7e) goto other; /* tabs, controls, non-ASCII: Python's */
+            if (c == ':' && colon < 0) colon = end;
+            end++;
+        }
+        if (end + 1 >= n || h[end + 1] != '\n') goto other; /* a lone CR */
+        if (end > i) {
+            if (colon < 0) goto other; /* a line without a colon: Python's */
+            Py_ssize_t a = i, b = colon, va = colon + 1, vb = end;
+            while (a < b && h[a] == ' ') a++;
+            while (b > a && h[b - 1] == ' ') b--;
+            if (a == b || memchr(h + a, ' ', (size_t)(b - a)) != NULL) goto other;
+            while (va < vb && h[va] == ' ') va++;
+            while (vb > va && h[vb - 1] == ' ') vb--;
+            PyObject *k = PyUnicode_DecodeASCII(h + a, b - a, NULL);
+            PyObject *v = k ? PyUnicode_DecodeASCII(h + va, vb - va, NULL) : NULL;
+            int set = v ? PyDict_SetItem(out, k, v) : -1;
+            Py_XDECREF(k);
+            Py_XDECREF(v);
+            if (set < 0) {
+                Py_DECREF(out);
+                return NULL;
+            }
+        }
+        i = end + 2;
+    }
+    if (PyDict_GET_SIZE(out) > 0) return out;
+other:
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* A Message for a MSG frame with a JetStream reply, and for an HMSG frame with one whose
+ * headers plain_headers reads; else the frame as (subject, reply, data, headers) for the
+ * Python path. New reference, NULL on error. */
 static PyObject *frame_item(const char *subj, Py_ssize_t sn, const char *reply, Py_ssize_t rn,
                             const char *hdr, Py_ssize_t hn, const char *data, Py_ssize_t dn) {
     int64_t seq, ts, delivered;
-    if (hn == 0 && rn > 0 && cfg_message != NULL && ack_numbers(reply, rn, &seq, &ts, &delivered) == 0) {
-        PyObject *args[7] = {PyBytes_FromStringAndSize(data, dn), PyLong_FromLongLong(seq),
-                             PyLong_FromLongLong(ts), PyUnicode_DecodeUTF8(reply, rn, NULL),
-                             PyUnicode_DecodeUTF8(subj, sn, NULL), PyLong_FromLongLong(delivered),
-                             PyLong_FromSsize_t(dn)};
-        PyObject *m = NULL;
-        int ok = 1;
-        for (int i = 0; i < 7; i++) ok &= args[i] != NULL;
-        if (ok) m = PyObject_Vectorcall(cfg_message, args, 0, msg_kwnames);
-        for (int i = 0; i < 7; i++) Py_XDECREF(args[i]);
-        if (m != NULL) return m;
-        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return NULL;
-        PyErr_Clear(); /* not UTF-8: the Python path says what it says */
+    if (rn > 0 && cfg_message != NULL && ack_numbers(reply, rn, &seq, &ts, &delivered) == 0) {
+        PyObject *headers = NULL;
+        if (hn > 0) {
+            headers = plain_headers(hdr, hn);
+            if (headers == NULL && PyErr_Occurred()) return NULL;
+        }
+        if (hn == 0 || headers != NULL) {
+            PyObject *args[8] = {PyBytes_FromStringAndSize(data, dn), PyLong_FromLongLong(seq),
+                                 PyLong_FromLongLong(ts), PyUnicode_DecodeUTF8(reply, rn, NULL),
+                                 PyUnicode_DecodeUTF8(subj, sn, NULL),
+                                 PyLong_FromLongLong(delivered), PyLong_FromSsize_t(dn + hn),
+                                 headers};
+            int nargs = headers != NULL ? 8 : 7;
+            PyObject *m = NULL;
+            int ok = 1;
+            for (int i = 0; i < nargs; i++) ok &= args[i] != NULL;
+            if (ok)
+                m = PyObject_Vectorcall(cfg_message, args, 0,
+                                        headers != NULL ? msg_kwnames_h : msg_kwnames);
+            for (int i = 0; i < nargs; i++) Py_XDECREF(args[i]);
+            if (m != NULL) return m;
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return NULL;
+            PyErr_Clear(); /* not UTF-8: the Python path says what it says */
+        }
     }
     PyObject *h = hn ? PyBytes_FromStringAndSize(hdr, hn) : (Py_INCREF(Py_None), Py_None);
     if (h == NULL) return NULL;
@@ -1184,6 +1246,11 @@ static PyObject *configure_nats(PyObject *self, PyObject *message) {
         msg_kwnames = Py_BuildValue("(sssssss)", "data", "stream_seq", "timestamp_ns", "ack",
                                     "subject", "delivered", "size");
         if (msg_kwnames == NULL) return NULL;
+    }
+    if (msg_kwnames_h == NULL) {
+        msg_kwnames_h = Py_BuildValue("(ssssssss)", "data", "stream_seq", "timestamp_ns", "ack",
+                                      "subject", "delivered", "size", "headers");
+        if (msg_kwnames_h == NULL) return NULL;
     }
     Py_RETURN_NONE;
 }

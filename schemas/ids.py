@@ -44,10 +44,12 @@ def id_from_key(tenant_id: str, key: str) -> uuid.UUID:
     A key that is a UUID is the id itself; any other key maps to a UUIDv5 under the
     tenant, so the same key always names the same event.
     """
-    try:
-        return uuid.UUID(key)
-    except ValueError:
-        return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{tenant_id}\x1f{key}")
+    if len(key) >= 32:  # shorter is never a UUID: uuid.UUID() wants 32 hex digits
+        try:
+            return uuid.UUID(key)
+        except ValueError:
+            pass
+    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{tenant_id}\x1f{key}")
 
 
 def msg_id_for(tenant_id: str, event_id: uuid.UUID | str) -> str:

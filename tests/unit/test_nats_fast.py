@@ -50,11 +50,55 @@ ACK_SUBJECTS = st.one_of(
                      "$JS.ACK.é.b.1.2.3.4.5"]),
 )  # fmt: skip
 PAYLOADS = st.binary(max_size=40) | st.sampled_from([b"", b"\r\n", b"MSG x 1 2\r\n", b"\xff\xfe"])
-HEADERS = st.sampled_from([
-    b"NATS/1.0\r\nNats-Msg-Id: k1\r\nAudit-Idempotency-Key: k2\r\n\r\n",
-    b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 3\r\n\r\n",
-    b"NATS/1.0 100 Idle Heartbeat\r\n\r\n", b"NATS/1.0 409 Leadership Change\r\n\r\n",
-])  # fmt: skip
+# Header lines as producers write them, and the odd ones (tabs, spaces inside names,
+# no colon, empty names, non-ASCII, lone CR or LF, repeated names, empty values).
+_HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=12)
+_HEADER_LINE = st.one_of(
+    st.builds(
+        "{}: {}".format,
+        st.sampled_from(["Nats-Msg-Id", "Audit-Idempotency-Key", "X"]),
+        _HEADER_TEXT,
+    ),
+    st.builds(
+        "{}{}:{}{}".format,
+        _HEADER_TEXT,
+        st.sampled_from(["", " ", "  "]),
+        st.sampled_from(["", " ", "\t"]),
+        _HEADER_TEXT,
+    ),
+    st.sampled_from(
+        [
+            "no colon",
+            ": empty name",
+            "A B: inner space",
+            "\tTab: x",
+            "K: \t v \t",
+            "Ünï: côdé",
+            "K: \udcff",
+            "K: a\rb",
+            "K: a\nb",
+            "",
+            "K:",
+            "K: a:b",
+            "K:  v  ",
+            "  K  :v",
+            "Nats-Msg-Id:   id-1 ",
+            "K: v w",
+        ]
+    ),
+).map(lambda line: line.encode("utf-8", "surrogateescape"))
+_PLAIN_HEADERS = st.lists(_HEADER_LINE, min_size=0, max_size=5).map(
+    lambda lines: b"NATS/1.0\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+)
+HEADERS = st.one_of(
+    _PLAIN_HEADERS,
+    st.sampled_from([
+        b"NATS/1.0\r\nNats-Msg-Id: k1\r\nAudit-Idempotency-Key: k2\r\n\r\n",
+        b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 3\r\n\r\n",
+        b"NATS/1.0 100 Idle Heartbeat\r\n\r\n", b"NATS/1.0 409 Leadership Change\r\n\r\n",
+        b"NATS/1.0\r\nK: v\r\n", b"NATS/1.0\r\n\r\n", b"NATS/1.0  \r\nK: v\r\n\r\n",
+    ]),
+)  # fmt: skip
 OURS, OTHER = 7, 9
 
 
@@ -124,7 +168,7 @@ def _run(stream: bytes, cuts: list[int], batch: bool) -> tuple[list[Any], list[A
 
 @pytest.mark.skipif(nats_fast.scan_msgs is None and os.environ.get("CI") != "true",
                     reason="the C extension pipeline._fastpath is not built")  # fmt: skip
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(st.lists(frames(), max_size=12), st.lists(st.integers(1, 300), max_size=8))
 def test_scanned_frames_deliver_exactly_what_nats_py_parses(stream: list[bytes],
                                                             cuts: list[int]) -> None:  # fmt: skip
@@ -175,3 +219,51 @@ def test_frame_sizes_of_any_magnitude_never_read_past_the_buffer(
     assert 0 <= consumed <= len(buf) and (other == -1 or 0 <= other <= len(buf) - consumed)
     if frames:  # a whole frame: its declared size fits in what was there
         assert total <= len(rest) and consumed >= len(line) + total
+
+
+_PLAIN_LINE = st.builds(
+    "{}{}:{}{}{}".format, st.sampled_from(["", " ", "  "]),
+    st.text(st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters=":"),
+            min_size=1, max_size=8),
+    st.sampled_from(["", " ", "   "]), _HEADER_TEXT, st.sampled_from(["", " ", "  "]),
+).map(str.encode)  # fmt: skip
+
+
+@pytest.mark.skipif(nats_fast.scan_msgs is None and os.environ.get("CI") != "true",
+                    reason="the C extension pipeline._fastpath is not built")  # fmt: skip
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(_PLAIN_LINE, _PLAIN_LINE, _PLAIN_LINE, _HEADER_LINE), max_size=6),
+       st.booleans())  # fmt: skip
+def test_header_blocks_are_read_as_nats_py_reads_them(lines: list[bytes], final: bool) -> None:
+    """A JetStream message's header block, plain (the compiled scanner reads it: spaces
+    around names and values, repeated names, empty values) or not (tabs, no colon,
+    non-ASCII, a missing final line: left to nats-py): the same Message either way."""
+    block = (
+        b"NATS/1.0\r\n" + b"".join(line + b"\r\n" for line in lines) + (b"\r\n" if final else b"")
+    )
+    reply = "$JS.ACK.AUDIT.pipeline.1.7.3.1795701600123456789.0"
+    frame = (f"HMSG audit.events {OURS} {reply} {len(block)} {len(block) + 2}\r\n".encode()
+             + block + b"hi\r\n")  # fmt: skip
+    assert _run(frame, [], batch=True) == _run(frame, [], batch=False)
+
+
+@pytest.mark.skipif(nats_fast.scan_msgs is None and os.environ.get("CI") != "true",
+                    reason="the C extension pipeline._fastpath is not built")  # fmt: skip
+def test_messages_with_plain_headers_never_reach_the_per_message_path(monkeypatch) -> None:
+    """The README's producers set Nats-Msg-Id or Audit-Idempotency-Key, the write API
+    both: such messages are scanned in C too, headers and all."""
+    from pipeline.source_nats import JetStreamSource
+
+    async def refuse(*args: object) -> None:
+        raise AssertionError("a message with plain headers took the per-message path")
+
+    monkeypatch.setattr(JetStreamSource, "_on_raw", refuse)
+    block = b"NATS/1.0\r\nNats-Msg-Id: acme:e1\r\nAudit-Idempotency-Key: k-1\r\n\r\n"
+    reply = "$JS.ACK.AUDIT.pipeline.1.{}.{}.1795701600123456789.0"
+    stream = b"".join(f"HMSG audit.events.acme {OURS} {reply.format(i, i)} {len(block)} "
+                      f"{len(block) + 2}\r\n".encode() + block + b"hi\r\n"
+                      for i in range(1, 4))  # fmt: skip
+    delivered, seen = _run(stream, [9], batch=True)
+    assert [m.stream_seq for m in delivered] == [1, 2, 3] and seen == []
+    assert delivered[0].headers == {"Nats-Msg-Id": "acme:e1", "Audit-Idempotency-Key": "k-1"}
+    assert delivered[0].size == len(block) + 2

@@ -205,3 +205,23 @@ def test_raised_limits_import_older_history() -> None:
 def test_msg_id_is_per_tenant() -> None:
     eid = uuid.uuid4()
     assert msg_id_for("a", eid) != msg_id_for("b", eid)
+
+
+_UUID_FORMS = st.uuids().flatmap(lambda u: st.sampled_from([
+    str(u), u.hex, f"{{{u}}}", f"urn:uuid:{u}", str(u).upper(), f"uuid:{u.hex}",
+    str(u).replace("-", "", 2), f"{u}x", str(u)[:-1],
+]))  # fmt: skip
+
+
+@settings(max_examples=500)
+@given(st.text(max_size=12), st.one_of(st.text(max_size=48), _UUID_FORMS))
+def test_a_key_names_the_id_it_always_named(tenant: str, key: str) -> None:
+    """The id of an idempotency key is frozen (a retry after an upgrade must name the same
+    event): a key uuid.UUID() reads is the id, any other the UUIDv5 under the tenant."""
+    try:
+        expected = uuid.UUID(key)
+    except ValueError:
+        expected = uuid.uuid5(
+            uuid.UUID("5a0b7a7e-3c1f-4d55-9a8e-6f1f2f0c0a11"), f"{tenant}\x1f{key}"
+        )
+    assert id_from_key(tenant, key) == expected
