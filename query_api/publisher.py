@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from infra.nats_codes import StatusCode, status_of
+from pipeline.nats_fast import FastClient, parse_headers, publish_many
 
 
 class PublishError(Exception):
@@ -50,9 +51,25 @@ class Publisher:
         self._pending: dict[str, asyncio.Future[Ack]] = {}
 
     async def start(self) -> None:
-        """Subscribe to the ack inbox."""
+        """Subscribe to the ack inbox (its frames scanned in runs, without a ``Msg`` and a
+        callback each, when the client is a :class:`~pipeline.nats_fast.FastClient`)."""
         self._prefix = self.nc.new_inbox() + "."
         self._sub = await self.nc.subscribe(self._prefix + "*", cb=self._on_ack)
+        if isinstance(self.nc, FastClient):
+            self.nc.register_sink(self._sub, self._on_raw_ack, self._on_acks)
+
+    async def _on_acks(self, items: list[Any]) -> None:
+        # Frames as pipeline.nats_fast scans them: (subject, reply, data, raw headers).
+        for item in items:
+            await self._on_raw_ack(*item)
+
+    async def _on_raw_ack(self, subject: bytes, reply: bytes, data: bytes,
+                          raw_headers: bytes | None) -> None:  # fmt: skip
+        token = subject[len(self._prefix) :].decode()
+        if raw_headers:  # a status (503: no stream listens): rare, read by nats-py
+            self._resolve(token, data, await parse_headers(self.nc, raw_headers))
+        else:
+            self._resolve(token, data, None)
 
     async def stop(self) -> None:
         """Unsubscribe; pending publishes fail."""
@@ -65,16 +82,19 @@ class Publisher:
         self._pending.clear()
 
     async def _on_ack(self, msg: Any) -> None:
-        fut = self._pending.pop(msg.subject[len(self._prefix) :], None)
+        self._resolve(msg.subject[len(self._prefix) :], msg.data, msg.headers)
+
+    def _resolve(self, token: str, data: bytes, headers: dict[str, str] | None) -> None:
+        fut = self._pending.pop(token, None)
         if fut is None or fut.done():
             return
-        if status_of(msg.headers) is StatusCode.SERVICE_UNAVAILABLE:  # no responders
+        if status_of(headers) is StatusCode.SERVICE_UNAVAILABLE:  # no responders
             fut.set_exception(PublishError("no JetStream stream for the subject"))
             return
         try:
-            ack = _ack.decode(msg.data)
+            ack = _ack.decode(data)
         except msgspec.MsgspecError:
-            fut.set_exception(PublishError(f"unreadable JetStream ack: {msg.data[:100]!r}"))
+            fut.set_exception(PublishError(f"unreadable JetStream ack: {data[:100]!r}"))
             return
         if ack.error:
             fut.set_exception(PublishError(str(ack.error.get("description", ack.error))))
@@ -93,6 +113,35 @@ class Publisher:
             self._pending.pop(token, None)
             raise
         return fut
+
+    async def publish_many(self, msgs: Sequence[tuple[str, bytes, dict[str, str]]]
+                           ) -> list[asyncio.Future[Ack] | BaseException]:  # fmt: skip
+        """Send ``msgs`` (subject, data, headers) in one protocol write; per message the
+        future of its ack, or the error that refused it (see
+        :func:`pipeline.nats_fast.publish_many`)."""
+        loop = asyncio.get_running_loop()
+        tokens = [str(next(self._ids)) for _ in msgs]
+        futs: list[asyncio.Future[Ack]] = [loop.create_future() for _ in msgs]
+        pending = self._pending
+        for token, fut in zip(tokens, futs, strict=True):
+            pending[token] = fut
+        prefix = self._prefix
+        try:
+            refused = await publish_many(self.nc, [(subject, prefix + token, data, headers)
+                                                   for (subject, data, headers), token
+                                                   in zip(msgs, tokens, strict=True)])  # fmt: skip
+        except BaseException:
+            for token in tokens:
+                pending.pop(token, None)
+            raise
+        out: list[asyncio.Future[Ack] | BaseException] = []
+        for token, fut, why in zip(tokens, futs, refused, strict=True):
+            if why is None:
+                out.append(fut)
+            else:
+                pending.pop(token, None)
+                out.append(why)
+        return out
 
     async def settle(self, futures: Sequence[asyncio.Future[Ack]],
                      within: float) -> list[Ack | BaseException]:  # fmt: skip

@@ -188,33 +188,30 @@ class Writes:
                            msg_id: Any) -> list[Ack | ApiError]:  # fmt: skip
         """Publish ``items`` pipelined, each on its tenant's subject; one ack or error each.
 
-        Each event is published on its own: if the connection fails part-way, the events
-        already sent keep their answers (they may be stored) and the rest fail.
+        Every event is its own message, all framed in one protocol write: a connection
+        that refuses the write fails them all; otherwise each gets JetStream's answer.
         """
-        settings = self.settings
+        base = self.settings.subject
         pub = self.publisher
-        sent: list[asyncio.Future[Ack] | None] = []
-        failed: BaseException | None = None
-        for raw, key in items:
-            if failed is None:
-                headers = {"Nats-Msg-Id": msg_id(key), IDEMPOTENCY_HEADER: str(key[1])}
-                try:
-                    subject = tenant_subject(settings.subject, key[0])
-                    sent.append(await pub.publish(subject, raw, headers))
-                    continue
-                except Exception as exc:
-                    failed = exc
-            sent.append(None)
+        try:
+            sent = await pub.publish_many([
+                (tenant_subject(base, key[0]), raw,
+                 {"Nats-Msg-Id": msg_id(key), IDEMPOTENCY_HEADER: str(key[1])})
+                for raw, key in items
+            ])  # fmt: skip
+        except Exception as exc:
+            sent = [exc] * len(items)
         loop = asyncio.get_running_loop()
         within = max(0.1, min(5.0, deadline - loop.time()))
-        settled = iter(await pub.settle([f for f in sent if f is not None], within))
+        settled = iter(await pub.settle([f for f in sent if isinstance(f, asyncio.Future)],
+                                        within))  # fmt: skip
         out: list[Ack | ApiError] = []
         for published in sent:
-            ack = next(settled) if published is not None else failed
+            ack = next(settled) if isinstance(published, asyncio.Future) else published
             if isinstance(ack, Ack):
                 out.append(ack)
             else:
-                why = str(ack) if published is not None else type(ack).__name__
+                why = str(ack) if isinstance(published, asyncio.Future) else type(ack).__name__
                 out.append(ApiError(503, "unavailable", f"event log unavailable: {why}"))
         return out
 

@@ -48,3 +48,41 @@ async def test_unacknowledged_publishes_time_out(settings_factory, nats_url) -> 
     finally:
         await pub.stop()
         await nc.close()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_a_batch_in_one_write_gets_each_messages_answer(settings_factory, nats_url,
+                                                              fast: bool) -> None:  # fmt: skip
+    """publish_many: acks (and duplicates) per message, a subject no stream listens on
+    refused with a clear error, and what publish() would refuse refused alone (a subject
+    with a space, a payload over the server's limit); the others still go. On the
+    service's client (``fast``) the acks arrive through the scanned-frame path."""
+    from pipeline.nats_fast import FastClient
+    from pipeline.source_nats import connect
+
+    settings = settings_factory("postgresql://unused")
+    nc = await (connect(nats_url, "publisher-test") if fast else nats.connect(nats_url))
+    assert isinstance(nc, FastClient) == fast
+    await ensure_stream(nc, settings)
+    pub = Publisher(nc)
+    await pub.start()
+    try:
+        too_big = b"x" * (nc.max_payload + 1)
+        msgs = [(settings.subject, b"{}", {"Nats-Msg-Id": f"b{i % 4}"}) for i in range(8)]
+        msgs += [("nowhere.at.all", b"{}", {}), ("bad subject", b"{}", {}),
+                 (settings.subject, too_big, {}),
+                 (settings.subject, b"{}", {"Nats-Msg-Id": "b9"})]  # fmt: skip
+        sent = await pub.publish_many(msgs)
+        assert isinstance(sent[9], nats.errors.BadSubjectError)
+        assert isinstance(sent[10], nats.errors.MaxPayloadError)
+        futs = [f for f in sent if not isinstance(f, BaseException)]
+        assert len(futs) == 10
+        acks = await pub.settle(futs, within=5)
+        assert [a.duplicate for a in acks[:8]] == [False] * 4 + [True] * 4  # type: ignore[union-attr]
+        assert isinstance(acks[8], PublishError) and "no JetStream stream" in str(acks[8])
+        assert isinstance(acks[9], Ack) and not acks[9].duplicate
+        assert len({a.seq for a in acks if isinstance(a, Ack)}) == 5
+        assert not pub._pending
+    finally:
+        await pub.stop()
+        await nc.close()
