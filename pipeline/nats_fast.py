@@ -154,24 +154,36 @@ _HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 
 
+_GOOD_KEYS: set[str] = set()  # header names seen valid as they are (a few: bounded below)
+
+
 def _hpub(subject: str, reply: str, payload: bytes, headers: dict[str, str]) -> bytes:
-    """One ``HPUB`` frame, its header block written as nats-py writes it."""
-    lines = ["NATS/1.0\r\n"]
+    """One ``HPUB`` frame, its header block written as nats-py writes it (names stripped,
+    empty ones skipped, invalid ones refused; values stripped, CR/LF made spaces)."""
+    parts = ["NATS/1.0\r\n"]
     for k, v in headers.items():
-        key = k.strip()
-        if not key:
-            continue
-        if not _HEADER_KEY.fullmatch(key):
-            raise errors.BadHeaderError(key)
-        lines.append(f"{key}: {v.strip().translate(_VALUE_NEWLINES)}\r\n")
-    lines.append("\r\n")
-    hdr = "".join(lines).encode()
-    return (
-        b"HPUB %s %s %d %d\r\n"
-        % (subject.encode(), reply.encode(), len(hdr), len(hdr) + len(payload))
-        + hdr
-        + payload
-        + b"\r\n"
+        if k not in _GOOD_KEYS:
+            key = k.strip()
+            if not key:
+                continue
+            if not _HEADER_KEY.fullmatch(key):
+                raise errors.BadHeaderError(key)
+            if key == k and len(_GOOD_KEYS) < 64:
+                _GOOD_KEYS.add(k)
+            k = key
+        value = v.strip()
+        if "\r" in value or "\n" in value:
+            value = value.translate(_VALUE_NEWLINES)
+        parts += (k, ": ", value, "\r\n")
+    parts.append("\r\n")
+    hdr = "".join(parts).encode()
+    return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+        subject.encode(),
+        reply.encode(),
+        len(hdr),
+        len(hdr) + len(payload),
+        hdr,
+        payload,
     )
 
 

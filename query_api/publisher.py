@@ -36,6 +36,29 @@ class Ack(msgspec.Struct):
 _ack = msgspec.json.Decoder(Ack)
 
 
+class Sent:
+    """The answers to one :meth:`Publisher.publish_many`: per message its ack or the error
+    that refused it (None while waiting); ``done`` completes when none waits any more
+    (one future per batch, not per message)."""
+
+    __slots__ = ("answers", "done", "tokens", "waiting")
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self.answers: list[Ack | BaseException | None] = [None] * len(tokens)
+        self.waiting = len(tokens)
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not tokens:
+            self.done.set_result(None)
+
+    def answer(self, index: int, value: Ack | BaseException) -> None:
+        if self.answers[index] is None:
+            self.answers[index] = value
+            self.waiting -= 1
+            if not self.waiting and not self.done.done():
+                self.done.set_result(None)
+
+
 class Publisher:
     """Publishes to JetStream with acks collected on one inbox subscription.
 
@@ -48,7 +71,8 @@ class Publisher:
         self._prefix = ""
         self._sub: Any = None
         self._ids = itertools.count()
-        self._pending: dict[str, asyncio.Future[Ack]] = {}
+        # token -> the future of one publish(), or (batch, index) of a publish_many()
+        self._pending: dict[str, asyncio.Future[Ack] | tuple[Sent, int]] = {}
 
     async def start(self) -> None:
         """Subscribe to the ack inbox (its frames scanned in runs, without a ``Msg`` and a
@@ -76,30 +100,28 @@ class Publisher:
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(PublishError("publisher stopped"))
+        for entry in self._pending.values():
+            if isinstance(entry, tuple):
+                entry[0].answer(entry[1], PublishError("publisher stopped"))
+            elif not entry.done():
+                entry.set_exception(PublishError("publisher stopped"))
         self._pending.clear()
 
     async def _on_ack(self, msg: Any) -> None:
         self._resolve(msg.subject[len(self._prefix) :], msg.data, msg.headers)
 
     def _resolve(self, token: str, data: bytes, headers: dict[str, str] | None) -> None:
-        fut = self._pending.pop(token, None)
-        if fut is None or fut.done():
+        entry = self._pending.pop(token, None)
+        if entry is None:
             return
-        if status_of(headers) is StatusCode.SERVICE_UNAVAILABLE:  # no responders
-            fut.set_exception(PublishError("no JetStream stream for the subject"))
-            return
-        try:
-            ack = _ack.decode(data)
-        except msgspec.MsgspecError:
-            fut.set_exception(PublishError(f"unreadable JetStream ack: {data[:100]!r}"))
-            return
-        if ack.error:
-            fut.set_exception(PublishError(str(ack.error.get("description", ack.error))))
-        else:
-            fut.set_result(ack)
+        if isinstance(entry, tuple):
+            entry[0].answer(entry[1], _answer(data, headers))
+        elif not entry.done():
+            answer = _answer(data, headers)
+            if isinstance(answer, Ack):
+                entry.set_result(answer)
+            else:
+                entry.set_exception(answer)
 
     async def publish(self, subject: str, data: bytes,
                       headers: dict[str, str]) -> asyncio.Future[Ack]:  # fmt: skip
@@ -114,17 +136,15 @@ class Publisher:
             raise
         return fut
 
-    async def publish_many(self, msgs: Sequence[tuple[str, bytes, dict[str, str]]]
-                           ) -> list[asyncio.Future[Ack] | BaseException]:  # fmt: skip
-        """Send ``msgs`` (subject, data, headers) in one protocol write; per message the
-        future of its ack, or the error that refused it (see
-        :func:`pipeline.nats_fast.publish_many`)."""
-        loop = asyncio.get_running_loop()
+    async def publish_many(self, msgs: Sequence[tuple[str, bytes, dict[str, str]]]) -> Sent:
+        """Send ``msgs`` (subject, data, headers) in one protocol write; their answers
+        arrive in the returned :class:`Sent` (a message refused before sending has its
+        error there at once; see :func:`pipeline.nats_fast.publish_many`)."""
         tokens = [str(next(self._ids)) for _ in msgs]
-        futs: list[asyncio.Future[Ack]] = [loop.create_future() for _ in msgs]
+        sent = Sent(tokens)
         pending = self._pending
-        for token, fut in zip(tokens, futs, strict=True):
-            pending[token] = fut
+        for i, token in enumerate(tokens):
+            pending[token] = (sent, i)
         prefix = self._prefix
         try:
             refused = await publish_many(self.nc, [(subject, prefix + token, data, headers)
@@ -134,13 +154,25 @@ class Publisher:
             for token in tokens:
                 pending.pop(token, None)
             raise
-        out: list[asyncio.Future[Ack] | BaseException] = []
-        for token, fut, why in zip(tokens, futs, refused, strict=True):
-            if why is None:
-                out.append(fut)
+        for i, why in enumerate(refused):
+            if why is not None:
+                pending.pop(tokens[i], None)
+                sent.answer(i, why)
+        return sent
+
+    async def settle_many(self, sent: Sent, within: float) -> list[Ack | BaseException]:
+        """Each message's ack or error once all are answered, or after ``within`` seconds
+        (then PublishError for those not acked; their late acks are ignored)."""
+        if sent.waiting:
+            await asyncio.wait([sent.done], timeout=within)
+        out: list[Ack | BaseException] = []
+        late = PublishError(f"no JetStream ack within {within:g} s")
+        for token, answer in zip(sent.tokens, sent.answers, strict=True):
+            if answer is None:
+                self._pending.pop(token, None)
+                out.append(late)
             else:
-                pending.pop(token, None)
-                out.append(why)
+                out.append(answer)
         return out
 
     async def settle(self, futures: Sequence[asyncio.Future[Ack]],
@@ -160,5 +192,19 @@ class Publisher:
                 out.append(fut.result())
         # Forget cancelled tokens (their acks, if they come, are ignored).
         if any(f.cancelled() for f in futures):
-            self._pending = {k: f for k, f in self._pending.items() if not f.done()}
+            self._pending = {k: f for k, f in self._pending.items()
+                             if isinstance(f, tuple) or not f.done()}  # fmt: skip
         return out
+
+
+def _answer(data: bytes, headers: dict[str, str] | None) -> Ack | PublishError:
+    """What an ack message says: the Ack, or why the message was not stored."""
+    if status_of(headers) is StatusCode.SERVICE_UNAVAILABLE:  # no responders
+        return PublishError("no JetStream stream for the subject")
+    try:
+        ack = _ack.decode(data)
+    except msgspec.MsgspecError:
+        return PublishError(f"unreadable JetStream ack: {data[:100]!r}")
+    if ack.error:
+        return PublishError(str(ack.error.get("description", ack.error)))
+    return ack

@@ -13,45 +13,89 @@ from pipeline.commits import decode_keys
 from schemas.ids import EventKey
 
 
-class Waiters:
-    """Futures keyed by (tenant_id, event id), resolved when the key is committed.
+class Awaited:
+    """The commit outcomes of one request's keys: per key None while waiting, then
+    :data:`STORED` or PostgreSQL's reason for refusing it; ``done`` completes when no key
+    waits any more (one future per request, not per event)."""
 
-    A future's result is None when the event is stored, or PostgreSQL's reason when the
-    event was refused.
+    __slots__ = ("done", "keys", "outcomes", "waiting")
+
+    def __init__(self, keys: list[EventKey]) -> None:
+        self.keys = keys
+        self.outcomes: list[str | None] = [None] * len(keys)
+        self.waiting = len(keys)
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not keys:
+            self.done.set_result(None)
+
+    def settle(self, index: int, outcome: str) -> None:
+        if self.outcomes[index] is None:
+            self.outcomes[index] = outcome
+            self.waiting -= 1
+            if not self.waiting and not self.done.done():
+                self.done.set_result(None)
+
+
+#: The outcome of a key that was stored (a refused key's is the reason, never empty).
+STORED = ""
+
+
+class Waiters:
+    """Requests waiting for keys (tenant_id, event id), told when a key is committed.
+
+    An :class:`Awaited` holds a request's keys; a key's outcome is :data:`STORED`, or
+    PostgreSQL's reason when the event was refused.
     """
 
     def __init__(self) -> None:
-        self._waiting: dict[EventKey, list[asyncio.Future[str | None]]] = {}
+        self._waiting: dict[EventKey, list[tuple[Awaited, int]]] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def expect(self, key: EventKey) -> asyncio.Future[str | None]:
-        """A future that completes when ``key`` is reported committed."""
-        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(key, []).append(fut)
-        return fut
+    def expect(self, keys: list[EventKey]) -> Awaited:
+        """Wait for ``keys`` (its ``done`` completes once each is reported committed);
+        :meth:`forget` it when the request ends, whatever happened."""
+        awaited = Awaited(keys)
+        waiting = self._waiting
+        for i, key in enumerate(keys):
+            entry = (awaited, i)
+            entries = waiting.get(key)
+            if entries is None:
+                waiting[key] = [entry]
+            else:
+                entries.append(entry)
+        return awaited
 
-    def forget(self, key: EventKey, fut: asyncio.Future[str | None]) -> None:
-        """Stop waiting (timeout or cancellation)."""
-        futs = self._waiting.get(key)
-        if futs and fut in futs:
-            futs.remove(fut)
-            if not futs:
-                del self._waiting[key]
+    def forget(self, awaited: Awaited) -> None:
+        """Stop waiting for what ``awaited`` still waits for (timeout or cancellation)."""
+        if not awaited.waiting:
+            return
+        waiting = self._waiting
+        for i, key in enumerate(awaited.keys):
+            if awaited.outcomes[i] is not None:
+                continue
+            entries = waiting.get(key)
+            if entries:
+                entries[:] = [e for e in entries if e[0] is not awaited]
+                if not entries:
+                    del waiting[key]
 
     def committed(
         self, keys: Iterable[EventKey], rejected: Iterable[tuple[EventKey, str]] = ()
     ) -> None:
-        """Resolve every waiter of ``keys`` (None) and of ``rejected`` (the reason)."""
-        if not self._waiting:
+        """Settle every waiter of ``keys`` (stored) and of ``rejected`` (the reason)."""
+        waiting = self._waiting
+        if not waiting:
             return
-        outcomes: list[tuple[EventKey, str | None]] = [(k, None) for k in keys]
-        outcomes.extend(rejected)
-        for key, why in outcomes:
-            for fut in self._waiting.pop(key, ()):
-                if not fut.done():
-                    fut.set_result(why)
+        for key in keys:
+            entries = waiting.pop(key, None)
+            if entries is not None:
+                for awaited, i in entries:
+                    awaited.settle(i, STORED)
+        for key, why in rejected:
+            for awaited, i in waiting.pop(key, ()):
+                awaited.settle(i, why or "refused")
 
     async def on_message(self, msg: Any) -> None:
         """nats-py subscription callback for the commit subject."""

@@ -28,7 +28,7 @@ from query_api.auth import Principal
 from query_api.contract import MAX_BATCH_EVENTS, MAX_KEY_LEN, BatchError, BatchResult
 from query_api.errors import ApiError, bad_request
 from query_api.publisher import Ack, Publisher
-from query_api.waiters import Waiters
+from query_api.waiters import STORED, Awaited, Waiters
 from schemas.events import AuditEvent, EventValidationError, decode_event
 from schemas.ids import (
     IDEMPOTENCY_HEADER,
@@ -56,6 +56,24 @@ def _event_id(event: AuditEvent, key: str | None) -> Any:
     return given_event_id(event.tenant_id, event.id, key) or new_uuid7(
         datetime.now(UTC), os.urandom(10)
     )
+
+
+class _FreshIds:
+    """UUIDv7s for a batch's events that name none: one clock reading and one read of
+    random bytes for the whole batch (10 bytes per id), not one each."""
+
+    def __init__(self, n: int) -> None:
+        self._now = datetime.now(UTC)
+        self._random = os.urandom(10 * n)
+        self._next = 0
+
+    def id_for(self, event: AuditEvent) -> Any:
+        given = given_event_id(event.tenant_id, event.id, None)
+        if given is not None:
+            return given
+        at = self._next
+        self._next += 10
+        return new_uuid7(self._now, self._random[at : at + 10])
 
 
 class Writes:
@@ -119,18 +137,18 @@ class Writes:
                        deadline: float) -> list[Outcome]:  # fmt: skip
         """Publish ``items`` (pipelined) and, with ``wait``, await their commits until
         ``deadline`` (loop time). One outcome per item, in order."""
-        futs = [self.waiters.expect(key) for _, key in items] if wait else []
+        awaited = self.waiters.expect([key for _, key in items]) if wait else None
         try:
             out, pending_dups, stored = await self._publish(items, deadline)
-            if not wait:
+            if awaited is None:
                 return out
             for i in pending_dups:
                 if items[i][1] in stored:
                     out[i] = True
-            return await self._await_commits(items, futs, out, deadline)
+            return await self._await_commits(items, awaited, out, deadline)
         finally:
-            for (_, key), fut in zip(items, futs, strict=False):
-                self.waiters.forget(key, fut)
+            if awaited is not None:
+                self.waiters.forget(awaited)
 
     async def _publish(
         self, items: list[tuple[bytes, EventKey]], deadline: float
@@ -159,24 +177,24 @@ class Writes:
                 dup.remove(i)
         return out, dup, stored
 
-    async def _await_commits(self, items: list[tuple[bytes, EventKey]],
-                             futs: list[asyncio.Future[str | None]], out: list[Outcome],
-                             deadline: float) -> list[Outcome]:  # fmt: skip
+    async def _await_commits(self, items: list[tuple[bytes, EventKey]], awaited: Awaited,
+                             out: list[Outcome], deadline: float) -> list[Outcome]:  # fmt: skip
         """Wait for the commit notices of the items still ``False`` in ``out``; those not
         heard of by ``deadline`` are looked up in the claim table."""
         loop = asyncio.get_running_loop()
-        waiting = [futs[i] for i, o in enumerate(out) if o is False]
-        if waiting:
-            await asyncio.wait(waiting, timeout=max(0.0, deadline - loop.time()))
+        outcomes = awaited.outcomes
+        if any(o is False and outcomes[i] is None for i, o in enumerate(out)):
+            await asyncio.wait([awaited.done], timeout=max(0.0, deadline - loop.time()))
         late = []
         for i, o in enumerate(out):
             if o is not False:
                 continue
-            if not futs[i].done():
+            outcome = outcomes[i]
+            if outcome is None:
                 late.append(i)
-            elif (refused := futs[i].result()) is not None:  # PostgreSQL refused it: DLQ
+            elif outcome != STORED:  # PostgreSQL refused it: DLQ
                 out[i] = ApiError(400, "db_rejected",
-                                  f"the event could not be stored: {refused}", "event")  # fmt: skip
+                                  f"the event could not be stored: {outcome}", "event")  # fmt: skip
             else:
                 out[i] = True
         stored = await self._stored([items[i][1] for i in late])
@@ -193,6 +211,7 @@ class Writes:
         """
         base = self.settings.subject
         pub = self.publisher
+        answers: list[Ack | BaseException]
         try:
             sent = await pub.publish_many([
                 (tenant_subject(base, key[0]), raw,
@@ -200,18 +219,16 @@ class Writes:
                 for raw, key in items
             ])  # fmt: skip
         except Exception as exc:
-            sent = [exc] * len(items)
-        loop = asyncio.get_running_loop()
-        within = max(0.1, min(5.0, deadline - loop.time()))
-        settled = iter(await pub.settle([f for f in sent if isinstance(f, asyncio.Future)],
-                                        within))  # fmt: skip
+            answers = [exc] * len(items)
+        else:
+            loop = asyncio.get_running_loop()
+            answers = await pub.settle_many(sent, max(0.1, min(5.0, deadline - loop.time())))
         out: list[Ack | ApiError] = []
-        for published in sent:
-            ack = next(settled) if isinstance(published, asyncio.Future) else published
+        for ack in answers:
             if isinstance(ack, Ack):
                 out.append(ack)
             else:
-                why = str(ack) if isinstance(published, asyncio.Future) else type(ack).__name__
+                why = str(ack) or type(ack).__name__
                 out.append(ApiError(503, "unavailable", f"event log unavailable: {why}"))
         return out
 
@@ -262,6 +279,7 @@ class Writes:
             raise bad_request(f"a batch holds at most {MAX_BATCH_EVENTS} events", "events")
         errors: list[BatchError] = []
         accepted: list[tuple[int, bytes, EventKey]] = []
+        ids = _FreshIds(len(raws))
         for i, raw in enumerate(raws):
             try:
                 event = self.validate(raw, f"events.{i}")
@@ -269,7 +287,7 @@ class Writes:
             except ApiError as exc:
                 errors.append(BatchError(i, exc.code, exc.message, exc.field))
                 continue
-            accepted.append((i, raw, (tenant, _event_id(event, None))))
+            accepted.append((i, raw, (tenant, ids.id_for(event))))
         results = await self._deliver([(raw, key) for _, raw, key in accepted], wait,
                                       self._deadline())  # fmt: skip
         answer = BatchResult(event_ids=[], errors=errors)

@@ -73,15 +73,35 @@ async def test_a_batch_in_one_write_gets_each_messages_answer(settings_factory, 
                  (settings.subject, too_big, {}),
                  (settings.subject, b"{}", {"Nats-Msg-Id": "b9"})]  # fmt: skip
         sent = await pub.publish_many(msgs)
-        assert isinstance(sent[9], nats.errors.BadSubjectError)
-        assert isinstance(sent[10], nats.errors.MaxPayloadError)
-        futs = [f for f in sent if not isinstance(f, BaseException)]
-        assert len(futs) == 10
-        acks = await pub.settle(futs, within=5)
+        # Refused before sending: answered at once.
+        assert isinstance(sent.answers[9], nats.errors.BadSubjectError)
+        assert isinstance(sent.answers[10], nats.errors.MaxPayloadError)
+        assert sent.waiting == 10
+        acks = await pub.settle_many(sent, within=5)
+        assert sent.done.done() and sent.waiting == 0
         assert [a.duplicate for a in acks[:8]] == [False] * 4 + [True] * 4  # type: ignore[union-attr]
         assert isinstance(acks[8], PublishError) and "no JetStream stream" in str(acks[8])
-        assert isinstance(acks[9], Ack) and not acks[9].duplicate
+        assert isinstance(acks[11], Ack) and not acks[11].duplicate
         assert len({a.seq for a in acks if isinstance(a, Ack)}) == 5
+        assert not pub._pending
+    finally:
+        await pub.stop()
+        await nc.close()
+
+
+async def test_a_batch_not_acked_in_time_says_so_per_message(nats_url) -> None:
+    nc = await nats.connect(nats_url)
+    pub = Publisher(nc)
+    await pub.start()
+    try:
+
+        async def ignore(msg: object) -> None:
+            return None
+
+        await nc.subscribe("silent.batch", cb=ignore)
+        sent = await pub.publish_many([("silent.batch", b"{}", {}) for _ in range(3)])
+        late = await pub.settle_many(sent, within=0.3)
+        assert all(isinstance(x, PublishError) and "no JetStream ack" in str(x) for x in late)
         assert not pub._pending
     finally:
         await pub.stop()

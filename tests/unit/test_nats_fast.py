@@ -11,6 +11,7 @@ import asyncio
 import os
 from typing import Any
 
+import nats.errors
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -267,3 +268,29 @@ def test_messages_with_plain_headers_never_reach_the_per_message_path(monkeypatc
     assert [m.stream_seq for m in delivered] == [1, 2, 3] and seen == []
     assert delivered[0].headers == {"Nats-Msg-Id": "acme:e1", "Audit-Idempotency-Key": "k-1"}
     assert delivered[0].size == len(block) + 2
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=8) | st.sampled_from(["Nats-Msg-Id", " K ", "K", ""]),
+                       st.text(max_size=10)),
+       st.binary(max_size=20))  # fmt: skip
+def test_publish_frames_are_what_nats_py_sends(headers: dict[str, str], payload: bytes) -> None:
+    """publish_many frames a message exactly as nats-py's publish() would (header names
+    stripped, empty ones skipped, invalid ones refused; values stripped, CR/LF to spaces)."""
+    sent: list[bytes] = []
+
+    async def capture(cmd: bytes, priority: bool = False) -> None:
+        sent.append(cmd)
+
+    nc = Client()
+    nc._send_command = capture  # type: ignore[method-assign]
+    try:
+        asyncio.run(nc._send_publish("a.b", "_INBOX.x.1", payload, len(payload), headers))
+        theirs: bytes | str = sent[-1]
+    except nats.errors.BadHeaderError:
+        theirs = "refused"
+    try:
+        ours: bytes | str = nats_fast._hpub("a.b", "_INBOX.x.1", payload, headers)
+    except nats.errors.BadHeaderError:
+        ours = "refused"
+    assert ours == theirs
