@@ -34,6 +34,9 @@ SCENARIOS: dict[str, tuple[str, list[str], list[str]]] = {
                        ["--events", "60000", "--workers", "1"]),
     "drain_2_workers": ("drain", ["--events", "1000000", "--workers", "2", "--skip-ceiling"],
                         ["--events", "60000", "--workers", "2", "--skip-ceiling"]),
+    # The README's producers: each event published with a Nats-Msg-Id header.
+    "drain_msg_id": ("drain", ["--events", "1000000", "--msg-id", "--skip-ceiling"],
+                     ["--events", "60000", "--msg-id", "--skip-ceiling"]),
     "drain_kafka": ("drain", ["--events", "1000000", "--source", "kafka", "--skip-ceiling"],
                     ["--events", "60000", "--source", "kafka", "--skip-ceiling"]),
     "naive": ("naive", ["--events", "100000"], ["--events", "10000"]),
@@ -225,7 +228,7 @@ def _ingest(runs: dict[str, Any]) -> list[str]:
     if naive:
         lines.append(f"| naive (fetch + INSERT per event) | {naive:,.0f} | "
                      f"{ratio(naive, ceiling)} | 1.00 | | |")  # fmt: skip
-    for name in ("drain_1_worker", "drain_2_workers", "drain_kafka"):
+    for name in ("drain_1_worker", "drain_2_workers", "drain_msg_id", "drain_kafka"):
         if name not in runs or "drain" not in runs[name]:
             continue
         d = runs[name]["drain"]

@@ -67,6 +67,16 @@ def check_drain(out: dict[str, Any], events: int, ceiling: bool) -> None:
         assert out["ceiling_per_s"] > 0 and out["drain_over_ceiling"] > 0
 
 
+def check_drain_msg_id(out: dict[str, Any], events: int) -> None:
+    """Published as the README's producers publish (a Nats-Msg-Id each): JetStream itself
+    drops the exact duplicates in the input (same payload, same id), the retried events and
+    the invalid ones (all one payload) alike."""
+    d = out["drain"]
+    assert d["msg_id_headers"] and d["rows"] == events
+    assert d["events"] == events + min(1, d["invalid_in_input"])
+    assert d["events_per_s"] > 0 and d["cpu_us_per_event"]["pipeline"] > 0
+
+
 def check_naive(out: dict[str, Any]) -> None:
     assert out["naive"]["events"] == 1000 and out["naive"]["events_per_s"] > 0
 
@@ -103,6 +113,8 @@ SCENARIOS: dict[str, tuple[list[str], Callable[[dict[str, Any]], None]]] = {
     "steady": (["steady", "--rate", "500", "--seconds", "2"], check_steady),
     "drain_with_ceiling": (["drain", "--events", "5000"],
                            lambda out: check_drain(out, 5000, ceiling=True)),
+    "drain_msg_id": (["drain", "--events", "5000", "--msg-id", "--skip-ceiling"],
+                     lambda out: check_drain_msg_id(out, 5000)),
     "drain_kafka": (["drain", "--events", "3000", "--source", "kafka", "--skip-ceiling"],
                     lambda out: check_drain(out, 3000, ceiling=False)),
     "naive": (["naive", "--events", "1000"], check_naive),
