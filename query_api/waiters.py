@@ -29,6 +29,8 @@ class Awaited:
             self.done.set_result(None)
 
     def settle(self, index: int, outcome: str) -> None:
+        """Key ``index``'s outcome (the first one counts). The request itself settles the
+        keys it no longer waits for (refused before publishing, stored already)."""
         if self.outcomes[index] is None:
             self.outcomes[index] = outcome
             self.waiting -= 1
@@ -68,13 +70,10 @@ class Waiters:
         return awaited
 
     def forget(self, awaited: Awaited) -> None:
-        """Stop waiting for what ``awaited`` still waits for (timeout or cancellation)."""
-        if not awaited.waiting:
-            return
+        """Stop waiting for ``awaited``'s keys (the request ended: answered, timed out or
+        cancelled), also those it settled itself (:meth:`Awaited.settle`)."""
         waiting = self._waiting
-        for i, key in enumerate(awaited.keys):
-            if awaited.outcomes[i] is not None:
-                continue
+        for key in awaited.keys:
             entries = waiting.get(key)
             if entries:
                 entries[:] = [e for e in entries if e[0] is not awaited]

@@ -183,7 +183,10 @@ class Writes:
         heard of by ``deadline`` are looked up in the claim table."""
         loop = asyncio.get_running_loop()
         outcomes = awaited.outcomes
-        if any(o is False and outcomes[i] is None for i, o in enumerate(out)):
+        for i, o in enumerate(out):
+            if o is not False:  # answered already (stored before, or refused): no notice
+                awaited.settle(i, STORED)  # will come for it, so it is not waited for
+        if awaited.waiting:
             await asyncio.wait([awaited.done], timeout=max(0.0, deadline - loop.time()))
         late = []
         for i, o in enumerate(out):

@@ -18,6 +18,7 @@ STEPS = st.lists(
         st.tuples(st.just("stored"), _KEYS),
         st.tuples(st.just("refused"), _KEYS),
         st.tuples(st.just("forget"), st.integers(0, 20)),
+        st.tuples(st.just("own"), st.integers(0, 20)),  # the request settles a key itself
     ),
     max_size=30,
 )  # fmt: skip
@@ -26,9 +27,10 @@ STEPS = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(STEPS)
 def test_each_request_hears_each_of_its_keys_once_and_nothing_leaks(steps) -> None:
-    """Any interleaving of requests, notices and requests ending: a key's outcome is that
-    of the first notice after the request began (stored, or the reason); ``done`` is set
-    exactly when no key of the request waits; once every request ended nothing is kept."""
+    """Any interleaving of requests, notices, keys a request settles itself (stored
+    before) and requests ending: a key's outcome is the first one after the request began
+    (stored, or the reason); ``done`` is set exactly when no key of the request waits; once
+    every request ended nothing is kept."""
 
     async def go() -> None:
         waiters = Waiters()
@@ -45,7 +47,13 @@ def test_each_request_hears_each_of_its_keys_once_and_nothing_leaks(steps) -> No
                     for i, key in enumerate(awaited.keys):
                         if key in arg and expected[i] is None and not forgotten:
                             expected[i] = STORED if kind == "stored" else "why"
-            elif live:
+            elif kind == "own" and live:
+                awaited, expected, _ = live[arg % len(live)]
+                if awaited.keys:
+                    i = arg % len(awaited.keys)
+                    awaited.settle(i, STORED)
+                    expected[i] = expected[i] if expected[i] is not None else STORED
+            elif kind == "forget" and live:
                 entry = live[arg % len(live)]
                 waiters.forget(entry[0])
                 entry[2] = True
