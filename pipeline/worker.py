@@ -456,7 +456,7 @@ class Worker:
                 await self.dead_letters.publish(d, now)
                 return True
             except Exception as exc:
-                error = exc
+                error = exc.with_traceback(None)  # (its frames would hold this one: a cycle)
             await self.sleep(0.1 * 4**attempt)
         self._dead_letter_failures.inc()
         where = position(d.msg, self.settings.stream)

@@ -274,7 +274,10 @@ def _decode_struct(raw: bytes) -> AuditEvent:
     try:
         return _event_decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        first = exc
+        # Kept without its traceback: that holds this frame (whose ``first`` would point
+        # back: a reference cycle only the cyclic GC frees) and, through ``f_back``, every
+        # caller's, e.g. the worker's whole chunk of messages in ``prepare_batch``.
+        first = exc.with_traceback(None)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise _malformed(exc) from exc
     # Slow path: maybe lowerCamelCase (proto3 JSON) names. Only tried when the fast one
