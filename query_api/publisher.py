@@ -2,9 +2,9 @@
 
 nats-py's ``JetStream.publish`` is a full request per message (a future, a timer, a
 JetStream context, JSON parsing of the ack): about a fifth of the service's CPU under
-batch writes. :class:`Publisher` sends messages with a reply subject under one inbox
-wildcard subscription, resolves each message's future from its JetStream ack, and lets
-a caller wait for a whole batch with one timer.
+batch writes. :class:`Publisher` sends a request's messages in one protocol write, each
+with a reply subject under one inbox wildcard subscription, records each JetStream ack in
+the request's :class:`Sent`, and lets the caller wait for all of them with one future.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ class Publisher:
         self._prefix = ""
         self._sub: Any = None
         self._ids = itertools.count()
-        # token -> the future of one publish(), or (batch, index) of a publish_many()
-        self._pending: dict[str, asyncio.Future[Ack] | tuple[Sent, int]] = {}
+        # token -> (the batch, the message's index in it)
+        self._pending: dict[str, tuple[Sent, int]] = {}
 
     async def start(self) -> None:
         """Subscribe to the ack inbox (its frames scanned in runs, without a ``Msg`` and a
@@ -100,11 +100,8 @@ class Publisher:
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
-        for entry in self._pending.values():
-            if isinstance(entry, tuple):
-                entry[0].answer(entry[1], PublishError("publisher stopped"))
-            elif not entry.done():
-                entry.set_exception(PublishError("publisher stopped"))
+        for sent, i in self._pending.values():
+            sent.answer(i, PublishError("publisher stopped"))
         self._pending.clear()
 
     async def _on_ack(self, msg: Any) -> None:
@@ -112,29 +109,8 @@ class Publisher:
 
     def _resolve(self, token: str, data: bytes, headers: dict[str, str] | None) -> None:
         entry = self._pending.pop(token, None)
-        if entry is None:
-            return
-        if isinstance(entry, tuple):
+        if entry is not None:
             entry[0].answer(entry[1], _answer(data, headers))
-        elif not entry.done():
-            answer = _answer(data, headers)
-            if isinstance(answer, Ack):
-                entry.set_result(answer)
-            else:
-                entry.set_exception(answer)
-
-    async def publish(self, subject: str, data: bytes,
-                      headers: dict[str, str]) -> asyncio.Future[Ack]:  # fmt: skip
-        """Send one message; the future resolves with its ack (or PublishError)."""
-        token = str(next(self._ids))
-        fut: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-        self._pending[token] = fut
-        try:
-            await self.nc.publish(subject, data, reply=self._prefix + token, headers=headers)
-        except Exception:
-            self._pending.pop(token, None)
-            raise
-        return fut
 
     async def publish_many(self, msgs: Sequence[tuple[str, bytes, dict[str, str]]]) -> Sent:
         """Send ``msgs`` (subject, data, headers) in one protocol write; their answers
@@ -173,27 +149,6 @@ class Publisher:
                 out.append(late)
             else:
                 out.append(answer)
-        return out
-
-    async def settle(self, futures: Sequence[asyncio.Future[Ack]],
-                     within: float) -> list[Ack | BaseException]:  # fmt: skip
-        """Each future's ack, or its exception (PublishError when not acked ``within`` s)."""
-        if futures:
-            _, late = await asyncio.wait(futures, timeout=within)
-            for fut in late:
-                fut.cancel()
-        out: list[Ack | BaseException] = []
-        for fut in futures:
-            if fut.cancelled():
-                out.append(PublishError(f"no JetStream ack within {within:g} s"))
-            elif fut.exception() is not None:
-                out.append(fut.exception())  # type: ignore[arg-type]
-            else:
-                out.append(fut.result())
-        # Forget cancelled tokens (their acks, if they come, are ignored).
-        if any(f.cancelled() for f in futures):
-            self._pending = {k: f for k, f in self._pending.items()
-                             if isinstance(f, tuple) or not f.done()}  # fmt: skip
         return out
 
 

@@ -52,23 +52,18 @@ class _TenantOnly(msgspec.Struct):
 _tenant_only = msgspec.json.Decoder(_TenantOnly)
 
 
-def _event_id(event: AuditEvent, key: str | None) -> Any:
-    return given_event_id(event.tenant_id, event.id, key) or new_uuid7(
-        datetime.now(UTC), os.urandom(10)
-    )
-
-
 class _FreshIds:
-    """UUIDv7s for a batch's events that name none: one clock reading and one read of
-    random bytes for the whole batch (10 bytes per id), not one each."""
+    """The ids of a request's events: the one an event names (its ``id``, else its key's),
+    else a fresh UUIDv7, all from one clock reading and one read of random bytes for the
+    whole request (10 bytes per id), not one each."""
 
     def __init__(self, n: int) -> None:
         self._now = datetime.now(UTC)
         self._random = os.urandom(10 * n)
         self._next = 0
 
-    def id_for(self, event: AuditEvent) -> Any:
-        given = given_event_id(event.tenant_id, event.id, None)
+    def id_for(self, event: AuditEvent, key: str | None = None) -> Any:
+        given = given_event_id(event.tenant_id, event.id, key)
         if given is not None:
             return given
         at = self._next
@@ -240,6 +235,7 @@ class Writes:
         per event, whether JetStream has it. An invalid one is a bug: logged, not retried."""
         sent: list[int] = []
         items: list[tuple[bytes, EventKey]] = []
+        ids = _FreshIds(len(raws))
         for i, raw in enumerate(raws):
             try:
                 event = self.validate(raw, "event")
@@ -247,7 +243,7 @@ class Writes:
                 log.error("the service made an invalid event (dropped): %s", exc.message)
                 continue
             sent.append(i)
-            items.append((raw, (event.tenant_id, _event_id(event, None))))
+            items.append((raw, (event.tenant_id, ids.id_for(event))))
         accepted = [True] * len(raws)
         for i, outcome in zip(sent, await self._deliver(items, False, self._deadline()),
                               strict=True):  # fmt: skip
@@ -268,7 +264,7 @@ class Writes:
             raise bad_request(
                 f"Idempotency-Key must be 1-{MAX_KEY_LEN} characters", "Idempotency-Key"
             )
-        key = (tenant, _event_id(event, key_header))
+        key = (tenant, _FreshIds(1).id_for(event, key_header))
         deadline = self._deadline()
         (outcome,) = await self._deliver([(raw, key)], wait, deadline)
         if isinstance(outcome, ApiError):

@@ -18,14 +18,15 @@ async def test_acks_duplicates_and_refusals(settings_factory, nats_url) -> None:
     pub = Publisher(nc)
     await pub.start()
     try:
-        futs = [await pub.publish(settings.subject, b"{}", {"Nats-Msg-Id": f"m{i % 3}"})
-                for i in range(6)]  # fmt: skip
-        acks = await pub.settle(futs, within=5)
+        sent = await pub.publish_many([(settings.subject, b"{}", {"Nats-Msg-Id": f"m{i % 3}"})
+                                       for i in range(6)])  # fmt: skip
+        acks = await pub.settle_many(sent, within=5)
         assert all(isinstance(a, Ack) for a in acks)
         assert [a.duplicate for a in acks] == [False] * 3 + [True] * 3  # type: ignore[union-attr]
         assert len({a.seq for a in acks}) == 3  # type: ignore[union-attr]
         # No stream listens on this subject: a clear error, not a hang.
-        (refused,) = await pub.settle([await pub.publish("nowhere.at.all", b"{}", {})], within=5)
+        (refused,) = await pub.settle_many(await pub.publish_many([("nowhere.at.all", b"{}", {})]),
+                                           within=5)  # fmt: skip
         assert isinstance(refused, PublishError) and "no JetStream stream" in str(refused)
     finally:
         await pub.stop()
@@ -42,7 +43,8 @@ async def test_unacknowledged_publishes_time_out(settings_factory, nats_url) -> 
             return None
 
         await nc.subscribe("silent.subject", cb=ignore)
-        (late,) = await pub.settle([await pub.publish("silent.subject", b"{}", {})], within=0.3)
+        (late,) = await pub.settle_many(await pub.publish_many([("silent.subject", b"{}", {})]),
+                                        within=0.3)  # fmt: skip
         assert isinstance(late, PublishError) and "no JetStream ack" in str(late)
         assert not pub._pending
         # A batch: each message says so.
