@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,14 +31,14 @@ from infra.metrics import Metrics
 from infra.nats_streams import create_stream, ensure_replicas
 from infra.settings import Settings
 from infra.signing import Signer
+from ledger.merkle import TILE_HEIGHT, tile_of
+from ledger.merkle import extend as extend_tree
 from schemas import tlog
 from schemas.ids import tenant_token
 
 log = logging.getLogger(__name__)
 
 LEASE_KEY = 0x6175_6469_7463_6B70  # pg advisory lock id of the checkpointer lease
-TILE_HEIGHT = 8
-TILE_WIDTH = 1 << TILE_HEIGHT
 TENANTS_PER_CYCLE = 500
 T = TypeVar("T")
 
@@ -71,11 +70,6 @@ async def ensure_checkpoint_stream(nc: Any, settings: Settings) -> None:
 
 
 # -- tiles -------------------------------------------------------------------------------
-def tile_of(level: int, index: int) -> tuple[int, int, int]:
-    """(tile level, tile index, position) holding node (level, index); level % 8 == 0."""
-    return level // TILE_HEIGHT, index // TILE_WIDTH, index % TILE_WIDTH
-
-
 class Tiles:
     """Node hashes read from ``audit.merkle_tiles`` of one tenant, fetched on demand.
 
@@ -239,14 +233,11 @@ class Checkpointer:
             "SELECT seq, hash FROM audit.events WHERE tenant_id = $1 AND seq > $2"
             " AND seq <= $3 ORDER BY seq", tenant, size, row["last_seq"],
         )  # fmt: skip
-        tiles: dict[tuple[int, int], bytearray] = defaultdict(bytearray)
-        for expected, r in enumerate(hashes, start=size + 1):
-            if r["seq"] != expected:
-                raise RuntimeError(f"{tenant}: seq {expected} missing from the chain")
-            for level, index, node in frontier.append(tlog.leaf_hash(bytes(r["hash"]))):
-                if level % TILE_HEIGHT == 0:
-                    tl, ti, _ = tile_of(level, index)
-                    tiles[(tl, ti)] += node
+        seqs = [r[0] for r in hashes]
+        if seqs != list(range(size + 1, size + 1 + len(seqs))):
+            expected = next(k for k, s in enumerate(seqs, start=size + 1) if s != k)
+            raise RuntimeError(f"{tenant}: seq {expected} missing from the chain")
+        tiles = extend_tree(frontier, [r[1] for r in hashes])
         await conn.execute(
             "INSERT INTO audit.merkle_tiles (tenant_id, level, idx, hashes)"
             " SELECT $1, l, i, h FROM unnest($2::smallint[], $3::bigint[], $4::bytea[])"
