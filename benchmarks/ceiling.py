@@ -28,6 +28,7 @@ import asyncpg
 
 from benchmarks.common import bench_servers, emit, fresh_database, synthetic_events, tenant_ids
 from infra.db import create_pool
+from infra.settings import Settings
 from pipeline import fastpath
 from pipeline.copy_binary import CLAIM_COLUMNS
 from pipeline.flush import _MAKE_HEADS, _MOVE_HEADS, PartitionCache, month_partition
@@ -36,7 +37,7 @@ from pipeline.stages import Message, Valid
 from schemas.canonical import GENESIS
 from schemas.rows import COLUMNS
 
-INDEX_INTERVAL_S = 0.25  # AUDIT_SEARCH_INDEX_INTERVAL_S's default
+INDEX_INTERVAL_S = Settings().search_index_interval_s  # the service's default
 
 _OLD_SEARCH_INDEX = (
     "CREATE INDEX events_search ON audit.events USING gin (audit.search_text("

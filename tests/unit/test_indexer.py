@@ -29,7 +29,7 @@ def test_never_unready_and_ok_exactly_within_the_bound(events: int, seconds: flo
 
 def test_settings() -> None:
     s = load_settings({})
-    assert (s.search_index_interval_s, s.search_lag_degraded_s) == (0.25, 60.0)
+    assert (s.search_index_interval_s, s.search_lag_degraded_s) == (1.0, 60.0)
     assert load_settings({"AUDIT_SEARCH_INDEX_INTERVAL_S": "0"}).search_index_interval_s == 0
     with pytest.raises(ConfigError) as info:
         load_settings({"AUDIT_SEARCH_INDEX_INTERVAL_S": "-1"})
