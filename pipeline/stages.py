@@ -7,9 +7,9 @@ flush, dead-letter publisher) live elsewhere and call these.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import uuid
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Final, NamedTuple
 
@@ -291,8 +291,10 @@ class Deduplicator:
     """A bounded in-memory window of recently committed (tenant_id, id) keys.
 
     It only saves work: the storage layer (``audit.event_ids``) is what guarantees an
-    event is stored once. Keys enter the window after commit (:meth:`remember`). Both
-    calls work on a whole batch at C speed in the usual case (no key seen before).
+    event is stored once. Keys enter the window after commit (:meth:`remember`); the
+    oldest are forgotten first once it holds more than ``capacity``. Both calls work on
+    a whole batch with set operations (C speed), never key by key in Python: a set of the
+    keys, and the batches they came in, oldest first, to forget them in bulk.
 
     Args:
         capacity: how many keys to remember (oldest forgotten first).
@@ -300,9 +302,11 @@ class Deduplicator:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        # (tenant_id, id.int) in commit order: hashing a UUID object runs Python code, its
-        # int does not (``Prepared.key``).
-        self._seen: dict[tuple[str, int], None] = {}
+        # (tenant_id, id.int): hashing a UUID object runs Python code, its int does not
+        # (``Prepared.key``).
+        self._seen: set[tuple[str, int]] = set()
+        # The keys of ``_seen`` in the order they were remembered, a list per call.
+        self._order: deque[list[tuple[str, int]]] = deque()
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -317,36 +321,39 @@ class Deduplicator:
 
     def remember_keys(self, keys: list[tuple[str, int]]) -> None:
         """:meth:`remember` of keys as ``Prepared.key`` has them."""
-        seen = self._seen
-        seen.update(dict.fromkeys(keys))
-        excess = len(seen) - self.capacity
-        if excess > 0:
-            for key in list(itertools.islice(seen, excess)):
-                del seen[key]
+        if not keys:
+            return
+        seen, order = self._seen, self._order
+        # Only keys not remembered yet, once each: a key keeps its first place (as in a
+        # dict), and ``order`` holds exactly the keys of ``seen``.
+        fresh = [key for key in dict.fromkeys(keys) if key not in seen]
+        if not fresh:
+            return
+        seen.update(fresh)
+        order.append(fresh)
+        while len(seen) > self.capacity:
+            excess = len(seen) - self.capacity
+            oldest = order[0]
+            if excess >= len(oldest):
+                seen.difference_update(order.popleft())
+            else:
+                seen.difference_update(oldest[:excess])
+                order[0] = oldest[excess:]
 
     def split(self, items: list[Valid]) -> tuple[list[Valid], list[Valid]]:
-        """Split into (first occurrences not seen before, duplicates).
+        """Split into (first occurrences not seen before, duplicates), each in input order.
 
         Duplicates are repeats inside ``items`` and keys already in the window.
         """
         keys = [item.prepared.key for item in items]
-        seen = self._seen
         unique = set(keys)
-        if len(unique) == len(keys):
-            known = seen.keys() & unique
-            if not known:
-                return list(items), []  # the usual batch: nothing to drop
-            # Only keys seen before: one set lookup per item, no bookkeeping.
-            pairs = list(zip(items, keys, strict=True))
-            return ([item for item, key in pairs if key not in known],
-                    [item for item, key in pairs if key in known])  # fmt: skip
-        fresh: list[Valid] = []
-        dupes: list[Valid] = []
-        batch: set[tuple[str, int]] = set()
-        for item, key in zip(items, keys, strict=True):
-            if key in batch or key in seen:
-                dupes.append(item)
-            else:
-                batch.add(key)
-                fresh.append(item)
-        return fresh, dupes
+        known = unique & self._seen  # iterates the smaller set
+        if len(unique) == len(keys) and not known:
+            return list(items), []  # the usual batch: nothing to drop
+        # key -> the index of its first occurrence (later ones overwrite, reversed)
+        first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
+        for key in known:
+            del first[key]
+        keep = sorted(first.values())
+        drop = sorted(set(range(len(keys))).difference(keep))
+        return [items[i] for i in keep], [items[i] for i in drop]

@@ -109,6 +109,65 @@ def test_deduplicator_window_and_batch_repeats() -> None:
     assert not d.seen(valid[0].event.tenant_id, valid[0].event.id)  # type: ignore[arg-type]
 
 
+class _WindowOracle:
+    """The window as first written, key by key over an insertion-ordered dict: what
+    :class:`Deduplicator`'s set operations must answer exactly."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.seen: dict[tuple[str, int], None] = {}
+
+    def remember_keys(self, keys: list[tuple[str, int]]) -> None:
+        self.seen.update(dict.fromkeys(keys))
+        for key in list(self.seen)[: max(0, len(self.seen) - self.capacity)]:
+            del self.seen[key]
+
+    def split(self, keys: list[tuple[str, int]]) -> tuple[list[int], list[int]]:
+        fresh, dupes, batch = [], [], set()
+        for i, key in enumerate(keys):
+            if key in batch or key in self.seen:
+                dupes.append(i)
+            else:
+                batch.add(key)
+                fresh.append(i)
+        return fresh, dupes
+
+
+class _Item:
+    """What :meth:`Deduplicator.split` reads of a Valid: its prepared key."""
+
+    def __init__(self, key: tuple[str, int]) -> None:
+        self.prepared = self
+        self.key = key
+
+
+_keys = st.lists(st.tuples(st.sampled_from("ab"), st.integers(0, 9)), max_size=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(capacity=st.integers(0, 8),
+       ops=st.lists(st.tuples(st.booleans(), _keys), max_size=30))  # fmt: skip
+def test_deduplicator_answers_as_the_key_by_key_window(capacity, ops) -> None:
+    """Any sequence of splits and remembers (repeats inside a call, keys remembered again,
+    forgotten and remembered anew, capacity 0): the same fresh and duplicate items, in
+    input order, and the same keys remembered, as the key-by-key dict window."""
+    d, oracle = Deduplicator(capacity), _WindowOracle(capacity)
+    for remember, keys in ops:
+        if remember:
+            d.remember_keys(keys)
+            oracle.remember_keys(keys)
+        else:
+            items = [_Item(k) for k in keys]
+            fresh, dupes = d.split(items)  # type: ignore[arg-type]
+            want_fresh, want_dupes = oracle.split(keys)
+            assert fresh == [items[i] for i in want_fresh]
+            assert dupes == [items[i] for i in want_dupes]
+        assert len(d) == len(oracle.seen) <= capacity
+        for tenant, n in oracle.seen:
+            assert d.seen(tenant, uuid.UUID(int=n))
+        assert sum(map(len, d._order)) == len(d)  # no stale entries behind
+
+
 # -- hostile input: process() ends every message as Valid or Dead, never raises ------------
 DEAD_REASONS = {"malformed_json", "invalid_field", "missing_field", "unknown_field",
                 "unknown_enum", "too_large", "too_deep", "tenant_mismatch",
