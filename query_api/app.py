@@ -50,6 +50,7 @@ from query_api.state import (
     STARTED,
     STREAMS,
 )
+from query_api.stopping import cancel_late_requests, in_flight_middleware
 from query_api.streams import StreamService
 from query_api.ui import add_ui_routes
 from query_api.waiters import Waiters
@@ -191,8 +192,10 @@ def create_app(
     With ``api=False`` (pipeline-only workers) it serves /healthz, /readyz and /metrics only.
     """
     app = web.Application(
-        client_max_size=5 * 1024 * 1024, middlewares=[metrics_middleware, error_middleware]
+        client_max_size=5 * 1024 * 1024,
+        middlewares=[in_flight_middleware, metrics_middleware, error_middleware],
     )
+    cancel_late_requests(app)
     app[SETTINGS] = settings
     app[POOL] = pool
     app[NATS] = nc

@@ -62,22 +62,27 @@ class ExportSink:
 
     async def watch(self, copy: asyncio.Future[Any], idle_timeout: float) -> None:
         """Wait for ``copy``; cancel it when PostgreSQL sends nothing for ``idle_timeout``
-        (time spent writing to a slow client does not count).
+        (time spent writing to a slow client does not count), and whenever this wait ends
+        otherwise (the request cancelled, as a stop does after AUDIT_SHUTDOWN_TIMEOUT_S):
+        the COPY never outlives the request, so its connection goes back to the pool idle.
 
         Raises:
             TimeoutError: PostgreSQL was idle too long; or what the COPY raised.
         """
-        while True:
-            done, _ = await asyncio.wait({copy}, timeout=min(1.0, idle_timeout))
-            if done:
-                copy.result()
-                return
-            idle = self._idle_since
-            if idle is not None and time.monotonic() - idle > idle_timeout:
+        try:
+            while True:
+                done, _ = await asyncio.wait({copy}, timeout=min(1.0, idle_timeout))
+                if done:
+                    copy.result()
+                    return
+                idle = self._idle_since
+                if idle is not None and time.monotonic() - idle > idle_timeout:
+                    raise TimeoutError(f"PostgreSQL sent nothing for {idle_timeout:g} s")
+        finally:
+            if not copy.done():
                 copy.cancel()
                 with contextlib.suppress(BaseException):
                     await copy
-                raise TimeoutError(f"PostgreSQL sent nothing for {idle_timeout:g} s")
 
 
 async def run_copy(conn: asyncpg.Connection, query: str, params: list[Any], fmt: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import asyncpg
@@ -23,3 +24,5 @@ PIPELINE_STATUS: web.AppKey[Callable[[], str]] = web.AppKey("pipeline_status")
 STARTED = web.AppKey("started", float)
 SERVICE = web.AppKey("service", AuditService)  # the API only (not pipeline-only workers)
 STREAMS = web.AppKey("streams", StreamService)  # the API only: streams out (admin)
+# The tasks of the requests running now (query_api.stopping cancels them late in a stop).
+IN_FLIGHT: web.AppKey[set[asyncio.Task[object]]] = web.AppKey("in_flight")

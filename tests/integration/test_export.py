@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import socket
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -12,11 +16,14 @@ import aiohttp
 import asyncpg
 import pytest
 
+from auditlog.embedded import free_port
 from infra.db import create_pool
 from pipeline.flush import PartitionCache, write_batch
 from pipeline.stages import Message, Valid, process
 from tests.support.events import README_EVENT
+from tests.support.processes import wait_ready
 from tests.support.service import serving_app
+from tests.support.workers import pipeline_env
 
 pytestmark = pytest.mark.integration
 ADMIN = "export-admin-token-0123456789abcdef"
@@ -95,3 +102,43 @@ async def test_an_export_that_fails_part_way_cannot_look_complete(db_url, settin
     assert len(lines) < n
     last = json.loads(lines[-1]) if lines[-1].startswith(b'{"error"') else None
     assert last is None or last["error"]["code"] == "export_failed"
+
+
+async def test_a_stop_ends_an_export_its_client_stopped_reading_within_the_timeout(
+    db_url, settings_factory, tmp_path
+) -> None:
+    """SIGTERM while a client holds an export open without reading (the COPY behind it
+    waits on the socket): `auditlog api` cancels the export after AUDIT_SHUTDOWN_TIMEOUT_S,
+    COPY included, and exits 0 without a traceback (the COPY once ran on past the
+    cancelled request, into the closing pool: twice the timeout and asyncpg errors)."""
+    await load(db_url, 20_000)
+    timeout_s = 4
+    settings = settings_factory(db_url, state_dir=str(tmp_path))
+    port = free_port()
+    env = pipeline_env(settings, AUDIT_ADMIN_TOKEN=ADMIN, AUDIT_HTTP_PORT=str(port),
+                       AUDIT_GRPC_PORT=str(free_port()), AUDIT_EXPORT_ROWS_PER_S="0",
+                       AUDIT_SHUTDOWN_TIMEOUT_S=str(timeout_s))  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "auditlog.cli", "api"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    sock = socket.socket()
+    try:
+        wait_ready(port, proc)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(f"GET /v1/audit/export?tenant_id={TENANT} HTTP/1.1\r\nHost: t\r\n"
+                     f"Authorization: Bearer {ADMIN}\r\n\r\n".encode())  # fmt: skip
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(2)  # the export now waits on this client, which reads no more
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 60)
+        took = time.monotonic() - began
+    finally:
+        sock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    assert code == 0, out
+    assert "Traceback" not in out and "AttributeError" not in out, out
+    assert took < 1.5 * timeout_s, f"stopped after {took:.1f} s:\n{out}"
