@@ -76,7 +76,9 @@ from benchmarks.scaling_probes import (
     cpu_split,
     host_cpu_seconds,
     nats_process,
+    own_event_cost,
     search_probe,
+    stored_by_port,
 )
 from infra.db import with_database
 
@@ -381,6 +383,7 @@ async def run_arm(arm: Arm, tree: Tree, srv: Servers, payloads: list[bytes],
             check_imports(proc.pid, tree)
             t_search = await wait_searchable(conn, probe, total, 60 + 2 * (t_stored - t0))
             cpu1, host1, t_cpu = cpu.snapshot(), host_cpu_seconds(), time.perf_counter()
+            stored = await stored_by_port(cpu.port_of.values())
         finally:
             watcher.cancel()
             stop(proc)
@@ -401,6 +404,7 @@ async def run_arm(arm: Arm, tree: Tree, srv: Servers, payloads: list[bytes],
         "searchable_seconds": None if t_search is None else t_search - t0,
         "searchable_per_s": None if t_search is None else total / (t_search - t0),
         "lock": sampler.result(), "cpu_us_per_event": split, "worker_process_us": per_worker,
+        "worker_own": own_event_cost(marks["cpu0"], cpu1, cpu.ready, cpu.port_of, stored),
         "cores_busy": cpu_s / (t_cpu - t0),
         "other_cores_busy": max(0.0, (host1 - marks["host0"] - cpu_s) / (t_cpu - t0)),
         "flush_module": info["flush_module"], "fastpath": info["fastpath"],
@@ -437,7 +441,9 @@ def _progress(arm: Arm, out: dict[str, Any]) -> None:
           f"#{arm.repeat + 1}: {out['events_per_s']:,.0f}/s stored, "
           f"{out['searchable_per_s'] or 0:,.0f}/s searchable, lock {out['lock']['share']:.1%}, "
           f"CPU µs/event workers {cpu.get('workers')} pg {cpu.get('postgresql')} "
-          f"nats {cpu.get('nats-server')}", file=sys.stderr, flush=True)  # fmt: skip
+          f"nats {cpu.get('nats-server')}; per worker (share of events, µs per own event, "
+          f"events per flush) {[tuple(w.values()) for w in out.get('worker_own', [])]}",
+          file=sys.stderr, flush=True)  # fmt: skip
 
 
 async def run(opts: argparse.Namespace) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -171,6 +172,7 @@ class CpuProbe:
         the first one drains while the others still import; their start-up is not CPU
         per event (see :func:`cpu_split`'s ``ready``)."""
         self.ready: dict[int, float] = {}
+        self.port_of: dict[int, int] = {}
         while True:
             for group, p in self._procs():
                 if group not in ("workers", "supervisor") or p.pid in self.ready:
@@ -181,6 +183,7 @@ class CpuProbe:
                     if listening & ports:
                         t = p.cpu_times()
                         self.ready[p.pid] = t.user + t.system
+                        self.port_of[p.pid] = min(listening & ports)
             await asyncio.sleep(every_s)
 
 
@@ -210,3 +213,44 @@ def host_cpu_seconds() -> float:
     """CPU seconds every process of the host has used (all cores, idle and iowait not)."""
     t = psutil.cpu_times()
     return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+
+async def stored_by_port(ports: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """(events stored, flushes that stored any) of each worker process, from its metrics
+    port (``auditlog_events_stored_total``, every source summed, and
+    ``auditlog_flush_batch_size_count``); a port that does not answer is left out."""
+    import aiohttp
+
+    def total(text: str, name: str) -> int:
+        return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith(name)))  # fmt: skip
+
+    out: dict[int, tuple[int, int]] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+        for port in ports:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                    text = await r.text()
+                out[port] = (total(text, "auditlog_events_stored_total"),
+                             total(text, "auditlog_flush_batch_size_count"))  # fmt: skip
+    return out
+
+
+def own_event_cost(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                   ready: dict[int, float], port_of: dict[int, int],
+                   stored: dict[int, tuple[int, int]]) -> list[dict[str, Any]]:  # fmt: skip
+    """Each worker process's share of the events it stored, its CPU µs per event *it*
+    stored (counted as :func:`cpu_split` counts) and its mean flush size, busiest first:
+    whether more workers cost more per event because each does more per event, or
+    because idle ones spend CPU."""
+    out = []
+    total = sum(n for n, _ in stored.values()) or 1
+    for pid, port in port_of.items():
+        if pid not in after or port not in stored:
+            continue
+        used = after[pid][1] - max(before.get(pid, ("", 0.0))[1], ready.get(pid, 0.0))
+        n, flushes = stored[port]
+        out.append({"share": round(n / total, 3),
+                    "us_per_own_event": round(used / n * 1e6, 1) if n else None,
+                    "events_per_flush": round(n / flushes) if flushes else None})  # fmt: skip
+    return sorted(out, key=lambda x: -x["share"])

@@ -49,6 +49,9 @@ def groups(arms: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "cpu_us_per_event": {k: _median(r["cpu_us_per_event"].get(k) for r in runs)
                                  for k in sorted(cpu_keys)},
             "worker_process_us": _median_list([r["worker_process_us"] for r in runs]),
+            "worker_own": {k: _median_list([[w[k] or 0.0 for w in r.get("worker_own", [])]
+                                            for r in runs])
+                           for k in ("share", "us_per_own_event", "events_per_flush")},
             "cores_busy": _median(r["cores_busy"] for r in runs),
             "other_cores_busy": _median(r.get("other_cores_busy") for r in runs),
         })  # fmt: skip
@@ -179,6 +182,14 @@ def _cpu(cpu: dict[str, float | None]) -> str:
     return " / ".join(parts) + f" = {_n(cpu.get('total'), '{:.1f}')}"
 
 
+def _own(g: dict[str, Any]) -> str:
+    """``share / µs / events per flush`` of each worker process, busiest first."""
+    own = g.get("worker_own") or {}
+    rows = zip(own.get("share", []), own.get("us_per_own_event", []),
+               own.get("events_per_flush", []), strict=False)  # fmt: skip
+    return "; ".join(f"{s:.0%} / {us:.1f} / {n:,.0f}" for s, us, n in rows) or "—"
+
+
 def _others(g: dict[str, Any]) -> str:
     other = g.get("other_cores_busy")
     return f" (+{other:.2f} others)" if other and other >= 0.05 else ""
@@ -193,14 +204,16 @@ def table(gs: Sequence[dict[str, Any]]) -> list[str]:
     """The Markdown table of every group (medians)."""
     lines = ["| code | tenants | workers | slots | events/s stored | events/s stored + "
              "searchable | CPU µs/event: workers / PostgreSQL / nats-server = total | "
-             "µs/event per worker process | cores busy | lock-wait share | runs (events/s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "µs/event per worker process | each worker: share of events, CPU µs per event "
+             "it stored, events per flush | cores busy | lock-wait share | runs (events/s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for g in gs:
         lines.append(
             f"| {g['code']} | {'1 (hot)' if g['hot_tenant'] else 'many'} | {g['workers']} "
             f"| {g['slots']} | {_n(g['events_per_s'])} | {_n(g['searchable_per_s'])} "
             f"| {_cpu(g['cpu_us_per_event'])} "
             f"| {', '.join(f'{x:.1f}' for x in g['worker_process_us']) or '—'} "
+            f"| {_own(g)} "
             f"| {_n(g['cores_busy'], '{:.2f}')}{_others(g)} | {_lock(g)} "
             f"| {', '.join(f'{x:,}' for x in g['runs_per_s'])} |"
         )
