@@ -152,7 +152,7 @@ class PartitionCache:
         Raises:
             Exception: a transient error (:class:`RetryableStoreError`): try again later.
         """
-        items = list(events)
+        items = events if isinstance(events, list) else list(events)
         occurred = [p.occurred_us for p in items if isinstance(p, Prepared)]
         if (
             len(occurred) == len(items)
@@ -296,8 +296,8 @@ class PgStore:
     async def write(self, items: Sequence[Valid]) -> tuple[FlushResult, list[tuple[Valid, str]]]:
         """See :meth:`pipeline.sinks.Store.write`."""
         try:
-            refused = await self.partitions.ensure(self.pool, [v.prepared for v in items])
-            keep = list(items)
+            prepared = [v.prepared for v in items]
+            refused = await self.partitions.ensure(self.pool, prepared)
             out: list[tuple[Valid, str]] = []
             if refused:
                 keep = []
@@ -307,9 +307,10 @@ class PgStore:
                         keep.append(v)
                     else:
                         out.append((v, why))
-            if not keep:
+                prepared = [v.prepared for v in keep]
+            if not prepared:
                 return FlushResult(), out
             async with self.pool.acquire() as conn:
-                return await write_batch(conn, [v.prepared for v in keep], self.heads), out
+                return await write_batch(conn, prepared, self.heads), out
         except Exception as exc:
             raise classify(exc)(describe(exc)) from exc

@@ -345,15 +345,24 @@ class Deduplicator:
 
         Duplicates are repeats inside ``items`` and keys already in the window.
         """
+        fresh, dupes, _ = self.split_keys(items)
+        return fresh, dupes
+
+    def split_keys(self, items: list[Valid]
+                   ) -> tuple[list[Valid], list[Valid], list[tuple[str, int]]]:  # fmt: skip
+        """:meth:`split`, plus the fresh items' keys in order (what :meth:`remember_keys`
+        takes once they are stored): the batch's keys are read once, not again after the
+        commit (each pass over a batch's objects costs, the more so when a flush takes a
+        slice of the events a worker holds)."""
         keys = [item.prepared.key for item in items]
         unique = set(keys)
         known = unique & self._seen  # iterates the smaller set
         if len(unique) == len(keys) and not known:
-            return list(items), []  # the usual batch: nothing to drop
+            return list(items), [], keys  # the usual batch: nothing to drop
         # key -> the index of its first occurrence (later ones overwrite, reversed)
         first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
         for key in known:
             del first[key]
         keep = sorted(first.values())
         drop = sorted(set(range(len(keys))).difference(keep))
-        return [items[i] for i in keep], [items[i] for i in drop]
+        return [items[i] for i in keep], [items[i] for i in drop], [keys[i] for i in keep]

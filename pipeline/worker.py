@@ -308,8 +308,9 @@ class Worker:
             The skipped events, in batch order.
         """
         valid = [x for x in batch if isinstance(x, Valid)]
-        dead = [x for x in batch if isinstance(x, Dead)]
-        fresh, dupes = self.dedup.split(valid)
+        # (one pass in the usual batch: every item valid)
+        dead = [x for x in batch if isinstance(x, Dead)] if len(valid) < len(batch) else []
+        fresh, dupes, fresh_keys = self.dedup.split_keys(valid)
         result, rejected, skipped = await self._store(fresh)
         later = {id(v.msg) for v in skipped}
         dead.extend(d for d, _ in rejected)
@@ -326,7 +327,7 @@ class Worker:
         dupe_keys: list[EventKey] = [(v.prepared.tenant_id, v.prepared.id) for v in dupes]
         dupe_keys.extend(result.duplicates)
         if len(result.stored) == len(fresh):  # all of them (stored is a subset of fresh)
-            self.dedup.remember_keys([v.prepared.key for v in fresh])
+            self.dedup.remember_keys(fresh_keys)
         else:
             self.dedup.remember(result.stored)
         self._account(result, dupe_keys, len(dead) - len(held))

@@ -158,10 +158,12 @@ def test_deduplicator_answers_as_the_key_by_key_window(capacity, ops) -> None:
             oracle.remember_keys(keys)
         else:
             items = [_Item(k) for k in keys]
-            fresh, dupes = d.split(items)  # type: ignore[arg-type]
+            fresh, dupes, fresh_keys = d.split_keys(items)  # type: ignore[arg-type]
             want_fresh, want_dupes = oracle.split(keys)
             assert fresh == [items[i] for i in want_fresh]
             assert dupes == [items[i] for i in want_dupes]
+            assert fresh_keys == [keys[i] for i in want_fresh]
+            assert d.split(items) == (fresh, dupes)  # type: ignore[arg-type]
         assert len(d) == len(oracle.seen) <= capacity
         for tenant, n in oracle.seen:
             assert d.seen(tenant, uuid.UUID(int=n))
