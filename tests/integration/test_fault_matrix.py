@@ -140,8 +140,11 @@ async def test_kill_9_one_of_two_workers_mid_flush(rig: Rig) -> None:
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)  # mid-flush: rows are landing right now
         await assert_exact(rig, total, [sup])
-        # The supervisor restarted the killed worker.
-        now = direct_children(sup.pid)
+        # The supervisor restarts the killed worker after its backoff (1 s): the drain
+        # may end before that, so wait for it (bounded) rather than look once.
+        now = await eventually(lambda: direct_children(sup.pid),
+                               lambda kids: len(kids) == 2 and workers[0] not in kids,
+                               timeout=15, what="the killed worker restarted")  # fmt: skip
         assert len(now) == 2 and workers[0] not in now
     finally:
         stop_all([sup])
