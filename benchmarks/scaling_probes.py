@@ -220,19 +220,21 @@ async def stored_by_port(ports: Iterable[int]) -> dict[int, tuple[int, int]]:
     port (``auditlog_events_stored_total``, every source summed, and
     ``auditlog_flush_batch_size_count``); a port that does not answer is left out."""
     import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
 
-    def total(text: str, name: str) -> int:
-        return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                       if line.startswith(name)))  # fmt: skip
-
+    wanted = ("auditlog_events_stored_total", "auditlog_flush_batch_size_count")
     out: dict[int, tuple[int, int]] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
         for port in ports:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
                     text = await r.text()
-                out[port] = (total(text, "auditlog_events_stored_total"),
-                             total(text, "auditlog_flush_batch_size_count"))  # fmt: skip
+                sums: Counter[str] = Counter()
+                for family in text_string_to_metric_families(text):
+                    for sample in family.samples:
+                        if sample.name in wanted:
+                            sums[sample.name] += sample.value
+                out[port] = (int(sums[wanted[0]]), int(sums[wanted[1]]))
     return out
 
 
