@@ -66,7 +66,7 @@ static PyObject *s_data, *s_timestamp_ns, *s_subject, *s_tenant_id, *s_action, *
     *s_type, *s_id, *s_display_name, *s_category, *s_severity, *s_primary_resource,
     *s_related_resources, *s_description, *s_metadata, *s_changes, *s_occurred_at, *s_ip,
     *s_user_agent, *s_request_id, *s_trace_id, *s_int, *s_utcoffset, *s_canonical, *s_row,
-    *s_seq_at, *s_occurred_us, *s_digest, *s_unspecified;
+    *s_seq_at, *s_occurred_us, *s_digest, *s_unspecified, *s_stream_seq;
 
 /* ---- a growable byte buffer --------------------------------------------------------- */
 typedef struct {
@@ -757,6 +757,96 @@ fail:
     return NULL;
 }
 
+/* ---- deferred preparing (pipeline.stages.defer_batch) ------------------------------ */
+static PyObject *cfg_pending; /* pipeline.stages.Pending */
+
+static inline int json_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+/* As pipeline.stages.pending_tenant: the tenant (a new reference) of a message whose
+ * preparing may wait, Py_None (a new reference) when it may not, NULL on an error. */
+static PyObject *pending_tenant(PyObject *msg) {
+    PyObject *ts = attr(msg, s_timestamp_ns), *seq = attr(msg, s_stream_seq);
+    if (ts == NULL || seq == NULL) return NULL;
+    int t = PyObject_IsTrue(ts), q = t > 0 ? PyObject_IsTrue(seq) : 0;
+    if (t < 0 || q < 0) return NULL;
+    if (!t || !q) Py_RETURN_NONE;
+    PyObject *data = attr(msg, s_data);
+    if (data == NULL) return NULL;
+    if (!PyBytes_CheckExact(data)) Py_RETURN_NONE;
+    const char *p = PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data), i = 1;
+    if (n < 1 || p[0] != '{') Py_RETURN_NONE;
+    while (i < n && json_ws(p[i])) i++;
+    if (n - i < 11 || memcmp(p + i, "\"tenant_id\"", 11) != 0) Py_RETURN_NONE;
+    i += 11;
+    while (i < n && json_ws(p[i])) i++;
+    if (i >= n || p[i] != ':') Py_RETURN_NONE;
+    i++;
+    while (i < n && json_ws(p[i])) i++;
+    if (i >= n || p[i] != '"') Py_RETURN_NONE;
+    Py_ssize_t start = ++i;
+    while (i < n && p[i] != '"' && p[i] != '\\') i++;
+    if (i >= n || p[i] != '"' || i == start) Py_RETURN_NONE;
+    PyObject *s = PyUnicode_DecodeUTF8(p + start, i - start, NULL);
+    if (s == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return s;
+}
+
+/* defer_split(msgs) -> (items, eager): per message a Pending(msg, tenant) or None, and
+ * the indices of the None ones (to be prepared at once). */
+static PyObject *defer_split(PyObject *self, PyObject *msgs) {
+    if (cfg_pending == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "pipeline._fastpath.configure_defer() was not called");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Tuple(msgs);
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    PyObject *items = PyList_New(n), *eager = PyList_New(0);
+    if (items == NULL || eager == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *msg = PyTuple_GET_ITEM(seq, i);
+        PyObject *tenant = pending_tenant(msg);
+        if (tenant == NULL) goto fail;
+        PyObject *item;
+        if (tenant == Py_None) {
+            item = tenant; /* the reference moves into the list */
+            PyObject *k = PyLong_FromSsize_t(i);
+            if (k == NULL || PyList_Append(eager, k) < 0) {
+                Py_XDECREF(k);
+                Py_DECREF(item);
+                goto fail;
+            }
+            Py_DECREF(k);
+        } else {
+            PyObject *args[2] = {msg, tenant};
+            item = PyObject_Vectorcall(cfg_pending, args, 2, NULL);
+            Py_DECREF(tenant);
+            if (item == NULL) goto fail;
+        }
+        PyList_SET_ITEM(items, i, item);
+    }
+    Py_DECREF(seq);
+    PyObject *out = PyTuple_Pack(2, items, eager);
+    Py_DECREF(items);
+    Py_DECREF(eager);
+    return out;
+fail:
+    Py_DECREF(seq);
+    Py_XDECREF(items);
+    Py_XDECREF(eager);
+    return NULL;
+}
+
+static PyObject *configure_defer(PyObject *self, PyObject *pending) {
+    Py_INCREF(pending);
+    Py_XSETREF(cfg_pending, pending);
+    Py_RETURN_NONE;
+}
+
 /* ---- per batch, in the flush transaction ------------------------------------------------- */
 typedef struct {
     PyObject *tenant; /* borrowed from the items */
@@ -1291,6 +1381,11 @@ static PyMethodDef methods[] = {
      "scan_msgs(buf, sinks) -> (used, groups, other): MSG frames of the sids in sinks."},
     {"configure_nats", configure_nats, METH_O,
      "configure_nats(Message): the type scan_msgs builds (pipeline.stages.Message)."},
+    {"defer_split", defer_split, METH_O,
+     "defer_split(msgs) -> (items, eager): per message a Pending or None (prepare it now), "
+     "and the indices of the None ones; as pipeline.stages.defer_batch decides."},
+    {"configure_defer", configure_defer, METH_O,
+     "configure_defer(Pending): the type defer_split builds (pipeline.stages.Pending)."},
     {"claims_copy", (PyCFunction)claims_copy, METH_O,
      "claims_copy(items) -> bytes: as pipeline.chain.claims_copy."},
     {"chain_copy", (PyCFunction)(void (*)(void))chain_copy, METH_FASTCALL,
@@ -1341,6 +1436,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     INTERN(s_occurred_us, "occurred_us");
     INTERN(s_digest, "digest");
     INTERN(s_unspecified, "ACTOR_TYPE_UNSPECIFIED");
+    INTERN(s_stream_seq, "stream_seq");
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL) return NULL;
 #ifdef AUDIT_WITH_OPENSSL

@@ -13,6 +13,9 @@ The pure path is also the oracle: both give byte-identical results for every inp
   unknown tenant or action, lowerCamelCase names, headers that name the id, times out of
   range, ...) to the pure :func:`pipeline.stages.process`, so every dead letter's reason
   and text come from one place.
+- :func:`defer`: messages in; per message a ``Pending`` (its tenant read off the payload's
+  first member: its preparing waits for the flush that takes it) or, when it may not
+  wait, what :func:`prepare_batch` gives (``pipeline.stages.defer_batch``).
 - :func:`claims_copy`: binary COPY data of the batch's ``audit.event_ids`` claims.
 - :func:`chain_copy`: per-tenant ``seq`` and SHA-256 chain after the locked heads, and the
   binary COPY data of ``audit.events`` per month partition.
@@ -41,7 +44,9 @@ from pipeline.stages import (
     Dead,
     Limits,
     Message,
+    Pending,
     Valid,
+    defer_batch,
     event_id_for,
     micros,
     occurred_bounds,
@@ -64,6 +69,7 @@ def _build() -> tuple[ModuleType | None, str]:
                         KNOWN_ACTIONS, Valid, Prepared, process, event_id_for,
                         hashlib.sha256)  # fmt: skip
     _fastpath.configure_nats(Message)
+    _fastpath.configure_defer(Pending)
     return _fastpath, ""
 
 
@@ -91,6 +97,7 @@ def pure_prepare_batch(msgs: Sequence[Message], now: datetime,
     return [process(m, now, limits) for m in msgs]
 
 
+pure_defer_batch = defer_batch
 pure_claims_copy = chain.claims_copy
 pure_chain_copy = chain.chain_copy
 
@@ -101,6 +108,20 @@ def compiled_prepare_batch(msgs: Sequence[Message], now: datetime,
     assert BUILT is not None
     low, high = occurred_bounds(limits)
     return BUILT.prepare_batch(msgs, now, limits, micros(now), low, high, limits.subject)
+
+
+def compiled_defer_batch(
+    msgs: Sequence[Message], now: datetime, limits: Limits = DEFAULT_LIMITS
+) -> list[Pending | Valid | Dead]:
+    """:func:`pure_defer_batch`, compiled: the tenant guessed in C, the messages that may not
+    wait prepared at once by :func:`compiled_prepare_batch`."""
+    assert BUILT is not None
+    items, eager = BUILT.defer_split(msgs)
+    if eager:
+        done = compiled_prepare_batch([msgs[i] for i in eager], now, limits)
+        for i, item in zip(eager, done, strict=True):
+            items[i] = item
+    return items
 
 
 def compiled_claims_copy(items: Sequence[Prepared]) -> bytes:
@@ -122,10 +143,12 @@ scan_msgs: ScanMsgs | None = COMPILED.scan_msgs if COMPILED is not None else Non
 
 if COMPILED is not None:
     prepare_batch = compiled_prepare_batch
+    defer = compiled_defer_batch
     claims_copy = compiled_claims_copy
     chain_copy = compiled_chain_copy
 else:
     prepare_batch = pure_prepare_batch
+    defer = pure_defer_batch
     claims_copy = pure_claims_copy
     chain_copy = pure_chain_copy
 

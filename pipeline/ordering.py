@@ -31,6 +31,7 @@ Worked example (2 buckets: t in bucket 0, u in bucket 1; flush slots A and B):
 from __future__ import annotations
 
 import bisect
+import heapq
 import random
 import time
 import zlib
@@ -246,6 +247,20 @@ class TenantOrder(Generic[T]):
         pairs.sort()
         return self._hand_over(dead, pairs, held)
 
+    def rebind(self, taken: list[T], batch: list[T]) -> None:
+        """``batch`` stands for ``taken`` (what :meth:`take` returned) from now on: the same
+        items in the same order, some replaced (the worker prepares pending messages when
+        a flush takes them); :meth:`done` is then called with ``batch`` and items of it."""
+        if batch is taken:
+            return
+        if len(batch) != len(taken):
+            raise ValueError("a rebound batch must have one item per taken item")
+        flight = self._flights.pop(id(taken), None)
+        if flight is not None and flight[0] is taken:
+            self._flights[id(batch)] = (batch, flight[1], flight[2])
+        elif flight is not None:  # another list at that address: not ours
+            self._flights[id(flight[0])] = flight
+
     def done(self, flushed: Sequence[T], skipped: Sequence[T]) -> None:
         """A flush of ``flushed`` (what :meth:`take` returned) ended; ``skipped`` (a subset,
         in order) were not stored because another worker held their tenant: they go back
@@ -278,10 +293,18 @@ class TenantOrder(Generic[T]):
                 self._skips[b] = 0
         for b, items in back.items():
             q = self._queues[b]
-            # Older than anything of the bucket still waiting: their own numbers, or (not
-            # taken from here) numbers just below the bucket's oldest.
+            # Their own arrival numbers, or (not taken from here) numbers just below the
+            # bucket's oldest. A bucket stays in arrival order (take's bisection needs it):
+            # skipped items are older than anything of their bucket still waiting (it was
+            # in flight), but an item that waited in another tenant's bucket (a rebound
+            # misfit) may not be, so it is merged into its place.
             below = (q[0][0] if q else self._arrivals) - len(items)
-            q[:0] = [(arrival.get(id(item), below + k), item) for k, item in enumerate(items)]
+            pairs = sorted([(arrival.get(id(item), below + k), item)
+                            for k, item in enumerate(items)], key=_arrival)  # fmt: skip
+            if not q or pairs[-1][0] < q[0][0]:
+                q[:0] = pairs
+            else:
+                self._queues[b] = list(heapq.merge(pairs, q, key=_arrival))
             self._waiting += len(items)
         self.backoff(back)
 

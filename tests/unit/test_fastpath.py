@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from pipeline import fastpath
 from pipeline.chain import Prepared, month_of
 from pipeline.copy_binary import HEADER, TRAILER
-from pipeline.stages import Dead, Limits, Message, Valid
+from pipeline.stages import Dead, Limits, Message, Pending, Valid, pending_tenant
 from schemas import events
 from schemas.canonical import canonical_bytes
 from schemas.ids import IDEMPOTENCY_HEADER, tenant_subject
@@ -364,3 +364,41 @@ def test_a_message_whose_fields_are_computed_gets_the_pure_paths_outcome() -> No
     compiled = fastpath.compiled_prepare_batch(msgs, NOW, LIMITS)
     assert compiled == fastpath.pure_prepare_batch(msgs, NOW, LIMITS)
     assert all(isinstance(r, Valid) for r in compiled)
+
+
+# ---- deferred preparing: which messages wait, under which tenant -------------------------
+_OPENINGS = st.sampled_from([
+    b'{"tenant_id":"', b'{ "tenant_id" : "', b'{\n\t"tenant_id":\r"', b'{"tenant_id":',
+    b'{"tenant_id" "', b'["tenant_id":"', b' {"tenant_id":"', b'{"tenant_ID":"', b"",
+])  # fmt: skip
+_TAILS = st.binary(max_size=12) | st.sampled_from(
+    [b'acme"}', b'\xc3\xa9"', b'a\\"b"', b'\xed\xa0\x80"', b'"', b"a"]
+)
+_RAW_OPENED = st.builds(bytes.__add__, _OPENINGS, _TAILS)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(msgs=st.lists(messages(), min_size=1, max_size=6),
+       raw=st.lists(_RAW_OPENED, max_size=4), ts=st.sampled_from([0, NOW_NS]),
+       seq=st.sampled_from([0, 7]))  # fmt: skip
+def test_both_paths_defer_the_same_messages_under_the_same_tenant(msgs: list[Message],
+                                                                   raw: list[bytes], ts: int,
+                                                                   seq: int) -> None:  # fmt: skip
+    msgs = msgs + [Message(data=r, timestamp_ns=ts, stream_seq=seq) for r in raw]
+    compiled = fastpath.compiled_defer_batch(msgs, NOW, LIMITS)
+    pure = fastpath.pure_defer_batch(msgs, NOW, LIMITS)
+    assert len(compiled) == len(pure) == len(msgs)
+    for c, p, m in zip(compiled, pure, msgs, strict=True):
+        assert type(c) is type(p) and c.msg is m and p.msg is m
+        if isinstance(c, Pending):
+            assert c.tenant_id == p.tenant_id == pending_tenant(m)
+        else:
+            assert outcome(c) == outcome(p)
+
+
+def test_defer_split_refuses_what_is_not_a_message() -> None:
+    assert fastpath.BUILT is not None
+    with pytest.raises(AttributeError):
+        fastpath.BUILT.defer_split([object()])
+    with pytest.raises(TypeError):
+        fastpath.BUILT.defer_split(5)

@@ -8,6 +8,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -119,7 +120,8 @@ ops = st.lists(
             st.just("offer"),
             st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f", None]), max_size=6),
         ),
-        st.tuples(st.just("take"), st.integers(1, 5), st.booleans()),
+        # take n [oldest] [rebind: 0 no, 1 copies, 2 copies and the first one a misfit]
+        st.tuples(st.just("take"), st.integers(1, 5), st.booleans(), st.integers(0, 2)),
         st.tuples(st.just("end"), st.integers(0, 3), st.lists(st.booleans(), max_size=6)),
         st.tuples(st.just("tick"), st.floats(0, 0.3)),
     ),
@@ -134,12 +136,16 @@ def test_any_interleaving_keeps_tenant_order_and_loses_nothing(steps: list) -> N
     order = _order(clock)
     offered: list[Item] = []
     running: list[list[Item]] = []
+    took: dict[int, list[Item]] = {}  # id(running batch) -> what take gave (before a rebind)
     stored: list[Item] = []  # in the order flushes stored them
+    misfits: set[int] = set()  # id() of items whose tenant the take did not know
 
     def end(k: int, skips: list[bool]) -> None:
         batch = running.pop(k % len(running))
         skipped_tenants = {i.tenant for i, s in zip(batch, skips, strict=False) if s}
-        skipped = [i for i in batch if i.tenant is not None and i.tenant in skipped_tenants]
+        skipped = [i for i in batch if (i.tenant is not None and i.tenant in skipped_tenants)
+                   or id(i) in misfits]  # fmt: skip
+        misfits.difference_update(id(i) for i in skipped)
         stored.extend(i for i in batch if i not in skipped)
         order.done(batch, skipped)
 
@@ -155,11 +161,25 @@ def test_any_interleaving_keeps_tenant_order_and_loses_nothing(steps: list) -> N
             numbers = [i.n for i in batch if i.tenant is not None]
             assert numbers == sorted(numbers)  # arrival order, dead letters first
             assert bool(batch) == (ready_in == 0.0)  # never stuck, never early
-            busy = {bucket_of(i.tenant, 4) for b in running for i in b if i.tenant is not None}
+            busy = {bucket_of(i.tenant, 4) for b in running for i in took[id(b)]
+                    if i.tenant is not None}  # fmt: skip
             # A tenant (and its bucket) is in at most one running flush.
             assert not busy & {bucket_of(i.tenant, 4) for i in batch if i.tenant is not None}
+            taken = batch
+            if batch and step[3]:
+                # The worker prepares what it took and flushes the prepared items: the same
+                # arrivals in the same order, as new objects; a misfit (its tenant turned out
+                # to be another: "m") goes back, as a skipped item, to its own bucket.
+                prepared = [Item(i.tenant, i.n) for i in batch]
+                if step[3] == 2 and prepared[0].tenant is not None:
+                    prepared[0] = Item("m", prepared[0].n)
+                    misfits.add(id(prepared[0]))
+                    offered[prepared[0].n] = prepared[0]
+                order.rebind(batch, prepared)
+                batch = prepared
             if batch:
                 running.append(batch)
+                took[id(batch)] = taken
         elif step[0] == "end" and running:
             end(step[1], step[2])
         elif step[0] == "tick":
@@ -174,11 +194,38 @@ def test_any_interleaving_keeps_tenant_order_and_loses_nothing(steps: list) -> N
         batch = order.take(5)
         assert batch
         running.append(batch)
+        took[id(batch)] = batch
     # Everything stored exactly once, each tenant's items in arrival order.
     assert sorted(i.n for i in stored) == [i.n for i in offered]
+    # (not "m": a misfit waited in another tenant's bucket, so its place among m's items is
+    # where its flush found it; a payload naming its tenant twice gets no better)
     for tenant in {"a", "b", "c", "d", "e", "f"}:
         seen = [i.n for i in stored if i.tenant == tenant]
         assert seen == sorted(seen), tenant
+
+
+def test_a_misfit_rejoins_its_own_bucket_in_arrival_order() -> None:
+    # An item that waited under a guessed tenant (a) turns out to be m's when prepared:
+    # it goes back to m's bucket, where an older item of m waits. The bucket must stay in
+    # arrival order (else take(oldest=True) found nothing to take and the worker spun).
+    clock = Clock()
+    order = _order(clock, buckets=2)
+    a, m = _named(0, 2, "a"), _named(1, 2, "m")
+    order.offer([m0 := Item(m, 0), Item(a, 1)])
+    taken = order.take(5, only={0})
+    assert [i.n for i in taken] == [1]
+    order.rebind(taken, prepared := [misfit := Item(m, 1)])
+    order.done(prepared, [misfit])
+    clock.now += MAX_BACKOFF_S
+    assert order.take(5, oldest=True) == [m0, misfit]
+
+
+def test_rebind_refuses_a_batch_of_another_length() -> None:
+    order = _order(Clock())
+    order.offer([Item("a", 0), Item("a", 1)])
+    taken = order.take(5)
+    with pytest.raises(ValueError, match="one item per taken item"):
+        order.rebind(taken, taken[:1])
 
 
 def test_oldest_takes_the_oldest_items_of_every_ready_bucket() -> None:

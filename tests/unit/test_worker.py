@@ -37,6 +37,11 @@ def event(tenant: str, n: int, **extra: object) -> bytes:
     return json.dumps(doc).encode()
 
 
+def _named_twice(data: bytes) -> bytes:
+    """``data`` with a second ``tenant_id`` member, ``tenant-x``, at its end."""
+    return data[:-1] + b', "tenant_id": "tenant-x"}'
+
+
 def message(seq: int, data: bytes) -> Message:
     stamp = int(NOW.timestamp()) * 10**9 + seq  # when the source stored it
     return Message(data=data, stream_seq=seq, timestamp_ns=stamp, ack=f"ack.{seq}")
@@ -387,14 +392,20 @@ class ClaimCheckingStore(FakeStore):
     tenants=st.lists(st.sampled_from(MANY_TENANTS), min_size=1, max_size=80),
     plan=st.lists(st.one_of(st.sets(st.integers(0, 63), max_size=64), st.none()), max_size=30),
     chunk=st.integers(1, 9),
+    misnamed=st.sets(st.integers(1, 80), max_size=8),
 )
 def test_a_worker_flushes_only_buckets_it_claimed_and_releases_each_claim_once(
-    tenants: list[str], plan: list[set[int] | None], chunk: int
+    tenants: list[str], plan: list[set[int] | None], chunk: int, misnamed: set[int]
 ) -> None:
     """Whatever buckets other workers hold, and when claims are unavailable: a flush holds
     only claimed buckets (while claims answer), every claim is released once, and every
-    event is stored once, in its tenant's arrival order, acked once after it was stored."""
-    msgs = [message(i + 1, event(t, i + 1)) for i, t in enumerate(tenants)]
+    event is stored once, in its tenant's arrival order, acked once after it was stored.
+
+    ``misnamed`` events name their tenant twice (the decoder keeps the last, ``tenant-x``):
+    they waited under the first one's bucket, and are still flushed only under a claim of
+    their own tenant's."""
+    msgs = [message(i + 1, _named_twice(event(t, i + 1)) if i + 1 in misnamed else event(t, i + 1))
+            for i, t in enumerate(tenants)]  # fmt: skip
     source = FakeSource([msgs[i : i + chunk] for i in range(0, len(msgs), chunk)])
     claims = FakeClaims(list(plan))
     store = ClaimCheckingStore(source.log, claims)
@@ -407,7 +418,8 @@ def test_a_worker_flushes_only_buckets_it_claimed_and_releases_each_claim_once(
     for seq in source.acked:
         assert source.log.index(("stored", seq)) < source.log.index(("ack", seq))
     for t, seqs in store.order.items():
-        assert seqs == sorted(seqs), t
+        assert t == "tenant-x" or seqs == sorted(seqs), t
     assert len(store.rows) == len(msgs)
+    assert len(store.order.get("tenant-x", [])) == len(misnamed & set(range(1, len(msgs) + 1)))
     assert not any(claims.held.values()), claims.held  # every claim released
     assert claims.calls > 0
