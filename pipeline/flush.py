@@ -29,9 +29,12 @@ tenants to begin with. The worker acknowledges the source only after
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -284,6 +287,14 @@ class PgStore:
     transaction, then :func:`write_batch`; errors raised as the :class:`StoreError`
     subclass :func:`classify` picks.
 
+    The connections of its flushes are kept between flushes (as many as ran at once, up
+    to the pool's size less two), not handed back to the pool after each one: the pool
+    resets what it gets back (``RESET ALL``, ``pg_advisory_unlock_all()``, ``UNLISTEN
+    *``, ``CLOSE ALL``), one more round trip and statement per flush, which a flush (a
+    transaction that commits or rolls back, and sets nothing for the session) does not
+    need. A connection whose flush failed goes back to the pool (reset or dropped
+    there); :meth:`close` hands the kept ones back.
+
     Args:
         pool: asyncpg pool connected with the app role.
     """
@@ -292,6 +303,10 @@ class PgStore:
         self.pool = pool
         self.partitions = PartitionCache()
         self.heads = HeadCache()
+        self._kept: list[Any] = []  # idle connections between flushes
+        # At most this many kept: the pool's other users (bucket claims keep one; the
+        # search indexer, partitions, leases borrow one) always find one free.
+        self._keep_max = max(0, pool.get_max_size() - 2)
 
     async def write(self, items: Sequence[Valid]) -> tuple[FlushResult, list[tuple[Valid, str]]]:
         """See :meth:`pipeline.sinks.Store.write`."""
@@ -310,7 +325,24 @@ class PgStore:
                 prepared = [v.prepared for v in keep]
             if not prepared:
                 return FlushResult(), out
-            async with self.pool.acquire() as conn:
-                return await write_batch(conn, prepared, self.heads), out
+            conn = self._kept.pop() if self._kept else await self.pool.acquire()
+            try:
+                result = await write_batch(conn, prepared, self.heads)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.pool.release(conn))
+                raise
+            if len(self._kept) < self._keep_max:
+                self._kept.append(conn)
+            else:
+                await self.pool.release(conn)
+            return result, out
         except Exception as exc:
             raise classify(exc)(describe(exc)) from exc
+
+    async def close(self) -> None:
+        """Hand the kept connections back to the pool (see :meth:`pipeline.sinks.Store.close`)."""
+        kept, self._kept = self._kept, []
+        for conn in kept:
+            with contextlib.suppress(Exception):
+                await self.pool.release(conn)

@@ -80,6 +80,11 @@ class Store(Protocol):
         """
         ...
 
+    async def close(self) -> None:
+        """Give back what the store keeps between writes (connections); never raises.
+        The worker calls it once, after its last write."""
+        ...
+
 
 class BucketClaims(Protocol):
     """Advisory claims on tenant buckets (``pipeline.ordering``), shared by every worker,

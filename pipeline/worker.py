@@ -236,6 +236,7 @@ class Worker:
                 task.cancel()
             if self.claims is not None:
                 await asyncio.shield(self.claims.close())
+            await asyncio.shield(self.store.close())
 
     async def _next_batch(self, order: TenantOrder[Held], wake: asyncio.Event,
                           reader: asyncio.Task[None], running: set[asyncio.Task[None]]

@@ -10,7 +10,9 @@ import pytest
 
 from infra.db import create_pool
 from infra.migrate import applied_versions, load_migrations, migrate
-from pipeline.flush import write_batch
+from pipeline.flush import PgStore, write_batch
+from pipeline.sinks import RetryableStoreError
+from pipeline.stages import Message, Valid
 from tests.support.databases import create_database
 from tests.support.events import storage_event
 from tests.support.waits import eventually
@@ -234,3 +236,41 @@ async def test_a_flush_skips_heads_another_holds_and_never_waits(db_url: str) ->
             assert [r["seq"] for r in seqs] == [1, 2, 3]  # gapless, nothing claimed twice
     finally:
         await pool.close()
+
+
+async def test_a_store_keeps_its_flush_connection_replaces_a_dead_one_and_gives_it_back(
+    db_url: str,
+) -> None:
+    """PgStore keeps a flush's connection for the next flush (no pool reset round trip
+    per flush); a kept connection whose session died fails one write (retryable: nothing
+    stored) and is replaced; close() hands the kept ones back, so the pool closes."""
+    pool = await create_pool(db_url, max_size=4)
+    store = PgStore(pool)
+    try:
+
+        def batch(tenant: str) -> list[Valid]:
+            return [Valid(Message(data=b"{}"), storage_event(tenant))]  # type: ignore[arg-type]
+
+        result, refused = await store.write(batch("kept-a"))
+        assert len(result.stored) == 1 and not refused
+        assert (pool.get_size(), pool.get_idle_size()) == (1, 0)  # kept, not handed back
+        result, _ = await store.write(batch("kept-a"))
+        assert len(result.stored) == 1 and pool.get_size() == 1  # the same one again
+        admin = await asyncpg.connect(db_url)  # the test's own login, not the app role
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'auditlog'"
+            )
+        finally:
+            await admin.close()
+        assert killed == 1
+        with pytest.raises(RetryableStoreError):
+            await store.write(batch("kept-b"))
+        result, _ = await store.write(batch("kept-b"))  # a new connection
+        assert len(result.stored) == 1
+        await store.close()
+        assert pool.get_idle_size() == pool.get_size()
+        await asyncio.wait_for(pool.close(), 10)  # nothing left outstanding
+    finally:
+        pool.terminate()

@@ -92,6 +92,10 @@ class FakeStore:
         self.calls = 0
         self.outages = outages
         self.log = log
+        self.closed = 0
+
+    async def close(self) -> None:
+        self.closed += 1
 
     async def write(self, items: Sequence[Valid]) -> tuple[FlushResult, list[tuple[Valid, str]]]:
         self.calls += 1
