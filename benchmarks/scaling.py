@@ -75,6 +75,7 @@ from benchmarks.scaling_probes import (
     SearchProbe,
     cpu_split,
     host_cpu_seconds,
+    log_problems,
     nats_process,
     own_event_cost,
     search_probe,
@@ -361,7 +362,9 @@ async def run_arm(arm: Arm, tree: Tree, srv: Servers, payloads: list[bytes],
         probe = await search_probe(conn, opts.searchable_sql)
         with contextlib.suppress(asyncpg.PostgresError):
             await conn.execute("CHECKPOINT")  # the preload's dirty pages are not this arm's
-        log = open(state / f"pipeline-{arm.code}-{arm.workers}w.log", "ab")  # noqa: SIM115
+        log_path = state / f"pipeline-{arm.code}-{arm.workers}w.log"
+        log_from = log_path.stat().st_size if log_path.exists() else 0
+        log = open(log_path, "ab")  # noqa: SIM115
         cmd = [sys.executable, "-m", "auditlog.cli", "pipeline", "--workers", str(arm.workers)]
         proc = subprocess.Popen(cmd, cwd=tree.path, env=env, stdout=log, stderr=log)
         cpu = CpuProbe(proc.pid, arm.workers, srv.postmaster, srv.nats_proc)
@@ -388,6 +391,9 @@ async def run_arm(arm: Arm, tree: Tree, srv: Servers, payloads: list[bytes],
             watcher.cancel()
             stop(proc)
             log.close()
+        with log_path.open("rb") as f:
+            f.seek(log_from)
+            problems = log_problems(f.read().decode("utf-8", "replace"))
         rows, chained = await conn.fetchrow(
             "SELECT (SELECT count(*) FROM audit.events),"
             " (SELECT coalesce(sum(last_seq), 0) FROM audit.chain_heads)")  # fmt: skip
@@ -408,7 +414,7 @@ async def run_arm(arm: Arm, tree: Tree, srv: Servers, payloads: list[bytes],
         "cores_busy": cpu_s / (t_cpu - t0),
         "other_cores_busy": max(0.0, (host1 - marks["host0"] - cpu_s) / (t_cpu - t0)),
         "flush_module": info["flush_module"], "fastpath": info["fastpath"],
-        "search": probe.describe if probe else None,
+        "search": probe.describe if probe else None, "log_problems": problems,
     }  # fmt: skip
 
 
@@ -444,6 +450,8 @@ def _progress(arm: Arm, out: dict[str, Any]) -> None:
           f"nats {cpu.get('nats-server')}; per worker (share of events, µs per own event, "
           f"events per flush) {[tuple(w.values()) for w in out.get('worker_own', [])]}",
           file=sys.stderr, flush=True)  # fmt: skip
+    for line in out.get("log_problems", []):  # why an arm stalled or lost a worker
+        print(f"    pipeline log: {line}", file=sys.stderr, flush=True)
 
 
 async def run(opts: argparse.Namespace) -> dict[str, Any]:

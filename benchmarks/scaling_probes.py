@@ -256,3 +256,24 @@ def own_event_cost(before: dict[int, tuple[str, float]], after: dict[int, tuple[
                     "us_per_own_event": round(used / n * 1e6, 1) if n else None,
                     "events_per_flush": round(n / flushes) if flushes else None})  # fmt: skip
     return sorted(out, key=lambda x: -x["share"])
+
+
+# Lines of a pipeline log that say something went wrong in an arm (a worker that exited
+# and was restarted, a flush retried, an internal error), not start-up notices.
+_PROBLEM_LEVELS = (" ERROR ", " CRITICAL ", " WARNING ")
+_EXPECTED = ("holds owner rights",)  # the benchmark migrates with the server's login
+
+
+def log_problems(text: str, limit: int = 10) -> list[str]:
+    """The first ``limit`` lines of a pipeline log (one arm's part of it) at WARNING or
+    above, but the notices every arm prints, each cut to 300 characters. An arm that
+    stalled or lost a worker shows why here (``worker 1 (pid ...) exited ...``)."""
+    out: list[str] = []
+    for line in text.splitlines():
+        if any(level in line for level in _PROBLEM_LEVELS) and not any(
+            e in line for e in _EXPECTED
+        ):
+            out.append(line[:300])
+            if len(out) >= limit:
+                break
+    return out

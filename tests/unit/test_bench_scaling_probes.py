@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.scaling_probes import cpu_split, own_event_cost
+from benchmarks.scaling_probes import cpu_split, log_problems, own_event_cost
 
 
 def test_own_event_cost_divides_each_workers_cpu_by_the_events_it_stored() -> None:
@@ -37,3 +37,21 @@ def test_cpu_split_counts_a_late_worker_from_its_set_up() -> None:
     assert split["postgresql"] == pytest.approx(20.0)
     assert per_worker == [10.0, 4.0]
     assert total == pytest.approx(3.4)
+
+
+def test_log_problems_keeps_warnings_and_errors_but_the_expected_notice() -> None:
+    text = "\n".join([
+        "2026-12-03 14:23:36,885 WARNING auditlog.credentials: database: AUDIT_DATABASE_URL's"
+        " login postgres holds owner rights, so this process migrates",
+        "2026-12-03 14:23:37,001 INFO pipeline.worker: pipeline hot path: compiled",
+        "2026-12-03 14:23:40,112 ERROR auditlog.runtime: worker 1 (pid 4242) exited with code"
+        " -9; restarting in 1s",
+        "2026-12-03 14:23:41,500 WARNING pipeline.worker: flush failed (retrying in 0.1s): "
+        + "x" * 400,
+    ])  # fmt: skip
+    out = log_problems(text)
+    assert len(out) == 2
+    assert "worker 1 (pid 4242) exited" in out[0]
+    assert out[1].startswith("2026-12-03 14:23:41,500 WARNING") and len(out[1]) == 300
+    assert log_problems(text, limit=1) == out[:1]
+    assert log_problems("") == []
