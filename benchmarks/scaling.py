@@ -332,7 +332,11 @@ async def wait_drained(js: Any, stream: str, consumer: str, total: int,
                                f"pending, {info.num_ack_pending} unacked")  # fmt: skip
         if now >= report_at:
             done = total - info.num_pending - info.num_ack_pending
-            print(f"    drained {done:,}/{total:,}", file=sys.stderr, flush=True)
+            # Pending (not yet delivered) and unacked (held by a worker) apart, and
+            # redeliveries: a stall shows where the missing messages are.
+            print(f"    drained {done:,}/{total:,} (pending {info.num_pending:,}, unacked "
+                  f"{info.num_ack_pending:,}, redelivered {info.num_redelivered or 0:,})",
+                  file=sys.stderr, flush=True)  # fmt: skip
             report_at += 5
         await asyncio.sleep(0.025)
 
