@@ -508,7 +508,9 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     codes = [c for c in dict.fromkeys(a["code"] for a in result["arms"]) if c != "base"]
     return {**result, "groups": gs,
             "targets": [t for c in codes for t in report.targets(gs, slots, c)],
-            "projections": {c: report.projection(gs, slots, cores, c) for c in codes}}  # fmt: skip
+            "projections": {c: report.projection(gs, slots, cores, c) for c in codes},
+            "contention": {c: report.contention(gs, slots, c) for c in [*codes, "base"]
+                           if report.contention(gs, slots, c)}}  # fmt: skip
 
 
 def _codes(text: str) -> dict[str, str | None]:

@@ -129,6 +129,42 @@ def targets(gs: Sequence[dict[str, Any]], sweep_slots: int,
     return out
 
 
+def contention(gs: Sequence[dict[str, Any]], sweep_slots: int,
+               code: str = "new") -> dict[str, Any] | None:  # fmt: skip
+    """How much dearer each process's CPU per event is with the most workers than with
+    one, for ``code``: ``{"workers": n, "ratios": {component: most / one}}``, or None.
+
+    nats-server is the control: the messages, deliveries and acks it handles per event
+    do not depend on how many workers share them (only how its socket writes batch), so
+    its rise measures what sharing the host's cores among more processes costs every
+    process, and the workers' own rise beyond it is what more workers cost in our code.
+    """
+    one = find(gs, code, 1, sweep_slots)
+    sweep = [g for g in gs if g["code"] == code and not g["hot_tenant"]
+             and g["slots"] == sweep_slots]  # fmt: skip
+    most = max(sweep, key=lambda g: g["workers"], default=None)
+    if one is None or most is None or most["workers"] < 2:
+        return None
+    ratios = {k: r for k in COMPONENTS
+              if (r := _ratio(most, one, f"cpu_us_per_event.{k}")) is not None}  # fmt: skip
+    return {"code": code, "workers": most["workers"], "ratios": ratios} if ratios else None
+
+
+def contention_text(c: dict[str, Any] | None) -> list[str]:
+    """The control paragraph: every process's CPU per event, most workers against one."""
+    if not c:
+        return []
+    parts = ", ".join(f"{k} x{r:.2f}" for k, r in c["ratios"].items())
+    return [
+        f"**Host contention control** (`{c['code']}`, {c['workers']} workers against "
+        f"1, CPU per event): {parts}. nats-server handles the same messages, "
+        "deliveries and acks per event whatever the number of workers; its rise is "
+        "what sharing the cores among more processes costs every process, and the "
+        "workers' rise beyond it is what more workers cost in the pipeline itself.",
+        "",
+    ]
+
+
 def _ratio(num: dict[str, Any] | None, den: dict[str, Any] | None, path: str) -> float | None:
     def get(g: dict[str, Any] | None) -> float | None:
         v: Any = g
@@ -274,6 +310,8 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {t['what']} | {t['code']} | {_fmt_target(t, t['value'])} | "
                          f"{_fmt_target(t, t['base'])} | {t['goal']} | {verdict} |")  # fmt: skip
         lines.append("")
+    for c in result.get("contention", {}).values():
+        lines += contention_text(c)
     for p in result.get("projections", {}).values():
         lines += projection_text(p)
     return "\n".join(lines) + "\n"

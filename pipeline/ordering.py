@@ -144,14 +144,14 @@ class TenantOrder(Generic[T]):
                 out.append((b, len(q)))
         return out
 
-    def backoff(self, buckets: Iterable[int]) -> None:
+    def backoff(self, buckets: Iterable[int], cap: float = MAX_BACKOFF_S) -> None:
         """``buckets`` were found held elsewhere (another worker flushes them): wait a
-        backoff before offering them again, as a skipped bucket does."""
+        backoff (at most ``cap``) before offering them again, as a skipped bucket does."""
         now = self._clock()
         for b in buckets:
             self._skips[b] += 1
             self._not_before[b] = now + min(FIRST_BACKOFF_S * 2 ** (self._skips[b] - 1),
-                                            MAX_BACKOFF_S)  # fmt: skip
+                                            cap)  # fmt: skip
 
     def take(self, max_items: int, only: Container[int] | None = None,
              oldest: bool = False) -> list[T]:  # fmt: skip

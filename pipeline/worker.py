@@ -34,7 +34,7 @@ from infra.metrics import Metrics
 from infra.settings import Settings
 from pipeline import fastpath
 from pipeline.agents import Agent, Stream
-from pipeline.ordering import TenantOrder
+from pipeline.ordering import MAX_BACKOFF_S, TenantOrder
 from pipeline.sinks import (
     BucketClaims,
     DeadLetters,
@@ -61,6 +61,16 @@ DLQ_ATTEMPTS = 3
 # Dead letters in flight at once per batch: a batch of large bad messages must not put
 # tens of MiB on the connection at once (their acks would time out).
 DLQ_CONCURRENCY = 32
+# Turns (``pipeline.bucket_claims``): a worker that has flushed a bucket flush after flush
+# for TURN_S yields it to another worker waiting for it. Flushes of a bucket less than
+# STREAK_GAP_S apart are one streak (longer than ordering.MAX_BACKOFF_S: the waiting
+# worker tries again within that, while the yielded bucket stays free).
+TURN_S = 1.0
+STREAK_GAP_S = 0.25
+# A worker with no flush running tries the buckets held elsewhere again at least this
+# often (instead of backing off up to ordering.MAX_BACKOFF_S): it has nothing else to do,
+# and a bucket yielded to it stays idle until it tries (one hot tenant, two workers).
+IDLE_RETRY_S = 0.02
 
 Now = Callable[[], datetime]
 # What waits for a flush: a message prepared when it arrived (Valid or Dead) or one whose
@@ -159,6 +169,9 @@ class Worker:
         self._unpublished_gauge = metrics.dead_letters_unpublished.labels(kind)
         self._kind = kind
         self.last_progress = time.monotonic()
+        # bucket -> (when this worker's current streak of flushes of it began, when the
+        # last of them ended): its turn (see TURN_S).
+        self._streaks: dict[int, tuple[float, float]] = {}
 
     # -- agents ---------------------------------------------------------------------------
     async def _process(self, stream: Stream[Any]) -> AsyncIterator[list[Any]]:
@@ -270,8 +283,9 @@ class Worker:
         buckets = [b for b, _ in ready]
         if self._alone(order):
             return order.take(max_items, only=()), []  # dead letters only
+        turns = self._turns_had(buckets)
         if self.claims.peers == 1:  # alone (as of the last claim): oldest first
-            claimed = await self.claims.claim(buckets, len(buckets))
+            claimed = await self.claims.claim(buckets, len(buckets), turns)
             if claimed is not None and self.claims.peers == 1:
                 got = set(claimed)
                 if busy := [b for b in buckets if b not in got]:  # (a claim left behind)
@@ -284,7 +298,7 @@ class Worker:
             want, count = want + 1, count + n
             if count >= max_items:
                 break
-        claimed = await self.claims.claim(buckets, want)
+        claimed = await self.claims.claim(buckets, want, turns)
         if claimed is None:
             return order.take(max_items), []
         got = set(claimed)
@@ -293,10 +307,35 @@ class Worker:
         tried = buckets if len(claimed) < want else buckets[: buckets.index(claimed[-1]) + 1]
         busy = [b for b in tried if b not in got]
         if busy:
-            order.backoff(busy)
+            idle = not claimed and not order.in_flight
+            order.backoff(busy, IDLE_RETRY_S if idle else MAX_BACKOFF_S)
             self.metrics.flush_busy_buckets.inc(len(busy))
         batch = order.take(max_items, only=got)
         return batch, claimed
+
+    def _turns_had(self, buckets: Sequence[int]) -> list[int]:
+        """Those of ``buckets`` this worker has kept flushing for :data:`TURN_S` or more
+        (flushes less than :data:`STREAK_GAP_S` apart): another worker waiting for one of
+        them gets it (the claim skips it), so none waits longer than about a turn and a
+        flush while this one keeps a bucket busy."""
+        if not self._streaks:
+            return []
+        now = time.monotonic()
+        out = []
+        for b in buckets:
+            streak = self._streaks.get(b)
+            if streak is not None and now - streak[1] < STREAK_GAP_S and now - streak[0] >= TURN_S:
+                out.append(b)
+        return out
+
+    def _flushed(self, buckets: Sequence[int], started: float) -> None:
+        """A flush of the claimed ``buckets``, begun at ``started``, ended: their streaks."""
+        now = time.monotonic()
+        streaks = self._streaks
+        for b in buckets:
+            streak = streaks.get(b)
+            streaks[b] = ((streak[0] if streak is not None and started - streak[1] < STREAK_GAP_S
+                           else started), now)  # fmt: skip
 
     def _alone(self, order: TenantOrder[Held]) -> bool:
         """Whether this worker is the only one claiming and already flushes: then it
@@ -309,6 +348,7 @@ class Worker:
                           wake: asyncio.Event) -> None:  # fmt: skip
         skipped: list[Held] = []
         batch = taken
+        started = time.monotonic()
         try:
             # Prepared now (not when they arrived): what this flush walks is allocated
             # together. Measured with 4 workers, whose flushes take every third or fourth
@@ -336,6 +376,7 @@ class Worker:
             wake.set()
             if claimed and self.claims is not None:  # (after done(): a claim counts, so
                 # the next flush of these buckets may have claimed them again meanwhile)
+                self._flushed(claimed, started)
                 await asyncio.shield(self.claims.release(claimed))
 
     async def stop(self) -> None:

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from infra.db import KEEPALIVES, create_pool
-from pipeline.bucket_claims import CLASS_ID, PgBucketClaims
+from pipeline.bucket_claims import CLASS_ID, WAIT_CLASS_ID, PgBucketClaims
 
 pytestmark = pytest.mark.integration
 
@@ -149,3 +149,43 @@ async def test_sessions_keep_alive_so_a_vanished_host_loses_its_claims_in_a_minu
         assert got == KEEPALIVES and again == KEEPALIVES
     finally:
         await pool.close()
+
+
+async def test_a_bucket_whose_turn_was_had_goes_to_the_worker_waiting_for_it(db_url: str) -> None:
+    """a keeps bucket 1 busy (claims it again before each release); b, finding it held,
+    waits for it. a's next claim that says its turn at 1 was had skips 1 (and locks
+    nothing for it), so 1 comes free when a releases, and b takes it; nobody waiting,
+    a turn had changes nothing."""
+    pools = [await create_pool(db_url, max_size=2) for _ in range(2)]
+    a, b = (PgBucketClaims(p) for p in pools)
+    admin = await asyncpg.connect(db_url)
+
+    async def claims_held(claims: PgBucketClaims) -> int:
+        return await admin.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1"
+            " AND objid = 1 AND pid = $2", CLASS_ID, claims._conn.get_server_pid())  # fmt: skip
+
+    try:
+        assert await a.claim([1, 2], 2, yield_to=[1, 2]) == [1, 2]  # nobody waits: claimed
+        assert await b.claim([1, 3], 2) == [3] and b.waiting == {1}
+        # a's next flush of 1 claims it again before the last one's release, unless a's
+        # turn is over while b waits: then a skips it and waits for it itself.
+        assert await a.claim([1], 1) == [1]
+        assert await a.claim([1], 1, yield_to=[1]) == [] and a.waiting == {1}
+        assert await claims_held(a) == 1  # (only the claims a made; nothing for the skip)
+        await a.release([1, 1])
+        assert await b.claim([1], 1) == [1]  # a waits too, but b had no turn at 1 yet
+        assert b.waiting == set()
+        assert await a.claim([1], 1) == []  # b's now
+        await b.release([1, 3])
+        assert await a.claim([1], 1, yield_to=[1]) == [1] and a.waiting == set()
+        waits = await admin.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1",
+            WAIT_CLASS_ID)  # fmt: skip
+        assert waits == 0  # every wait ended with the claim that took the bucket
+    finally:
+        await admin.close()
+        await a.close()
+        await b.close()
+        for p in pools:
+            await p.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.scaling_report import groups, markdown, projection, targets
+from benchmarks.scaling_report import contention, groups, markdown, projection, targets
 
 
 def _arm(code: str, workers: int, rate: float, lock: float, worker_us: float,
@@ -63,3 +63,17 @@ def test_projection_scales_cpu_per_event_to_the_cores_and_is_labelled() -> None:
     }
     text = markdown(result)
     assert "**Projection** (not measured)" in text and "| new | 1 (hot) | 2 | 2 |" in text
+
+
+def test_contention_control_sets_every_process_against_its_one_worker_arm() -> None:
+    arms = [*ARMS, _arm("new", 4, 20_000, 0.0, 36.0)]
+    arms[-1]["cpu_us_per_event"]["nats-server"] = 13.0  # the control rose by 30%
+    c = contention(groups(arms), 2)
+    assert c is not None and c["workers"] == 4 and c["code"] == "new"
+    assert c["ratios"]["nats-server"] == pytest.approx(11.5 / 10.0)  # median of 10 and 13
+    assert c["ratios"]["workers"] == pytest.approx(34.0 / 30.5)
+    assert contention(groups([_arm("new", 1, 1.0, 0.0, 30.0)]), 2) is None  # no 2+ arm
+    text = markdown({"config": {"events": 1, "tenants": 1, "batch": 1, "repeats": 1},
+                     "groups": groups(arms), "contention": {"new": c}})  # fmt: skip
+    assert "**Host contention control** (`new`, 4 workers against 1" in text
+    assert "nats-server x1.15" in text

@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
@@ -341,21 +342,28 @@ class FakeClaims:
     the buckets held elsewhere this time (or ``None``: claims unavailable now), counts
     what this worker holds, and lets the store check every flush against it."""
 
-    def __init__(self, plan: list[set[int] | None]) -> None:
+    def __init__(self, plan: list[set[int] | None], waited: int = 0) -> None:
         self.plan = plan
         self.held: dict[int, int] = {}
         self.calls = 0
         self.unavailable = 0  # claim calls that answered None
         self.peers = 0  # 1 (alone: the worker takes oldest first) while nothing is held elsewhere
+        self.waited = waited  # claim calls during which another worker waits for every bucket
+        self.yielded: list[int] = []  # buckets skipped because their turn was had
 
-    async def claim(self, buckets: Sequence[int], want: int) -> list[int] | None:
+    async def claim(self, buckets: Sequence[int], want: int,
+                    yield_to: Sequence[int] = ()) -> list[int] | None:  # fmt: skip
         self.calls += 1
         await asyncio.sleep(0)
         elsewhere = self.plan.pop(0) if self.plan else set()
         if elsewhere is None:
             self.unavailable += 1
             return None
-        self.peers = 2 if elsewhere else 1
+        self.peers = 2 if elsewhere or self.waited else 1
+        if self.waited:
+            self.waited -= 1
+            self.yielded.extend(yield_to)
+            elsewhere = elsewhere | set(yield_to)
         got = [b for b in buckets if b not in elsewhere][:want]
         for b in got:
             self.held[b] = self.held.get(b, 0) + 1
@@ -397,9 +405,14 @@ class ClaimCheckingStore(FakeStore):
     plan=st.lists(st.one_of(st.sets(st.integers(0, 63), max_size=64), st.none()), max_size=30),
     chunk=st.integers(1, 9),
     misnamed=st.sets(st.integers(1, 80), max_size=8),
+    waited=st.integers(0, 6),
 )
 def test_a_worker_flushes_only_buckets_it_claimed_and_releases_each_claim_once(
-    tenants: list[str], plan: list[set[int] | None], chunk: int, misnamed: set[int]
+    tenants: list[str],
+    plan: list[set[int] | None],
+    chunk: int,
+    misnamed: set[int],
+    waited: int,
 ) -> None:
     """Whatever buckets other workers hold, and when claims are unavailable: a flush holds
     only claimed buckets (while claims answer), every claim is released once, and every
@@ -407,17 +420,20 @@ def test_a_worker_flushes_only_buckets_it_claimed_and_releases_each_claim_once(
 
     ``misnamed`` events name their tenant twice (the decoder keeps the last, ``tenant-x``):
     they waited under the first one's bucket, and are still flushed only under a claim of
-    their own tenant's."""
+    their own tenant's. For the first ``waited`` claims another worker waits for every
+    bucket, and the worker's turn at a bucket ends with its first flush (``TURN_S`` 0): it
+    yields those it flushed, and still stores everything."""
     msgs = [message(i + 1, _named_twice(event(t, i + 1)) if i + 1 in misnamed else event(t, i + 1))
             for i, t in enumerate(tenants)]  # fmt: skip
     source = FakeSource([msgs[i : i + chunk] for i in range(0, len(msgs), chunk)])
-    claims = FakeClaims(list(plan))
+    claims = FakeClaims(list(plan), waited)
     store = ClaimCheckingStore(source.log, claims)
     cfg = load_settings({"AUDIT_BATCH_MAX_EVENTS": "5", "AUDIT_BATCH_MAX_LATENCY_MS": "0",
                          "AUDIT_FLUSH_CONCURRENCY": "3"})  # fmt: skip
     w = Worker(cfg, store, FakeDeadLetters(), source, Metrics(), now=lambda: NOW,
                sleep=_no_wait, claims=claims)  # fmt: skip
-    asyncio.run(asyncio.wait_for(w.run(), 30))
+    with patch("pipeline.worker.TURN_S", 0.0):
+        asyncio.run(asyncio.wait_for(w.run(), 30))
     assert sorted(source.acked) == [m.stream_seq for m in msgs] and not source.naked
     for seq in source.acked:
         assert source.log.index(("stored", seq)) < source.log.index(("ack", seq))
@@ -427,3 +443,24 @@ def test_a_worker_flushes_only_buckets_it_claimed_and_releases_each_claim_once(
     assert len(store.order.get("tenant-x", [])) == len(misnamed & set(range(1, len(msgs) + 1)))
     assert not any(claims.held.values()), claims.held  # every claim released
     assert claims.calls > 0
+
+
+def test_a_worker_yields_a_bucket_it_kept_busy_to_a_worker_waiting_for_it() -> None:
+    """One tenant, events arriving while its bucket flushes (a backlog): once the worker's
+    turn at the bucket is over (``TURN_S``, 0 here), its claims pass the bucket as one to
+    yield, the claim skips it while another worker waits, and the worker carries on with
+    it once nobody waits (every event stored once, in order)."""
+    msgs = [message(i + 1, event("tenant-1", i + 1)) for i in range(40)]
+    source = FakeSource([msgs[i : i + 4] for i in range(0, 40, 4)])
+    claims = FakeClaims([], waited=3)
+    store = ClaimCheckingStore(source.log, claims)
+    cfg = load_settings({"AUDIT_BATCH_MAX_EVENTS": "4", "AUDIT_BATCH_MAX_LATENCY_MS": "0",
+                         "AUDIT_FLUSH_CONCURRENCY": "2"})  # fmt: skip
+    w = Worker(cfg, store, FakeDeadLetters(), source, Metrics(), now=lambda: NOW,
+               sleep=_no_wait, claims=claims)  # fmt: skip
+    with patch("pipeline.worker.TURN_S", 0.0):
+        asyncio.run(asyncio.wait_for(w.run(), 30))
+    assert claims.yielded and set(claims.yielded) == {bucket_of("tenant-1")}
+    assert sorted(source.acked) == list(range(1, 41))
+    assert store.order["tenant-1"] == list(range(1, 41))
+    assert not any(claims.held.values())
