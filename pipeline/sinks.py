@@ -98,14 +98,15 @@ class BucketClaims(Protocol):
 
     peers: int  # workers claiming, this one included, as of the last claim (0: unknown)
 
-    async def claim(self, buckets: Sequence[int], want: int,
-                    yield_to: Sequence[int] = ()) -> list[int] | None:  # fmt: skip
+    async def claim(self, buckets: Sequence[int], want: int, yield_to: Sequence[int] = (),
+                    wait: bool = False) -> list[int] | None:  # fmt: skip
         """Claim up to ``want`` of ``buckets``, trying them in order and skipping those
         another worker holds, and those of ``yield_to`` (buckets whose turn this worker
         has had) that another worker waits for; the claimed ones, in order. None: claims
         are unavailable now (flush without them). Never raises, never waits on another's
-        claim. A bucket tried and not claimed is waited for until this worker claims it
-        (others then yield it to this one)."""
+        claim. ``wait`` (the worker has nothing else to flush): when nothing is claimed,
+        the buckets tried are waited for until this worker claims them (others then yield
+        them to this one)."""
         ...
 
     async def release(self, buckets: Sequence[int]) -> None:

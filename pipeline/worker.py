@@ -62,9 +62,10 @@ DLQ_ATTEMPTS = 3
 # tens of MiB on the connection at once (their acks would time out).
 DLQ_CONCURRENCY = 32
 # Turns (``pipeline.bucket_claims``): a worker that has flushed a bucket flush after flush
-# for TURN_S yields it to another worker waiting for it. Flushes of a bucket less than
-# STREAK_GAP_S apart are one streak (longer than ordering.MAX_BACKOFF_S: the waiting
-# worker tries again within that, while the yielded bucket stays free).
+# for TURN_S yields it to another worker waiting for it (one with nothing else to flush).
+# Flushes of a bucket less than STREAK_GAP_S apart are one streak (longer than
+# ordering.MAX_BACKOFF_S: the waiting worker tries again within that, while the yielded
+# bucket stays free).
 TURN_S = 1.0
 STREAK_GAP_S = 0.25
 # A worker with no flush running tries the buckets held elsewhere again at least this
@@ -284,8 +285,9 @@ class Worker:
         if self._alone(order):
             return order.take(max_items, only=()), []  # dead letters only
         turns = self._turns_had(buckets)
+        idle = not order.in_flight  # (no flush of this worker's own running)
         if self.claims.peers == 1:  # alone (as of the last claim): oldest first
-            claimed = await self.claims.claim(buckets, len(buckets), turns)
+            claimed = await self.claims.claim(buckets, len(buckets), turns, idle)
             if claimed is not None and self.claims.peers == 1:
                 got = set(claimed)
                 if busy := [b for b in buckets if b not in got]:  # (a claim left behind)
@@ -298,7 +300,7 @@ class Worker:
             want, count = want + 1, count + n
             if count >= max_items:
                 break
-        claimed = await self.claims.claim(buckets, want, turns)
+        claimed = await self.claims.claim(buckets, want, turns, idle)
         if claimed is None:
             return order.take(max_items), []
         got = set(claimed)
@@ -307,8 +309,7 @@ class Worker:
         tried = buckets if len(claimed) < want else buckets[: buckets.index(claimed[-1]) + 1]
         busy = [b for b in tried if b not in got]
         if busy:
-            idle = not claimed and not order.in_flight
-            order.backoff(busy, IDLE_RETRY_S if idle else MAX_BACKOFF_S)
+            order.backoff(busy, IDLE_RETRY_S if idle and not claimed else MAX_BACKOFF_S)
             self.metrics.flush_busy_buckets.inc(len(busy))
         batch = order.take(max_items, only=got)
         return batch, claimed

@@ -152,10 +152,10 @@ async def test_sessions_keep_alive_so_a_vanished_host_loses_its_claims_in_a_minu
 
 
 async def test_a_bucket_whose_turn_was_had_goes_to_the_worker_waiting_for_it(db_url: str) -> None:
-    """a keeps bucket 1 busy (claims it again before each release); b, finding it held,
-    waits for it. a's next claim that says its turn at 1 was had skips 1 (and locks
-    nothing for it), so 1 comes free when a releases, and b takes it; nobody waiting,
-    a turn had changes nothing."""
+    """a keeps bucket 1 busy (claims it again before each release); b, with nothing else
+    to flush and finding it held, waits for it (a busy worker does not). a's next claim
+    that says its turn at 1 was had skips 1 (and locks nothing for it), so 1 comes free
+    when a releases, and b takes it; nobody waiting, a turn had changes nothing."""
     pools = [await create_pool(db_url, max_size=2) for _ in range(2)]
     a, b = (PgBucketClaims(p) for p in pools)
     admin = await asyncpg.connect(db_url)
@@ -167,16 +167,17 @@ async def test_a_bucket_whose_turn_was_had_goes_to_the_worker_waiting_for_it(db_
 
     try:
         assert await a.claim([1, 2], 2, yield_to=[1, 2]) == [1, 2]  # nobody waits: claimed
-        assert await b.claim([1, 3], 2) == [3] and b.waiting == {1}
+        assert await b.claim([1, 3], 2, wait=True) == [3] and b.waiting == set()  # busy
+        assert await b.claim([1], 1, wait=True) == [] and b.waiting == {1}  # idle: waits
         # a's next flush of 1 claims it again before the last one's release, unless a's
-        # turn is over while b waits: then a skips it and waits for it itself.
+        # turn is over while b waits: then a skips it.
         assert await a.claim([1], 1) == [1]
-        assert await a.claim([1], 1, yield_to=[1]) == [] and a.waiting == {1}
+        assert await a.claim([1], 1, yield_to=[1]) == [] and a.waiting == set()
         assert await claims_held(a) == 1  # (only the claims a made; nothing for the skip)
         await a.release([1, 1])
-        assert await b.claim([1], 1) == [1]  # a waits too, but b had no turn at 1 yet
-        assert b.waiting == set()
-        assert await a.claim([1], 1) == []  # b's now
+        assert await b.claim([1], 1) == [1] and b.waiting == set()  # b's now
+        assert await a.claim([1], 1, wait=True) == [] and a.waiting == {1}  # a idle: waits
+        assert await b.claim([1], 1, yield_to=[1]) == []  # b's turn over: yields to a
         await b.release([1, 3])
         assert await a.claim([1], 1, yield_to=[1]) == [1] and a.waiting == set()
         waits = await admin.fetchval(

@@ -351,8 +351,8 @@ class FakeClaims:
         self.waited = waited  # claim calls during which another worker waits for every bucket
         self.yielded: list[int] = []  # buckets skipped because their turn was had
 
-    async def claim(self, buckets: Sequence[int], want: int,
-                    yield_to: Sequence[int] = ()) -> list[int] | None:  # fmt: skip
+    async def claim(self, buckets: Sequence[int], want: int, yield_to: Sequence[int] = (),
+                    wait: bool = False) -> list[int] | None:  # fmt: skip
         self.calls += 1
         await asyncio.sleep(0)
         elsewhere = self.plan.pop(0) if self.plan else set()
