@@ -24,6 +24,7 @@ from schemas.ids import tenant_token
 from tests.support.events import README_EVENT
 from tests.support.service import publish_all
 from tests.support.waits import drained, eventually
+from tests.support.workers import WorkerProcess, pipeline_env
 
 pytestmark = pytest.mark.integration
 N = 30_000
@@ -161,3 +162,58 @@ async def test_workers_drain_kill_one_start_another(
                 p.kill()
         await admin.close()
         await nc.close()
+
+
+HOT_N = 100_000
+
+
+async def test_a_hot_tenant_is_shared_by_two_workers_before_either_runs_dry(
+    db_url: str, settings_factory, tmp_path: Path
+) -> None:
+    """One tenant sends everything (a backlog) to two worker processes: the second stores
+    events while much of the backlog is still waiting. Before bucket turns it stored only
+    its held events, once the first had nothing left (under a steady backlog: never)."""
+    settings = settings_factory(db_url, state_dir=str(tmp_path / "state"))
+    nc = await connect(settings.nats_url, "hot-publisher")
+    await ensure_stream(nc, settings)
+    env = pipeline_env(settings, AUDIT_LOG_LEVEL="WARNING", AUDIT_CHECKPOINT_INTERVAL_S="0",
+                       AUDIT_STREAM_MAX_BYTES=str(256 << 20), AUDIT_BATCH_MAX_EVENTS="1000",
+                       AUDIT_DLQ_MAX_BYTES=str(64 << 20))  # fmt: skip
+    workers: list[WorkerProcess] = []
+    try:
+        await publish_all(nc, settings.subject, [_hot_event(i) for i in range(HOT_N)])
+        workers = [WorkerProcess(env, tmp_path / f"worker-{i}.log") for i in range(2)]
+        js = nc.jetstream()
+        seen: list[tuple[float, float, int]] = []  # (stored by each, events left)
+
+        async def progress() -> float:
+            info = await js.consumer_info(settings.stream, settings.consumer)
+            counts = []
+            for w in workers:
+                assert w.alive(), w.why_gone()
+                try:
+                    counts.append(w.stored())
+                except OSError:  # (not listening yet)
+                    counts.append(0.0)
+            left = info.num_pending + info.num_ack_pending
+            seen.append((counts[0], counts[1], left))
+            return sum(counts)
+
+        await eventually(progress, lambda n: n >= HOT_N, timeout=240, interval=0.1,
+                         what=f"all {HOT_N} stored")  # fmt: skip
+        # Both had stored some while a tenth of the backlog still waited (the second
+        # worker holds 3,000 at most: 3 batches).
+        shared = [s for s in seen if min(s[0], s[1]) > 0 and s[2] >= HOT_N // 10]
+        assert shared, f"the second worker stored only at the end: {seen[-5:]}"
+        print(f"hot tenant, 2 workers: both had stored at {shared[0]} (stored each, left)")
+    finally:
+        for w in workers:
+            w.stop()
+        await nc.close()
+
+
+def _hot_event(i: int) -> bytes:
+    doc = json.loads(README_EVENT)
+    doc["tenant_id"] = "hot-tenant"
+    doc["description"] = f"hot {i}"
+    return json.dumps(doc).encode()
