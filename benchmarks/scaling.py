@@ -509,8 +509,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     return {**result, "groups": gs,
             "targets": [t for c in codes for t in report.targets(gs, slots, c)],
             "projections": {c: report.projection(gs, slots, cores, c) for c in codes},
-            "contention": {c: report.contention(gs, slots, c) for c in [*codes, "base"]
-                           if report.contention(gs, slots, c)}}  # fmt: skip
+            "contention": {c: found for c in [*codes, "base"]
+                           if (found := report.contention(gs, slots, c))}}  # fmt: skip
 
 
 def _codes(text: str) -> dict[str, str | None]:

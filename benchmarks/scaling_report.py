@@ -82,6 +82,15 @@ def find(gs: Sequence[dict[str, Any]], code: str, workers: int, slots: int,
     return None
 
 
+def _one_and_most(gs: Sequence[dict[str, Any]], sweep_slots: int, code: str
+                  ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:  # fmt: skip
+    """``code``'s many-tenant group with 1 worker, and the one with the most workers, at
+    ``sweep_slots`` flush slots (None where not run)."""
+    sweep = [g for g in gs if g["code"] == code and not g["hot_tenant"]
+             and g["slots"] == sweep_slots]  # fmt: skip
+    return find(gs, code, 1, sweep_slots), max(sweep, key=lambda g: g["workers"], default=None)
+
+
 def targets(gs: Sequence[dict[str, Any]], sweep_slots: int,
             code: str = "new") -> list[dict[str, Any]]:  # fmt: skip
     """The issue's done-when checks that this run measured, for ``code`` (``base`` beside).
@@ -96,10 +105,7 @@ def targets(gs: Sequence[dict[str, Any]], sweep_slots: int,
         out.append({"code": code, "what": what, "value": value, "base": base, "goal": goal,
                     "unit": unit, "met": met})  # fmt: skip
 
-    one = find(gs, code, 1, sweep_slots)
-    sweep = [g for g in gs if g["code"] == code and not g["hot_tenant"]
-             and g["slots"] == sweep_slots]  # fmt: skip
-    most = max(sweep, key=lambda g: g["workers"], default=None)
+    one, most = _one_and_most(gs, sweep_slots, code)
     if most and most["workers"] > 1 and most["lock_share"] is not None:
         base = find(gs, "base", most["workers"], sweep_slots)
         add(f"lock-wait share, {most['workers']} workers", most["lock_share"],
@@ -139,10 +145,7 @@ def contention(gs: Sequence[dict[str, Any]], sweep_slots: int,
     its rise measures what sharing the host's cores among more processes costs every
     process, and the workers' own rise beyond it is what more workers cost in our code.
     """
-    one = find(gs, code, 1, sweep_slots)
-    sweep = [g for g in gs if g["code"] == code and not g["hot_tenant"]
-             and g["slots"] == sweep_slots]  # fmt: skip
-    most = max(sweep, key=lambda g: g["workers"], default=None)
+    one, most = _one_and_most(gs, sweep_slots, code)
     if one is None or most is None or most["workers"] < 2:
         return None
     ratios = {k: r for k in COMPONENTS

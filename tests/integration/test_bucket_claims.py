@@ -5,6 +5,8 @@ claims connection dies loses its claims at once and flushes without them for a w
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -15,6 +17,20 @@ from pipeline.bucket_claims import CLASS_ID, WAIT_CLASS_ID, PgBucketClaims
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+async def two(db_url: str) -> AsyncIterator[tuple[PgBucketClaims, PgBucketClaims, list[Any]]]:
+    """Two workers' claims, each on a pool of its own: ``(a, b, [a's pool, b's pool])``."""
+    pools = [await create_pool(db_url, max_size=2) for _ in range(2)]
+    a, b = (PgBucketClaims(p) for p in pools)
+    try:
+        yield a, b, pools
+    finally:
+        await a.close()
+        await b.close()
+        for p in pools:
+            await p.close()
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -23,52 +39,38 @@ class Clock:
         return self.now
 
 
-async def test_two_workers_claim_disjoint_buckets_without_waiting(db_url: str) -> None:
-    pools = [await create_pool(db_url, max_size=2) for _ in range(2)]
-    a, b = (PgBucketClaims(p) for p in pools)
-    try:
-        assert await a.claim([1, 2, 3], 2) == [1, 2]
-        # b wants 1..4: 1 and 2 are a's, so it skips them (no waiting) and takes 3 and 4.
-        got = await asyncio.wait_for(b.claim([1, 2, 3, 4], 2), 2)
-        assert got == [3, 4]
-        assert await b.claim([1, 2], 2) == []  # all held elsewhere: nothing, at once
-        await a.release([1, 2])
-        assert await b.claim([2, 1], 5) == [2, 1]  # in the order asked
-        assert await a.claim([1, 2, 3, 4, 5], 1) == [5]
-    finally:
-        await a.close()
-        await b.close()
-        for p in pools:
-            await p.close()
+async def test_two_workers_claim_disjoint_buckets_without_waiting(two) -> None:
+    a, b, _ = two
+    assert await a.claim([1, 2, 3], 2) == [1, 2]
+    # b wants 1..4: 1 and 2 are a's, so it skips them (no waiting) and takes 3 and 4.
+    got = await asyncio.wait_for(b.claim([1, 2, 3, 4], 2), 2)
+    assert got == [3, 4]
+    assert await b.claim([1, 2], 2) == []  # all held elsewhere: nothing, at once
+    await a.release([1, 2])
+    assert await b.claim([2, 1], 5) == [2, 1]  # in the order asked
+    assert await a.claim([1, 2, 3, 4, 5], 1) == [5]
 
 
-async def test_a_claim_counts_and_close_ends_every_claim(db_url: str) -> None:
-    pools = [await create_pool(db_url, max_size=2) for _ in range(2)]
-    a, b = (PgBucketClaims(p) for p in pools)
-    try:
-        # The same worker's next flush may claim a bucket before the previous flush of
-        # it released its claim: both claims hold until both are released.
-        assert await a.claim([7], 1) == [7]
-        assert await a.claim([7], 1) == [7]
-        await a.release([7])
-        assert await b.claim([7], 1) == []
-        await a.release([7])
-        assert await b.claim([7], 1) == [7]
-        await b.release([7])
-        assert await a.claim([8, 9], 2) == [8, 9]
-        await a.close()  # the connection goes back to the pool, reset: claims end
-        assert await b.claim([8, 9], 2) == [8, 9]
-        # The pool's connection is usable again afterwards (no lock left on it).
-        async with pools[0].acquire() as conn:
-            held = await conn.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1"
-                " AND pid = pg_backend_pid()", CLASS_ID)  # fmt: skip
-            assert held == 0
-    finally:
-        await a.close()
-        await b.close()
-        for p in pools:
-            await p.close()
+async def test_a_claim_counts_and_close_ends_every_claim(two) -> None:
+    a, b, pools = two
+    # The same worker's next flush may claim a bucket before the previous flush of
+    # it released its claim: both claims hold until both are released.
+    assert await a.claim([7], 1) == [7]
+    assert await a.claim([7], 1) == [7]
+    await a.release([7])
+    assert await b.claim([7], 1) == []
+    await a.release([7])
+    assert await b.claim([7], 1) == [7]
+    await b.release([7])
+    assert await a.claim([8, 9], 2) == [8, 9]
+    await a.close()  # the connection goes back to the pool, reset: claims end
+    assert await b.claim([8, 9], 2) == [8, 9]
+    # The pool's connection is usable again afterwards (no lock left on it).
+    async with pools[0].acquire() as conn:
+        held = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1"
+            " AND pid = pg_backend_pid()", CLASS_ID)  # fmt: skip
+        assert held == 0
 
 
 async def test_a_dead_claims_connection_frees_its_buckets_and_pauses_claims(db_url: str) -> None:
@@ -111,27 +113,20 @@ async def test_claims_wait_for_no_pool_connection_longer_than_a_moment(db_url: s
         await pool.close()
 
 
-async def test_a_claim_says_how_many_workers_claim(db_url: str) -> None:
+async def test_a_claim_says_how_many_workers_claim(two) -> None:
     """A worker alone flushes oldest-first; it learns from its claims when another one
     starts and when it is gone again."""
-    pools = [await create_pool(db_url, max_size=2) for _ in range(2)]
-    a, b = (PgBucketClaims(p) for p in pools)
-    try:
-        assert a.peers == 0  # unknown before the first claim
-        await a.claim([1], 1)
-        assert a.peers == 1
-        await b.claim([2], 1)
-        assert b.peers == 2
-        await a.claim([3], 1)
-        assert a.peers == 2
-        await b.close()
-        await a.claim([4], 1)
-        assert a.peers == 1
-    finally:
-        await a.close()
-        await b.close()
-        for p in pools:
-            await p.close()
+    a, b, _ = two
+    assert a.peers == 0  # unknown before the first claim
+    await a.claim([1], 1)
+    assert a.peers == 1
+    await b.claim([2], 1)
+    assert b.peers == 2
+    await a.claim([3], 1)
+    assert a.peers == 2
+    await b.close()
+    await a.claim([4], 1)
+    assert a.peers == 1
 
 
 async def test_sessions_keep_alive_so_a_vanished_host_loses_its_claims_in_a_minute(
@@ -151,13 +146,14 @@ async def test_sessions_keep_alive_so_a_vanished_host_loses_its_claims_in_a_minu
         await pool.close()
 
 
-async def test_a_bucket_whose_turn_was_had_goes_to_the_worker_waiting_for_it(db_url: str) -> None:
+async def test_a_bucket_whose_turn_was_had_goes_to_the_worker_waiting_for_it(
+    db_url: str, two
+) -> None:
     """a keeps bucket 1 busy (claims it again before each release); b, with nothing else
     to flush and finding it held, waits for it (a busy worker does not). a's next claim
     that says its turn at 1 was had skips 1 (and locks nothing for it), so 1 comes free
     when a releases, and b takes it; nobody waiting, a turn had changes nothing."""
-    pools = [await create_pool(db_url, max_size=2) for _ in range(2)]
-    a, b = (PgBucketClaims(p) for p in pools)
+    a, b, _ = two
     admin = await asyncpg.connect(db_url)
 
     async def claims_held(claims: PgBucketClaims) -> int:
@@ -186,7 +182,3 @@ async def test_a_bucket_whose_turn_was_had_goes_to_the_worker_waiting_for_it(db_
         assert waits == 0  # every wait ended with the claim that took the bucket
     finally:
         await admin.close()
-        await a.close()
-        await b.close()
-        for p in pools:
-            await p.close()

@@ -399,6 +399,21 @@ class ClaimCheckingStore(FakeStore):
         return result, refused
 
 
+def _run_claiming(msgs: list[Message], chunk: int, claims: FakeClaims, batch: int,
+                  slots: int) -> tuple[FakeSource, ClaimCheckingStore]:  # fmt: skip
+    """Run a worker with ``claims`` over ``msgs`` (delivered ``chunk`` at a time) until
+    the source ends, a turn at a bucket ending with its first flush (``TURN_S`` 0)."""
+    source = FakeSource([msgs[i : i + chunk] for i in range(0, len(msgs), chunk)])
+    store = ClaimCheckingStore(source.log, claims)
+    cfg = load_settings({"AUDIT_BATCH_MAX_EVENTS": str(batch), "AUDIT_BATCH_MAX_LATENCY_MS": "0",
+                         "AUDIT_FLUSH_CONCURRENCY": str(slots)})  # fmt: skip
+    w = Worker(cfg, store, FakeDeadLetters(), source, Metrics(), now=lambda: NOW,
+               sleep=_no_wait, claims=claims)  # fmt: skip
+    with patch("pipeline.worker.TURN_S", 0.0):
+        asyncio.run(asyncio.wait_for(w.run(), 30))
+    return source, store
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     tenants=st.lists(st.sampled_from(MANY_TENANTS), min_size=1, max_size=80),
@@ -425,15 +440,8 @@ def test_a_worker_flushes_only_buckets_it_claimed_and_releases_each_claim_once(
     yields those it flushed, and still stores everything."""
     msgs = [message(i + 1, _named_twice(event(t, i + 1)) if i + 1 in misnamed else event(t, i + 1))
             for i, t in enumerate(tenants)]  # fmt: skip
-    source = FakeSource([msgs[i : i + chunk] for i in range(0, len(msgs), chunk)])
     claims = FakeClaims(list(plan), waited)
-    store = ClaimCheckingStore(source.log, claims)
-    cfg = load_settings({"AUDIT_BATCH_MAX_EVENTS": "5", "AUDIT_BATCH_MAX_LATENCY_MS": "0",
-                         "AUDIT_FLUSH_CONCURRENCY": "3"})  # fmt: skip
-    w = Worker(cfg, store, FakeDeadLetters(), source, Metrics(), now=lambda: NOW,
-               sleep=_no_wait, claims=claims)  # fmt: skip
-    with patch("pipeline.worker.TURN_S", 0.0):
-        asyncio.run(asyncio.wait_for(w.run(), 30))
+    source, store = _run_claiming(msgs, chunk, claims, batch=5, slots=3)
     assert sorted(source.acked) == [m.stream_seq for m in msgs] and not source.naked
     for seq in source.acked:
         assert source.log.index(("stored", seq)) < source.log.index(("ack", seq))
@@ -451,15 +459,8 @@ def test_a_worker_yields_a_bucket_it_kept_busy_to_a_worker_waiting_for_it() -> N
     yield, the claim skips it while another worker waits, and the worker carries on with
     it once nobody waits (every event stored once, in order)."""
     msgs = [message(i + 1, event("tenant-1", i + 1)) for i in range(40)]
-    source = FakeSource([msgs[i : i + 4] for i in range(0, 40, 4)])
     claims = FakeClaims([], waited=3)
-    store = ClaimCheckingStore(source.log, claims)
-    cfg = load_settings({"AUDIT_BATCH_MAX_EVENTS": "4", "AUDIT_BATCH_MAX_LATENCY_MS": "0",
-                         "AUDIT_FLUSH_CONCURRENCY": "2"})  # fmt: skip
-    w = Worker(cfg, store, FakeDeadLetters(), source, Metrics(), now=lambda: NOW,
-               sleep=_no_wait, claims=claims)  # fmt: skip
-    with patch("pipeline.worker.TURN_S", 0.0):
-        asyncio.run(asyncio.wait_for(w.run(), 30))
+    source, store = _run_claiming(msgs, 4, claims, batch=4, slots=2)
     assert claims.yielded and set(claims.yielded) == {bucket_of("tenant-1")}
     assert sorted(source.acked) == list(range(1, 41))
     assert store.order["tenant-1"] == list(range(1, 41))
