@@ -31,7 +31,7 @@ from infra.db import create_pool
 from infra.settings import Settings
 from pipeline import fastpath
 from pipeline.copy_binary import CLAIM_COLUMNS
-from pipeline.flush import _BY_TENANT, _MAKE_HEADS, _MOVE_HEADS, PartitionCache, month_partition
+from pipeline.flush import _MAKE_HEADS, _MOVE_HEADS, PartitionCache, month_partition
 from pipeline.indexer import BATCH_ROWS
 from pipeline.stages import Message, Valid
 from schemas.canonical import GENESIS
@@ -70,8 +70,7 @@ async def ceiling(server: str, payloads: list[bytes], batch: int, conns: int,
     heads: dict[str, tuple[int, bytes]] = {}
     chunks = []
     for i in range(0, len(items), batch):
-        # Grouped by tenant, each tenant's in order, as each flush writes them.
-        part = sorted(items[i : i + batch], key=_BY_TENANT)
+        part = items[i : i + batch]
         by_month, moved = fastpath.chain_copy(
             part, {p.tenant_id: heads.get(p.tenant_id, (0, GENESIS)) for p in part}
         )

@@ -213,10 +213,12 @@ def decode_column(name: str, raw: bytes | None) -> Any:
 def check_against_the_spec(items: list[Prepared], heads: dict[str, tuple[int, bytes]],
                            by_month: dict[int, bytes]) -> None:  # fmt: skip
     """The pure path's COPY data, read back: every row's values, canonical bytes
-    recomputed from its columns as an outside verifier does, hashes chained in order."""
+    recomputed from its columns as an outside verifier does, hashes chained in order;
+    each month's rows grouped by tenant (tenants in code-point order), each tenant's in
+    batch order."""
     months = {m: read_copy(data, COLUMNS) for m, data in by_month.items()}
     state = dict(heads)
-    for p in items:  # each month's rows in batch order
+    for p in sorted(items, key=lambda p: p.tenant_id):  # stable: batch order per tenant
         row = next(months[month_of(p.occurred_us)])
         assert (row["tenant_id"], row["id"]) == (p.tenant_id, p.id)
         assert canonical_bytes(row) == p.canonical  # schemas/README.md, from the stored row
@@ -252,7 +254,43 @@ def test_both_paths_give_identical_outcomes_and_copy_data(msgs: list[Message], w
     assert fastpath.compiled_claims_copy(valid_c) == fastpath.pure_claims_copy(valid_p)
     check_against_the_spec(valid_p, heads, pure_copy[0])
     claims = list(read_copy(fastpath.pure_claims_copy(valid_p), ("tenant_id", "occurred_at", "id")))
-    assert [(c["tenant_id"], c["id"]) for c in claims] == [(p.tenant_id, p.id) for p in valid_p]
+    grouped = sorted(valid_p, key=lambda p: p.tenant_id)  # stable: batch order per tenant
+    assert [(c["tenant_id"], c["id"]) for c in claims] == [(p.tenant_id, p.id) for p in grouped]
+
+
+# Tenants whose code-point order differs from their order of first appearance, and a
+# month boundary (the window LIMITS allows around NOW reaches back into October).
+_MANY_TENANTS = [*_GOOD_TENANTS, "B", "a", "acme2", "t-10", "t-2", "Z9"]
+_OCCURRED = ["2026-10-31T23:59:59.999999Z", "2026-11-01T00:00:00Z", "2026-11-26T11:00:00Z"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(picks=st.lists(st.tuples(st.sampled_from(_MANY_TENANTS), st.sampled_from(_OCCURRED)),
+                      min_size=1, max_size=60),
+       seed=st.integers(0, 2**32))  # fmt: skip
+def test_both_paths_write_rows_and_claims_grouped_by_tenant(picks: list[tuple[str, str]],
+                                                          seed: int) -> None:  # fmt: skip
+    """Batches interleaving many tenants over two months: both paths give the same COPY
+    data and heads, each month's rows and the claims grouped by tenant (code-point order),
+    every tenant's rows chained in batch order (check_against_the_spec)."""
+    msgs = [Message(data=json.dumps({**BASE, "tenant_id": t, "occurred_at": at}).encode(),
+                    stream_seq=i + 1, timestamp_ns=NOW_NS)
+            for i, (t, at) in enumerate(picks)]  # fmt: skip
+    compiled, pure = both(msgs, warm=True)
+    valid_c = [x.prepared for x in compiled if isinstance(x, Valid)]
+    valid_p = [x.prepared for x in pure if isinstance(x, Valid)]
+    assert len(valid_p) == len(picks)
+    heads = heads_for(valid_p, seed)
+    pure_copy = fastpath.pure_chain_copy(valid_p, heads)
+    assert fastpath.compiled_chain_copy(valid_c, heads) == pure_copy
+    check_against_the_spec(valid_p, heads, pure_copy[0])
+    claims = fastpath.pure_claims_copy(valid_p)
+    assert fastpath.compiled_claims_copy(valid_c) == claims
+    tenants = [c["tenant_id"] for c in read_copy(claims, ("tenant_id", "occurred_at", "id"))]
+    assert tenants == sorted(t for t, _ in picks)
+    for data in pure_copy[0].values():
+        rows = [r["tenant_id"] for r in read_copy(data, COLUMNS)]
+        assert rows == sorted(rows)
 
 
 @settings(max_examples=200, deadline=None)
