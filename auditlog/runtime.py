@@ -30,6 +30,7 @@ from aiohttp import web
 from auditlog.credentials import Credentials, prepare
 from infra.db import TimedPool, create_pool
 from infra.errors import ConfigError, MigrationError
+from infra.memory import tune_malloc
 from infra.metrics import Metrics
 from infra.nats_streams import ensure_stream
 from infra.settings import Settings, redact_url
@@ -521,6 +522,7 @@ async def serve(settings: Settings, ends: Endpoints, *, http: bool = True,
         # objects, not tens of thousands of messages already pulled (60-240 ms per worker
         # process when it ran after the HTTP listener, measured by py-spy in a drain).
         _tune_gc()
+        tune_malloc()  # per-batch COPY buffers from the heap, not fresh pages
         tasks = [asyncio.create_task(p.run(), name=f"pipeline-{p.kind}") for p in pipelines]
         stack.push_async_callback(_drain, pipelines, tasks, settings.shutdown_timeout_s)
         reads = cast(asyncpg.Pool, TimedPool(api_pool, settings.db_acquire_timeout_s))

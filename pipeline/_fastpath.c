@@ -858,34 +858,13 @@ typedef struct {
     int64_t month;
     Py_ssize_t size; /* bytes of its rows */
     PyObject *out;   /* its COPY data (bytes, written in place) */
-    char *w;         /* where the next row goes in out */
 } Month;
 
-/* The staging buffer of claims_copy and chain_copy (rows in item order), kept between
-   calls up to SCRATCH_KEEP bytes: a fresh multi-megabyte buffer per batch cost more in
-   page faults than copying the rows out grouped. Taken by moving it out, so a call never
-   shares it. */
-#define SCRATCH_KEEP ((Py_ssize_t)64 << 20)
-static Buf scratch;
 
-static Buf scratch_take(void) {
-    Buf b = scratch;
-    scratch = (Buf){0};
-    b.n = 0;
-    return b;
-}
-
-static void scratch_give(Buf *b) {
-    if (scratch.p == NULL && b->cap <= SCRATCH_KEEP) {
-        scratch = *b;
-        *b = (Buf){0};
-    } else {
-        buf_free(b);
-    }
-}
-
-/* Rows are written to PostgreSQL grouped by tenant (pipeline.chain.chain_copy says why):
-   read and built in item order into one buffer, then copied out group by group. */
+/* Rows are written to PostgreSQL grouped by tenant (pipeline.chain.chain_copy says why).
+   The items are read in their own order (the order they sit in memory) in two passes:
+   the first finds each item's group and row size, the second writes each row straight
+   to its place in the COPY data. */
 typedef struct {
     PyObject *tenant; /* borrowed */
     Py_ssize_t group;
@@ -896,34 +875,48 @@ static int cmp_group_name(const void *a, const void *b) {
     return PyUnicode_Compare(((const GroupName *)a)->tenant, ((const GroupName *)b)->tenant);
 }
 
-/* order[k] = the item whose row goes k-th: groups in code-point order of their tenants
-   (names[g]), each group's items in item order (gid[i] = the group of item i). */
-static int group_order(Py_ssize_t n, const Py_ssize_t *gid, Py_ssize_t ng,
-                       PyObject *const *names, Py_ssize_t *order) {
+/* The groups 0..ng-1 in code-point order of their tenants (names[g]); NULL on error. */
+static Py_ssize_t *sorted_groups(Py_ssize_t ng, PyObject *const *names) {
     GroupName *g = PyMem_Malloc((size_t)(ng ? ng : 1) * sizeof *g);
-    Py_ssize_t *start = PyMem_Calloc((size_t)(ng ? ng : 1), sizeof *start);
-    if (g == NULL || start == NULL) {
+    Py_ssize_t *out = PyMem_Malloc((size_t)(ng ? ng : 1) * sizeof *out);
+    if (g == NULL || out == NULL) {
         PyMem_Free(g);
-        PyMem_Free(start);
+        PyMem_Free(out);
         PyErr_NoMemory();
-        return -1;
+        return NULL;
     }
     for (Py_ssize_t j = 0; j < ng; j++) {
         g[j].tenant = names[j];
         g[j].group = j;
     }
     qsort(g, (size_t)ng, sizeof *g, cmp_group_name);
-    for (Py_ssize_t i = 0; i < n; i++) start[gid[i]]++;
-    Py_ssize_t at = 0;
-    for (Py_ssize_t r = 0; r < ng; r++) {
-        Py_ssize_t count = start[g[r].group];
-        start[g[r].group] = at;
-        at += count;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) order[start[gid[i]]++] = i;
+    for (Py_ssize_t r = 0; r < ng; r++) out[r] = g[r].group;
     PyMem_Free(g);
-    PyMem_Free(start);
-    return 0;
+    return out;
+}
+
+/* Where each row goes when rows are written grouped by tenant, groups in the order
+   ``ranked`` (sorted_groups), each group's rows in item order: dest[i] = the byte offset
+   of item i's row, from ``base``, for the items with mon[i] == month (every item when mon
+   is NULL). gid[i]: item i's group; sizes[i]: its row's size; per_group: ng scratch. */
+static void group_places(Py_ssize_t n, const Py_ssize_t *gid, const Py_ssize_t *sizes,
+                         const Py_ssize_t *mon, Py_ssize_t month, Py_ssize_t ng,
+                         const Py_ssize_t *ranked, Py_ssize_t base, Py_ssize_t *per_group,
+                         Py_ssize_t *dest) {
+    memset(per_group, 0, (size_t)(ng ? ng : 1) * sizeof *per_group);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (mon == NULL || mon[i] == month) per_group[gid[i]] += sizes[i];
+    Py_ssize_t at = base;
+    for (Py_ssize_t r = 0; r < ng; r++) {
+        Py_ssize_t size = per_group[ranked[r]];
+        per_group[ranked[r]] = at;
+        at += size;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (mon == NULL || mon[i] == month) {
+            dest[i] = per_group[gid[i]];
+            per_group[gid[i]] += sizes[i];
+        }
 }
 
 /* A tenant's group: its index in ``index`` (tenant -> int), a new one when not there yet
@@ -1009,15 +1002,14 @@ static int item_row(PyObject *item, const char **row, Py_ssize_t *rn, Py_ssize_t
 static PyObject *claims_copy(PyObject *self, PyObject *items) {
     PyObject *seq = PySequence_Fast(items, "items must be a sequence");
     if (seq == NULL) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), ng = 0, capg = 0;
-    Buf all = scratch_take();
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), ng = 0, capg = 0, total = 0;
     PyObject *out = NULL, *index = PyDict_New(), **names = NULL;
-    Py_ssize_t *off = PyMem_Malloc((size_t)(n ? n : 1) * 3 * sizeof(Py_ssize_t));
-    if (index == NULL || off == NULL) {
-        if (off == NULL) PyErr_NoMemory();
+    Py_ssize_t *ranked = NULL, *gid = PyMem_Malloc((size_t)(n ? n : 1) * 3 * sizeof *gid);
+    if (index == NULL || gid == NULL) {
+        if (gid == NULL) PyErr_NoMemory();
         goto done;
     }
-    Py_ssize_t *gid = off + n, *order = off + 2 * n;
+    Py_ssize_t *sizes = gid + n, *dest = gid + 2 * n;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
         PyObject *tenant = attr(item, s_tenant_id);
@@ -1026,27 +1018,37 @@ static PyObject *claims_copy(PyObject *self, PyObject *items) {
         Py_ssize_t rn, at;
         if (item_row(item, &row, &rn, &at) < 0) goto done;
         if ((gid[i] = group_of(index, tenant, &names, &ng, &capg)) < 0) goto done;
-        if (buf_reserve(&all, 2 + at - 6) < 0) goto done;
-        off[i] = all.n;
-        be16(all.p + all.n, 3);
-        memcpy(all.p + all.n + 2, row + 2, (size_t)(at - 6));
-        all.n += 2 + at - 6;
+        sizes[i] = 2 + at - 6;
+        total += sizes[i];
     }
-    if (group_order(n, gid, ng, names, order) < 0) goto done;
-    out = PyBytes_FromStringAndSize(NULL, 19 + all.n + 2);
+    if ((ranked = sorted_groups(ng, names)) == NULL) goto done;
+    Py_ssize_t *per_group = PyMem_Malloc((size_t)(ng ? ng : 1) * sizeof *per_group);
+    if (per_group == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    group_places(n, gid, sizes, NULL, 0, ng, ranked, 19, per_group, dest);
+    PyMem_Free(per_group);
+    out = PyBytes_FromStringAndSize(NULL, 19 + total + 2);
     if (out == NULL) goto done;
     char *w = PyBytes_AS_STRING(out);
     memcpy(w, COPY_HEADER, 19);
-    w += 19;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        Py_ssize_t i = order[k], end = i + 1 < n ? off[i + 1] : all.n;
-        memcpy(w, all.p + off[i], (size_t)(end - off[i]));
-        w += end - off[i];
+    memcpy(w + 19 + total, "\377\377", 2);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *row;
+        Py_ssize_t rn, at;
+        if (item_row(PySequence_Fast_GET_ITEM(seq, i), &row, &rn, &at) < 0 ||
+            2 + at - 6 != sizes[i]) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "an item changed");
+            Py_CLEAR(out);
+            goto done;
+        }
+        be16(w + dest[i], 3);
+        memcpy(w + dest[i] + 2, row + 2, (size_t)(at - 6));
     }
-    memcpy(w, "\377\377", 2);
 done:
-    scratch_give(&all);
-    PyMem_Free(off);
+    PyMem_Free(gid);
+    PyMem_Free(ranked);
     PyMem_Free(names);
     Py_XDECREF(index);
     Py_DECREF(seq);
@@ -1070,25 +1072,21 @@ static PyObject *chain_copy(PyObject *self, PyObject *const *args, Py_ssize_t na
     Month *ms = NULL;
     Py_ssize_t nm = 0;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    Buf all = scratch_take(); /* the rows in item order; copied out grouped by tenant */
-    /* per item: where its row starts in ``all``, its group (head), its month (in ms) */
-    Py_ssize_t *off = PyMem_Malloc((size_t)(n ? n : 1) * 4 * sizeof(Py_ssize_t));
-    if (index == NULL || off == NULL) {
-        if (off == NULL) PyErr_NoMemory();
+    Py_ssize_t *ranked = NULL, *per_group = NULL;
+    /* per item: its group (head), its month (index in ms), its row's size, its place */
+    Py_ssize_t *gid = PyMem_Malloc((size_t)(n ? n : 1) * 4 * sizeof *gid);
+    if (index == NULL || gid == NULL) {
+        if (gid == NULL) PyErr_NoMemory();
         goto done;
     }
-    Py_ssize_t *gid = off + n, *mon = off + 2 * n, *order = off + 3 * n;
+    Py_ssize_t *mon = gid + n, *sizes = gid + 2 * n, *dest = gid + 3 * n;
+    /* Pass 1: each item's head, month and row size. */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
-        PyObject *tenant = attr(item, s_tenant_id), *canonical = attr(item, s_canonical),
-                 *occ = attr(item, s_occurred_us);
-        if (!tenant || !canonical || !occ) goto done;
+        PyObject *tenant = attr(item, s_tenant_id), *occ = attr(item, s_occurred_us);
+        if (!tenant || !occ) goto done;
         if (!PyUnicode_Check(tenant)) {
             PyErr_SetString(PyExc_TypeError, "Prepared.tenant_id is not str");
-            goto done;
-        }
-        if (!PyBytes_Check(canonical)) {
-            PyErr_SetString(PyExc_TypeError, "Prepared.canonical is not bytes");
             goto done;
         }
         const char *row;
@@ -1097,9 +1095,8 @@ static PyObject *chain_copy(PyObject *self, PyObject *const *args, Py_ssize_t na
         int64_t occurred = PyLong_AsLongLong(occ);
         if (occurred == -1 && PyErr_Occurred()) goto done;
         PyObject *k = PyDict_GetItemWithError(index, tenant);
-        Head *h;
         if (k != NULL) {
-            h = &hs[PyLong_AsSsize_t(k)];
+            gid[i] = PyLong_AsSsize_t(k);
         } else {
             if (PyErr_Occurred()) goto done;
             PyObject *head = PyObject_GetItem(heads, tenant);
@@ -1126,7 +1123,7 @@ static PyObject *chain_copy(PyObject *self, PyObject *const *args, Py_ssize_t na
                 }
                 hs = grown;
             }
-            h = &hs[nh];
+            Head *h = &hs[nh];
             h->tenant = tenant;
             h->seq = last;
             memcpy(h->hash, PyBytes_AS_STRING(PyTuple_GET_ITEM(head, 1)), 32);
@@ -1136,70 +1133,77 @@ static PyObject *chain_copy(PyObject *self, PyObject *const *args, Py_ssize_t na
             int set = PyDict_SetItem(index, tenant, kk);
             Py_DECREF(kk);
             if (set < 0) goto done;
-            nh++;
+            gid[i] = nh++;
         }
-        unsigned char digest[32];
-        if (sha256_chain(h->hash, PyBytes_AS_STRING(canonical), PyBytes_GET_SIZE(canonical),
-                         digest) < 0)
-            goto done;
-        h->seq += 1;
-        memcpy(h->hash, digest, 32);
         int64_t month = month_of(occurred);
-        Month *m = NULL;
+        mon[i] = -1;
         for (Py_ssize_t j = 0; j < nm; j++)
-            if (ms[j].month == month) {
-                m = &ms[j];
-                mon[i] = j;
-            }
-        if (m == NULL) {
+            if (ms[j].month == month) mon[i] = j;
+        if (mon[i] < 0) {
             Month *grown = PyMem_Realloc(ms, (size_t)(nm + 1) * sizeof(Month));
             if (grown == NULL) {
                 PyErr_NoMemory();
                 goto done;
             }
             ms = grown;
-            mon[i] = nm;
-            m = &ms[nm++];
-            m->month = month;
-            m->size = 0;
-            m->out = NULL;
+            ms[nm].month = month;
+            ms[nm].size = 0;
+            ms[nm].out = NULL;
+            mon[i] = nm++;
         }
-        m->size += rn + 40;
-        gid[i] = h - hs;
-        off[i] = all.n;
-        Buf *b = &all;
-        if (buf_reserve(b, rn + 8 + 32) < 0) goto done;
-        memcpy(b->p + b->n, row, (size_t)at);
-        be64(b->p + b->n + at, (uint64_t)h->seq);
-        memcpy(b->p + b->n + at + 8, row + at, (size_t)(rn - at));
-        memcpy(b->p + b->n + rn + 8, digest, 32);
-        b->n += rn + 40;
+        sizes[i] = rn + 40;
+        ms[mon[i]].size += rn + 40;
     }
+    /* Where each row goes: per month, tenants in code-point order. */
     names = PyMem_Malloc((size_t)(nh ? nh : 1) * sizeof *names);
-    if (names == NULL) {
+    per_group = PyMem_Malloc((size_t)(nh ? nh : 1) * sizeof *per_group);
+    if (names == NULL || per_group == NULL) {
         PyErr_NoMemory();
         goto done;
     }
     for (Py_ssize_t j = 0; j < nh; j++) names[j] = hs[j].tenant;
-    if (group_order(n, gid, nh, names, order) < 0) goto done;
+    if ((ranked = sorted_groups(nh, names)) == NULL) goto done;
     for (Py_ssize_t j = 0; j < nm; j++) {
         ms[j].out = PyBytes_FromStringAndSize(NULL, 19 + ms[j].size + 2);
         if (ms[j].out == NULL) goto done;
-        ms[j].w = PyBytes_AS_STRING(ms[j].out);
-        memcpy(ms[j].w, COPY_HEADER, 19);
-        ms[j].w += 19;
+        char *w = PyBytes_AS_STRING(ms[j].out);
+        memcpy(w, COPY_HEADER, 19);
+        memcpy(w + 19 + ms[j].size, "\377\377", 2);
+        group_places(n, gid, sizes, mon, j, nh, ranked, 19, per_group, dest);
     }
-    for (Py_ssize_t k = 0; k < n; k++) {
-        Py_ssize_t i = order[k], end = i + 1 < n ? off[i + 1] : all.n;
-        Month *m = &ms[mon[i]];
-        memcpy(m->w, all.p + off[i], (size_t)(end - off[i]));
-        m->w += end - off[i];
+    /* Pass 2, in item order (each tenant's chain order): hash, then write in place. */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *canonical = attr(item, s_canonical);
+        if (canonical == NULL) goto done;
+        if (!PyBytes_Check(canonical)) {
+            PyErr_SetString(PyExc_TypeError, "Prepared.canonical is not bytes");
+            goto done;
+        }
+        const char *row;
+        Py_ssize_t rn, at;
+        if (item_row(item, &row, &rn, &at) < 0) goto done;
+        if (rn + 40 != sizes[i]) {
+            PyErr_SetString(PyExc_RuntimeError, "an item changed");
+            goto done;
+        }
+        Head *h = &hs[gid[i]];
+        unsigned char digest[32];
+        if (sha256_chain(h->hash, PyBytes_AS_STRING(canonical), PyBytes_GET_SIZE(canonical),
+                         digest) < 0)
+            goto done;
+        h->seq += 1;
+        memcpy(h->hash, digest, 32);
+        char *w = PyBytes_AS_STRING(ms[mon[i]].out) + dest[i];
+        memcpy(w, row, (size_t)at);
+        be64(w + at, (uint64_t)h->seq);
+        memcpy(w + at + 8, row + at, (size_t)(rn - at));
+        memcpy(w + rn + 8, digest, 32);
     }
     by_month = PyDict_New();
     moved = PyDict_New();
     if (by_month == NULL || moved == NULL) goto done;
     for (Py_ssize_t j = 0; j < nm; j++) {
-        memcpy(ms[j].w, "\377\377", 2);
         PyObject *key = PyLong_FromLongLong(ms[j].month);
         int set = key ? PyDict_SetItem(by_month, key, ms[j].out) : -1;
         Py_XDECREF(key);
@@ -1215,8 +1219,9 @@ static PyObject *chain_copy(PyObject *self, PyObject *const *args, Py_ssize_t na
     result = PyTuple_Pack(2, by_month, moved);
 done:
     for (Py_ssize_t j = 0; j < nm; j++) Py_XDECREF(ms[j].out);
-    scratch_give(&all);
-    PyMem_Free(off);
+    PyMem_Free(gid);
+    PyMem_Free(ranked);
+    PyMem_Free(per_group);
     PyMem_Free(names);
     PyMem_Free(ms);
     PyMem_Free(hs);
