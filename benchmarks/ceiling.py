@@ -31,7 +31,7 @@ from infra.db import create_pool
 from infra.settings import Settings
 from pipeline import fastpath
 from pipeline.copy_binary import CLAIM_COLUMNS
-from pipeline.flush import _MAKE_HEADS, _MOVE_HEADS, PartitionCache, month_partition
+from pipeline.flush import _MAKE_HEADS, PartitionCache, month_partition, move_heads
 from pipeline.indexer import BATCH_ROWS
 from pipeline.stages import Message, Valid
 from schemas.canonical import GENESIS
@@ -105,9 +105,7 @@ async def ceiling(server: str, payloads: list[bytes], batch: int, conns: int,
                                                  columns=COLUMNS, schema_name="audit",
                                                  format="binary")  # fmt: skip
                     if searchable:
-                        names = list(moved)
-                        await conn.execute(_MOVE_HEADS, names, [moved[t][0] for t in names],
-                                           [moved[t][1] for t in names])  # fmt: skip
+                        await move_heads(conn, moved)
 
     async def indexer(stored: asyncio.Event) -> None:
         async with pool.acquire() as conn:

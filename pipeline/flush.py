@@ -36,11 +36,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from infra.errors import StorageUnavailable
 from pipeline import fastpath
@@ -74,13 +76,19 @@ SELECT * FROM unnest($1::text[], $2::uuid[], $3::timestamptz[]) AS u(t, i, o) OR
 ON CONFLICT DO NOTHING
 RETURNING tenant_id, id
 """
+# The new heads as one JSON parameter ([[tenant, seq, hash in hex], ...]), not three
+# arrays: asyncpg checks every element of an array parameter against three ABCs
+# (isinstance: ~0.3 µs each), 3 elements per tenant per flush, ~3% of a worker's CPU.
 _MOVE_HEADS = """
 UPDATE audit.chain_heads AS h
-SET last_seq = u.seq, last_hash = u.hash, updated_at = now()
-FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS u(tenant_id, seq, hash)
-WHERE h.tenant_id = u.tenant_id
+SET last_seq = (u.e->>1)::bigint, last_hash = decode(u.e->>2, 'hex'), updated_at = now()
+FROM json_array_elements($1::json) AS u(e)
+WHERE h.tenant_id = u.e->>0
 """
 
+
+_KEY = operator.attrgetter("tenant_id", "id")  # an EventKey
+_JSON = msgspec.json.Encoder()
 
 # From this many events on, claiming by COPY (in a savepoint) beats INSERT .. ON CONFLICT.
 COPY_CLAIM_MIN = 500
@@ -240,6 +248,14 @@ async def _claim(conn: asyncpg.Connection, items: Sequence[Prepared]) -> set[Eve
     return {(r["tenant_id"], r["id"]) for r in claimed}
 
 
+async def move_heads(conn: asyncpg.Connection,
+                     moved: Mapping[str, tuple[int, bytes]]) -> None:  # fmt: skip
+    """Move the chain heads of ``moved`` (tenant -> (last seq, last hash)), in the
+    transaction holding them."""
+    rows = [(tenant, seq, digest.hex()) for tenant, (seq, digest) in moved.items()]
+    await conn.execute(_MOVE_HEADS, _JSON.encode(rows).decode())
+
+
 async def write_batch(conn: asyncpg.Connection, items: Sequence[Prepared],
                       heads_made: HeadCache | None = None) -> FlushResult:  # fmt: skip
     """Store ``items`` (prepared, unique within the batch) in one transaction on ``conn``,
@@ -278,11 +294,8 @@ async def write_batch(conn: asyncpg.Connection, items: Sequence[Prepared],
             await conn.copy_to_table(month_partition(month), source=memoryview(data),
                                      columns=COLUMNS, schema_name="audit",
                                      format="binary")  # fmt: skip
-        names = list(moved)
-        await conn.execute(
-            _MOVE_HEADS, names, [moved[t][0] for t in names], [moved[t][1] for t in names]
-        )
-    result.stored = [(p.tenant_id, p.id) for p in items]
+        await move_heads(conn, moved)
+    result.stored = list(map(_KEY, items))
     result.oldest_received_us = min(p.received_us for p in items)
     return result
 

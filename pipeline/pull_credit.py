@@ -35,6 +35,7 @@ Worked example (``max_messages`` 300, ``max_bytes`` 8000, ``batch`` 100,
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # Most bytes one pull request asks for (and twice this at once): see budget 2.
@@ -166,6 +167,35 @@ class PullCredit:
             self.ended()
             return True
         return False
+
+    def delivered_many(self, sizes: Sequence[int]) -> bool:
+        """:meth:`delivered` of messages of ``sizes`` bytes, in order, request by request
+        instead of message by message (the same state after it).
+
+        Returns:
+            True when they filled at least one request.
+        """
+        n = len(sizes)
+        self._held += n
+        self._held_bytes += sum(sizes)
+        filled = False
+        opened = self._open
+        i = 0
+        while i < n and opened:
+            head = opened[0]
+            k = min(max(head.messages, 1), n - i)
+            # Bytes taken message by message, min(size, what the request has left), add
+            # up to min(their sum, what it had): sizes and what is left are never negative.
+            take = min(sum(sizes[i : i + k]), head.nbytes)
+            head.messages -= k
+            head.nbytes -= take
+            self._outstanding -= k
+            self._outstanding_bytes -= take
+            i += k
+            if head.messages <= 0:
+                self.ended()
+                filled = True
+        return filled
 
     def ended(self) -> None:
         """A status ended the oldest open request: what it did not deliver is free."""

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import operator
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 _ACK = b"+ACK"
 _IN_PROGRESS = b"+WPI"
+_SIZE = operator.attrgetter("size")
+_DELIVERED = operator.attrgetter("delivered")
 # After a pull request reached no consumer leader (503), the pause before the next one.
 UNANSWERED_PAUSE_S = 0.25
 
@@ -105,6 +108,11 @@ async def connect(url: str, name: str, settings: Settings | None = None) -> Clie
         **nats_options(settings),
     )
     return nc
+
+
+def _only_messages(items: list[Any]) -> bool:
+    """Whether ``items`` are all ``Message`` objects (one C-level pass, no Python per item)."""
+    return set(map(type, items)) == {Message}
 
 
 def parse_ack_subject(reply: str) -> tuple[int, int, int]:
@@ -191,23 +199,31 @@ class JetStreamSource:
 
     async def _on_batch(self, items: list[Any]) -> None:
         """Frames scanned in C (``pipeline.nats_fast``): ``Message`` objects, built there as
-        :meth:`_deliver` builds them, delivered in one go; any other frame (headers, a
-        status) through :meth:`_on_raw`, in order."""
-        credit, deliveries = self._credit, self._deliveries
+        :meth:`_deliver` builds them, delivered run by run (the usual read is one run);
+        any other frame (headers, a status) through :meth:`_on_raw`, in order."""
+        if _only_messages(items):
+            self._deliver_run(items)
+            return
         run: list[Message] = []  # Messages in a row, delivered together
         for item in items:
             if type(item) is not Message:
-                deliveries.deliver_many(run)
-                run = []
+                if run:
+                    self._deliver_run(run)
+                    run = []
                 await self._on_raw(*item)
-                continue
-            if credit.delivered(item.size):  # filled its request: room for the next one
-                deliveries.room.set()
-            if item.delivered > 1 and self.metrics is not None:
-                self.metrics.redeliveries.labels("nats").inc()
-            run.append(item)
+            else:
+                run.append(item)
         if run:
-            deliveries.deliver_many(run)
+            self._deliver_run(run)
+
+    def _deliver_run(self, run: list[Message]) -> None:
+        """:meth:`_deliver` of Messages built in C, for a whole run at once."""
+        if self._credit.delivered_many(list(map(_SIZE, run))):  # filled a request: room
+            self._deliveries.room.set()
+        if self.metrics is not None and max(map(_DELIVERED, run)) > 1:
+            again = sum(1 for m in run if m.delivered > 1)
+            self.metrics.redeliveries.labels("nats").inc(again)
+        self._deliveries.deliver_many(run)
 
     async def _on_raw(self, subject: bytes, reply: bytes, data: bytes, raw_headers: bytes) -> None:
         headers = await parse_headers(self.nc, raw_headers)

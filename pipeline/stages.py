@@ -7,6 +7,7 @@ flush, dead-letter publisher) live elsewhere and call these.
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import re
 import uuid
@@ -345,6 +346,9 @@ class _Occurred(NamedTuple):
     occurred_at: datetime
 
 
+_PREPARED_KEY = operator.attrgetter("prepared.key")
+
+
 class Deduplicator:
     """A bounded in-memory window of recently committed (tenant_id, id) keys.
 
@@ -377,14 +381,20 @@ class Deduplicator:
         """Record committed keys, evicting the oldest beyond capacity."""
         self.remember_keys([(tenant, event_id.int) for tenant, event_id in keys])
 
-    def remember_keys(self, keys: list[tuple[str, int]]) -> None:
-        """:meth:`remember` of keys as ``Prepared.key`` has them."""
+    def remember_keys(self, keys: list[tuple[str, int]], new: bool = False) -> None:
+        """:meth:`remember` of keys as ``Prepared.key`` has them.
+
+        ``new``: the caller knows them all distinct and none remembered (a batch
+        :meth:`split_keys` dropped nothing from, whose tenants no other flush of this
+        worker held meanwhile): they are not checked again (two set passes less). The
+        list is kept: the caller must not change it afterwards.
+        """
         if not keys:
             return
         seen, order = self._seen, self._order
         # Only keys not remembered yet, once each: a key keeps its first place (as in a
         # dict), and ``order`` holds exactly the keys of ``seen``.
-        fresh = [key for key in dict.fromkeys(keys) if key not in seen]
+        fresh = keys if new else [key for key in dict.fromkeys(keys) if key not in seen]
         if not fresh:
             return
         seen.update(fresh)
@@ -412,7 +422,7 @@ class Deduplicator:
         takes once they are stored): the batch's keys are read once, not again after the
         commit (each pass over a batch's objects costs, the more so when a flush takes a
         slice of the events a worker holds)."""
-        keys = [item.prepared.key for item in items]
+        keys = list(map(_PREPARED_KEY, items))
         unique = set(keys)
         known = unique & self._seen  # iterates the smaller set
         if len(unique) == len(keys) and not known:

@@ -418,7 +418,9 @@ class Worker:
         dupe_keys: list[EventKey] = [(v.prepared.tenant_id, v.prepared.id) for v in dupes]
         dupe_keys.extend(result.duplicates)
         if len(result.stored) == len(fresh):  # all of them (stored is a subset of fresh)
-            self.dedup.remember_keys(fresh_keys)
+            # Nothing dropped as a duplicate: all distinct and none remembered, and no
+            # other flush of this worker holds their tenants.
+            self.dedup.remember_keys(fresh_keys, new=not dupes)
         else:
             self.dedup.remember(result.stored)
         self._account(result, dupe_keys, len(dead) - len(held))

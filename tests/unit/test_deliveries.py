@@ -4,6 +4,8 @@ redeliveries and settles; chunks come in order, bounded, and end after stop."""
 from __future__ import annotations
 
 import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.deliveries import Deliveries
 from pipeline.stages import Message
@@ -46,3 +48,22 @@ async def test_unbuffered_messages_stay_held() -> None:
     d.stop()
     got = [m.ack for c in [c async for c in d.chunks()] for m in c]
     assert got == ["a/0", "a/2"] and "a/1" in d.held
+
+
+@settings(max_examples=300, deadline=None)
+@given(runs=st.lists(st.lists(st.tuples(st.integers(0, 8), st.integers(0, 99)), max_size=8),
+                     max_size=6))  # fmt: skip
+def test_many_delivered_at_once_is_each_delivered_in_turn(
+    runs: list[list[tuple[int, int]]],
+) -> None:
+    """deliver_many leaves what deliver() one by one leaves: the held message per token
+    (a token seen again replaces the held one, also within one run), the held bytes, the
+    buffer in order."""
+    one, many = Deliveries(), Deliveries()
+    for run in runs:
+        msgs = [msg(n, size=size) for n, size in run]
+        for m in msgs:
+            one.deliver(m)
+        many.deliver_many(msgs)
+        assert many.held == one.held and many.held_bytes == one.held_bytes
+        assert many._buffer == one._buffer

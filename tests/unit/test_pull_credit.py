@@ -154,3 +154,29 @@ def test_never_more_than_the_budget_and_every_credit_comes_back(
     check()
     assert (credit.outstanding, credit.outstanding_bytes, credit.open_requests) == (0, 0, 0)
     assert credit.next_request(largest) is not None
+
+
+def _state(credit: PullCredit) -> tuple[object, ...]:
+    return (credit.held, credit.held_bytes, credit.outstanding, credit.outstanding_bytes,
+            [(r.messages, r.nbytes, r.expires_at) for r in credit._open])  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    requests=st.lists(st.tuples(st.integers(1, 6), st.integers(0, 5_000)), max_size=5),
+    runs=st.lists(st.lists(st.integers(0, 3_000), max_size=12), max_size=6),
+)
+def test_many_delivered_at_once_is_each_delivered_in_turn(
+    requests: list[tuple[int, int]], runs: list[list[int]]
+) -> None:
+    """delivered_many (the source's path for a read of many messages) leaves exactly the
+    state that delivered() message by message leaves, and says whether any filled a
+    request: requests ending mid-run, bytes running out, messages after every request."""
+    one, many = (PullCredit(10_000, 10**9, 100) for _ in range(2))
+    for credit in (one, many):
+        for batch, nbytes in requests:
+            credit.sent(PullRequest(batch, nbytes, 2.0), 0.0)
+    for sizes in runs:
+        filled = [one.delivered(size) for size in sizes]
+        assert many.delivered_many(sizes) == any(filled)
+        assert _state(many) == _state(one)

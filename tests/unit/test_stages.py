@@ -159,8 +159,10 @@ _keys = st.lists(st.tuples(st.sampled_from("ab"), st.integers(0, 9)), max_size=1
        ops=st.lists(st.tuples(st.booleans(), _keys), max_size=30))  # fmt: skip
 def test_deduplicator_answers_as_the_key_by_key_window(capacity, ops) -> None:
     """Any sequence of splits and remembers (repeats inside a call, keys remembered again,
-    forgotten and remembered anew, capacity 0): the same fresh and duplicate items, in
-    input order, and the same keys remembered, as the key-by-key dict window."""
+    forgotten and remembered anew, capacity 0; a split that dropped nothing remembered
+    unchecked, ``new=True``, as the worker does after storing it): the same fresh and
+    duplicate items, in input order, and the same keys remembered, as the key-by-key
+    dict window."""
     d, oracle = Deduplicator(capacity), _WindowOracle(capacity)
     for remember, keys in ops:
         if remember:
@@ -174,6 +176,9 @@ def test_deduplicator_answers_as_the_key_by_key_window(capacity, ops) -> None:
             assert dupes == [items[i] for i in want_dupes]
             assert fresh_keys == [keys[i] for i in want_fresh]
             assert d.split(items) == (fresh, dupes)  # type: ignore[arg-type]
+            if not dupes and keys and keys[0][1] % 2:  # stored, as the worker remembers them
+                d.remember_keys(fresh_keys, new=True)
+                oracle.remember_keys(keys)
         assert len(d) == len(oracle.seen) <= capacity
         for tenant, n in oracle.seen:
             assert d.seen(tenant, uuid.UUID(int=n))
