@@ -221,6 +221,23 @@ def _cpu(cpu: dict[str, float | None]) -> str:
     return " / ".join(parts) + f" = {_n(cpu.get('total'), '{:.1f}')}"
 
 
+def per_control(cpu: dict[str, float | None]) -> dict[str, float | None]:
+    """The workers' and PostgreSQL's CPU per event in units of nats-server's, in the same
+    arm: nats-server's work per event (store, deliver, ack) is the same for every code,
+    so on a host whose speed drifts between arms these ratios compare codes where the
+    microseconds alone measure the host."""
+    control = cpu.get("nats-server")
+    if not control:
+        return {"workers": None, "postgresql": None}
+    return {k: (v / control if (v := cpu.get(k)) is not None else None)
+            for k in ("workers", "postgresql")}  # fmt: skip
+
+
+def _control(cpu: dict[str, float | None]) -> str:
+    r = per_control(cpu)
+    return f"{_n(r['workers'], '{:.2f}')} / {_n(r['postgresql'], '{:.2f}')}"
+
+
 def _own(g: dict[str, Any]) -> str:
     """``share / µs / events per flush`` of each worker process, busiest first."""
     own = g.get("worker_own") or {}
@@ -243,14 +260,15 @@ def table(gs: Sequence[dict[str, Any]]) -> list[str]:
     """The Markdown table of every group (medians)."""
     lines = ["| code | tenants | workers | slots | events/s stored | events/s stored + "
              "searchable | CPU µs/event: workers / PostgreSQL / nats-server = total | "
+             "workers / PostgreSQL per nats-server µs | "
              "µs/event per worker process | each worker: share of events, CPU µs per event "
              "it stored, events per flush | cores busy | lock-wait share | runs (events/s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for g in gs:
         lines.append(
             f"| {g['code']} | {'1 (hot)' if g['hot_tenant'] else 'many'} | {g['workers']} "
             f"| {g['slots']} | {_n(g['events_per_s'])} | {_n(g['searchable_per_s'])} "
-            f"| {_cpu(g['cpu_us_per_event'])} "
+            f"| {_cpu(g['cpu_us_per_event'])} | {_control(g['cpu_us_per_event'])} "
             f"| {', '.join(f'{x:.1f}' for x in g['worker_process_us']) or '—'} "
             f"| {_own(g)} "
             f"| {_n(g['cores_busy'], '{:.2f}')}{_others(g)} | {_lock(g)} "

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.scaling_report import contention, groups, markdown, projection, targets
+from benchmarks.scaling_report import (
+    contention,
+    groups,
+    markdown,
+    per_control,
+    projection,
+    targets,
+)
 
 
 def _arm(code: str, workers: int, rate: float, lock: float, worker_us: float,
@@ -77,3 +84,16 @@ def test_contention_control_sets_every_process_against_its_one_worker_arm() -> N
                      "groups": groups(arms), "contention": {"new": c}})  # fmt: skip
     assert "**Host contention control** (`new`, 4 workers against 1" in text
     assert "nats-server x1.15" in text
+
+
+def test_every_arm_is_also_given_in_units_of_nats_servers_cpu_per_event() -> None:
+    """A host that slows down between arms slows nats-server as much: each group's
+    workers and PostgreSQL per nats-server microsecond, in the table."""
+    arm = _arm("new", 1, 20_000, 0.0, 24.0)  # workers 24, PostgreSQL 30, nats-server 10
+    assert per_control(arm["cpu_us_per_event"]) == {"workers": 2.4, "postgresql": 3.0}
+    assert per_control({"workers": 1.0, "postgresql": 2.0}) == {"workers": None,
+                                                               "postgresql": None}  # fmt: skip
+    text = markdown({"config": {"events": 1, "tenants": 1, "batch": 1, "repeats": 1},
+                     "groups": groups([arm])})  # fmt: skip
+    row = next(line for line in text.splitlines() if line.startswith("| new | many | 1 |"))
+    assert "| 2.40 / 3.00 |" in row
