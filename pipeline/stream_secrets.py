@@ -59,13 +59,21 @@ def load_key(settings: Settings) -> bytes:
     path = Path(settings.state_dir) / KEY_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole under a name of its own, then linked into place (atomic, and
+        # refused when another process linked theirs first): a process starting beside
+        # another never reads a key file still being written.
+        tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{pysecrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # made meanwhile by another process: read theirs
-        else:
             with os.fdopen(fd, "w") as f:
                 f.write(pysecrets.token_hex(32) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # made meanwhile by another process: read theirs
+        finally:
+            tmp.unlink(missing_ok=True)
     try:
         return _parse_key(path.read_text())
     except ConfigError as exc:
