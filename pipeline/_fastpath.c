@@ -1067,8 +1067,8 @@ static PyObject *chain_copy(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (seq == NULL) return NULL;
     PyObject *index = PyDict_New(), *by_month = NULL, *moved = NULL, *result = NULL;
     PyObject **names = NULL;
-    Head *hs = NULL;
-    Py_ssize_t nh = 0, caph = 0;
+    Head *hs = NULL; /* hs[g]: the head of group g (tenant names[g]) */
+    Py_ssize_t nh = 0, caph = 0, capn = 0;
     Month *ms = NULL;
     Py_ssize_t nm = 0;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -1085,20 +1085,14 @@ static PyObject *chain_copy(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
         PyObject *tenant = attr(item, s_tenant_id), *occ = attr(item, s_occurred_us);
         if (!tenant || !occ) goto done;
-        if (!PyUnicode_Check(tenant)) {
-            PyErr_SetString(PyExc_TypeError, "Prepared.tenant_id is not str");
-            goto done;
-        }
         const char *row;
         Py_ssize_t rn, at;
         if (item_row(item, &row, &rn, &at) < 0) goto done;
         int64_t occurred = PyLong_AsLongLong(occ);
         if (occurred == -1 && PyErr_Occurred()) goto done;
-        PyObject *k = PyDict_GetItemWithError(index, tenant);
-        if (k != NULL) {
-            gid[i] = PyLong_AsSsize_t(k);
-        } else {
-            if (PyErr_Occurred()) goto done;
+        Py_ssize_t known = nh;
+        if ((gid[i] = group_of(index, tenant, &names, &nh, &capn)) < 0) goto done;
+        if (nh > known) { /* a new tenant: its head, as locked */
             PyObject *head = PyObject_GetItem(heads, tenant);
             if (head == NULL) goto done;
             if (!PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 2 ||
@@ -1113,7 +1107,7 @@ static PyObject *chain_copy(PyObject *self, PyObject *const *args, Py_ssize_t na
                 Py_DECREF(head);
                 goto done;
             }
-            if (nh == caph) {
+            if (known == caph) {
                 caph = caph ? caph * 2 : 64;
                 Head *grown = PyMem_Realloc(hs, (size_t)caph * sizeof(Head));
                 if (grown == NULL) {
@@ -1123,17 +1117,11 @@ static PyObject *chain_copy(PyObject *self, PyObject *const *args, Py_ssize_t na
                 }
                 hs = grown;
             }
-            Head *h = &hs[nh];
+            Head *h = &hs[known];
             h->tenant = tenant;
             h->seq = last;
             memcpy(h->hash, PyBytes_AS_STRING(PyTuple_GET_ITEM(head, 1)), 32);
             Py_DECREF(head);
-            PyObject *kk = PyLong_FromSsize_t(nh);
-            if (kk == NULL) goto done;
-            int set = PyDict_SetItem(index, tenant, kk);
-            Py_DECREF(kk);
-            if (set < 0) goto done;
-            gid[i] = nh++;
         }
         int64_t month = month_of(occurred);
         mon[i] = -1;
@@ -1155,13 +1143,11 @@ static PyObject *chain_copy(PyObject *self, PyObject *const *args, Py_ssize_t na
         ms[mon[i]].size += rn + 40;
     }
     /* Where each row goes: per month, tenants in code-point order. */
-    names = PyMem_Malloc((size_t)(nh ? nh : 1) * sizeof *names);
     per_group = PyMem_Malloc((size_t)(nh ? nh : 1) * sizeof *per_group);
-    if (names == NULL || per_group == NULL) {
+    if (per_group == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t j = 0; j < nh; j++) names[j] = hs[j].tenant;
     if ((ranked = sorted_groups(nh, names)) == NULL) goto done;
     for (Py_ssize_t j = 0; j < nm; j++) {
         ms[j].out = PyBytes_FromStringAndSize(NULL, 19 + ms[j].size + 2);
