@@ -3,13 +3,18 @@ flush slots), by the base commit and by the new code, in one run (issue #26).
 
     python -m benchmarks.scaling --events 200000 --workers 1,2,4 --slots 1,2,3 \\
         --code base,new --hot-workers 1,2 --repeats 3
+    python -m benchmarks.scaling --code new --workers 1,4 --independent 4 --repeats 3
     python -m benchmarks.scaling --code base,new=HEAD,wip=snapshot ...   # three codes
-    python -m benchmarks.scaling --quick                  # tiny: new code, 1 and 2 workers
+    python -m benchmarks.scaling --quick   # tiny: new code, 1 and 2 workers, 2 independent
     python -m benchmarks.scaling --report benchmarks/results/scaling-<time>.json
 
 Arms: every worker count of ``--workers`` at ``--worker-slots`` flush slots
 (AUDIT_FLUSH_CONCURRENCY, default 2), every slot count of ``--slots`` at 1 worker, and
-with ``--hot-workers`` the same events all of one tenant. Each arm of each code gets a
+with ``--hot-workers`` the same events all of one tenant; with ``--independent N`` the
+control arm of N independent 1-worker pipelines, each with its own database, stream and
+N-th of the events (what N worker processes cost on this host with no coordination
+between them: the report splits the workers' rise in CPU per event into that part and
+the part sharing one stream costs). Each arm of each code gets a
 fresh database migrated by that code's own `auditlog migrate`, and a fresh stream (the
 AUDIT stream's interest retention deletes what was acked) preloaded with the same events
 (~690-byte synthetic events with ids, ``--tenants`` tenants), then ``auditlog pipeline
@@ -152,16 +157,22 @@ class Arm:
     slots: int
     hot_tenant: bool
     repeat: int
+    # >1: the control arm of that many independent 1-worker pipelines (``workers`` of
+    # them), each with its own database and stream and its share of the events.
+    pipelines: int = 1
 
 
 def plan(codes: list[str], workers: list[int], worker_slots: int, slots: list[int],
-         hot_workers: list[int], repeats: int) -> list[Arm]:  # fmt: skip
-    """Every arm, in run order: per repeat, per configuration, the codes in turn."""
-    configs = [(w, worker_slots, False) for w in workers]
-    configs += [(1, s, False) for s in slots if (1, s, False) not in configs]
-    configs += [(w, worker_slots, True) for w in hot_workers]
-    return [Arm(code, w, s, hot, r) for r in range(repeats) for w, s, hot in configs
-            for code in codes]  # fmt: skip
+         hot_workers: list[int], repeats: int,
+         independent: list[int] | None = None) -> list[Arm]:  # fmt: skip
+    """Every arm, in run order: per repeat, per configuration, the codes in turn. Each n
+    of ``independent`` (> 1) adds the control arm of n independent pipelines."""
+    configs = [(w, worker_slots, False, 1) for w in workers]
+    configs += [(1, s, False, 1) for s in slots if (1, s, False, 1) not in configs]
+    configs += [(n, worker_slots, False, n) for n in independent or [] if n > 1]
+    configs += [(w, worker_slots, True, 1) for w in hot_workers]
+    return [Arm(code, w, s, hot, r, lanes) for r in range(repeats)
+            for w, s, hot, lanes in configs for code in codes]  # fmt: skip
 
 
 def _git(*args: str) -> str:
@@ -221,11 +232,12 @@ def _describe_checkout() -> str:
 
 
 def arm_env(tree: Tree, dsn: str, nurl: str, slots: int, state: Path,
-            batch: int) -> dict[str, str]:  # fmt: skip
-    """The environment of an arm's processes: none of ours AUDIT_*, the tree first."""
+            batch: int, lane: int = 0) -> dict[str, str]:  # fmt: skip
+    """The environment of an arm's processes: none of ours AUDIT_*, the tree first.
+    ``lane``: which of an arm's independent pipelines (streams and subjects apart)."""
     from auditlog.embedded import free_port
 
-    tag = f"SC{os.getpid()}"
+    tag = f"SC{os.getpid()}" + (f"L{lane}" if lane else "")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
     env.update(PYTHONPATH=f"{tree.path}{os.pathsep}{state / 'site'}", AUDIT_DATABASE_URL=dsn,
                SCALING_CHECKOUT=os.path.realpath(ROOT), AUDIT_NATS_URL=nurl,
@@ -252,15 +264,16 @@ def _inside(file: str, folder: Path) -> bool:
     return os.path.realpath(file).startswith(os.path.realpath(folder) + os.sep)
 
 
-async def prepare(server: str, tree: Tree, env: dict[str, str]) -> dict[str, Any]:
-    """A fresh database migrated by ``tree``'s code, and a fresh stream made by it.
+async def prepare(server: str, tree: Tree, env: dict[str, str],
+                  database: str = DB_NAME) -> dict[str, Any]:  # fmt: skip
+    """A fresh ``database`` migrated by ``tree``'s code, and a fresh stream made by it.
 
     Returns:
         what the tree's own process imported (``flush_module``) and its ``consumer``.
     """
     admin = await asyncpg.connect(server)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     finally:
         await admin.close()
     _in_tree(tree, env, "-m", "auditlog.cli", "migrate")
@@ -352,64 +365,120 @@ async def wait_searchable(conn: asyncpg.Connection, probe: SearchProbe | None, e
     return time.perf_counter()
 
 
+@dataclass
+class Lane:
+    """One pipeline of an arm: its database, environment, stream and process."""
+
+    database: str
+    dsn: str
+    env: dict[str, str]
+    info: dict[str, Any]
+    payloads: list[bytes]
+    conn: Any = None
+    probe: SearchProbe | None = None
+    proc: Any = None
+    log: Any = None
+    log_path: Path | None = None
+    log_from: int = 0
+
+
 async def run_arm(arm: Arm, tree: Tree, srv: Servers, payloads: list[bytes],
                   opts: argparse.Namespace, state: Path) -> dict[str, Any]:  # fmt: skip
-    """One arm: fresh database and stream, preload, drain, measure."""
-    dsn = with_database(srv.server, DB_NAME)
-    env = arm_env(tree, dsn, srv.nurl, arm.slots, state, opts.batch)
-    info = await prepare(srv.server, tree, env)
+    """One arm: fresh database(s) and stream(s), preload, drain, measure. An arm of n
+    independent pipelines gives each its own database and stream and the events
+    ``payloads[k::n]``, starts them together and measures them as one."""
+    n = arm.pipelines
+    lanes: list[Lane] = []
+    for k in range(n):
+        db = DB_NAME if n == 1 else f"{DB_NAME}_{k}"
+        dsn = with_database(srv.server, db)
+        env = arm_env(tree, dsn, srv.nurl, arm.slots, state, opts.batch, lane=k)
+        lanes.append(Lane(db, dsn, env, await prepare(srv.server, tree, env, db), payloads[k::n]))
     total = len(payloads)
-    pub_rate = await fast_publish(srv.nurl, env["AUDIT_SUBJECT"], payloads)
-    conn = await asyncpg.connect(dsn)
+    publish_s = 0.0
+    for lane in lanes:
+        publish_s += len(lane.payloads) / await fast_publish(
+            srv.nurl, lane.env["AUDIT_SUBJECT"], lane.payloads
+        )
     nc = await nats.connect(srv.nurl)
+    workers_each = 1 if n > 1 else arm.workers
     try:
-        probe = await search_probe(conn, opts.searchable_sql)
-        with contextlib.suppress(asyncpg.PostgresError):
-            await conn.execute("CHECKPOINT")  # the preload's dirty pages are not this arm's
-        log_path = state / f"pipeline-{arm.code}-{arm.workers}w.log"
-        log_from = log_path.stat().st_size if log_path.exists() else 0
-        log = open(log_path, "ab")  # noqa: SIM115
-        cmd = [sys.executable, "-m", "auditlog.cli", "pipeline", "--workers", str(arm.workers)]
-        proc = subprocess.Popen(cmd, cwd=tree.path, env=env, stdout=log, stderr=log)
-        cpu = CpuProbe(proc.pid, arm.workers, srv.postmaster, srv.nats_proc)
-        base_port = int(env["AUDIT_METRICS_PORT"])
-        watcher = asyncio.create_task(cpu.watch_ready({base_port + i for i in range(arm.workers)}))
-        sampler = LockSampler(srv.sampler_conn, DB_NAME, opts.sample_ms / 1000)
+        for k, lane in enumerate(lanes):
+            lane.conn = await asyncpg.connect(lane.dsn)
+            lane.probe = await search_probe(lane.conn, opts.searchable_sql)
+            with contextlib.suppress(asyncpg.PostgresError):
+                # the preload's dirty pages are not this arm's
+                await lane.conn.execute("CHECKPOINT")
+            name = f"{arm.code}-{arm.workers}w" + (f"-independent{k}" if n > 1 else "")
+            lane.log_path = state / f"pipeline-{name}.log"
+            lane.log_from = lane.log_path.stat().st_size if lane.log_path.exists() else 0
+        for lane in lanes:
+            lane.log = open(lane.log_path, "ab")  # type: ignore[arg-type]  # noqa: SIM115
+            cmd = [sys.executable, "-m", "auditlog.cli", "pipeline", "--workers",
+                   str(workers_each)]  # fmt: skip
+            lane.proc = subprocess.Popen(cmd, cwd=tree.path, env=lane.env, stdout=lane.log,
+                                         stderr=lane.log)  # fmt: skip
+        cpu = CpuProbe([lane.proc.pid for lane in lanes], workers_each, srv.postmaster,
+                       srv.nats_proc)  # fmt: skip
+        ports = {int(lane.env["AUDIT_METRICS_PORT"]) + i for lane in lanes
+                 for i in range(workers_each)}  # fmt: skip
+        watcher = asyncio.create_task(cpu.watch_ready(ports))
+        sampler = LockSampler(srv.sampler_conn, [lane.database for lane in lanes],
+                              opts.sample_ms / 1000)  # fmt: skip
         marks: dict[str, Any] = {}
 
         def first() -> None:
-            marks["cpu0"], marks["host0"] = cpu.snapshot(), host_cpu_seconds()
-            sampler.open = True
+            if "cpu0" not in marks:  # (the first delivery of any lane)
+                marks["cpu0"], marks["host0"] = cpu.snapshot(), host_cpu_seconds()
+                sampler.open = True
 
         try:
             async with sampler:
-                t0, t_stored = await wait_drained(nc.jetstream(), env["AUDIT_STREAM"],
-                                                  info["consumer"], total, proc, first,
-                                                  120 + total / 200)  # fmt: skip
+                spans = await asyncio.gather(*[
+                    wait_drained(nc.jetstream(), lane.env["AUDIT_STREAM"],
+                                 lane.info["consumer"], len(lane.payloads), lane.proc, first,
+                                 120 + total / 200)
+                    for lane in lanes])  # fmt: skip
                 sampler.open = False
-            check_imports(proc.pid, tree)
-            t_search = await wait_searchable(conn, probe, total, 60 + 2 * (t_stored - t0))
+            t0, t_stored = min(a for a, _ in spans), max(b for _, b in spans)
+            for lane in lanes:
+                check_imports(lane.proc.pid, tree)
+            t_search: float | None = t_stored
+            for lane in lanes:
+                t = await wait_searchable(lane.conn, lane.probe, len(lane.payloads),
+                                          60 + 2 * (t_stored - t0))  # fmt: skip
+                t_search = None if t is None or t_search is None else max(t_search, t)
             cpu1, host1, t_cpu = cpu.snapshot(), host_cpu_seconds(), time.perf_counter()
             stored = await stored_by_port(cpu.port_of.values())
         finally:
             watcher.cancel()
-            stop(proc)
-            log.close()
-        with log_path.open("rb") as f:
-            f.seek(log_from)
-            problems = log_problems(f.read().decode("utf-8", "replace"))
-        rows, chained = await conn.fetchrow(
-            "SELECT (SELECT count(*) FROM audit.events),"
-            " (SELECT coalesce(sum(last_seq), 0) FROM audit.chain_heads)")  # fmt: skip
-        with contextlib.suppress(Exception):
-            await nc.jetstream().delete_stream(env["AUDIT_STREAM"])
+            for lane in lanes:
+                stop(lane.proc)
+                lane.log.close()
+        problems: list[str] = []
+        rows = chained = 0
+        for lane in lanes:
+            assert lane.log_path is not None
+            with lane.log_path.open("rb") as f:
+                f.seek(lane.log_from)
+                problems += log_problems(f.read().decode("utf-8", "replace"))
+            r, c = await lane.conn.fetchrow(
+                "SELECT (SELECT count(*) FROM audit.events),"
+                " (SELECT coalesce(sum(last_seq), 0) FROM audit.chain_heads)")  # fmt: skip
+            rows, chained = rows + r, chained + int(c)
+            with contextlib.suppress(Exception):
+                await nc.jetstream().delete_stream(lane.env["AUDIT_STREAM"])
     finally:
         await nc.close()
-        await conn.close()
+        for lane in lanes:
+            if lane.conn is not None:
+                await lane.conn.close()
     split, per_worker, cpu_s = cpu_split(marks["cpu0"], cpu1, total, cpu.ready)
+    info, probe = lanes[0].info, lanes[0].probe
     return {
-        **{k: getattr(arm, k) for k in ("code", "workers", "slots", "hot_tenant", "repeat")},
-        "events": total, "rows": rows, "chained": int(chained), "publish_per_s": pub_rate,
+        **{k: getattr(arm, k) for k in ("code", "workers", "slots", "hot_tenant", "repeat",
+                                        "pipelines")},
+        "events": total, "rows": rows, "chained": chained, "publish_per_s": total / publish_s,
         "seconds": t_stored - t0, "events_per_s": total / (t_stored - t0),
         "searchable_seconds": None if t_search is None else t_search - t0,
         "searchable_per_s": None if t_search is None else total / (t_search - t0),
@@ -447,7 +516,8 @@ async def machine(srv: Servers) -> dict[str, Any]:
 
 def _progress(arm: Arm, out: dict[str, Any]) -> None:
     cpu = out["cpu_us_per_event"]
-    print(f"  {arm.code} {'hot ' if arm.hot_tenant else ''}{arm.workers}w/{arm.slots}s "
+    lanes = f" in {arm.pipelines} independent pipelines" if arm.pipelines > 1 else ""
+    print(f"  {arm.code} {'hot ' if arm.hot_tenant else ''}{arm.workers}w/{arm.slots}s{lanes} "
           f"#{arm.repeat + 1}: {out['events_per_s']:,.0f}/s stored, "
           f"{out['searchable_per_s'] or 0:,.0f}/s searchable, lock {out['lock']['share']:.1%}, "
           f"CPU µs/event workers {cpu.get('workers')} pg {cpu.get('postgresql')} "
@@ -460,7 +530,7 @@ def _progress(arm: Arm, out: dict[str, Any]) -> None:
 
 async def run(opts: argparse.Namespace) -> dict[str, Any]:
     arms = plan(list(opts.code), opts.workers, opts.worker_slots, opts.slots, opts.hot_workers,
-                opts.repeats)  # fmt: skip
+                opts.repeats, opts.independent)  # fmt: skip
     events = {False: ids_for(list(synthetic_events(opts.events, tenant_ids(opts.tenants))))[0]}
     if opts.hot_workers:
         events[True] = ids_for(list(synthetic_events(opts.events, tenant_ids(1))))[0]
@@ -510,7 +580,9 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             "targets": [t for c in codes for t in report.targets(gs, slots, c)],
             "projections": {c: report.projection(gs, slots, cores, c) for c in codes},
             "contention": {c: found for c in [*codes, "base"]
-                           if (found := report.contention(gs, slots, c))}}  # fmt: skip
+                           if (found := report.contention(gs, slots, c))},
+            "independence": {c: found for c in [*codes, "base"]
+                             if (found := report.independence(gs, slots, c))}}  # fmt: skip
 
 
 def _codes(text: str) -> dict[str, str | None]:
@@ -537,6 +609,10 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     add("--worker-slots", type=int, default=2, help="AUDIT_FLUSH_CONCURRENCY of those arms")
     add("--slots", type=_ints, default=[1, 2, 3], help="flush slots swept with 1 worker")
     add("--hot-workers", type=_ints, default=[], help="one tenant sends everything: e.g. 1,2")
+    add("--independent", type=_ints, default=[],
+        help="control arms: n independent 1-worker pipelines, each its own database, "
+             "stream and n-th of the events (what n worker processes cost on this host "
+             "with no coordination between them): e.g. 4")  # fmt: skip
     add("--code", type=_codes, default=_codes("base,new"),
         help="codes to compare, NAME[=REF] each: a commit, 'snapshot' (a copy of this "
              f"checkout taken at the start) or 'live' (this checkout as it is); default "
@@ -553,6 +629,7 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     if opts.quick:
         opts.events, opts.workers, opts.slots, opts.code = 3000, [1, 2], [2], _codes("new")
         opts.hot_workers, opts.repeats, opts.worker_slots = [], 1, 2
+        opts.independent = [2]
     return opts
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -73,17 +73,21 @@ async def search_probe(conn: asyncpg.Connection, override: str | None) -> Search
 
 
 class LockSampler:
-    """Samples ``pg_stat_activity`` of one database every ``interval`` s while open."""
+    """Samples ``pg_stat_activity`` of ``databases`` (one name, or several: an arm of
+    independent pipelines) every ``interval`` s while open."""
 
     SQL = """
     SELECT coalesce(wait_event_type, 'running') || ':' || coalesce(wait_event, '') AS w,
            count(*) FILTER (WHERE state = 'active') AS active,
            count(*) FILTER (WHERE query LIKE '%SKIP LOCKED%') AS skip
-    FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() GROUP BY 1
+    FROM pg_stat_activity WHERE datname = ANY($1::text[]) AND pid <> pg_backend_pid()
+    GROUP BY 1
     """
 
-    def __init__(self, conn: asyncpg.Connection, database: str, interval: float) -> None:
-        self.conn, self.database, self.interval = conn, database, interval
+    def __init__(self, conn: asyncpg.Connection, databases: str | Sequence[str],
+                 interval: float) -> None:  # fmt: skip
+        self.conn, self.interval = conn, interval
+        self.databases = [databases] if isinstance(databases, str) else list(databases)
         self.open = False
         self.samples = 0
         self.waits: Counter[str] = Counter()
@@ -104,7 +108,7 @@ class LockSampler:
         loop = asyncio.get_running_loop()
         due = loop.time()
         while True:
-            rows = await self.conn.fetch(self.SQL, self.database)
+            rows = await self.conn.fetch(self.SQL, self.databases)
             if self.open:
                 self.samples += 1
                 for r in rows:
@@ -139,17 +143,23 @@ def nats_process(url: str) -> psutil.Process | None:
 class CpuProbe:
     """CPU seconds (user + system) of each process of an arm, by component."""
 
-    def __init__(self, pipeline_pid: int, workers: int, postmaster: psutil.Process | None,
+    def __init__(self, pipeline_pids: int | Sequence[int], workers: int,
+                 postmaster: psutil.Process | None,
                  nats_proc: psutil.Process | None) -> None:  # fmt: skip
-        self.pipeline = psutil.Process(pipeline_pid)
+        """``pipeline_pids``: the ``auditlog pipeline`` process(es) of the arm, each
+        running ``workers`` worker processes."""
+        pids = [pipeline_pids] if isinstance(pipeline_pids, int) else list(pipeline_pids)
+        self.pipelines = [psutil.Process(pid) for pid in pids]
         # `auditlog pipeline --workers N>1` supervises N worker processes it spawned.
         self.root = "supervisor" if workers > 1 else "workers"
         self.postmaster, self.nats = postmaster, nats_proc
 
     def _procs(self) -> list[tuple[str, psutil.Process]]:
-        out = [("benchmark", psutil.Process()), (self.root, self.pipeline)]
-        with contextlib.suppress(psutil.Error):
-            out += [("workers", p) for p in self.pipeline.children(recursive=True)]
+        out = [("benchmark", psutil.Process())]
+        for pipeline in self.pipelines:
+            out.append((self.root, pipeline))
+            with contextlib.suppress(psutil.Error):
+                out += [("workers", p) for p in pipeline.children(recursive=True)]
         if (pm := self.postmaster) is not None:
             with contextlib.suppress(psutil.Error):
                 out += [("postgresql", p) for p in [pm, *pm.children(recursive=True)]]

@@ -17,9 +17,13 @@ LOCK_SHARE_TARGET = 0.05  # lock-wait share with 4 workers
 CPU_SPREAD_TARGET = 0.10  # worker CPU per event, 4 workers against 1
 
 
-def group_key(arm: dict[str, Any]) -> tuple[str, bool, int, int]:
-    """(code, hot tenant, workers, slots): arms repeated with the same key are one group."""
-    return arm["code"], bool(arm["hot_tenant"]), int(arm["workers"]), int(arm["slots"])
+def group_key(arm: dict[str, Any]) -> tuple[str, bool, int, int, int]:
+    """(code, hot tenant, workers, slots, pipelines): arms repeated with the same key are
+    one group. ``pipelines`` > 1: the control arm of that many independent 1-worker
+    pipelines, each with its own database and stream (results saved before it existed
+    have one pipeline)."""
+    return (arm["code"], bool(arm["hot_tenant"]), int(arm["workers"]), int(arm["slots"]),
+            int(arm.get("pipelines", 1)))  # fmt: skip
 
 
 def _median(values: Iterable[float | None]) -> float | None:
@@ -30,15 +34,15 @@ def _median(values: Iterable[float | None]) -> float | None:
 def groups(arms: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Median figures of each (code, hot, workers, slots) over its repeats, in first-run
     order. A group's ``runs`` lists every repeat's events/s (stored and searchable)."""
-    by: dict[tuple[str, bool, int, int], list[dict[str, Any]]] = {}
+    by: dict[tuple[str, bool, int, int, int], list[dict[str, Any]]] = {}
     for arm in arms:
         by.setdefault(group_key(arm), []).append(arm)
     out = []
-    for (code, hot, workers, slots), runs in by.items():
+    for (code, hot, workers, slots, pipelines), runs in by.items():
         cpu_keys = {k for r in runs for k in r["cpu_us_per_event"]}
         out.append({
             "code": code, "hot_tenant": hot, "workers": workers, "slots": slots,
-            "repeats": len(runs),
+            "pipelines": pipelines, "repeats": len(runs),
             "events_per_s": _median(r["events_per_s"] for r in runs),
             "searchable_per_s": _median(r["searchable_per_s"] for r in runs),
             "runs_per_s": [round(r["events_per_s"]) for r in runs],
@@ -74,12 +78,18 @@ def _median_list(lists: list[list[float]]) -> list[float]:
 
 
 def find(gs: Sequence[dict[str, Any]], code: str, workers: int, slots: int,
-         hot: bool = False) -> dict[str, Any] | None:  # fmt: skip
-    """The group of ``code`` with ``workers`` processes and ``slots`` flush slots."""
+         hot: bool = False, pipelines: int = 1) -> dict[str, Any] | None:  # fmt: skip
+    """The group of ``code`` with ``workers`` processes and ``slots`` flush slots (in
+    ``pipelines`` independent pipelines: 1, or the control arm's count)."""
+    want = (code, hot, workers, slots, pipelines)
     for g in gs:
-        if (g["code"], g["hot_tenant"], g["workers"], g["slots"]) == (code, hot, workers, slots):
+        if (g["code"], g["hot_tenant"], g["workers"], g["slots"], _lanes(g)) == want:
             return g
     return None
+
+
+def _lanes(g: dict[str, Any]) -> int:
+    return int(g.get("pipelines", 1))
 
 
 def _one_and_most(gs: Sequence[dict[str, Any]], sweep_slots: int, code: str
@@ -87,7 +97,7 @@ def _one_and_most(gs: Sequence[dict[str, Any]], sweep_slots: int, code: str
     """``code``'s many-tenant group with 1 worker, and the one with the most workers, at
     ``sweep_slots`` flush slots (None where not run)."""
     sweep = [g for g in gs if g["code"] == code and not g["hot_tenant"]
-             and g["slots"] == sweep_slots]  # fmt: skip
+             and g["slots"] == sweep_slots and _lanes(g) == 1]  # fmt: skip
     return find(gs, code, 1, sweep_slots), max(sweep, key=lambda g: g["workers"], default=None)
 
 
@@ -153,6 +163,46 @@ def contention(gs: Sequence[dict[str, Any]], sweep_slots: int,
     return {"code": code, "workers": most["workers"], "ratios": ratios} if ratios else None
 
 
+def independence(gs: Sequence[dict[str, Any]], sweep_slots: int,
+                 code: str = "new") -> dict[str, Any] | None:  # fmt: skip
+    """The workers' rise in CPU per event from 1 worker to n, split in two by the control
+    arm of n independent 1-worker pipelines (each its own database, stream and n-th of
+    the events; the same PostgreSQL and nats-server): ``host`` = independent / one is
+    what n busy worker processes on this host cost with no coordination between them
+    (they share only the cores and the servers), ``own`` = shared / independent what
+    sharing one stream and the tenants among n workers costs beyond that (bucket claims,
+    flushes of tenant slices). None unless all three groups were run (largest n)."""
+    one = find(gs, code, 1, sweep_slots)
+    cands = sorted({g["workers"] for g in gs if g["code"] == code and _lanes(g) > 1})
+    for n in reversed(cands):
+        shared, indep = find(gs, code, n, sweep_slots), find(gs, code, n, sweep_slots,
+                                                              pipelines=n)  # fmt: skip
+        w = [g and g["cpu_us_per_event"].get("workers") for g in (one, shared, indep)]
+        if all(w):
+            w1, wn, wi = w
+            return {"code": code, "workers": n, "one": w1, "shared": wn, "independent": wi,
+                    "rise": wn / w1, "host": wi / w1, "own": wn / wi}  # fmt: skip
+    return None
+
+
+def independence_text(c: dict[str, Any] | None) -> list[str]:
+    """The control paragraph: the workers' rise split into the host's part and ours."""
+    if not c:
+        return []
+    n = c["workers"]
+    return [
+        f"**Independent pipelines control** (`{c['code']}`, worker CPU µs per event): "
+        f"1 worker {c['one']:.1f}; {n} workers sharing one stream {c['shared']:.1f} "
+        f"(x{c['rise']:.2f}); {n} independent 1-worker pipelines, each with its own "
+        f"database, stream and 1/{n} of the events, {c['independent']:.1f} "
+        f"(x{c['host']:.2f}). With no coordination at all, {n} worker processes on this "
+        f"host cost x{c['host']:.2f} per event: that part is the host (the cores and "
+        f"servers they share); sharing one stream and the tenants among them (bucket "
+        f"claims, flushes of tenant slices) is x{c['own']:.2f} beyond it.",
+        "",
+    ]
+
+
 def contention_text(c: dict[str, Any] | None) -> list[str]:
     """The control paragraph: every process's CPU per event, most workers against one."""
     if not c:
@@ -191,7 +241,7 @@ def projection(gs: Sequence[dict[str, Any]], sweep_slots: int, cores: int = 16,
     Python thread each). A hot tenant is bound by its chain (one flush at a time), not by
     cores: its measured rate is carried over as it is.
     """
-    news = [g for g in gs if g["code"] == code and not g["hot_tenant"]
+    news = [g for g in gs if g["code"] == code and not g["hot_tenant"] and _lanes(g) == 1
             and g["slots"] == sweep_slots and g["cpu_us_per_event"].get("total")]  # fmt: skip
     if not news:
         return None
@@ -265,8 +315,9 @@ def table(gs: Sequence[dict[str, Any]]) -> list[str]:
              "it stored, events per flush | cores busy | lock-wait share | runs (events/s) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for g in gs:
+        workers = f"{g['workers']} independent" if _lanes(g) > 1 else str(g["workers"])
         lines.append(
-            f"| {g['code']} | {'1 (hot)' if g['hot_tenant'] else 'many'} | {g['workers']} "
+            f"| {g['code']} | {'1 (hot)' if g['hot_tenant'] else 'many'} | {workers} "
             f"| {g['slots']} | {_n(g['events_per_s'])} | {_n(g['searchable_per_s'])} "
             f"| {_cpu(g['cpu_us_per_event'])} | {_control(g['cpu_us_per_event'])} "
             f"| {', '.join(f'{x:.1f}' for x in g['worker_process_us']) or '—'} "
@@ -333,6 +384,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("")
     for c in result.get("contention", {}).values():
         lines += contention_text(c)
+    for c in result.get("independence", {}).values():
+        lines += independence_text(c)
     for p in result.get("projections", {}).values():
         lines += projection_text(p)
     return "\n".join(lines) + "\n"

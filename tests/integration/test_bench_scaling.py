@@ -31,9 +31,10 @@ def test_quick_scaling_run_reports_plausible_figures(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout[proc.stdout.index("{") :])
 
-    assert [(a["code"], a["workers"], a["slots"]) for a in out["arms"]] == [
-        ("new", 1, 2),
-        ("new", 2, 2),
+    assert [(a["code"], a["workers"], a["slots"], a["pipelines"]) for a in out["arms"]] == [
+        ("new", 1, 2, 1),
+        ("new", 2, 2, 1),
+        ("new", 2, 2, 2),  # the control: two independent 1-worker pipelines
     ]
     for arm in out["arms"]:
         assert arm["rows"] == arm["events"] == 3000, "every event stored once"
@@ -50,7 +51,12 @@ def test_quick_scaling_run_reports_plausible_figures(tmp_path: Path) -> None:
         # (a late worker may still be starting when a tiny drain ends: not scraped)
         assert 1 <= len(own) <= arm["workers"] and abs(sum(w["share"] for w in own) - 1) < 0.01
         assert all(w["events_per_flush"] > 0 for w in own if w["share"] > 0)
-    assert [g["workers"] for g in out["groups"]] == [1, 2]
+    assert [(g["workers"], g["pipelines"]) for g in out["groups"]] == [(1, 1), (2, 1), (2, 2)]
+    lanes = out["arms"][2]  # each pipeline drained its half into its own database
+    assert len(lanes["worker_own"]) == 2 and lanes["rows"] == 3000
+    split = out["independence"]["new"]
+    assert split["workers"] == 2 and split["host"] * split["own"] == pytest.approx(split["rise"])
     assert out["projections"]["new"]["cases"][0]["events_per_s"] > 0
     md = next(tmp_path.glob("scaling-*.md")).read_text()
     assert "| new | many | 2 | 2 |" in md and "Projection" in md
+    assert "| new | many | 2 independent | 2 |" in md and "Independent pipelines control" in md

@@ -7,6 +7,7 @@ import pytest
 from benchmarks.scaling_report import (
     contention,
     groups,
+    independence,
     markdown,
     per_control,
     projection,
@@ -15,10 +16,11 @@ from benchmarks.scaling_report import (
 
 
 def _arm(code: str, workers: int, rate: float, lock: float, worker_us: float,
-         hot: bool = False, slots: int = 2) -> dict:  # fmt: skip
+         hot: bool = False, slots: int = 2, pipelines: int = 1) -> dict:  # fmt: skip
     cpu = {"workers": worker_us, "postgresql": 30.0, "nats-server": 10.0, "benchmark": 2.0}
     cpu["total"] = worker_us + 40.0
     return {"code": code, "workers": workers, "slots": slots, "hot_tenant": hot, "repeat": 0,
+            "pipelines": pipelines,
             "events_per_s": rate, "searchable_per_s": rate * 0.9,
             "lock": {"share": lock, "samples": 100}, "cpu_us_per_event": cpu,
             "worker_process_us": [worker_us / workers] * workers, "cores_busy": 2.0}  # fmt: skip
@@ -97,3 +99,27 @@ def test_every_arm_is_also_given_in_units_of_nats_servers_cpu_per_event() -> Non
                      "groups": groups([arm])})  # fmt: skip
     row = next(line for line in text.splitlines() if line.startswith("| new | many | 1 |"))
     assert "| 2.40 / 3.00 |" in row
+
+
+def test_independent_pipelines_split_the_workers_rise_into_host_and_own_parts() -> None:
+    """The control arm (4 independent 1-worker pipelines) is its own group, never taken
+    for the 4-worker arm by the targets or the projection, and splits the rise."""
+    arms = [*ARMS, _arm("new", 4, 25_000, 0.0, 40.0, pipelines=4)]
+    gs = groups(arms)
+    assert [(g["workers"], g["pipelines"]) for g in gs if g["code"] == "new"][-1] == (4, 4)
+    assert targets(gs, 2) == targets(groups(ARMS), 2)  # the control changes no target
+    assert projection(gs, 2) == projection(groups(ARMS), 2)
+    split = independence(gs, 2)
+    assert split is not None and split["workers"] == 4
+    # one worker: median of 30 and 31; 4 sharing a stream: 32; 4 independent: 40
+    assert split["host"] == pytest.approx(40.0 / 30.5)
+    assert split["own"] == pytest.approx(32.0 / 40.0)
+    assert split["host"] * split["own"] == pytest.approx(split["rise"])
+    assert independence(groups(ARMS), 2) is None  # no control arm run
+    text = markdown({"config": {"events": 1, "tenants": 1, "batch": 1, "repeats": 1},
+                     "groups": gs, "independence": {"new": split}})  # fmt: skip
+    assert "| new | many | 4 independent | 2 |" in text
+    assert "**Independent pipelines control** (`new`" in text and "x1.31 per event" in text
+    # a result saved before the control arm existed (no "pipelines") still groups
+    old = [{k: v for k, v in a.items() if k != "pipelines"} for a in ARMS]
+    assert groups(old) == groups(ARMS)
