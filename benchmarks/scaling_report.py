@@ -54,7 +54,7 @@ def groups(arms: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                                  for k in sorted(cpu_keys)},
             "worker_process_us": _median_list([r["worker_process_us"] for r in runs]),
             "worker_own": {k: _median_list([[w[k] or 0.0 for w in r.get("worker_own", [])]
-                                            for r in runs])
+                                            for r in runs], 3 if k == "share" else 1)
                            for k in ("share", "us_per_own_event", "events_per_flush")},
             "cores_busy": _median(r["cores_busy"] for r in runs),
             "other_cores_busy": _median(r.get("other_cores_busy") for r in runs),
@@ -70,11 +70,13 @@ def _lock_kinds(runs: list[dict[str, Any]]) -> dict[str, float]:
     return {k: v for k, v in sorted(out.items(), key=lambda kv: -(kv[1] or 0)) if v}
 
 
-def _median_list(lists: list[list[float]]) -> list[float]:
+def _median_list(lists: list[list[float]], digits: int = 1) -> list[float]:
     """Element-wise median of equally long lists (each arm's worker processes, busiest
-    first); shorter lists (a process missed) leave their positions to the others."""
+    first), rounded to ``digits``; shorter lists (a process missed) leave their positions
+    to the others."""
     width = max((len(x) for x in lists), default=0)
-    return [round(_median(x[i] for x in lists if i < len(x)) or 0.0, 1) for i in range(width)]
+    return [round(_median(x[i] for x in lists if i < len(x)) or 0.0, digits)
+            for i in range(width)]  # fmt: skip
 
 
 def find(gs: Sequence[dict[str, Any]], code: str, workers: int, slots: int,
