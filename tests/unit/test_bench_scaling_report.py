@@ -119,12 +119,11 @@ def test_independent_pipelines_split_the_workers_rise_into_host_and_own_parts() 
     text = markdown({"config": {"events": 1, "tenants": 1, "batch": 1, "repeats": 1},
                      "groups": gs, "independence": {"new": split}})  # fmt: skip
     assert "| new | many | 4 independent | 2 |" in text
-    with_own = [{**a, "worker_own": [{"share": 0.25, "us_per_own_event": 10.0,
-                                      "events_per_flush": 3000}] * 4} for a in arms]
-    row = next(x for x in markdown({"config": {"events": 1, "tenants": 1, "batch": 1,
-                                               "repeats": 1},
-                                    "groups": groups(with_own)}).splitlines()
-               if "4 independent" in x)  # fmt: skip
+    own = [{"share": 0.25, "us_per_own_event": 10.0, "events_per_flush": 3000}] * 4
+    with_own = [{**a, "worker_own": own} for a in arms]
+    cfg = {"events": 1, "tenants": 1, "batch": 1, "repeats": 1}
+    lines = markdown({"config": cfg, "groups": groups(with_own)}).splitlines()
+    row = next(x for x in lines if "4 independent" in x)
     assert "25% / 10.0 / 3,000; 25% / 10.0 / 3,000" in row  # shares not rounded to 20%
     assert "**Independent pipelines control** (`new`" in text and "x1.31 per event" in text
     # a result saved before the control arm existed (no "pipelines") still groups
