@@ -240,7 +240,10 @@ class Pipeline:
                     continue
                 await self._close_source()
                 if not self._stopping:
-                    log.error("%s pipeline worker ended unasked; restarting", self.kind)
+                    if why := getattr(self.worker.source, "restart_reason", None):
+                        log.warning("%s pipeline worker restarting: %s", self.kind, why)
+                    else:
+                        log.error("%s pipeline worker ended unasked; restarting", self.kind)
                     self.worker = self._new()
         finally:
             await self._close_source()

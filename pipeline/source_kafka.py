@@ -70,6 +70,13 @@ CHUNK_ITEMS = 1000
 CHUNK_WAIT_S = 0.05
 # Producer header values kept per record (bytes, decoded as UTF-8 with replacement).
 MAX_HEADER_VALUE = 4096
+# Failed broker probes in a row after which the broker's return ends this source, so that
+# the runtime starts a new one (a new faust App and consumer). Seen in CI: after a broker
+# restart that lost the group (UnknownMemberIdError on commit, "will rejoin"), faust's
+# consumer stored nothing more for the 90 s the test waited, with the broker answering.
+# A fresh consumer joins the group afresh; what the old one held unacked is read again
+# (storage stays exactly-once). One failed probe (a slow answer) does not count.
+REJOIN_AFTER_FAILED_PROBES = 2
 
 
 def kafka_app(settings: Settings, client_id: str = "auditlog") -> Any:
@@ -162,6 +169,9 @@ class KafkaSource:
         self._retries: set[asyncio.Task[None]] = set()
         # Why the broker did not answer the last probe (None: it did), for /readyz.
         self.broker_problem: str | None = None
+        self._failed_probes = 0  # in a row, while the consumer runs
+        # Set when the broker's return ended this source: why the runtime starts another.
+        self.restart_reason: str | None = None
         self._started = False
         self._probe_client: Any = None
         topic = self.app.topic(settings.kafka_topic, key_type=bytes, value_type=bytes,
@@ -316,6 +326,22 @@ class KafkaSource:
             with contextlib.suppress(Exception):
                 await client.close()
 
+    def _after_probe(self) -> None:
+        """The broker answers again after :data:`REJOIN_AFTER_FAILED_PROBES` or more failed
+        probes in a row while the consumer ran: end this source (as :meth:`stop` does, so
+        the worker settles what it holds), with :attr:`restart_reason` saying why; the
+        runtime then starts a new worker and source."""
+        if self.broker_problem is not None:
+            self._failed_probes += self._started
+            return
+        failed, self._failed_probes = self._failed_probes, 0
+        if failed >= REJOIN_AFTER_FAILED_PROBES and self._started and not self._deliveries.stopping:
+            self.restart_reason = (f"the broker answers again after {failed} failed probes: "
+                                   "a new consumer joins the group afresh")  # fmt: skip
+            log.warning("kafka source: %s", self.restart_reason)
+            self._deliveries.stop()
+            self._stop_event.set()
+
     async def lag(self) -> dict[tuple[str, int], int]:
         """Records not yet committed per assigned partition (highwater - committed)."""
         consumer = self.app.consumer
@@ -348,6 +374,7 @@ class KafkaSource:
             self.broker_problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if self._probe_client is not None and not self._probe_client.cluster.brokers():
                 await self._close_probe()  # never bootstrapped: start over next time
+        self._after_probe()
         if self.metrics is not None:
             up = self.broker_problem is None
             self.metrics.source_up.labels(self.kind).set(1 if up else 0)

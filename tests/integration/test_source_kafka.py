@@ -173,6 +173,8 @@ async def test_broker_away_and_back(db_url, settings_factory, tmp_path) -> None:
             assert source.broker_problem
             assert sample(run.metrics, "auditlog_source_up", source="kafka") == 0
             await asyncio.sleep(3)  # the consumer loses its connection and group
+            # (the runtime probes every 5 s: a second failed probe in a row)
+            assert await source.probe_broker(within_s=1.0) is not None
             # Tansu keeps data in memory: the restarted broker is empty (reconnection,
             # not durability, is what this tests).
             broker.start()
@@ -181,6 +183,11 @@ async def test_broker_away_and_back(db_url, settings_factory, tmp_path) -> None:
                              lambda problem: problem is None, timeout=120, interval=0.2,
                              what="the probe reports the broker back")  # fmt: skip
             assert source.broker_problem is None
+            # The broker's return ended that source: the runtime runs a new consumer, which
+            # joins the (restarted, empty) broker's group afresh.
+            assert source.restart_reason and "failed probes" in source.restart_reason
+            await eventually(lambda: run.worker.source is not source, timeout=60,
+                             what="a new source after the broker came back")  # fmt: skip
             await produce(broker.bootstrap, s.kafka_topic,
                           [event("t-away", i) for i in range(10, 40)])  # fmt: skip
             assert await wait_count(db_url, 40, timeout=90) == 40

@@ -189,3 +189,40 @@ def test_revoked_partitions_are_forgotten() -> None:
         await source.stop()
 
     asyncio.run(run())
+
+
+@given(before=st.lists(st.booleans(), max_size=6), after=st.lists(st.booleans(), max_size=12))
+def test_the_broker_answering_after_two_failed_probes_in_a_row_ends_the_source(
+    before: list[bool], after: list[bool]
+) -> None:
+    """Probe outcomes (True: the broker answered) before and after the consumer started:
+    the source ends (its chunks end, a reason is given) exactly at the first answer after
+    two or more failed probes in a row of the running consumer; never otherwise."""
+
+    async def run() -> None:
+        source = KafkaSource(
+            Settings(kafka_bootstrap="x:1"), 10_000, app=StandInApp(), wait_for_broker=False
+        )
+
+        def probe(answered: bool) -> None:
+            source.broker_problem = None if answered else "KafkaConnectionError"
+            source._after_probe()
+
+        for answered in before:  # waiting for the broker at start: not counted
+            probe(answered)
+        await source.start()
+        failed, expected_end = 0, None
+        for i, answered in enumerate(after):
+            if answered and failed >= 2 and expected_end is None:
+                expected_end = i
+            failed = 0 if answered else failed + 1
+        for i, answered in enumerate(after):
+            probe(answered)
+            ended = source.restart_reason is not None
+            assert ended == (expected_end is not None and i >= expected_end), (after, i)
+        if expected_end is not None:
+            assert "failed probes" in (source.restart_reason or "")
+            assert [chunk async for chunk in source.chunks()] == []  # ended, nothing held
+        await source.stop()
+
+    asyncio.run(run())
