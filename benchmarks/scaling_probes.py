@@ -73,8 +73,8 @@ async def search_probe(conn: asyncpg.Connection, override: str | None) -> Search
 
 
 class LockSampler:
-    """Samples ``pg_stat_activity`` of ``databases`` (one name, or several: an arm of
-    independent pipelines) every ``interval`` s while open."""
+    """Samples ``pg_stat_activity`` of ``databases`` (several: an arm of independent
+    pipelines) every ``interval`` s while open."""
 
     SQL = """
     SELECT coalesce(wait_event_type, 'running') || ':' || coalesce(wait_event, '') AS w,
@@ -84,10 +84,10 @@ class LockSampler:
     GROUP BY 1
     """
 
-    def __init__(self, conn: asyncpg.Connection, databases: str | Sequence[str],
+    def __init__(self, conn: asyncpg.Connection, databases: Sequence[str],
                  interval: float) -> None:  # fmt: skip
         self.conn, self.interval = conn, interval
-        self.databases = [databases] if isinstance(databases, str) else list(databases)
+        self.databases = list(databases)
         self.open = False
         self.samples = 0
         self.waits: Counter[str] = Counter()
@@ -143,13 +143,12 @@ def nats_process(url: str) -> psutil.Process | None:
 class CpuProbe:
     """CPU seconds (user + system) of each process of an arm, by component."""
 
-    def __init__(self, pipeline_pids: int | Sequence[int], workers: int,
+    def __init__(self, pipeline_pids: Sequence[int], workers: int,
                  postmaster: psutil.Process | None,
                  nats_proc: psutil.Process | None) -> None:  # fmt: skip
         """``pipeline_pids``: the ``auditlog pipeline`` process(es) of the arm, each
         running ``workers`` worker processes."""
-        pids = [pipeline_pids] if isinstance(pipeline_pids, int) else list(pipeline_pids)
-        self.pipelines = [psutil.Process(pid) for pid in pids]
+        self.pipelines = [psutil.Process(pid) for pid in pipeline_pids]
         # `auditlog pipeline --workers N>1` supervises N worker processes it spawned.
         self.root = "supervisor" if workers > 1 else "workers"
         self.postmaster, self.nats = postmaster, nats_proc

@@ -304,6 +304,10 @@ class KafkaSource:
     async def stop(self) -> None:
         """Stop taking records; :meth:`chunks` ends once the buffer is drained (what the
         agent has not handed over stays uncommitted and is read again on restart)."""
+        self._end()
+
+    def _end(self) -> None:
+        """:meth:`stop`'s work (also done when the broker's return ends this source)."""
         self._deliveries.stop()
         self._stop_event.set()
         for task in list(self._retries):
@@ -335,12 +339,11 @@ class KafkaSource:
             self._failed_probes += self._started
             return
         failed, self._failed_probes = self._failed_probes, 0
-        if failed >= REJOIN_AFTER_FAILED_PROBES and self._started and not self._deliveries.stopping:
+        if failed >= REJOIN_AFTER_FAILED_PROBES and not self._deliveries.stopping:
             self.restart_reason = (f"the broker answers again after {failed} failed probes: "
                                    "a new consumer joins the group afresh")  # fmt: skip
             log.warning("kafka source: %s", self.restart_reason)
-            self._deliveries.stop()
-            self._stop_event.set()
+            self._end()
 
     async def lag(self) -> dict[tuple[str, int], int]:
         """Records not yet committed per assigned partition (highwater - committed)."""
