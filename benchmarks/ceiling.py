@@ -135,7 +135,12 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--tenants", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=5000)
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=Settings().batch_max_events,
+        help="rows per transaction (the service's AUDIT_BATCH_MAX_EVENTS)",
+    )
     ap.add_argument("--connections", type=int, default=1)
     ap.add_argument(
         "--breakdown",

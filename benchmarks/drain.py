@@ -50,6 +50,7 @@ from benchmarks.common import (
     with_ids,
     worker_rss_kib,
 )
+from infra.settings import Settings
 from pipeline.source_nats import ensure_stream
 
 # What the scenario exists for: missing any of these fails it (benchmarks.common.emit).
@@ -286,7 +287,12 @@ async def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--tenants", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--batch", type=int, default=5000)
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=Settings().batch_max_events,
+        help="AUDIT_BATCH_MAX_EVENTS of the pipeline, and rows per ceiling transaction",
+    )
     ap.add_argument("--skip-ceiling", action="store_true")
     ap.add_argument(
         "--batch-latency-ms",

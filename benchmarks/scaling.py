@@ -87,6 +87,7 @@ from benchmarks.scaling_probes import (
     stored_by_port,
 )
 from infra.db import with_database
+from infra.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_REF = "55d6f51"  # chain heads locked blocking (INSERT .. ON CONFLICT DO UPDATE)
@@ -618,7 +619,7 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
              f"checkout taken at the start) or 'live' (this checkout as it is); default "
              f"base={BASE_REF},new=live")  # fmt: skip
     add("--repeats", type=int, default=1)
-    add("--batch", type=int, default=5000, help="AUDIT_BATCH_MAX_EVENTS")
+    add("--batch", type=int, default=Settings().batch_max_events, help="AUDIT_BATCH_MAX_EVENTS")
     add("--sample-ms", type=float, default=20)
     add("--searchable-sql", help="SQL answering true once search caught up ($1: events)")
     add("--project-cores", type=int, default=16)

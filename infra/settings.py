@@ -58,7 +58,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dlq_subject: str = "audit.dlq"  # AUDIT_DLQ_SUBJECT
     commit_subject: str = "audit.committed"  # AUDIT_COMMIT_SUBJECT (core NATS notifications)
     write_timeout_s: float = 10.0  # AUDIT_WRITE_TIMEOUT_S: sync writes wait this for commit
-    batch_max_events: int = 5000  # AUDIT_BATCH_MAX_EVENTS
+    batch_max_events: int = 20_000  # AUDIT_BATCH_MAX_EVENTS (most events per flush)
     batch_max_latency_ms: int = 0  # AUDIT_BATCH_MAX_LATENCY_MS (0: whenever a flush slot is free)
     fetch_batch: int = 2000  # AUDIT_FETCH_BATCH
     flush_concurrency: int = 2  # AUDIT_FLUSH_CONCURRENCY (transactions in flight per worker)
