@@ -1,5 +1,6 @@
 """`q` through the search index kept behind ingestion (``sql/009_search_index.sql``,
-``pipeline/indexer.py``), against real PostgreSQL (and NATS for the drain).
+``sql/011_search_lexeme_once.sql``, ``pipeline/indexer.py``), against real PostgreSQL
+(and NATS for the drain).
 
 - `q` matches exactly what the old expression matches (``audit.search_text(...) @@
   websearch_to_tsquery('simple', q)`` over the events), for many generated queries, on a
@@ -207,6 +208,9 @@ async def test_q_matches_what_it_matched_before_at_every_stage_of_indexing(db_ur
         await check_all(db_url, pool, queries)
         assert [s.events for s in stages] == [480, 480 - step[0], 0], stages
         assert await _superuser(db_url, "SELECT count(*) FROM audit.search") == 480
+        # Each document is audit.search_doc of its own event, byte for byte (the indexer
+        # makes each tenant's lexeme once per call: sql/011).
+        assert await _superuser(db_url, DOCS_AS_DEFINED) == [480, 0]
         # Indexed, and a few newer events not yet: the index's keys plus a short tail.
         await store(pool, fixed_events(TENANT, 24, seed=28))
         async with pool.acquire() as conn:
@@ -214,6 +218,14 @@ async def test_q_matches_what_it_matched_before_at_every_stage_of_indexing(db_ur
         await check_all(db_url, pool, queries)
     finally:
         await pool.close()
+
+
+# (documents joined to their events, those that differ from audit.search_doc)
+DOCS_AS_DEFINED = """
+SELECT ARRAY[count(*), count(*) FILTER (WHERE s.doc IS DISTINCT FROM audit.search_doc(
+    e.tenant_id, e.action, e.description, e.actor_display_name, e.resource_display_name))]
+FROM audit.search s JOIN audit.events e USING (tenant_id, occurred_at, id)
+"""
 
 
 def _settings(db_url: str, **kw: object):
