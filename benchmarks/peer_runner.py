@@ -14,9 +14,9 @@ chain or index) with the settings its documentation gives for bulk loads:
 - mq-bridge: a route ``nats`` (durable JetStream consumer, deliver all) -> ``sqlx``
   (PostgreSQL, its default multi-row INSERT of the payload into ``payload jsonb``;
   ``bulk_copy`` needs a per-field token query and binds no whole payload), batches of
-  5,000, 2 concurrent.
+  ``--batch`` (default 20,000, the service's flush size), 2 concurrent.
 - Pathway: ``pw.io.nats.read`` (JetStream stream, its own durable consumer, text) ->
-  ``pw.io.postgres.write`` (stream of changes, batches of 5,000).
+  ``pw.io.postgres.write`` (stream of changes, batches of ``--batch``).
 
 ``--mode like``: each peer writes the event's columns (those of ``audit.events`` but
 ``seq`` and ``hash``, which only a chain gives) into the table ``benchmarks.peers`` makes
@@ -38,7 +38,7 @@ def run_mq_bridge(args: argparse.Namespace) -> None:
         "input": {"nats": {"url": args.nats, "stream": args.stream, "subject": args.subject,
                            "deliver_policy": "all", "prefetch_count": 20_000}},
         "output": {"sqlx": {"url": args.dsn, "table": args.table, "max_connections": 4}},
-        "batch_size": 5000,
+        "batch_size": args.batch,
         "concurrency": 2,
     }  # fmt: skip
     mq_bridge.Route.from_config(config, name="peer").run()
@@ -71,7 +71,7 @@ def run_mq_bridge_like(args: argparse.Namespace) -> None:
                            "deliver_policy": "all", "prefetch_count": 20_000}},
         "output": {"sqlx": {"url": args.dsn, "table": args.table, "max_connections": 4,
                             "insert_query": LIKE_INSERT.format(table=args.table)}},
-        "batch_size": 5000,
+        "batch_size": args.batch,
         "concurrency": 2,
     }  # fmt: skip
     mq_bridge.Route.from_config(config, name="peer").run()
@@ -108,7 +108,7 @@ def run_pathway_like(args: argparse.Namespace) -> None:
     rows = pw.io.nats.read(args.nats, topic=args.subject, format="json", schema=event,
                            json_field_paths=nested, jetstream_stream_name=args.stream)  # fmt: skip
     rows = rows.with_columns(action=pw.this.action.str.lower())
-    pw.io.postgres.write(rows, settings, args.table, max_batch_size=5000)
+    pw.io.postgres.write(rows, settings, args.table, max_batch_size=args.batch)
     pw.run(monitoring_level=pw.MonitoringLevel.NONE)
 
 
@@ -122,7 +122,7 @@ def run_pathway(args: argparse.Namespace) -> None:
         settings["password"] = url.password
     rows = pw.io.nats.read(args.nats, topic=args.subject, format="plaintext",
                            jetstream_stream_name=args.stream)  # fmt: skip
-    pw.io.postgres.write(rows, settings, args.table, max_batch_size=5000)
+    pw.io.postgres.write(rows, settings, args.table, max_batch_size=args.batch)
     pw.run(monitoring_level=pw.MonitoringLevel.NONE)
 
 
@@ -135,6 +135,12 @@ def main() -> None:
     ap.add_argument("--dsn", required=True)
     ap.add_argument("--table", required=True)
     ap.add_argument("--mode", choices=["raw", "like"], default="raw")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=20_000,
+        help="rows per batch write (mq-bridge batch_size, Pathway max_batch_size)",
+    )
     args = ap.parse_args()
     runners = {
         ("mq-bridge", "raw"): run_mq_bridge,

@@ -6,6 +6,9 @@ by this service and by two peers, one after the other in one run, with the ratio
 
 - **ours**: `auditlog pipeline --workers 1` (validation, dedupe, chain, search index,
   claims), from first delivery until nothing is pending or unacked (``benchmarks.drain``).
+- Everyone writes ``--batch`` events per batch (default: the service's flush size,
+  ``AUDIT_BATCH_MAX_EVENTS``, 20,000): ours' flushes, mq-bridge's ``batch_size``,
+  Pathway's ``max_batch_size``.
 - **mq-bridge** and **Pathway** (``benchmarks/peer_runner.py`` in ``.venv-peers``), each
   twice:
 
@@ -55,6 +58,7 @@ from benchmarks.common import (
     worker_rss_kib,
 )
 from benchmarks.drain import drain
+from infra.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ("mq-bridge", "pathway")
@@ -99,9 +103,9 @@ def peers_python() -> Path | None:
 
 
 async def drain_peer(peer: str, python: Path, server: str, nurl: str, payloads: list[bytes],
-                     mode: str = "raw") -> dict[str, object]:  # fmt: skip
+                     mode: str = "raw", batch: int = 20_000) -> dict[str, object]:  # fmt: skip
     """One peer draining ``payloads`` (preloaded into a fresh stream) into a fresh table
-    (``mode``: ``raw`` or ``like``, see the module docstring)."""
+    (``mode``: ``raw`` or ``like``, see the module docstring), ``batch`` rows per write."""
     tag = f"P{os.getpid()}{peer.replace('-', '')}"
     dsn = await fresh_database(server, f"bench_peer_{peer.replace('-', '_')}")
     stream, subject = f"BENCH_{tag}", f"bench.{tag}.events"
@@ -121,7 +125,7 @@ async def drain_peer(peer: str, python: Path, server: str, nurl: str, payloads: 
     proc = subprocess.Popen(
         [str(python), str(ROOT / "benchmarks" / "peer_runner.py"), peer, "--nats", nurl,
          "--stream", stream, "--subject", subject, "--dsn", dsn, "--table", "peer_rows",
-         "--mode", mode],
+         "--mode", mode, "--batch", str(batch)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     t_first = t_end = None
@@ -185,28 +189,38 @@ async def main() -> None:
         default="raw,like",
         help="peer runs: raw (bytes as they are), like (ours' table, see above)",
     )
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=Settings().batch_max_events,
+        help="events per write for everyone: ours' flush (AUDIT_BATCH_MAX_EVENTS), "
+        "mq-bridge's batch_size, Pathway's max_batch_size (default: the service's)",
+    )
     args = ap.parse_args()
     modes = args.modes.split(",")
     wanted = args.only.split(",")
     # The same events for everyone, each with its id (peers store them as they are).
     payloads = with_ids(list(synthetic_events(args.events, tenant_ids(args.tenants))))[0]
     python = peers_python()
-    out: dict[str, object] = {"avg_event_bytes": round(sum(map(len, payloads)) / len(payloads))}
+    out: dict[str, object] = {"avg_event_bytes": round(sum(map(len, payloads)) / len(payloads)),
+                              "batch": args.batch}  # fmt: skip
     if python is None and any(p in wanted for p in PEERS):
         print("peers skipped: no .venv-peers (run `make peers-setup`, or set "
               "AUDIT_PEERS_PYTHON)", file=sys.stderr)  # fmt: skip
         out["skipped"] = "no .venv-peers"
     with bench_servers() as (server, nurl):
         if "ours" in wanted:
-            out["ours"] = await drain(server, nurl, payloads, 1, 5000)
+            out["ours"] = await drain(server, nurl, payloads, 1, args.batch)
             out["ours"].pop("series", None)  # type: ignore[attr-defined]
         for peer in PEERS:
             if peer in wanted and python is not None:
                 if "raw" in modes:
-                    out[peer] = await drain_peer(peer, python, server, nurl, payloads)
+                    out[peer] = await drain_peer(peer, python, server, nurl, payloads,
+                                                 "raw", args.batch)  # fmt: skip
                 if "like" in modes:
-                    out[f"{peer}_like"] = await drain_peer(peer, python, server, nurl,
-                                                           payloads, "like")  # fmt: skip
+                    out[f"{peer}_like"] = await drain_peer(
+                        peer, python, server, nurl, payloads, "like", args.batch
+                    )
     ours = out.get("ours")
     if isinstance(ours, dict):
         # Raw: ours until stored; like for like: ours until stored and searchable.
