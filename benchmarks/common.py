@@ -338,6 +338,23 @@ def cpu_per_item(before: dict[str, float], after: dict[str, float], n: int) -> d
             if after[k] - before[k] > 0}  # fmt: skip
 
 
+async def wal_counters(dsn: str) -> dict[str, int]:
+    """The server's WAL counters (``pg_stat_wal``: records, full-page images, bytes), for
+    :func:`wal_per_item`. Server-wide: meaningful on a benchmark's own server."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
+    finally:
+        await conn.close()
+    return {"records": int(row[0]), "fpi": int(row[1]), "bytes": int(row[2])}
+
+
+def wal_per_item(before: dict[str, int], after: dict[str, int], n: int) -> dict[str, float]:
+    """WAL written per item between two :func:`wal_counters` (bytes, records, full-page
+    images): where PostgreSQL's time per event goes after the rows themselves."""
+    return {k: round((after[k] - before[k]) / max(n, 1), 2) for k in after}
+
+
 # Exit status of a scenario that ran but could not measure a figure it exists for
 # (its JSON is still printed, with the reasons under "not_measured").
 NOT_MEASURED_EXIT = 3

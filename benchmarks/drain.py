@@ -47,6 +47,8 @@ from benchmarks.common import (
     stored_rows,
     synthetic_events,
     tenant_ids,
+    wal_counters,
+    wal_per_item,
     with_ids,
     worker_rss_kib,
 )
@@ -79,6 +81,7 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
     await ensure_stream(nc, settings)
     pub_rate = await fast_publish(nurl, settings.subject, payloads,
                                   headers=msg_id_headers if msg_id else None)  # fmt: skip
+    wal_start = await wal_counters(dsn)
     proc, _ = start_pipeline(settings, workers)
     peak_rss = 0
     total = (await js.stream_info(settings.stream)).state.messages  # what JetStream kept
@@ -119,6 +122,8 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
         out["searchable_per_s"] = total / (t_search - t_first)
         out["searchable_after_stored_s"] = t_search - t_end
         out["cpu_us_per_event_searchable"] = cpu_per_item(cpu_first, cpu_search, total)
+    # From before the worker started until searchable (or stored): what one event wrote.
+    out["wal_per_event"] = wal_per_item(wal_start, await wal_counters(dsn), total)
     return out
 
 

@@ -39,6 +39,7 @@ class Deliveries:
         self._buffer: list[Message] = []
         self._wake = asyncio.Event()
         self._stopping = False
+        self._held_at_last_beat: set[str] = set()
 
     @property
     def stopping(self) -> bool:
@@ -138,6 +139,21 @@ class Deliveries:
             else:
                 chunk, self._buffer = self._buffer, []
             yield chunk
+
+    def due_for_heartbeat(self) -> list[Message]:
+        """The held messages that were held at the previous call too (in delivery order);
+        remembers what is held now for the next call.
+
+        Called every third of the ack wait (or more often), it names each held message at
+        most two periods after its delivery and every period after that, so its ack
+        timer never runs out; a message delivered since the last call needs nothing yet
+        (its timer started at delivery). In a steady drain most messages are settled
+        within one period, so most are never named at all.
+        """
+        before = self._held_at_last_beat
+        due = [m for a, m in self.held.items() if a in before] if before else []
+        self._held_at_last_beat = set(self.held)
+        return due
 
     def oldest_held_age_s(self, now_ns: int) -> float:
         """Seconds since the source stored the oldest held message (0 if none)."""

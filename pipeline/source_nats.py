@@ -171,16 +171,20 @@ class JetStreamSource:
         self._beater = asyncio.create_task(self._heartbeat_loop(), name="jetstream-heartbeat")
 
     async def _heartbeat_loop(self) -> None:
-        """Tell JetStream every held message is in progress, every third of ``ack_wait``.
+        """Every third of ``ack_wait``, tell JetStream that each message held since the
+        previous tick is in progress (:meth:`Deliveries.due_for_heartbeat`).
 
         Held means delivered and not yet acked or NAKed, wherever it waits (the take
-        buffer, a flush, a storage retry), so a slow PostgreSQL causes no redelivery storm.
+        buffer, a flush, a storage retry), so a slow PostgreSQL causes no redelivery storm;
+        a message held for less than one tick needs no heartbeat (its ack timer started at
+        its delivery and has at least two thirds to run), so a flowing drain sends none.
         """
-        every = max(0.5, self.settings.ack_wait_s / 3)
+        every = max(0.1, self.settings.ack_wait_s / 3)
         while True:
             await asyncio.sleep(every)
-            if self.held:
-                await self.in_progress(list(self.held.values()))
+            due = self._deliveries.due_for_heartbeat()
+            if due:
+                await self.in_progress(due)
 
     def oldest_held_age_s(self, now_ns: int) -> float:
         """Seconds since JetStream stored the oldest message this source holds (0 if none)."""

@@ -67,3 +67,51 @@ def test_many_delivered_at_once_is_each_delivered_in_turn(
         many.deliver_many(msgs)
         assert many.held == one.held and many.held_bytes == one.held_bytes
         assert many._buffer == one._buffer
+
+
+async def test_heartbeats_name_only_messages_held_since_the_previous_tick() -> None:
+    d = Deliveries()
+    d.deliver_many([msg(0), msg(1)])
+    assert d.due_for_heartbeat() == []  # first tick: all delivered within it
+    d.deliver(msg(2))
+    d.settle([msg(0)])
+    assert [m.ack for m in d.due_for_heartbeat()] == ["a/1"]  # a/2 arrived since
+    assert [m.ack for m in d.due_for_heartbeat()] == ["a/1", "a/2"]
+    d.settle([msg(1), msg(2)])
+    assert d.due_for_heartbeat() == [] and d.due_for_heartbeat() == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.one_of(st.tuples(st.just("deliver"), st.integers(1, 5)),
+                                st.tuples(st.just("settle"), st.integers(0, 2**16)),
+                                st.tuples(st.just("tick"), st.just(0))), max_size=60))  # fmt: skip
+def test_no_held_message_goes_two_ticks_without_a_heartbeat(
+    steps: list[tuple[str, int]],
+) -> None:
+    """Ticks come every third of the ack wait: a held message is named at the latest at
+    the second tick after its delivery and at every tick after that (its timer never runs
+    out), and nothing settled or delivered since the previous tick is ever named."""
+    d = Deliveries()
+    n = 0
+    ticks_since_reset: dict[str, int] = {}  # held message -> ticks since delivery/heartbeat
+    delivered_since_tick: set[str] = set()
+    for kind, arg in steps:
+        if kind == "deliver":
+            fresh = [msg(n + i) for i in range(arg)]
+            n += arg
+            d.deliver_many(fresh)
+            ticks_since_reset.update((m.ack, 0) for m in fresh)
+            delivered_since_tick.update(m.ack for m in fresh)
+        elif kind == "settle":
+            held = sorted(ticks_since_reset)
+            gone = [a for i, a in enumerate(held) if arg >> (i % 16) & 1]
+            d.settle([Message(data=b"x", ack=a) for a in gone])
+            for a in gone:
+                del ticks_since_reset[a]
+        else:
+            due = [m.ack for m in d.due_for_heartbeat()]
+            assert due == [a for a in d.held if a not in delivered_since_tick]
+            delivered_since_tick.clear()
+            for a in ticks_since_reset:
+                ticks_since_reset[a] = 0 if a in due else ticks_since_reset[a] + 1
+                assert ticks_since_reset[a] < 2, f"{a} went two ticks without a heartbeat"
