@@ -355,6 +355,37 @@ def wal_per_item(before: dict[str, int], after: dict[str, int], n: int) -> dict[
     return {k: round((after[k] - before[k]) / max(n, 1), 2) for k in after}
 
 
+# Bytes on disk of the audit schema's tables, grouped: the heap of each (partitions
+# summed) and its indexes.
+_DISK_SQL = """
+SELECT coalesce(parent.relname, c.relname) AS name,
+       sum(pg_relation_size(c.oid)) AS heap, sum(pg_indexes_size(c.oid)) AS indexes
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'audit'
+LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+LEFT JOIN pg_class parent ON parent.oid = i.inhparent
+WHERE c.relkind = 'r'
+GROUP BY 1
+"""
+
+
+async def disk_per_item(dsn: str, n: int, tables: tuple[str, ...] = (
+        "events", "event_ids", "search", "chain_heads")) -> dict[str, float]:  # fmt: skip
+    """Bytes on disk per item of each of ``tables`` (schema ``audit``; partitions summed),
+    ``<table>`` for its rows and ``<table>_indexes`` for its indexes: what each event
+    makes PostgreSQL allocate, write and later read."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(_DISK_SQL)
+    finally:
+        await conn.close()
+    out: dict[str, float] = {}
+    for r in rows:
+        if r["name"] in tables:
+            out[r["name"]] = round(int(r["heap"]) / max(n, 1), 1)
+            out[r["name"] + "_indexes"] = round(int(r["indexes"]) / max(n, 1), 1)
+    return out
+
+
 # Exit status of a scenario that ran but could not measure a figure it exists for
 # (its JSON is still printed, with the reasons under "not_measured").
 NOT_MEASURED_EXIT = 3

@@ -39,6 +39,7 @@ from benchmarks.common import (
     bench_settings,
     cpu_per_item,
     cpu_seconds_by_component,
+    disk_per_item,
     emit,
     fast_publish,
     fresh_database,
@@ -124,6 +125,7 @@ async def drain(server: str, nurl: str, payloads: list[bytes], workers: int,
         out["cpu_us_per_event_searchable"] = cpu_per_item(cpu_first, cpu_search, total)
     # From before the worker started until searchable (or stored): what one event wrote.
     out["wal_per_event"] = wal_per_item(wal_start, await wal_counters(dsn), total)
+    out["disk_bytes_per_event"] = await disk_per_item(dsn, total)
     return out
 
 
