@@ -427,10 +427,21 @@ class Deduplicator:
         known = unique & self._seen  # iterates the smaller set
         if len(unique) == len(keys) and not known:
             return list(items), [], keys  # the usual batch: nothing to drop
-        # key -> the index of its first occurrence (later ones overwrite, reversed)
-        first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
-        for key in known:
-            del first[key]
-        keep = sorted(first.values())
-        drop = sorted(set(range(len(keys))).difference(keep))
-        return [items[i] for i in keep], [items[i] for i in drop], [keys[i] for i in keep]
+        # Duplicates are few (a producer's retries): find the indices to drop, then keep
+        # the rest in one pass. Each key's first index; a later occurrence is dropped.
+        first: dict[tuple[str, int], int] = {}
+        at = first.setdefault
+        drop = [i for i, key in enumerate(keys) if at(key, i) != i]
+        if known:  # first occurrences of keys the window already holds: dropped too
+            drop += [first[key] for key in known]
+            drop.sort()
+        fresh: list[Valid] = []
+        fresh_keys: list[tuple[str, int]] = []
+        start = 0
+        for i in drop:  # the runs between dropped indices, copied as slices
+            fresh += items[start:i]
+            fresh_keys += keys[start:i]
+            start = i + 1
+        fresh += items[start:]
+        fresh_keys += keys[start:]
+        return fresh, [items[i] for i in drop], fresh_keys
