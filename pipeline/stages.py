@@ -384,10 +384,11 @@ class Deduplicator:
     def remember_keys(self, keys: list[tuple[str, int]], new: bool = False) -> None:
         """:meth:`remember` of keys as ``Prepared.key`` has them.
 
-        ``new``: the caller knows them all distinct and none remembered (a batch
-        :meth:`split_keys` dropped nothing from, whose tenants no other flush of this
-        worker held meanwhile): they are not checked again (two set passes less). The
-        list is kept: the caller must not change it afterwards.
+        ``new``: the caller knows them all distinct and none remembered (the fresh keys
+        of a :meth:`split_keys` that were all stored: a key remembered since by another
+        flush was claimed by that flush, so it could not have been stored here too): they
+        are not checked again (two set passes less). The list is kept: the caller must not
+        change it afterwards.
         """
         if not keys:
             return

@@ -418,9 +418,10 @@ class Worker:
         dupe_keys: list[EventKey] = [(v.prepared.tenant_id, v.prepared.id) for v in dupes]
         dupe_keys.extend(result.duplicates)
         if len(result.stored) == len(fresh):  # all of them (stored is a subset of fresh)
-            # Nothing dropped as a duplicate: all distinct and none remembered, and no
-            # other flush of this worker holds their tenants.
-            self.dedup.remember_keys(fresh_keys, new=not dupes)
+            # All distinct and none remembered: split_keys left out repeats and what the
+            # window held, and a key another flush remembered since was claimed by it,
+            # so this flush could not have stored it too (it would be a duplicate here).
+            self.dedup.remember_keys(fresh_keys, new=True)
         else:
             self.dedup.remember(result.stored)
         self._account(result, dupe_keys, len(dead) - len(held))
