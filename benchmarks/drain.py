@@ -189,6 +189,7 @@ async def drain_kafka(server: str, nurl: str, payloads: list[bytes], workers: in
         env = {"AUDIT_KAFKA_BOOTSTRAP": broker.bootstrap, "AUDIT_KAFKA_TOPIC": topic,
                "AUDIT_KAFKA_GROUP": group, "AUDIT_KAFKA_DLQ_TOPIC": topic + ".dlq",
                "AUDIT_NATS_INGEST": "false"}  # fmt: skip
+        wal_start = await wal_counters(dsn)
         proc, _ = start_pipeline(settings, workers, **env)
         total = len(payloads)
         samples, peak_rss = [], 0
@@ -229,8 +230,11 @@ async def drain_kafka(server: str, nurl: str, payloads: list[bytes], workers: in
         broker.stop()
         shutil.rmtree(broker_dir, ignore_errors=True)
     assert t_first is not None and t_end is not None
-    return _measures(total, await stored_rows(dsn), t_first, t_end, pub_rate, peak_rss,
-                     cpu_first, cpu_end, samples)  # fmt: skip
+    out = _measures(total, await stored_rows(dsn), t_first, t_end, pub_rate, peak_rss,
+                    cpu_first, cpu_end, samples)  # fmt: skip
+    out["wal_per_event"] = wal_per_item(wal_start, await wal_counters(dsn), total)
+    out["disk_bytes_per_event"] = await disk_per_item(dsn, total)
+    return out
 
 
 async def kafka_publish(bootstrap: str, topic: str, payloads: list[bytes]) -> float:

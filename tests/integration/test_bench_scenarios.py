@@ -63,6 +63,13 @@ def check_drain(out: dict[str, Any], events: int, ceiling: bool) -> None:
     assert d["events"] == events + d["duplicates_in_input"] + d["invalid_in_input"]
     assert d["events_per_s"] > 0 and d["cpu_us_per_event"]["pipeline"] > 0
     assert 20 < d["peak_rss_mib"] < 2000
+    # What PostgreSQL wrote (WAL) and keeps (rows and indexes of each table) per event.
+    wal, disk = d["wal_per_event"], d["disk_bytes_per_event"]
+    assert 300 < wal["bytes"] < 100_000 and 1 < wal["records"] < 100 and wal["fpi"] >= 0
+    assert 100 < disk["events"] < 20_000 and disk["events_indexes"] > 0
+    assert disk["event_ids"] > 0 and disk["event_ids_indexes"] > 0
+    if d["source"] == "nats":  # measured once searchable (the Kafka drain: once stored)
+        assert disk["search"] > 0 and disk["search_indexes"] > 0
     if ceiling:
         assert out["ceiling_per_s"] > 0 and out["drain_over_ceiling"] > 0
 
