@@ -338,14 +338,19 @@ def cpu_per_item(before: dict[str, float], after: dict[str, float], n: int) -> d
             if after[k] - before[k] > 0}  # fmt: skip
 
 
+async def _fetch(dsn: str, sql: str) -> list[asyncpg.Record]:
+    """The rows of one query on a connection of its own."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(sql)
+    finally:
+        await conn.close()
+
+
 async def wal_counters(dsn: str) -> dict[str, int]:
     """The server's WAL counters (``pg_stat_wal``: records, full-page images, bytes), for
     :func:`wal_per_item`. Server-wide: meaningful on a benchmark's own server."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        row = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
-    finally:
-        await conn.close()
+    (row,) = await _fetch(dsn, "SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
     return {"records": int(row[0]), "fpi": int(row[1]), "bytes": int(row[2])}
 
 
@@ -373,13 +378,8 @@ async def disk_per_item(dsn: str, n: int, tables: tuple[str, ...] = (
     """Bytes on disk per item of each of ``tables`` (schema ``audit``; partitions summed),
     ``<table>`` for its rows and ``<table>_indexes`` for its indexes: what each event
     makes PostgreSQL allocate, write and later read."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch(_DISK_SQL)
-    finally:
-        await conn.close()
     out: dict[str, float] = {}
-    for r in rows:
+    for r in await _fetch(dsn, _DISK_SQL):
         if r["name"] in tables:
             out[r["name"]] = round(int(r["heap"]) / max(n, 1), 1)
             out[r["name"] + "_indexes"] = round(int(r["indexes"]) / max(n, 1), 1)

@@ -103,7 +103,7 @@ def peers_python() -> Path | None:
 
 
 async def drain_peer(peer: str, python: Path, server: str, nurl: str, payloads: list[bytes],
-                     mode: str = "raw", batch: int = 20_000) -> dict[str, object]:  # fmt: skip
+                     mode: str, batch: int) -> dict[str, object]:  # fmt: skip
     """One peer draining ``payloads`` (preloaded into a fresh stream) into a fresh table
     (``mode``: ``raw`` or ``like``, see the module docstring), ``batch`` rows per write."""
     tag = f"P{os.getpid()}{peer.replace('-', '')}"

@@ -151,7 +151,7 @@ class Deliveries:
         within one period, so most are never named at all.
         """
         before = self._held_at_last_beat
-        due = [m for a, m in self.held.items() if a in before] if before else []
+        due = [m for a, m in self.held.items() if a in before]
         self._held_at_last_beat = set(self.held)
         return due
 
